@@ -1,0 +1,187 @@
+"""Typed settings read from ``app.conf`` (Celery style: lowercase ``reliable_*`` keys).
+
+Read once per app, on first use, and cached on the app: the hot path never parses
+configuration. A ``reliable_*`` key that is not one of ours (``reliable_unclasified``)
+is an error with a did-you-mean, not a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_reliable.policy import RetryRule, default_retry_rule
+
+#: Every setting, with its default. Documented in docs/configuration.md.
+DEFAULTS: dict[str, Any] = {
+    "reliable_database_url": None,
+    "reliable_statsd_host": None,
+    "reliable_statsd_port": 8125,
+    "reliable_statsd_prefix": "celery",
+    "reliable_statsd_tags": None,
+    "reliable_unclassified": "fail",
+    "reliable_unclassified_attempts": 5,
+    "reliable_receipt_ttl": 7 * 24 * 3600,
+    "reliable_dead_letter_redact": False,
+    "reliable_queue_depth_interval": 10.0,
+    "reliable_log_outcomes": True,
+}
+
+UNCLASSIFIED_MODES = ("fail", "retry")
+STATSD_TAG_STYLES = (None, "dogstatsd")
+
+_CACHE_ATTR = "_reliable_settings"
+
+
+@dataclass(frozen=True)
+class ReliableSettings:
+    database_url: str | None
+    statsd_host: str | None
+    statsd_port: int
+    statsd_prefix: str
+    statsd_tags: str | None
+    unclassified: str
+    unclassified_attempts: int
+    receipt_ttl: float
+    dead_letter_redact: bool
+    queue_depth_interval: float
+    log_outcomes: bool
+    #: The rule unclassified exceptions follow; None under "fail".
+    unclassified_rule: RetryRule | None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ReliableSettings:
+        merged = {**DEFAULTS, **values}
+        unknown = set(values) - set(DEFAULTS)
+        if unknown:
+            raise ImproperlyConfigured(_unknown_message(sorted(unknown)))
+        unclassified = merged["reliable_unclassified"]
+        if unclassified not in UNCLASSIFIED_MODES:
+            raise ImproperlyConfigured(
+                f"reliable_unclassified must be one of {UNCLASSIFIED_MODES}, got {unclassified!r}"
+            )
+        tags = merged["reliable_statsd_tags"]
+        if tags not in STATSD_TAG_STYLES:
+            raise ImproperlyConfigured(
+                f"reliable_statsd_tags must be None or 'dogstatsd', got {tags!r}"
+            )
+        return cls(
+            database_url=_optional_str("reliable_database_url", merged),
+            statsd_host=_optional_str("reliable_statsd_host", merged),
+            statsd_port=_int("reliable_statsd_port", merged, low=1, high=65535),
+            statsd_prefix=_str("reliable_statsd_prefix", merged),
+            statsd_tags=tags,
+            unclassified=unclassified,
+            unclassified_attempts=_int("reliable_unclassified_attempts", merged, low=1),
+            receipt_ttl=_seconds("reliable_receipt_ttl", merged),
+            dead_letter_redact=_bool("reliable_dead_letter_redact", merged),
+            queue_depth_interval=_seconds("reliable_queue_depth_interval", merged),
+            log_outcomes=_bool("reliable_log_outcomes", merged),
+            unclassified_rule=None,
+        ).with_unclassified_rule()
+
+    def with_unclassified_rule(self) -> ReliableSettings:
+        rule = None
+        if self.unclassified == "retry":
+            rule = default_retry_rule(self.unclassified_attempts)
+        return replace(self, unclassified_rule=rule)
+
+
+def settings_for(app: Celery) -> ReliableSettings:
+    """The app's settings, read and validated once, then cached on the app."""
+    cached: ReliableSettings | None = app.__dict__.get(_CACHE_ATTR)
+    if cached is None:
+        cached = ReliableSettings.from_mapping(_reliable_keys(app))
+        setattr(app, _CACHE_ATTR, cached)
+    return cached
+
+
+def forget_settings(app: Celery) -> None:
+    """Drop the cached settings (tests that change ``app.conf`` after first use)."""
+    app.__dict__.pop(_CACHE_ATTR, None)
+
+
+def _reliable_keys(app: Celery) -> dict[str, Any]:
+    conf = app.conf
+    conf.finalize()
+    prefix = (conf.prefix or "").lower()
+    found: dict[str, Any] = {}
+    for key in list(conf.keys()):
+        if not isinstance(key, str):
+            continue
+        name = key.lower()
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix) :]
+        if name.startswith("reliable_"):
+            found[name] = conf[key]
+    return found
+
+
+def _unknown_message(names: list[str]) -> str:
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, DEFAULTS, n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    return (
+        "unknown celery_reliable setting "
+        + ", ".join(parts)
+        + ("; the settings are listed in docs/configuration.md")
+    )
+
+
+def _optional_str(name: str, values: Mapping[str, Any]) -> str | None:
+    value = values[name]
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ImproperlyConfigured(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _str(name: str, values: Mapping[str, Any]) -> str:
+    value = values[name]
+    if not isinstance(value, str):
+        raise ImproperlyConfigured(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _int(name: str, values: Mapping[str, Any], low: int, high: int | None = None) -> int:
+    value = values[name]
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ImproperlyConfigured(f"{name} must be an int {bounds}, got {value!r}")
+    return value
+
+
+def _seconds(name: str, values: Mapping[str, Any]) -> float:
+    value = values[name]
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ImproperlyConfigured(f"{name} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _bool(name: str, values: Mapping[str, Any]) -> bool:
+    value = values[name]
+    if not isinstance(value, bool):
+        raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}")
+    return value

@@ -1,0 +1,53 @@
+"""What every observer shares: per-app filtering and never raising into a task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from celery_reliable.signals import execution_started, task_outcome
+
+logger = logging.getLogger("celery_reliable.observers")
+
+
+class Observer:
+    """Subscribe ``on_started`` / ``on_outcome`` for one app's tasks.
+
+    Receivers are connected weakly: the app keeps its observers alive, so a test's
+    throw-away app takes its observers with it.
+    """
+
+    name = "observer"
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def connect(self) -> None:
+        if type(self).on_started is not Observer.on_started:
+            execution_started.connect(self._started)
+        if type(self).on_outcome is not Observer.on_outcome:
+            task_outcome.connect(self._outcome)
+
+    def _started(self, sender: Any = None, **fields: Any) -> None:
+        if sender is None or sender.app is not self.app:
+            return
+        try:
+            self.on_started(sender, **fields)
+        except Exception:
+            logger.exception("%s observer failed on execution start; the task goes on", self.name)
+
+    def _outcome(self, sender: Any = None, **fields: Any) -> None:
+        if sender is None or sender.app is not self.app:
+            return
+        try:
+            self.on_outcome(sender, **fields)
+        except Exception:
+            logger.exception("%s observer failed on an outcome; the task goes on", self.name)
+
+    def on_started(self, task: Any, **fields: Any) -> None:
+        """Override to act when an execution starts."""
+
+    def on_outcome(self, task: Any, **fields: Any) -> None:
+        """Override to act when an execution ends."""

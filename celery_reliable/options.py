@@ -1,0 +1,112 @@
+"""Validation of the task options ReliableTask adds (``timeout``, ``max_snoozes``, ...).
+
+Run once when a task class is built, so that a typo or a bad value fails when the
+app is finalized (worker start, ``celery reliable check``, first use), not in the
+middle of the night on the first execution that reaches it.
+
+Pure module: the caller passes what Celery's ``Task`` knows, so no Celery import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: Options ReliableTask adds, with their defaults.
+RELIABLE_OPTIONS: dict[str, object] = {
+    "timeout": None,
+    "max_snoozes": 10,
+}
+
+#: Options Celery's ``app.task()`` consumes or documents that are not ``Task``
+#: attributes; they are known names too, so a typo of one is caught.
+CELERY_DECORATOR_OPTIONS = frozenset(
+    {
+        "autoretry_for",
+        "base",
+        "bind",
+        "dont_autoretry_for",
+        "filter",
+        "lazy",
+        "pydantic",
+        "pydantic_context",
+        "pydantic_dump_kwargs",
+        "pydantic_strict",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "retry_kwargs",
+        "shared",
+        "queue",
+    }
+)
+
+#: Closeness (difflib ratio) from which an unknown name is taken for a typo of a known one.
+TYPO_CUTOFF = 0.8
+
+
+def timeout_grace(timeout: float) -> float:
+    """Seconds between the soft limit (``timeout``) and the hard ``time_limit``.
+
+    max(5 s, 10 % of the timeout): time for the task to roll back, release its claim
+    and re-publish its retry after ``SoftTimeLimitExceeded`` is raised.
+    """
+    return max(5.0, timeout * 0.1)
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    soft_time_limit: float
+    time_limit: float
+
+
+def check_typos(own_names: Iterable[str], known: Iterable[str], owner: str) -> None:
+    """Reject a public name that is not known but is close to one that is."""
+    known_set = set(known)
+    for name in own_names:
+        if name.startswith("_") or name in known_set:
+            continue
+        close = difflib.get_close_matches(name, known_set, n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            raise TypeError(
+                f"{owner}: unknown task option {name!r}; did you mean {close[0]!r}? "
+                "(ReliableTask rejects names that look like a misspelt option)"
+            )
+
+
+def _number(owner: str, name: str, value: object, *, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an int" if integer else "a number"
+        raise ValueError(f"{owner}: {name} must be {kind}, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise ValueError(f"{owner}: {name} must be an int, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_timeout(
+    owner: str, timeout: object, soft_time_limit: object, time_limit: object
+) -> TimeLimits | None:
+    """``timeout=N`` -> soft limit N, hard limit N + grace. Conflicts are errors."""
+    if timeout is None:
+        return None
+    seconds = _number(owner, "timeout", timeout)
+    if seconds <= 0:
+        raise ValueError(f"{owner}: timeout must be > 0 seconds, got {timeout!r}")
+    if soft_time_limit is not None or time_limit is not None:
+        raise ValueError(
+            f"{owner}: give either timeout= or soft_time_limit=/time_limit=, not both "
+            f"(timeout={timeout!r}, soft_time_limit={soft_time_limit!r}, "
+            f"time_limit={time_limit!r})"
+        )
+    return TimeLimits(soft_time_limit=seconds, time_limit=seconds + timeout_grace(seconds))
+
+
+def check_max_snoozes(owner: str, value: object) -> int:
+    number = _number(owner, "max_snoozes", value, integer=True)
+    if number < 0:
+        raise ValueError(f"{owner}: max_snoozes must be >= 0, got {value!r}")
+    return int(number)

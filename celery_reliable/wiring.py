@@ -1,0 +1,91 @@
+"""Connects the observers (logging, metrics, error reports) to an app's executions.
+
+The only module that imports ``celery_reliable.observers``. Installed once per app
+when its first ReliableTask is bound; the observers themselves are built on the
+app's first execution (or at worker start), when ``app.conf`` is final.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from celery import Celery
+from celery import signals as celery_signals
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
+
+from celery_reliable.config import settings_for
+from celery_reliable.signals import execution_started
+
+_INSTALLED_ATTR = "_reliable_installed"
+_OBSERVERS_ATTR = "_reliable_observers"
+_lock = threading.Lock()
+
+
+def install(app: Celery) -> None:
+    """Once per app: the worker bootstep and the lazy observer set-up."""
+    if app.__dict__.get(_INSTALLED_ATTR):
+        return
+    with _lock:
+        if app.__dict__.get(_INSTALLED_ATTR):
+            return
+        from celery_reliable.worker import ReliableWorkerStep
+
+        app.steps["worker"].add(ReliableWorkerStep)
+        setattr(app, _INSTALLED_ATTR, True)
+
+
+def observers_for(app: Celery) -> list[Any]:
+    """The app's observers, built on first use from its settings."""
+    observers: list[Any] | None = app.__dict__.get(_OBSERVERS_ATTR)
+    if observers is not None:
+        return observers
+    with _lock:
+        observers = app.__dict__.get(_OBSERVERS_ATTR)
+        if observers is None:
+            observers = _build_observers(app)
+            setattr(app, _OBSERVERS_ATTR, observers)
+    return observers
+
+
+def _build_observers(app: Celery) -> list[Any]:
+    from celery_reliable.observers.logging import LoggingObserver
+
+    settings = settings_for(app)
+    built: list[Any] = []
+    if settings.log_outcomes:
+        built.append(LoggingObserver(app))
+    for observer in built:
+        observer.connect()
+    return built
+
+
+def _on_execution_started(sender: Any = None, **_: Any) -> None:
+    # Cheap after the first time: one dict lookup on the app.
+    app = sender.app
+    if _OBSERVERS_ATTR not in app.__dict__:
+        observers_for(app)
+
+
+def _on_task_failure(
+    sender: Any = None, exception: BaseException | None = None, task_id: str | None = None, **_: Any
+) -> None:
+    """Executions that end outside the task body: the hard time limit, a lost worker.
+
+    The worker's main process reports these; the body never saw them, so no outcome
+    was sent for them yet.
+    """
+    from celery_reliable.task import ReliableTask
+
+    if not isinstance(sender, ReliableTask):
+        return
+    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
+        return
+    from celery_reliable.execution import report_external_failure
+
+    observers_for(sender.app)
+    report_external_failure(sender, task_id, exception)
+
+
+execution_started.connect(_on_execution_started, weak=False)
+celery_signals.task_failure.connect(_on_task_failure, weak=False)

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real redis-server for the session, apps on it, embedded workers,
+and a recorder of the ``task_outcome`` signal."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# Imported here, in the main thread, before any worker thread exists: CPython 3.11.7
+# can fail to compile a module ("AST constructor recursion depth mismatch") when
+# pytest rewrites a lazily imported plugin module while other threads run.
+import hypothesis  # noqa: F401
+import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+
+from celery_reliable.signals import task_outcome
+from tests import servers
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with servers.redis_server() as url:
+        yield url
+        # AsyncResults left in reference cycles unsubscribe from Redis when collected:
+        # collect them while the server still answers.
+        gc.collect()
+
+
+def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
+    """A Celery app on its own Redis database (so test modules never share a queue)."""
+    db = next(_databases)
+    url = f"{redis_url}/{db}"
+    app = Celery(name, broker=url, backend=url, set_as_current=False)
+    app.conf.update(
+        broker_connection_retry_on_startup=False,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        result_expires=3600,
+        broker_transport_options={"visibility_timeout": 30},
+        **conf,
+    )
+    return app
+
+
+@pytest.fixture(scope="session")
+def make_app(redis_url: str) -> Callable[..., Celery]:
+    def factory(name: str, **conf: Any) -> Celery:
+        return new_app(redis_url, name, **conf)
+
+    return factory
+
+
+@contextlib.contextmanager
+def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterator[Any]:
+    """A real Celery worker consuming from the real Redis broker, in a thread."""
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        **kwargs,
+    ) as worker:
+        yield worker
+
+
+@dataclass
+class Event:
+    task_name: str
+    task_id: str
+    outcome: Any
+    attempt: int
+    exc: BaseException | None
+    reason: str
+    duration: float | None
+    retry_in: float | None
+    report: bool
+    queue: str | None
+
+
+class OutcomeRecorder:
+    """Collects every ``task_outcome`` sent in this process, to wait on and assert."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, sender: Any = None, **fields: Any) -> None:
+        event = Event(
+            task_name=sender.name,
+            task_id=fields["task_id"],
+            outcome=fields["outcome"],
+            attempt=fields["attempt"],
+            exc=fields["exc"],
+            reason=fields["reason"],
+            duration=fields["duration"],
+            retry_in=fields["retry_in"],
+            report=fields["report"],
+            queue=fields["queue"],
+        )
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def for_id(self, task_id: str) -> list[Event]:
+        with self._cond:
+            return [e for e in self.events if e.task_id == task_id]
+
+    def wait_for(
+        self,
+        task_id: str,
+        count: int = 1,
+        timeout: float = 20.0,
+        until: Callable[[list[Event]], bool] | None = None,
+    ) -> list[Event]:
+        """Wait until ``task_id`` has ``count`` outcomes (or ``until`` holds); return them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [e for e in self.events if e.task_id == task_id]
+                done = until(found) if until else len(found) >= count
+                if done:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"task {task_id}: waited {timeout}s; outcomes so far: "
+                        f"{[(e.outcome.value, e.reason) for e in found]}"
+                    )
+                self._cond.wait(left)
+
+    def settle(self, seconds: float = 0.5) -> None:
+        """Let in-flight work finish, to check that nothing *more* happens."""
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def outcomes() -> Iterator[OutcomeRecorder]:
+    recorder = OutcomeRecorder()
+    task_outcome.connect(recorder, weak=False)
+    try:
+        yield recorder
+    finally:
+        task_outcome.disconnect(recorder)
