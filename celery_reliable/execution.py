@@ -139,9 +139,9 @@ class Execution:
     """The state of one execution. Created per call; everything per-class is precomputed."""
 
     __slots__ = (
+        "_counters",
         "args",
         "attempt",
-        "counters",
         "kwargs",
         "queue",
         "replaced",
@@ -163,13 +163,20 @@ class Execution:
         self.args = args
         self.kwargs = kwargs
         self.attempt = (request.retries or 0) + 1
-        self.counters = Counters.from_headers(request.headers, request.id)
+        self._counters: Counters | None = None
         delivery_info = request.delivery_info or {}
         self.queue: str | None = delivery_info.get("routing_key")
         self.replaced = False
         self.started = 0.0
         #: The re-published signature of a retry (eager apply() runs it).
         self.signature: Any = None
+
+    @property
+    def counters(self) -> Counters:
+        """Parsed from the headers only when an outcome needs them (not on success)."""
+        if self._counters is None:
+            self._counters = Counters.from_headers(self.request.headers, self.request.id)
+        return self._counters
 
     # -- running ---------------------------------------------------------------------
 
@@ -249,6 +256,14 @@ class Execution:
 
     def decide_exception(self, exc: Exception) -> Decision:
         rule = self.task._reliable_policy.classify(exc)
+        if rule is None and self._autoretry_gave_up(exc):
+            return Decision(
+                Outcome.EXHAUSTED,
+                f"{describe_exc(exc)} (autoretry_for: max_retries={self.task.max_retries} "
+                "exhausted)",
+                exc,
+                report=True,
+            )
         if rule is None:
             rule = settings_for(self.task.app).unclassified_rule
             if rule is None:
@@ -256,6 +271,17 @@ class Execution:
                     Outcome.FAILED, f"{describe_exc(exc)} (unclassified)", exc, report=True
                 )
         return self._apply_rule(rule, exc)
+
+    def _autoretry_gave_up(self, exc: Exception) -> bool:
+        """Celery's ``autoretry_for`` re-raises the error once ``max_retries`` is spent."""
+        task = self.task
+        autoretry_for = tuple(getattr(task, "autoretry_for", ()) or ())
+        if not autoretry_for or not isinstance(exc, autoretry_for):
+            return False
+        if isinstance(exc, tuple(getattr(task, "dont_autoretry_for", ()) or ())):
+            return False
+        max_retries = task.max_retries
+        return max_retries is not None and (self.request.retries or 0) >= max_retries
 
     def _apply_rule(self, rule: Rule, exc: Exception) -> Decision:
         if isinstance(rule, CancelRule):
@@ -491,9 +517,34 @@ def _seconds_until(when: Any) -> float | None:
         return None
 
 
+_external_reports: dict[str, float] = {}
+_external_lock = threading.Lock()
+
+
+def _first_external_report(task_id: str | None, exc: BaseException) -> bool:
+    """Celery sends ``task_failure`` twice for one hard time limit (from ``on_timeout``
+    and again when the pool reports the job): report the execution once."""
+    if task_id is None:
+        return True
+    now = monotonic()
+    limit = exc.args[0] if exc.args and isinstance(exc.args[0], (int, float)) else 2.0
+    # Within half the time limit, a second report cannot be a new execution's.
+    window = max(float(limit) / 2, 1.0)
+    with _external_lock:
+        for stale in [k for k, t in _external_reports.items() if now - t > 3600]:
+            del _external_reports[stale]
+        seen = _external_reports.get(task_id)
+        if seen is not None and now - seen < window:
+            return False
+        _external_reports[task_id] = now
+        return True
+
+
 def report_external_failure(task: ReliableTask, task_id: str | None, exc: BaseException) -> None:
     """Send FAILED for an execution the worker's main process ended (hard time limit,
     lost worker): the body never got to decide, so nothing was sent for it yet."""
+    if not _first_external_report(task_id, exc):
+        return
     request = task.request
     known = not request.called_directly and request.id == task_id
     duration: float | None = None

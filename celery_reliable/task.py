@@ -92,11 +92,13 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             return super().__call__(*args, **kwargs)
         return Execution(self, request, args, kwargs).run(super().__call__)
 
-    def replace(self, sig: Any) -> Any:
+    def on_replace(self, sig: Any) -> Any:
+        # self.replace() ends this execution with Ignore; it handed its work on, so
+        # the outcome is SUCCEEDED, not CANCELLED.
         execution = current_execution()
         if execution is not None and execution.task is self:
             execution.replaced = True
-        return super().replace(sig)
+        return super().on_replace(sig)
 
     def apply(
         self,

@@ -1,0 +1,178 @@
+"""`make demo`: one ReliableTask driven into each outcome, on embedded defaults.
+
+No server to install: the broker is kombu's SQLAlchemy transport on a SQLite file and
+the result backend is Celery's database backend on another, both under
+``examples/demo-data/``. A real Celery worker runs in a thread of this process.
+
+Run: ``make demo`` (or ``python examples/demo.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from rich.console import Console
+from rich.table import Table
+
+from celery_reliable import (
+    Cancel,
+    Outcome,
+    ReliableTask,
+    Snooze,
+    cancel_on,
+    discard_on,
+    retry_on,
+)
+from celery_reliable.backoff import fixed
+from celery_reliable.results import wait_for_outcome
+from celery_reliable.signals import task_outcome
+
+DATA = Path(__file__).resolve().parent / "demo-data"
+
+
+class EmailTimeout(Exception):
+    """Transient: the mail server did not answer."""
+
+
+class InvalidEmail(Exception):
+    """Permanent: retrying will not fix the address."""
+
+
+class OrderNotFound(Exception):
+    """Expected: the order was deleted before the job ran."""
+
+
+def make_app() -> Celery:
+    shutil.rmtree(DATA, ignore_errors=True)
+    DATA.mkdir(parents=True)
+    app = Celery(
+        "shop",
+        broker=f"sqla+sqlite:///{DATA / 'broker.sqlite3'}",
+        backend=f"db+sqlite:///{DATA / 'results.sqlite3'}",
+        set_as_current=False,
+    )
+    app.conf.update(
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+    )
+    return app
+
+
+app = make_app()
+_attempts: dict[str, int] = defaultdict(int)
+_lock = threading.Lock()
+
+
+def count(key: str) -> int:
+    with _lock:
+        _attempts[key] += 1
+        return _attempts[key]
+
+
+@app.task(base=ReliableTask, bind=True, name="shop.send_order_confirmation", timeout=30)
+@retry_on(EmailTimeout, ConnectionError, wait=fixed(0.2), attempts=3)
+@discard_on(InvalidEmail)
+@cancel_on(OrderNotFound)
+def send_order_confirmation(self: ReliableTask, order_id: int, scenario: str) -> str:
+    n = count(f"{scenario}:{order_id}")
+    if scenario == "flaky" and n == 1:
+        raise EmailTimeout("smtp.example.com did not answer in 10s")
+    if scenario == "down":
+        raise EmailTimeout("smtp.example.com did not answer in 10s")
+    if scenario == "bad-address":
+        raise InvalidEmail("'bob@' is not an address")
+    if scenario == "deleted":
+        raise OrderNotFound(f"order {order_id} is gone")
+    if scenario == "refunded":
+        return Cancel("order was refunded before the mail went out")  # type: ignore[return-value]
+    if scenario == "warehouse-busy" and n == 1:
+        return Snooze(0.2, "warehouse system busy, try again shortly")  # type: ignore[return-value]
+    if scenario == "bug":
+        raise KeyError("customer_name")
+    return f"mail sent for order {order_id}"
+
+
+SCENARIOS = [
+    ("ok", "a normal run"),
+    ("flaky", "fails once with EmailTimeout, then succeeds"),
+    ("warehouse-busy", "snoozes once, then succeeds"),
+    ("deleted", "OrderNotFound (cancel_on)"),
+    ("refunded", "returns Cancel(...)"),
+    ("bad-address", "InvalidEmail (discard_on)"),
+    ("down", "EmailTimeout every time: 3 attempts"),
+    ("bug", "KeyError nobody declared"),
+]
+
+
+def main() -> int:
+    # Our one line per execution end, and none of Celery's own tracebacks: the
+    # failures below are the point of the demo.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  %(levelname)-7s %(message)s"))
+    outcome_log = logging.getLogger("celery_reliable.outcome")
+    outcome_log.addHandler(handler)
+    outcome_log.setLevel(logging.INFO)
+    outcome_log.propagate = False
+    console = Console()
+    seen: dict[str, list[tuple[Outcome, int, str]]] = defaultdict(list)
+    seen_lock = threading.Lock()
+
+    def record(sender: Any = None, **fields: Any) -> None:
+        with seen_lock:
+            seen[fields["task_id"]].append((fields["outcome"], fields["attempt"], fields["reason"]))
+
+    task_outcome.connect(record, weak=False)
+    console.print(f"[bold]celery_reliable demo[/] — broker and results in {DATA}")
+    console.print("[dim]log lines from the celery_reliable.outcome logger:[/]")
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="CRITICAL",
+        shutdown_timeout=30,
+    ):
+        runs = [
+            (scenario, text, send_order_confirmation.apply_async((1000 + i, scenario)))
+            for i, (scenario, text) in enumerate(SCENARIOS)
+        ]
+        for _, _, result in runs:
+            wait_for_outcome(result, timeout=60)
+
+    table = Table(title="One execution, one outcome")
+    for column in ("scenario", "executions (outcome@attempt)", "final state", "reason"):
+        table.add_column(column)
+    covered: set[Outcome] = set()
+    for scenario, text, result in runs:
+        history = seen[result.id]
+        covered.update(outcome for outcome, _, _ in history)
+        chain_text = " → ".join(f"{o.value}@{a}" for o, a, _ in history)
+        table.add_row(f"{scenario}\n[dim]{text}[/]", chain_text, result.state, history[-1][2])
+    console.print(table)
+
+    summary = Table(title="Outcomes seen")
+    summary.add_column("outcome")
+    summary.add_column("Celery state")
+    summary.add_column("seen")
+    for outcome in Outcome:
+        if outcome is Outcome.DUPLICATE:
+            continue  # needs idempotency receipts (SQL store)
+        summary.add_row(outcome.value, outcome.state, "yes" if outcome in covered else "NO")
+    console.print(summary)
+    missing = [o.value for o in Outcome if o is not Outcome.DUPLICATE and o not in covered]
+    if missing:
+        console.print(f"[red]missing outcomes: {missing}[/]")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Drop-in compatibility: Celery's own retry, autoretry, Reject, Ignore, replace, chains
+and chords keep their meaning under ``base=ReliableTask`` (real Redis, real worker)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery import chain, chord
+from celery.exceptions import Ignore, Reject
+
+from celery_reliable import Cancel, Discard, Outcome, ReliableTask
+from celery_reliable.results import wait_for_outcome
+from tests.conftest import embedded_worker
+
+pytestmark = pytest.mark.integration
+
+
+class TransientError(Exception):
+    pass
+
+
+_calls: Counter[str] = Counter()
+_lock = threading.Lock()
+errbacks: list[str] = []
+
+
+def bump(key: str) -> int:
+    with _lock:
+        _calls[key] += 1
+        return _calls[key]
+
+
+def calls(key: str) -> int:
+    with _lock:
+        return _calls[key]
+
+
+def define(app: Any) -> SimpleNamespace:
+    @app.task(base=ReliableTask, bind=True, name="c.manual_retry", max_retries=2)
+    def manual_retry(self: ReliableTask, key: str, succeed_on: int) -> str:
+        n = bump(key)
+        if n < succeed_on:
+            raise self.retry(exc=TransientError(f"call {n}"), countdown=0.05)
+        return f"ok after {n}"
+
+    @app.task(
+        base=ReliableTask,
+        name="c.autoretry",
+        autoretry_for=(TransientError,),
+        retry_kwargs={"countdown": 0.05},
+        max_retries=2,
+    )
+    def autoretry(key: str) -> None:
+        bump(key)
+        raise TransientError("autoretry me")
+
+    @app.task(
+        base=ReliableTask,
+        name="c.autoretry_backoff",
+        autoretry_for=(TransientError,),
+        retry_backoff=True,
+        retry_backoff_max=1,
+        retry_jitter=False,
+        max_retries=1,
+    )
+    def autoretry_backoff(key: str, fail_times: int) -> str:
+        if bump(key) <= fail_times:
+            raise TransientError("once")
+        return "ok"
+
+    @app.task(base=ReliableTask, name="c.reject", acks_late=True)
+    def reject(key: str, requeue: bool) -> None:
+        n = bump(key)
+        if requeue and n > 1:
+            return
+        raise Reject("bad message", requeue=requeue)
+
+    @app.task(base=ReliableTask, name="c.ignore")
+    def ignore(key: str) -> None:
+        bump(key)
+        raise Ignore()
+
+    @app.task(base=ReliableTask, name="c.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(base=ReliableTask, bind=True, name="c.replacer")
+    def replacer(self: ReliableTask, x: int) -> Any:
+        return self.replace(add.s(x, 100))
+
+    @app.task(base=ReliableTask, name="c.stop")
+    def stop(value: int, how: str, key: str) -> Any:
+        bump(key)
+        if how == "cancel":
+            return Cancel("nothing to do")
+        if how == "discard":
+            raise Discard("cannot be done")
+        if how == "fail":
+            raise ValueError("broken")
+        return value
+
+    @app.task(base=ReliableTask, name="c.record")
+    def record(value: Any, key: str) -> Any:
+        bump(key)
+        return value
+
+    @app.task(name="c.on_error")
+    def on_error(request: Any, exc: Any, traceback: Any) -> None:
+        errbacks.append(request.id)
+
+    @app.task(base=ReliableTask, name="c.collect")
+    def collect(values: list[Any]) -> list[Any]:
+        return values
+
+    return SimpleNamespace(
+        **{name: value for name, value in locals().items() if hasattr(value, "apply_async")}
+    )
+
+
+@pytest.fixture(scope="module")
+def env(make_app: Any) -> Any:
+    app = make_app("compat")
+    tasks = define(app)
+    with embedded_worker(app):
+        yield SimpleNamespace(app=app, **vars(tasks))
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def test_self_retry_keeps_celery_meaning(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.manual_retry.apply_async((k, 3))
+    assert result.get(timeout=10) == "ok after 3"
+    events = outcomes.wait_for(result.id, count=3)
+    assert [e.outcome for e in events] == [Outcome.RETRIED, Outcome.RETRIED, Outcome.SUCCEEDED]
+    assert [e.attempt for e in events] == [1, 2, 3]
+    assert events[0].retry_in == pytest.approx(0.05)
+
+
+def test_self_retry_max_retries_exhausts(env: Any, outcomes: Any) -> None:
+    """max_retries=2 under self.retry(exc=...): Celery re-raises exc on the third call."""
+    k = key()
+    result = env.manual_retry.apply_async((k, 99))
+    assert wait_for_outcome(result, timeout=10) == "FAILURE"
+    events = outcomes.wait_for(result.id, count=3)
+    assert [e.outcome for e in events][:2] == [Outcome.RETRIED, Outcome.RETRIED]
+    # the exception Celery re-raises is unclassified here: FAILED (fail mode)
+    assert events[2].outcome is Outcome.FAILED
+    assert calls(k) == 3
+
+
+def test_autoretry_for_keeps_celery_meaning_and_ends_exhausted(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.autoretry.apply_async((k,))
+    assert wait_for_outcome(result, timeout=10) == "FAILURE"
+    events = outcomes.wait_for(result.id, count=3)
+    assert [e.outcome for e in events] == [Outcome.RETRIED, Outcome.RETRIED, Outcome.EXHAUSTED]
+    assert "max_retries=2" in events[-1].reason
+    assert isinstance(result.info, TransientError)
+    outcomes.settle(0.3)
+    assert calls(k) == 3
+
+
+def test_retry_backoff_is_celerys(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.autoretry_backoff.apply_async((k, 1))
+    assert result.get(timeout=10) == "ok"
+    first, second = outcomes.wait_for(result.id, count=2)
+    assert first.outcome is Outcome.RETRIED
+    assert first.retry_in == 1  # retry_backoff=True, first retry: 1 s, no jitter
+    assert second.outcome is Outcome.SUCCEEDED
+
+
+def test_reject_requeue_snoozes_and_runs_again(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.reject.apply_async((k, True))
+    events = outcomes.wait_for(result.id, count=2)
+    assert [e.outcome for e in events] == [Outcome.SNOOZED, Outcome.SUCCEEDED]
+    assert "Reject(requeue=True)" in events[0].reason
+    assert calls(k) == 2
+
+
+def test_reject_without_requeue_is_discarded(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.reject.apply_async((k, False))
+    event = outcomes.wait_for(result.id)[0]
+    assert event.outcome is Outcome.DISCARDED
+    # Celery's meaning is kept: it records FAILURE for a rejected, dropped message
+    assert wait_for_outcome(result, timeout=10) == "FAILURE"
+    outcomes.settle(0.3)
+    assert calls(k) == 1
+
+
+def test_ignore_is_cancelled_and_stores_nothing(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = env.ignore.apply_async((k,))
+    event = outcomes.wait_for(result.id)[0]
+    assert event.outcome is Outcome.CANCELLED
+    assert event.reason.startswith("Ignore")
+    outcomes.settle(0.3)
+    assert result.state == "PENDING", "Ignore keeps Celery's meaning: no state is stored"
+
+
+def test_replace_succeeds_and_the_replacement_runs(env: Any, outcomes: Any) -> None:
+    result = env.replacer.apply_async((1,))
+    assert result.get(timeout=10) == 101
+    events = outcomes.for_id(result.id)
+    assert events[0].outcome is Outcome.SUCCEEDED
+    assert "replaced" in events[0].reason
+
+
+def test_chain_runs_on_success(env: Any, outcomes: Any) -> None:
+    k = key()
+    result = chain(env.stop.s(5, "ok", k), env.record.s(k)).apply_async()
+    assert result.get(timeout=10) == 5
+    assert calls(k) == 2
+
+
+@pytest.mark.parametrize(("how", "state"), [("cancel", "CANCELLED"), ("discard", "DISCARDED")])
+def test_cancelled_or_discarded_link_ends_the_chain(
+    env: Any, outcomes: Any, how: str, state: str
+) -> None:
+    k = key()
+    errbacks.clear()
+    first = env.stop.s(5, how, k).set(link_error=env.on_error.s())
+    result = chain(first, env.record.s(k), env.record.s(k)).apply_async()
+    head = result.parent.parent
+    assert wait_for_outcome(head, timeout=10) == state
+    outcomes.settle(0.5)
+    assert calls(k) == 1, "later links never run"
+    assert result.state == "PENDING"
+    assert errbacks == [], "nothing failed, so no errback runs"
+
+
+def test_failed_link_runs_errbacks(env: Any, outcomes: Any) -> None:
+    k = key()
+    errbacks.clear()
+    first = env.stop.s(5, "fail", k).set(link_error=env.on_error.s())
+    result = chain(first, env.record.s(k)).apply_async()
+    head = result.parent
+    assert wait_for_outcome(head, timeout=10) == "FAILURE"
+    outcomes.settle(0.5)
+    assert errbacks == [head.id]
+    assert calls(k) == 1
+
+
+def test_chord_counts_cancelled_parts(env: Any, outcomes: Any) -> None:
+    """A CANCELLED part counts as done: the body runs and gets the part's outcome info."""
+    k = key()
+    result = chord([env.stop.s(1, "ok", k), env.stop.s(2, "cancel", k), env.stop.s(3, "ok", k)])(
+        env.collect.s()
+    )
+    values = result.get(timeout=15)
+    assert values[0] == 1 and values[2] == 3
+    assert values[1]["outcome"] == "cancelled"
+    assert values[1]["reason"] == "nothing to do"
+
+
+def test_task_always_eager(make_app: Any) -> None:
+    """task_always_eager: .delay() runs inline and shows our states on the result."""
+    app = make_app("eager", task_always_eager=True, task_store_eager_result=False)
+
+    @app.task(base=ReliableTask, name="e.cancel")
+    def cancel() -> Any:
+        return Cancel("not needed")
+
+    @app.task(base=ReliableTask, name="e.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert add.delay(1, 2).get() == 3
+    result = cancel.delay()
+    assert result.state == "CANCELLED"
+    assert result.info["reason"] == "not needed"
+    # nothing was published or stored
+    assert app.AsyncResult(result.id).state == "PENDING"

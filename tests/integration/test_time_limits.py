@@ -1,0 +1,81 @@
+"""Time limits need the prefork pool: a real ``celery worker`` process runs these."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from celery_reliable.results import wait_for_outcome
+from tests.worker_process import WorkerProcess, celery_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.prefork]
+
+
+@pytest.fixture(scope="module")
+def broker(redis_url: str) -> str:
+    return f"{redis_url}/60"
+
+
+@pytest.fixture(scope="module")
+def worker(broker: str) -> Iterator[WorkerProcess]:
+    with celery_worker("tests.integration.prefork_app", {"RELIABLE_TEST_BROKER": broker}) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def app(broker: str, worker: WorkerProcess) -> Any:
+    import os
+
+    os.environ["RELIABLE_TEST_BROKER"] = broker
+    from tests.integration import prefork_app
+
+    return prefork_app
+
+
+def recorded(broker: str, task_id: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    client = redis.Redis.from_url(broker)
+    deadline = time.monotonic() + timeout
+    while True:
+        items = [json.loads(x) for x in client.lrange(f"test:outcomes:{task_id}", 0, -1)]
+        if len(items) >= count or time.monotonic() > deadline:
+            return items
+        time.sleep(0.05)
+
+
+def test_timeout_sets_soft_and_hard_limits(app: Any) -> None:
+    assert app.slow.soft_time_limit == 1
+    assert app.slow.time_limit == 6  # timeout + max(5 s, 10 %)
+
+
+def test_soft_limit_is_classified_retried_then_exhausted(
+    app: Any, broker: str, worker: WorkerProcess
+) -> None:
+    result = app.slow.apply_async((3,))
+    assert wait_for_outcome(result, timeout=30) == "FAILURE", worker.output
+    events = recorded(broker, result.id, 2)
+    assert [e["outcome"] for e in events] == ["retried", "exhausted"], worker.output
+    assert all(e["exc_type"] == "SoftTimeLimitExceeded" for e in events)
+    assert events[0]["attempt"] == 1 and events[1]["attempt"] == 2
+
+
+def test_within_the_limit_succeeds(app: Any, broker: str) -> None:
+    result = app.slow.apply_async((0.01,))
+    assert result.get(timeout=20) == "finished"
+    assert [e["outcome"] for e in recorded(broker, result.id, 1)] == ["succeeded"]
+
+
+def test_hard_limit_ends_failed_exactly_once(app: Any, broker: str, worker: WorkerProcess) -> None:
+    result = app.stubborn.apply_async()
+    assert wait_for_outcome(result, timeout=30) == "FAILURE", worker.output
+    events = recorded(broker, result.id, 1)
+    time.sleep(0.5)
+    events = recorded(broker, result.id, 1)
+    assert len(events) == 1, events
+    assert events[0]["outcome"] == "failed"
+    assert events[0]["exc_type"] == "TimeLimitExceeded"
+    assert "Hard time limit" in worker.output
