@@ -72,10 +72,12 @@ class Exponential:
     cap: float | None = 600.0
 
     def __post_init__(self) -> None:
-        _positive("exponential(base=)", self.base)
+        # Floats, so base ** attempt overflows to a float (caught) instead of growing
+        # an exact int of thousands of digits.
+        object.__setattr__(self, "base", _positive("exponential(base=)", self.base))
+        object.__setattr__(self, "factor", _positive("exponential(factor=)", self.factor))
         if self.base < 1:
             raise ValueError(f"exponential(base=) must be >= 1, got {self.base!r}")
-        _positive("exponential(factor=)", self.factor)
         if self.cap is not None:
             _positive("exponential(cap=)", self.cap)
 
@@ -223,26 +225,34 @@ def apply_jitter_and_floor(
     """The final delay: ``base`` plus up to ``jitter * base``, never below ``retry_after``.
 
     A ``base`` that is not a positive number is replaced by :data:`MIN_DELAY`; one past
-    :data:`MAX_DELAY` (an uncapped strategy late in a long rule) is cut to it.
+    :data:`MAX_DELAY` (an uncapped strategy late in a long rule) is cut to it. A
+    ``retry_after`` is the server's word and is honoured even past :data:`MAX_DELAY`.
     """
-    if not is_valid_base(base):
-        base = MIN_DELAY
-    base = min(base, MAX_DELAY)
-    if retry_after is not None and base < retry_after:
+    delay = as_delay(base)
+    delay = MIN_DELAY if delay is None else min(delay, MAX_DELAY)
+    if retry_after is not None and delay < retry_after:
         # The server said when: honour it, and keep the jitter so that clients told
         # the same retry_after do not all come back in the same millisecond.
-        base = min(retry_after, MAX_DELAY)
-    return base + base * jitter * rand()
+        delay = retry_after
+    return delay + delay * jitter * rand()
+
+
+def as_delay(base: object) -> float | None:
+    """A wait's return value as seconds (> 0, possibly infinite), or None if unusable."""
+    if isinstance(base, bool) or not isinstance(base, (int, float)):
+        return None
+    try:
+        value = float(base)
+    except OverflowError:  # an int too large for a float: as good as infinite
+        value = math.inf if base > 0 else -math.inf
+    if math.isnan(value) or value <= 0:
+        return None
+    return value
 
 
 def is_valid_base(base: object) -> bool:
     """True when a wait returned a usable delay (a number > 0; infinity is cut later)."""
-    return (
-        isinstance(base, (int, float))
-        and not isinstance(base, bool)
-        and not math.isnan(base)
-        and base > 0
-    )
+    return as_delay(base) is not None
 
 
 def compute_delay(

@@ -118,6 +118,10 @@ def _reliable_keys(app: Celery) -> dict[str, Any]:
         name = key.lower()
         if prefix and name.startswith(prefix):
             name = name[len(prefix) :]
+        elif prefix and key != name:
+            # Under a namespace (Django's CELERY_), an upper-case key without the
+            # prefix is the host's own setting (RELIABLE_API_TOKEN), not ours.
+            continue
         if name.startswith("reliable_"):
             found[name] = conf[key]
     return found

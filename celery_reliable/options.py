@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: Options ReliableTask adds, with their defaults.
@@ -62,11 +62,18 @@ class TimeLimits:
     time_limit: float
 
 
-def check_typos(own_names: Iterable[str], known: Iterable[str], owner: str) -> None:
-    """Reject a public name that is not known but is close to one that is."""
+def check_typos(own: Mapping[str, object], known: Iterable[str], owner: str) -> None:
+    """Reject a public option that is not known but is close to one that is.
+
+    Only plain values are options: methods, properties and other descriptors in a
+    class-based task's body are the task's own code (``def serialize(self)`` is not a
+    misspelt ``serializer``).
+    """
     known_set = set(known)
-    for name in own_names:
+    for name, value in own.items():
         if name.startswith("_") or name in known_set:
+            continue
+        if callable(value) or hasattr(value, "__get__"):
             continue
         close = difflib.get_close_matches(name, known_set, n=1, cutoff=TYPO_CUTOFF)
         if close:

@@ -222,7 +222,7 @@ def _declare(rule: Rule) -> Callable[[_T], _T]:
                 )
             declare(rule)
             return target
-        if inspect.isfunction(target) or inspect.ismethod(target):
+        if inspect.isfunction(target):
             own: list[Rule] = list(getattr(target, RULES_ATTR, ()))
             check_unique([*own, rule])
             # A fresh list each time: functools.wraps copies __dict__, and two wrappers
