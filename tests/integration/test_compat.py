@@ -3,9 +3,6 @@ and chords keep their meaning under ``base=ReliableTask`` (real Redis, real work
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,7 +12,7 @@ from celery.exceptions import Ignore, Reject
 
 from celery_reliable import Cancel, Discard, Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import embedded_worker
+from tests.helpers import Calls, app_with_worker, new_key, tasks_in
 
 pytestmark = pytest.mark.integration
 
@@ -24,20 +21,9 @@ class TransientError(Exception):
     pass
 
 
-_calls: Counter[str] = Counter()
-_lock = threading.Lock()
+calls = Calls()
+bump = calls.bump
 errbacks: list[str] = []
-
-
-def bump(key: str) -> int:
-    with _lock:
-        _calls[key] += 1
-        return _calls[key]
-
-
-def calls(key: str) -> int:
-    with _lock:
-        return _calls[key]
 
 
 def define(app: Any) -> SimpleNamespace:
@@ -117,21 +103,17 @@ def define(app: Any) -> SimpleNamespace:
     def collect(values: list[Any]) -> list[Any]:
         return values
 
-    return SimpleNamespace(
-        **{name: value for name, value in locals().items() if hasattr(value, "apply_async")}
-    )
+    return tasks_in(locals())
 
 
 @pytest.fixture(scope="module")
 def env(make_app: Any) -> Any:
     app = make_app("compat")
-    tasks = define(app)
-    with embedded_worker(app):
-        yield SimpleNamespace(app=app, **vars(tasks))
+    with app_with_worker(app, define(app)) as env:
+        yield env
 
 
-def key() -> str:
-    return uuid.uuid4().hex
+key = new_key
 
 
 def test_self_retry_keeps_celery_meaning(env: Any, outcomes: Any) -> None:

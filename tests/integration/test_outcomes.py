@@ -6,9 +6,6 @@ both what the signal said and what the result backend stores.
 
 from __future__ import annotations
 
-import threading
-import uuid
-from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,7 +24,7 @@ from celery_reliable import (
 )
 from celery_reliable.backoff import fixed
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import embedded_worker
+from tests.helpers import Calls, app_with_worker, new_key, tasks_in
 
 pytestmark = pytest.mark.integration
 
@@ -70,20 +67,9 @@ class Sibling(Base):
     pass
 
 
-_calls: Counter[str] = Counter()
-_lock = threading.Lock()
+calls = Calls()
+bump = calls.bump
 callbacks: list[tuple[str, Any, BaseException]] = []
-
-
-def bump(key: str) -> int:
-    with _lock:
-        _calls[key] += 1
-        return _calls[key]
-
-
-def calls(key: str) -> int:
-    with _lock:
-        return _calls[key]
 
 
 def define(app: Any) -> SimpleNamespace:
@@ -191,21 +177,17 @@ def define(app: Any) -> SimpleNamespace:
         # test shows the real signal-driven one.
         raise SoftTimeLimitExceeded()
 
-    return SimpleNamespace(
-        **{name: value for name, value in locals().items() if hasattr(value, "apply_async")}
-    )
+    return tasks_in(locals())
 
 
 @pytest.fixture(scope="module")
 def env(make_app: Any) -> Any:
     app = make_app("outcomes")
-    tasks = define(app)
-    with embedded_worker(app):
-        yield SimpleNamespace(app=app, **vars(tasks))
+    with app_with_worker(app, define(app)) as env:
+        yield env
 
 
-def key() -> str:
-    return uuid.uuid4().hex
+key = new_key
 
 
 def only(events: list[Any]) -> Any:

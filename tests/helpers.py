@@ -1,0 +1,48 @@
+"""Small helpers the integration modules share."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+from celery import Celery
+
+from tests.conftest import embedded_worker
+
+
+class Calls:
+    """Thread-safe count of how many times a task body ran, per test key."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def bump(self, key: str) -> int:
+        with self._lock:
+            self._counts[key] += 1
+            return self._counts[key]
+
+    def __call__(self, key: str) -> int:
+        with self._lock:
+            return self._counts[key]
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def tasks_in(scope: Mapping[str, Any]) -> SimpleNamespace:
+    """The Celery tasks among a ``define(app)`` function's locals."""
+    return SimpleNamespace(**{n: v for n, v in scope.items() if hasattr(v, "apply_async")})
+
+
+@contextmanager
+def app_with_worker(app: Celery, tasks: SimpleNamespace, **worker: Any) -> Iterator[Any]:
+    """The module's ``env``: its app, its tasks, and an embedded worker running them."""
+    with embedded_worker(app, **worker):
+        yield SimpleNamespace(app=app, **vars(tasks))
