@@ -20,7 +20,7 @@ from celery_reliable.policy import RetryRule, default_retry_rule
 
 #: Every setting, with its default. Documented in docs/configuration.md.
 DEFAULTS: dict[str, Any] = {
-    "reliable_database_url": None,
+    "reliable_database_url": "sqlite:///celery_reliable.sqlite3",
     "reliable_statsd_host": None,
     "reliable_statsd_port": 8125,
     "reliable_statsd_prefix": "celery",
@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_dead_letter_redact": False,
     "reliable_queue_depth_interval": 10.0,
     "reliable_log_outcomes": True,
+    "reliable_prune_interval": 3600.0,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -49,9 +50,11 @@ class ReliableSettings:
     unclassified: str
     unclassified_attempts: int
     receipt_ttl: float
-    dead_letter_redact: bool
+    #: True: no task's dead letters keep arguments; else the names of those that don't.
+    dead_letter_redact: bool | frozenset[str]
     queue_depth_interval: float
     log_outcomes: bool
+    prune_interval: float
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
 
@@ -80,11 +83,16 @@ class ReliableSettings:
             unclassified=unclassified,
             unclassified_attempts=_int("reliable_unclassified_attempts", merged, low=1),
             receipt_ttl=_seconds("reliable_receipt_ttl", merged),
-            dead_letter_redact=_bool("reliable_dead_letter_redact", merged),
+            dead_letter_redact=_redact("reliable_dead_letter_redact", merged),
             queue_depth_interval=_seconds("reliable_queue_depth_interval", merged),
             log_outcomes=_bool("reliable_log_outcomes", merged),
+            prune_interval=_seconds("reliable_prune_interval", merged),
             unclassified_rule=None,
         ).with_unclassified_rule()
+
+    def redacts(self, task_name: str) -> bool:
+        redact = self.dead_letter_redact
+        return redact if isinstance(redact, bool) else task_name in redact
 
     def with_unclassified_rule(self) -> ReliableSettings:
         rule = None
@@ -182,6 +190,17 @@ def _seconds(name: str, values: Mapping[str, Any]) -> float:
     ):
         raise ImproperlyConfigured(f"{name} must be a number of seconds > 0, got {value!r}")
     return float(value)
+
+
+def _redact(name: str, values: Mapping[str, Any]) -> bool | frozenset[str]:
+    value = values[name]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(
+        isinstance(item, str) for item in value
+    ):
+        return frozenset(value)
+    raise ImproperlyConfigured(f"{name} must be True, False or a list of task names, got {value!r}")
 
 
 def _bool(name: str, values: Mapping[str, Any]) -> bool:

@@ -30,6 +30,7 @@ from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 
 from celery_reliable.backoff import compute_delay
 from celery_reliable.config import settings_for
+from celery_reliable.errors import LeaseLost
 from celery_reliable.outcomes import (
     Cancel,
     Discard,
@@ -41,6 +42,7 @@ from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, Rule
 from celery_reliable.signals import execution_started, task_outcome
 
 if TYPE_CHECKING:
+    from celery_reliable.store import Claim
     from celery_reliable.task import ReliableTask
 
 logger = logging.getLogger("celery_reliable.execution")
@@ -50,6 +52,12 @@ logger = logging.getLogger("celery_reliable.execution")
 _get_actual_ignore_result: Callable[[Any, Any], bool] = getattr(  # noqa: B009
     celery_task, "get_actual_ignore_result"
 )
+
+#: Outcomes after which the job runs again (a unique lock stays held).
+_NOT_TERMINAL = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
+
+#: ``Execution._claim`` found the key free: run the body.
+_OWNED = object()
 
 #: The message header that carries our counters across re-publishes:
 #: ``{"attempts": {rule_id: failed executions}, "snoozes": n}``.
@@ -142,6 +150,7 @@ class Execution:
         "_counters",
         "args",
         "attempt",
+        "claim",
         "kwargs",
         "queue",
         "replaced",
@@ -168,6 +177,8 @@ class Execution:
         self.queue: str | None = delivery_info.get("routing_key")
         self.replaced = False
         self.started = 0.0
+        #: The idempotency receipt this execution holds, if its task has a key.
+        self.claim: Claim | None = None
         #: The re-published signature of a retry (eager apply() runs it).
         self.signature: Any = None
 
@@ -197,12 +208,17 @@ class Execution:
             _local.execution = previous
 
     def _run(self, body: Callable[..., Any]) -> Any:
+        if self.task._reliable_key is not None:
+            duplicate = self._claim()
+            if duplicate is not _OWNED:
+                return duplicate
         try:
             retval = body(*self.args, **self.kwargs)
         except OutcomeRequest as requested:
             decision = self.decide_request(requested)
         except Retry as retry:
             # self.retry() / autoretry_for: Celery already re-published the message.
+            self._give_back(Outcome.RETRIED)
             self.emit(
                 Decision(
                     Outcome.RETRIED,
@@ -225,10 +241,61 @@ class Execution:
             decision = self.decide_exception(exc)
         else:
             if not isinstance(retval, OutcomeRequest):
-                self.emit(Decision(Outcome.SUCCEEDED, ""))
+                self._succeeded(retval)
                 return retval
             decision = self.decide_request(retval)
         return self.act(decision)
+
+    def _claim(self) -> Any:
+        """Take the idempotency receipt; ``_OWNED`` to run the body, else the result."""
+        from celery_reliable import claims
+
+        try:
+            got = claims.claim(self.task, cast(str, self.request.id), self.args, self.kwargs)
+        except Exception as exc:  # StoreUnavailable: the built-in rule retries it
+            return self.act(self.decide_exception(exc))
+        if isinstance(got, claims.Claim):
+            self.claim = got
+            return _OWNED
+        if isinstance(got, claims.Duplicate):
+            receipt = got.receipt
+            self.emit(
+                Decision(
+                    Outcome.DUPLICATE,
+                    f"idempotency key {receipt.key!r} already succeeded (task {receipt.task_id})",
+                )
+            )
+            self._release_unique(Outcome.DUPLICATE)
+            return got.value
+        if isinstance(got, claims.Busy):
+            receipt = got.receipt
+            reason = f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
+            return self.act(self._snooze_decision(got.retry_in, reason, None))
+        return self.act(Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc))
+
+    def _succeeded(self, retval: Any) -> None:
+        if self.claim is not None:
+            from celery_reliable import claims
+
+            claims.complete(self.task, self.claim, retval)
+        self._release_unique(Outcome.SUCCEEDED)
+        self.emit(Decision(Outcome.SUCCEEDED, ""))
+
+    def _give_back(self, outcome: Outcome) -> None:
+        """Every outcome but success releases the claim; terminal ones the unique lock."""
+        if self.claim is not None:
+            from celery_reliable import claims
+
+            claims.release(self.task, self.claim)
+        self._release_unique(outcome)
+
+    def _release_unique(self, outcome: Outcome) -> None:
+        spec = self.task._reliable_unique
+        if spec is None or spec.release != "terminal" or outcome in _NOT_TERMINAL:
+            return
+        from celery_reliable import unique
+
+        unique.release(self.task, cast(str, self.request.id), self.args, self.kwargs)
 
     # -- deciding --------------------------------------------------------------------
 
@@ -255,6 +322,8 @@ class Execution:
         )
 
     def decide_exception(self, exc: Exception) -> Decision:
+        if isinstance(exc, LeaseLost):
+            return self._snooze_decision(1.0, describe_exc(exc), exc)
         rule = self.task._reliable_policy.classify(exc)
         if rule is None and self._autoretry_gave_up(exc):
             return Decision(
@@ -315,6 +384,7 @@ class Execution:
 
     def act(self, decision: Decision) -> NoReturn:
         outcome = decision.outcome
+        self._give_back(outcome)
         if outcome is Outcome.RETRIED:
             self._republish_or_fall_back(decision, retries=self.attempt)
             self.emit(decision)
@@ -451,17 +521,25 @@ class Execution:
 
     def _on_ignore(self, ignore: Ignore) -> None:
         if self.replaced:
+            # The replacement owns the work now: the key counts as done.
+            if self.claim is not None:
+                from celery_reliable import claims
+
+                claims.complete(self.task, self.claim, None)
             self.emit(Decision(Outcome.SUCCEEDED, "replaced by a new task"))
             return
+        self._give_back(Outcome.CANCELLED)
         self.emit(Decision(Outcome.CANCELLED, f"Ignore: {ignore}" if str(ignore) else "Ignore"))
 
     def _on_reject(self, reject: Reject) -> None:
         requeue = bool(getattr(reject, "requeue", False))
         reason = f"Reject(requeue={requeue}): {getattr(reject, 'reason', None)!r}"
         if requeue and self.task.acks_late:
-            self.emit(Decision(Outcome.SNOOZED, reason, retry_in=0.0))
+            decision = Decision(Outcome.SNOOZED, reason, retry_in=0.0)
         else:
-            self.emit(Decision(Outcome.DISCARDED, reason))
+            decision = Decision(Outcome.DISCARDED, reason)
+        self._give_back(decision.outcome)
+        self.emit(decision)
 
     # -- telling ---------------------------------------------------------------------
 
@@ -540,7 +618,13 @@ def _first_external_report(task_id: str | None, exc: BaseException) -> bool:
         return True
 
 
-def report_external_failure(task: ReliableTask, task_id: str | None, exc: BaseException) -> None:
+def report_external_failure(
+    task: ReliableTask,
+    task_id: str | None,
+    exc: BaseException,
+    args: Any = None,
+    kwargs: Any = None,
+) -> None:
     """Send FAILED for an execution the worker's main process ended (hard time limit,
     lost worker): the body never got to decide, so nothing was sent for it yet."""
     if not _first_external_report(task_id, exc):
@@ -550,7 +634,11 @@ def report_external_failure(task: ReliableTask, task_id: str | None, exc: BaseEx
     duration: float | None = None
     if exc.args and isinstance(exc.args[0], (int, float)):
         duration = float(exc.args[0])  # TimeLimitExceeded(limit): it ran that long
-    queue = (request.delivery_info or {}).get("routing_key") if known else None
+    if not known:
+        # What the main process knows of the job, so that its dead letter can be
+        # re-published (to the task's default queue: the delivery info was the child's).
+        request = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
+    queue = (request.delivery_info or {}).get("routing_key")
     task_outcome.send(
         sender=task,
         task_id=task_id,
@@ -562,5 +650,5 @@ def report_external_failure(task: ReliableTask, task_id: str | None, exc: BaseEx
         retry_in=None,
         report=True,
         queue=queue,
-        request=request if known else None,
+        request=request,
     )

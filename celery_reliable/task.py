@@ -8,15 +8,30 @@ and sends one signal.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Celery, Task
+from celery.exceptions import ImproperlyConfigured
 from celery.result import EagerResult
 from celery.states import IGNORED
+from celery.utils import uuid
 
 from celery_reliable import options as task_options
-from celery_reliable.execution import Execution, current_execution, pop_eager_outcome
-from celery_reliable.policy import RULES_ATTR, Policy, Rule
+from celery_reliable.backoff import exponential
+from celery_reliable.errors import StoreUnavailable
+from celery_reliable.execution import (
+    HEADER,
+    Execution,
+    current_execution,
+    pop_eager_outcome,
+)
+from celery_reliable.idempotency import KeySpec, UniqueSpec
+from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def _own_function_rules(cls: type) -> list[Rule]:
@@ -37,6 +52,15 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         other exception, so ``retry_on(SoftTimeLimitExceeded)`` works.
     ``max_snoozes``
         How many times an execution may snooze before it is DISCARDED (default 10).
+    ``idempotency_key``
+        A format string over the task's parameters (``"charge:{order_id}"``) or a
+        callable ``(*args, **kwargs) -> str``. Each execution claims a receipt first;
+        a key that already succeeded is a DUPLICATE. Needs ``timeout``.
+    ``unique``
+        ``{"period": seconds, "keys": [names], "release": "period" | "terminal"}``:
+        publishing while the key is held returns the holder's result instead.
+    ``dead_letter_redact``
+        Store no arguments in this task's dead letters (personal data).
     """
 
     #: Seconds before the soft time limit; see the class docstring.
@@ -45,6 +69,17 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     time_limit: float | None  # type: ignore[assignment]
     #: Snoozes allowed before the job is DISCARDED.
     max_snoozes: ClassVar[int] = 10
+    #: Idempotency key: format string or callable; see the class docstring.
+    idempotency_key: ClassVar[Any] = None
+    #: Unique enqueue: see the class docstring.
+    unique: ClassVar[Any] = None
+    #: Keep no arguments in this task's dead letters.
+    dead_letter_redact: ClassVar[bool] = False
+
+    _reliable_key: ClassVar[KeySpec | None] = None
+    _reliable_unique: ClassVar[UniqueSpec | None] = None
+    #: Seconds an idempotency claim lasts: hard time limit + margin (set when bound).
+    _reliable_lease: ClassVar[float] = 0.0
 
     #: The effective declarations of this task class (inherited and own).
     _reliable_policy: ClassVar[Policy] = Policy()
@@ -68,6 +103,16 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             if limits is not None:
                 cls.soft_time_limit = limits.soft_time_limit
                 cls.time_limit = limits.time_limit
+        if not isinstance(cls.dead_letter_redact, bool):
+            raise ValueError(f"{owner}: dead_letter_redact must be True or False")
+        if cls.idempotency_key is not None:
+            cls._reliable_key = KeySpec.build(
+                owner, cls.idempotency_key, cls.__dict__.get("run", cls.run)
+            )
+        if cls.unique is not None:
+            cls._reliable_unique = UniqueSpec.build(
+                owner, cls.unique, cls.__dict__.get("run", cls.run)
+            )
         own = [*cls.__dict__.get(RULES_ATTR, ()), *_own_function_rules(cls)]
         cls._reliable_policy = Policy.compose(_parent_policy(cls), own)
 
@@ -81,9 +126,70 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
     @classmethod
     def on_bound(cls, app: Celery) -> None:
+        from celery_reliable.claims import lease_seconds
         from celery_reliable.wiring import install
 
+        if cls._reliable_key is not None:
+            # Bound, time_limit includes the app's task_time_limit.
+            if not cls.time_limit:
+                raise ImproperlyConfigured(
+                    f"task {cls.name}: idempotency_key needs timeout= (or time_limit=): "
+                    "a claim's lease is derived from it, so that a live worker is always "
+                    "stopped by its hard limit before another can take its key over"
+                )
+            cls._reliable_lease = lease_seconds(float(cls.time_limit))
         install(app)
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
+        """Celery's ``apply_async``; with ``unique=``, a held key returns its holder."""
+        if (
+            self._reliable_unique is not None
+            and not _is_republish(options)
+            and not (self.app.conf.task_always_eager)
+        ):
+            from celery_reliable.unique import holder_of
+
+            task_id = task_id or uuid()
+            holder = holder_of(self, task_id, args, kwargs)
+            if holder is not None:
+                return self.AsyncResult(holder)
+            try:
+                return super().apply_async(args, kwargs, task_id, *more, **options)
+            except Exception:
+                from celery_reliable.unique import release
+
+                release(self, task_id, args, kwargs)
+                raise
+        return super().apply_async(args, kwargs, task_id, *more, **options)
+
+    @contextmanager
+    def atomic(self) -> Iterator[Session]:
+        """A SQLAlchemy session on the store's database, committed when the block ends.
+
+        With an ``idempotency_key``, the receipt is marked succeeded in the same
+        transaction: the writes made through this session happen exactly once per key.
+        """
+        from celery_reliable.store import require_store
+
+        store = require_store(self.app, f"task {self.name}: atomic()")
+        execution = current_execution()
+        claim = execution.claim if execution is not None and execution.task is self else None
+        marking = claim is not None and not claim.completed
+        with store.session() as session:
+            yield session
+            if marking:
+                assert claim is not None
+                store.receipts.complete_in(session, claim)
+        if marking:
+            assert claim is not None
+            claim.completed = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -119,6 +225,19 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def reliable_rules(cls) -> list[Rule]:
         """The task's effective declarations, for reports and audits."""
         return cls._reliable_policy.rules
+
+
+def _is_republish(options: dict[str, Any]) -> bool:
+    """A retry or snooze of a job already running: its unique lock is its own."""
+    return bool(options.get("retries")) or HEADER in (options.get("headers") or {})
+
+
+# Built in: a store that cannot be reached at claim time is retried (the body never
+# runs without its claim). A task may override it with its own rule for the class.
+ReliableTask._reliable_policy = Policy.compose(
+    None,
+    [make_retry_rule([StoreUnavailable], wait=exponential(cap=60), attempts=10)],
+)
 
 
 def _parent_policy(cls: type) -> Policy | None:

@@ -50,11 +50,17 @@ def observers_for(app: Celery) -> list[Any]:
 
 def _build_observers(app: Celery) -> list[Any]:
     from celery_reliable.observers.logging import LoggingObserver
+    from celery_reliable.store import store_for
 
     settings = settings_for(app)
     built: list[Any] = []
     if settings.log_outcomes:
         built.append(LoggingObserver(app))
+    store = store_for(app)
+    if store is not None:
+        from celery_reliable.observers.dead_letters import DeadLetterObserver
+
+        built.append(DeadLetterObserver(app, store))
     for observer in built:
         observer.connect()
     return built
@@ -68,7 +74,12 @@ def _on_execution_started(sender: Any = None, **_: Any) -> None:
 
 
 def _on_task_failure(
-    sender: Any = None, exception: BaseException | None = None, task_id: str | None = None, **_: Any
+    sender: Any = None,
+    exception: BaseException | None = None,
+    task_id: str | None = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
 ) -> None:
     """Executions that end outside the task body: the hard time limit, a lost worker.
 
@@ -84,7 +95,7 @@ def _on_task_failure(
     from celery_reliable.execution import report_external_failure
 
     observers_for(sender.app)
-    report_external_failure(sender, task_id, exception)
+    report_external_failure(sender, task_id, exception, args, kwargs)
 
 
 execution_started.connect(_on_execution_started, weak=False)

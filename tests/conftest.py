@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,10 +36,15 @@ def redis_url() -> Iterator[str]:
         gc.collect()
 
 
+_store_dir = tempfile.mkdtemp(prefix="reliable-test-store-")
+
+
 def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
-    """A Celery app on its own Redis database (so test modules never share a queue)."""
+    """A Celery app on its own Redis database (so test modules never share a queue),
+    with its own SQLite store unless ``reliable_database_url`` is given."""
     db = next(_databases)
     url = f"{redis_url}/{db}"
+    conf.setdefault("reliable_database_url", f"sqlite:///{_store_dir}/{name}-{db}.sqlite3")
     app = Celery(name, broker=url, backend=url, set_as_current=False)
     app.conf.update(
         broker_connection_retry_on_startup=False,

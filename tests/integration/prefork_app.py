@@ -27,6 +27,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": 5},
     worker_prefetch_multiplier=1,
+    reliable_database_url=os.environ.get("RELIABLE_TEST_STORE", "sqlite:///:memory:"),
 )
 
 _client = redis.Redis.from_url(BROKER)

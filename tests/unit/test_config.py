@@ -26,7 +26,7 @@ def app() -> Iterator[Celery]:
 
 def test_defaults() -> None:
     settings = ReliableSettings.from_mapping({})
-    assert settings.database_url is None
+    assert settings.database_url == "sqlite:///celery_reliable.sqlite3"
     assert settings.statsd_host is None
     assert settings.statsd_port == 8125
     assert settings.statsd_prefix == "celery"

@@ -1,0 +1,194 @@
+"""Idempotency receipts around one execution: claim before the body, complete after.
+
+What a claim attempt can decide, before the body runs:
+
+* the key is new (or its holder's lease expired): the execution owns it and runs;
+* the key already succeeded: ``DUPLICATE``, with the stored result as the result;
+* the key is in progress elsewhere with a live lease: ``SNOOZED`` until about then;
+* the same key with another payload: ``DISCARDED`` with ``IdempotencyConflict``;
+* the key cannot be computed from the arguments: ``DISCARDED``;
+* the store cannot be reached: ``StoreUnavailable``, which the built-in rule retries
+  (the body never runs without its claim).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+
+from celery_reliable.errors import IdempotencyConflict, IdempotencyKeyError, StoreUnavailable
+from celery_reliable.idempotency import KeySpec
+from celery_reliable.store import Claim, Receipt, Store, require_store
+from celery_reliable.store.receipts import SUCCEEDED
+from celery_reliable.store.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from celery_reliable.task import ReliableTask
+
+__all__ = ["Busy", "Claim", "Duplicate", "Refused", "claim", "complete", "release"]
+
+logger = logging.getLogger("celery_reliable.receipts")
+
+#: Seconds a claim's lease outlives the task's hard time limit: a worker still alive
+#: is always killed by the hard limit before its lease can be taken over.
+LEASE_MARGIN = 5.0
+
+
+def lease_seconds(time_limit: float) -> float:
+    return time_limit + LEASE_MARGIN
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The key already succeeded: skip the body, return this."""
+
+    value: Any
+    receipt: Receipt
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The key is held by a live execution elsewhere."""
+
+    receipt: Receipt
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The job cannot be run under its key (conflict, key not computable)."""
+
+    exc: Exception
+
+
+def claim(
+    task: ReliableTask, task_id: str, args: Any, kwargs: Any
+) -> Claim | Duplicate | Busy | Refused:
+    spec: KeySpec = task._reliable_key  # type: ignore[assignment]
+    try:
+        key, payload = spec.key_and_hash(tuple(args or ()), dict(kwargs or {}))
+    except IdempotencyKeyError as exc:
+        return Refused(exc)
+    store = require_store(task.app, f"task {task.name}: idempotency_key")
+    lease = task._reliable_lease
+    got = store.receipts.claim(task.name, key, payload, task_id, lease)
+    if isinstance(got, Claim):
+        if got.took_over:
+            logger.warning(
+                "task %s[%s]: took over idempotency key %r (the previous claim's lease "
+                "expired: its worker died or stalled); claim #%d",
+                task.name,
+                task_id,
+                key,
+                got.claims,
+            )
+        return got
+    if got.payload_hash != payload:
+        return Refused(
+            IdempotencyConflict(
+                f"idempotency key {key!r} was first used with other arguments "
+                f"(by task {got.task_id}); refusing to run a different payload under it"
+            )
+        )
+    if got.state == SUCCEEDED:
+        return Duplicate(_load_result(got), got)
+    return Busy(got, _busy_retry_in(got, lease))
+
+
+def _busy_retry_in(receipt: Receipt, lease: float) -> float:
+    """Until about when the holder's lease ends; in steps, so an early finish is seen."""
+    remaining = _seconds_until(receipt.lease_expires_at)
+    return min(max(remaining, 1.0), max(5.0, lease / 4))
+
+
+def _seconds_until(when: datetime | None) -> float:
+    if when is None:
+        return 1.0
+    return (when - utcnow()).total_seconds()
+
+
+def _load_result(receipt: Receipt) -> Any:
+    if receipt.result is None:
+        return None
+    try:
+        return kombu_loads(receipt.result)
+    except ValueError:
+        logger.warning(
+            "receipt %s/%s: stored result is not JSON; returning None",
+            receipt.task_name,
+            receipt.key,
+        )
+        return None
+
+
+def encode_result(task_name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return kombu_dumps(value)
+    except (TypeError, ValueError):
+        logger.warning(
+            "task %s: result %r is not JSON-serializable; the receipt keeps no result "
+            "(a DUPLICATE returns None)",
+            task_name,
+            type(value).__name__,
+        )
+        return None
+
+
+def complete(task: ReliableTask, claim: Claim, value: Any) -> None:
+    """After the body returned: mark the receipt succeeded (or store its result)."""
+    store = _store(task)
+    result = encode_result(task.name, value)
+    try:
+        if claim.completed:
+            if result is not None:
+                store.receipts.store_result(claim, result)
+            return
+        if not store.receipts.complete(claim, result):
+            logger.error(
+                "task %s[%s]: idempotency key %r was taken over while this execution ran "
+                "(it outlived its lease); its effects outside atomic() may now happen "
+                "twice",
+                task.name,
+                claim.task_id,
+                claim.key,
+            )
+    except StoreUnavailable as exc:
+        # The work is done; only the record of it is missing. The claim stays "in
+        # progress" until its lease expires, after which a redelivery would run the
+        # body again: at-least-once, as documented.
+        logger.error(
+            "task %s[%s]: could not mark idempotency key %r succeeded (%s); a redelivery "
+            "after the lease would run it again",
+            task.name,
+            claim.task_id,
+            claim.key,
+            exc,
+        )
+
+
+def release(task: ReliableTask, claim: Claim) -> None:
+    """The execution did not succeed: give the key back (a succeeded receipt stays)."""
+    if claim.completed:
+        return
+    try:
+        _store(task).receipts.release(claim)
+    except StoreUnavailable as exc:
+        logger.error(
+            "task %s[%s]: could not release idempotency key %r (%s); it is free again "
+            "when its lease expires",
+            task.name,
+            claim.task_id,
+            claim.key,
+            exc,
+        )
+
+
+def _store(task: ReliableTask) -> Store:
+    return require_store(task.app, f"task {task.name}: idempotency_key")

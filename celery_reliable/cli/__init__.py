@@ -1,0 +1,30 @@
+"""``celery -A proj reliable ...``: a Celery sub-command (entry point ``celery.commands``),
+so ``-A``, ``--config`` and the rest of Celery's options work as users expect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from celery_reliable.cli.db import db
+
+
+@click.group(name="reliable")
+@click.pass_context
+def reliable(ctx: click.Context) -> None:
+    """Reliability tooling for ReliableTask apps: the store, receipts, dead letters."""
+
+
+def app_of(ctx: click.Context) -> Any:
+    """The Celery app of ``celery -A proj``, finalized so every task is built."""
+    obj = ctx.find_root().obj
+    app = getattr(obj, "app", None)
+    if app is None:
+        raise click.UsageError("no Celery app: run as `celery -A proj reliable ...`")
+    app.loader.import_default_modules()
+    app.finalize(auto=True)
+    return app
+
+
+reliable.add_command(db)

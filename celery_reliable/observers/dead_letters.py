@@ -1,0 +1,96 @@
+"""Writes a dead letter for every DISCARDED, EXHAUSTED and FAILED execution.
+
+It runs when the outcome is sent, before the worker acknowledges the message (with
+``acks_late``). When the store cannot be reached the dead letter is not lost: it is
+logged at ERROR on ``celery_reliable.dead_letters`` as one JSON line holding the whole
+row (arguments included unless redacted), from which it can be re-published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from typing import Any
+
+from celery_reliable.config import settings_for
+from celery_reliable.errors import StoreUnavailable
+from celery_reliable.execution import HEADER
+from celery_reliable.observers.base import Observer
+from celery_reliable.outcomes import Outcome
+from celery_reliable.store import Store
+from celery_reliable.store.dead_letters import DeadLetters
+
+logger = logging.getLogger("celery_reliable.dead_letters")
+
+
+def republish_options(request: Any) -> dict[str, Any]:
+    """What ``DeadLetters.retry`` needs to publish the job where it came from."""
+    if request is None:
+        return {}
+    delivery = request.delivery_info or {}
+    headers = {k: v for k, v in (request.headers or {}).items() if k != HEADER}
+    return {
+        "exchange": delivery.get("exchange"),
+        "routing_key": delivery.get("routing_key"),
+        "priority": delivery.get("priority"),
+        "headers": headers,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+    }
+
+
+def _queue(options: dict[str, Any]) -> str | None:
+    # Published to the default exchange, the routing key is the queue's name.
+    if options.get("exchange") in ("", None):
+        key = options.get("routing_key")
+        return str(key) if key else None
+    return None
+
+
+def _traceback(exc: BaseException | None) -> str | None:
+    if exc is None or exc.__traceback__ is None:
+        return None
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class DeadLetterObserver(Observer):
+    name = "dead letters"
+
+    def __init__(self, app: Any, store: Store) -> None:
+        super().__init__(app)
+        self.store = store
+        self.settings = settings_for(app)
+
+    def on_outcome(self, task: Any, **fields: Any) -> None:
+        outcome: Outcome = fields["outcome"]
+        if not outcome.dead_letters:
+            return
+        request = fields.get("request")
+        exc: BaseException | None = fields.get("exc")
+        options = republish_options(request)
+        row = {
+            "task_id": fields.get("task_id") or "",
+            "task_name": task.name,
+            "queue": _queue(options),
+            "args": getattr(request, "args", None),
+            "kwargs": getattr(request, "kwargs", None),
+            "options": options,
+            "redact": bool(task.dead_letter_redact or self.settings.redacts(task.name)),
+            "outcome": outcome.value,
+            "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}" if exc else None,
+            "exc_message": str(exc) if exc is not None else None,
+            "traceback": _traceback(exc),
+            "reason": fields.get("reason") or "",
+            "attempts": fields.get("attempt") or 0,
+        }
+        try:
+            self.store.dead_letters.write(**row)
+        except StoreUnavailable as error:
+            logger.error(
+                "dead letter for %s[%s] not stored (%s); it is here instead: %s",
+                task.name,
+                row["task_id"],
+                error,
+                json.dumps(DeadLetters.build_row(**row), default=str),
+            )

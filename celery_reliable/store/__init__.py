@@ -1,0 +1,146 @@
+"""The SQL store: idempotency receipts, dead letters and unique-enqueue locks.
+
+One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
+production), reached through :func:`store_for`. The schema belongs to the Alembic
+migrations shipped here: ``celery -A proj reliable db upgrade`` applies them; a SQLite
+store also applies them itself on first use, so the embedded default needs no step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from celery_reliable.config import settings_for
+from celery_reliable.errors import StoreUnavailable
+from celery_reliable.store import migrate
+from celery_reliable.store.dead_letters import DeadLetter, DeadLetterError, DeadLetters
+from celery_reliable.store.engine import create_store_engine, unavailable_as
+from celery_reliable.store.receipts import Claim, Receipt, Receipts
+from celery_reliable.store.unique import UniqueLocks
+
+logger = logging.getLogger("celery_reliable.store")
+
+__all__ = [
+    "Claim",
+    "DeadLetter",
+    "DeadLetterError",
+    "Receipt",
+    "Store",
+    "StoreUnavailable",
+    "store_for",
+]
+
+_STORE_ATTR = "_reliable_store"
+_lock = threading.Lock()
+
+
+def _dialect_insert(engine: Engine) -> Any:
+    """The dialect's insert(), which has on_conflict_do_update()."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+class Store:
+    """The store of one app in one process (engines do not survive a fork)."""
+
+    def __init__(self, app: Celery, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.pid = os.getpid()
+        self.engine = create_store_engine(url)
+        insert = _dialect_insert(self.engine)
+        self._receipts = Receipts(self.engine, insert)
+        self._dead_letters = DeadLetters(self.engine, app)
+        self._unique = UniqueLocks(self.engine, insert)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    @property
+    def dialect(self) -> str:
+        return str(self.engine.dialect.name)
+
+    def ensure_schema(self) -> None:
+        """Once per process: SQLite applies the migrations; PostgreSQL must be at head."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            with unavailable_as("checking the celery_reliable schema"):
+                if self.dialect == "sqlite":
+                    before, after = migrate.upgrade(self.engine)
+                    if before != after:
+                        logger.info("celery_reliable: SQLite schema %s -> %s", before, after)
+                else:
+                    current, head = migrate.current(self.engine), migrate.head()
+                    if current != head:
+                        raise StoreUnavailable(
+                            f"the celery_reliable schema is at {current or 'nothing'}, "
+                            f"the code needs {head}: run `celery -A <app> reliable db upgrade`"
+                        )
+            self._schema_ready = True
+
+    @property
+    def receipts(self) -> Receipts:
+        self.ensure_schema()
+        return self._receipts
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        self.ensure_schema()
+        return self._dead_letters
+
+    @property
+    def unique(self) -> UniqueLocks:
+        self.ensure_schema()
+        return self._unique
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session on the store's database, committed on success, rolled back else."""
+        self.ensure_schema()
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def store_for(app: Celery) -> Store | None:
+    """The app's store in this process, or None when ``reliable_database_url`` is None."""
+    store: Store | None = app.__dict__.get(_STORE_ATTR)
+    if store is not None and store.pid == os.getpid():
+        return store
+    url = settings_for(app).database_url
+    if url is None:
+        return None
+    with _lock:
+        store = app.__dict__.get(_STORE_ATTR)
+        if store is not None and store.pid != os.getpid():
+            # A forked child must not use the parent's pooled connections: drop the
+            # pool without closing the parent's sockets, and build a new engine.
+            store.engine.dispose(close=False)
+            store = None
+        if store is None:
+            store = Store(app, url)
+            setattr(app, _STORE_ATTR, store)
+    return store
+
+
+def require_store(app: Celery, why: str) -> Store:
+    store = store_for(app)
+    if store is None:
+        from celery.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{why} needs a store, but reliable_database_url is None")
+    return store

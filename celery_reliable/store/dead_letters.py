@@ -1,0 +1,301 @@
+"""Dead letters: every DISCARDED, EXHAUSTED and FAILED execution, kept for a human.
+
+A row holds what went wrong (outcome, exception, traceback, reason, attempts) and
+what is needed to publish the job again (task name, arguments, queue, exchange,
+routing key, priority, custom headers). ``retry`` re-publishes it with a fresh
+attempt budget; ``purge`` deletes rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from kombu.utils.json import dumps as kombu_dumps
+from kombu.utils.json import loads as kombu_loads
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Engine
+
+from celery_reliable.store.engine import unavailable_as
+from celery_reliable.store.schema import dead_letters
+from celery_reliable.store.timeutil import utcnow
+
+#: Longest traceback kept (characters); the end, where the error is, is kept.
+MAX_TRACEBACK = 64 * 1024
+
+
+class DeadLetterError(Exception):
+    """A dead letter cannot be retried (unknown id, redacted, already retried)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    task_id: str
+    task_name: str
+    queue: str | None
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    options: dict[str, Any]
+    redacted: bool
+    outcome: str
+    exc_type: str | None
+    exc_message: str | None
+    traceback: str | None
+    reason: str
+    attempts: int
+    created_at: datetime
+    retried_at: datetime | None
+    retried_task_id: str | None
+
+    @property
+    def retryable(self) -> bool:
+        return not self.redacted and not self.options.get("args_unserializable", False)
+
+
+def encode_arguments(args: Any, kwargs: Any) -> tuple[str, str, bool]:
+    """JSON of the arguments (Celery's JSON: dates, UUIDs, decimals survive).
+
+    Arguments JSON cannot hold (pickle-serialized tasks) are kept as their repr so a
+    human can still read them; such a dead letter cannot be re-published.
+    """
+    try:
+        return kombu_dumps(list(args or ())), kombu_dumps(dict(kwargs or {})), True
+    except (TypeError, ValueError):
+        return (
+            json.dumps({"repr": repr(args)}),
+            json.dumps({"repr": repr(kwargs)}),
+            False,
+        )
+
+
+def _row(row: Any) -> DeadLetter:
+    options = json.loads(row.options) if row.options else {}
+    unserializable = options.get("args_unserializable", False)
+    return DeadLetter(
+        id=row.id,
+        task_id=row.task_id,
+        task_name=row.task_name,
+        queue=row.queue,
+        args=None if row.args is None or unserializable else kombu_loads(row.args),
+        kwargs=None if row.kwargs is None or unserializable else kombu_loads(row.kwargs),
+        options=options,
+        redacted=row.redacted,
+        outcome=row.outcome,
+        exc_type=row.exc_type,
+        exc_message=row.exc_message,
+        traceback=row.traceback,
+        reason=row.reason,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        retried_at=row.retried_at,
+        retried_task_id=row.retried_task_id,
+    )
+
+
+class DeadLetters:
+    def __init__(self, engine: Engine, app: Any) -> None:
+        self._engine = engine
+        self._app = app
+
+    def write(
+        self,
+        *,
+        task_id: str,
+        task_name: str,
+        queue: str | None,
+        args: Any,
+        kwargs: Any,
+        options: Mapping[str, Any],
+        redact: bool,
+        outcome: str,
+        exc_type: str | None,
+        exc_message: str | None,
+        traceback: str | None,
+        reason: str,
+        attempts: int,
+    ) -> int:
+        row = self.build_row(
+            task_id=task_id,
+            task_name=task_name,
+            queue=queue,
+            args=args,
+            kwargs=kwargs,
+            options=options,
+            redact=redact,
+            outcome=outcome,
+            exc_type=exc_type,
+            exc_message=exc_message,
+            traceback=traceback,
+            reason=reason,
+            attempts=attempts,
+        )
+        with unavailable_as("writing dead letter"), self._engine.begin() as connection:
+            result = connection.execute(insert(dead_letters).values(**row))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    @staticmethod
+    def build_row(
+        *,
+        task_id: str,
+        task_name: str,
+        queue: str | None,
+        args: Any,
+        kwargs: Any,
+        options: Mapping[str, Any],
+        redact: bool,
+        outcome: str,
+        exc_type: str | None,
+        exc_message: str | None,
+        traceback: str | None,
+        reason: str,
+        attempts: int,
+    ) -> dict[str, Any]:
+        """The row as it is stored (also what is logged when the store is down)."""
+        stored_options = dict(options)
+        if redact:
+            args_json = kwargs_json = None
+        else:
+            args_json, kwargs_json, serializable = encode_arguments(args, kwargs)
+            if not serializable:
+                stored_options["args_unserializable"] = True
+        if traceback is not None and len(traceback) > MAX_TRACEBACK:
+            traceback = "...(truncated)\n" + traceback[-MAX_TRACEBACK:]
+        return {
+            "task_id": task_id,
+            "task_name": task_name,
+            "queue": queue,
+            "args": args_json,
+            "kwargs": kwargs_json,
+            "options": json.dumps(stored_options, default=str),
+            "redacted": redact,
+            "outcome": outcome,
+            "exc_type": exc_type,
+            "exc_message": exc_message,
+            "traceback": traceback,
+            "reason": reason,
+            "attempts": attempts,
+            "created_at": utcnow(),
+        }
+
+    def list(
+        self,
+        task_name: str | None = None,
+        outcome: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include_retried: bool = True,
+    ) -> list[DeadLetter]:
+        query = (
+            select(dead_letters)
+            .order_by(dead_letters.c.created_at.desc(), dead_letters.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        if task_name is not None:
+            query = query.where(dead_letters.c.task_name == task_name)
+        if outcome is not None:
+            query = query.where(dead_letters.c.outcome == outcome)
+        if not include_retried:
+            query = query.where(dead_letters.c.retried_at.is_(None))
+        with unavailable_as("listing dead letters"), self._engine.connect() as connection:
+            return [_row(row) for row in connection.execute(query)]
+
+    def count(self, task_name: str | None = None) -> int:
+        query = select(func.count()).select_from(dead_letters)
+        if task_name is not None:
+            query = query.where(dead_letters.c.task_name == task_name)
+        with unavailable_as("counting dead letters"), self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def get(self, dead_letter_id: int) -> DeadLetter | None:
+        query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)
+        with unavailable_as("reading dead letter"), self._engine.connect() as connection:
+            row = connection.execute(query).first()
+        return _row(row) if row is not None else None
+
+    def retry(self, dead_letter_id: int, force: bool = False) -> Any:
+        """Publish the job again, to its original queue, with a fresh attempt budget.
+
+        Returns the new ``AsyncResult``. The row is marked (``retried_at``,
+        ``retried_task_id``) first, so two operators cannot both retry it; with
+        ``force=True`` a row already retried is retried again.
+        """
+        letter = self.get(dead_letter_id)
+        if letter is None:
+            raise DeadLetterError(f"no dead letter {dead_letter_id}")
+        if letter.redacted:
+            raise DeadLetterError(
+                f"dead letter {dead_letter_id} ({letter.task_name}) was stored redacted: "
+                "its arguments were not kept, so it cannot be re-published"
+            )
+        if not letter.retryable:
+            raise DeadLetterError(
+                f"dead letter {dead_letter_id}: its arguments could not be stored as JSON"
+            )
+        if letter.retried_at is not None and not force:
+            raise DeadLetterError(
+                f"dead letter {dead_letter_id} was already retried as task "
+                f"{letter.retried_task_id} at {letter.retried_at:%Y-%m-%d %H:%M:%S}; "
+                "use force to retry it again"
+            )
+        from celery.utils import uuid
+
+        new_id = uuid()
+        mark = (
+            update(dead_letters)
+            .where(dead_letters.c.id == dead_letter_id)
+            .values(retried_at=utcnow(), retried_task_id=new_id)
+        )
+        if not force:
+            mark = mark.where(dead_letters.c.retried_at.is_(None))
+        with unavailable_as("marking dead letter retried"), self._engine.begin() as connection:
+            if connection.execute(mark).rowcount != 1:
+                raise DeadLetterError(f"dead letter {dead_letter_id} was retried meanwhile")
+        publish = {
+            key: letter.options[key]
+            for key in ("exchange", "routing_key", "priority")
+            if letter.options.get(key) is not None
+        }
+        headers = letter.options.get("headers") or {}
+        try:
+            return self._app.send_task(
+                letter.task_name,
+                args=letter.args,
+                kwargs=letter.kwargs,
+                task_id=new_id,
+                queue=letter.queue,
+                headers=headers,
+                **publish,
+            )
+        except Exception:
+            with self._engine.begin() as connection:
+                connection.execute(
+                    update(dead_letters)
+                    .where(dead_letters.c.id == dead_letter_id)
+                    .values(retried_at=letter.retried_at, retried_task_id=letter.retried_task_id)
+                )
+            raise
+
+    def purge(
+        self,
+        ids: Iterable[int] | None = None,
+        task_name: str | None = None,
+        older_than: timedelta | None = None,
+        retried_only: bool = False,
+    ) -> int:
+        """Delete dead letters matching every filter given; returns how many."""
+        statement = delete(dead_letters)
+        if ids is not None:
+            statement = statement.where(dead_letters.c.id.in_(list(ids)))
+        if task_name is not None:
+            statement = statement.where(dead_letters.c.task_name == task_name)
+        if older_than is not None:
+            statement = statement.where(dead_letters.c.created_at < utcnow() - older_than)
+        if retried_only:
+            statement = statement.where(dead_letters.c.retried_at.is_not(None))
+        with unavailable_as("purging dead letters"), self._engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)

@@ -1,0 +1,87 @@
+"""Engines for the store: SQLite (the embedded default) and PostgreSQL.
+
+SQLite runs in WAL mode with a busy timeout and takes the write lock at BEGIN
+(``BEGIN IMMEDIATE``): a read-then-write transaction under concurrency would otherwise
+fail with "database is locked" instead of waiting its turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, ProgrammingError
+from sqlalchemy.pool import StaticPool
+
+from celery_reliable.errors import StoreUnavailable
+
+SUPPORTED = ("sqlite", "postgresql")
+
+#: Seconds a connection attempt may take before the store counts as unreachable.
+CONNECT_TIMEOUT = 5
+
+
+def create_store_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED:
+        raise ValueError(
+            f"reliable_database_url {parsed.render_as_string(hide_password=True)!r}: "
+            f"celery_reliable stores to SQLite or PostgreSQL, not {backend}"
+        )
+    if backend == "sqlite":
+        return _sqlite_engine(url, in_memory=parsed.database in (None, "", ":memory:"))
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
+
+
+def _sqlite_engine(url: str, in_memory: bool) -> Engine:
+    if in_memory:
+        # One connection shared by every thread: each new connection to ":memory:"
+        # would be an empty database of its own.
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN, not pysqlite.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextlib.contextmanager
+def unavailable_as(what: str) -> Iterator[None]:
+    """Turn "cannot reach the database" errors into :class:`StoreUnavailable`."""
+    try:
+        yield
+    except (OperationalError, ProgrammingError, NoSuchTableError) as exc:
+        raise StoreUnavailable(f"{what}: {_short(exc)}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"{what}: {_short(exc)}") from exc
+        raise
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,50 @@
+"""Applying the shipped Alembic migrations (``celery -A proj reliable db upgrade``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+from celery_reliable.store.schema import VERSION_TABLE
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head() -> str:
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def current(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
+    """Upgrade to ``revision``; returns (before, after). Safe to run concurrently:
+    the whole upgrade is one transaction (on SQLite one that holds the write lock)."""
+    config = _config()
+    with engine.begin() as connection:
+        before = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+        after = MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+    assert after is not None
+    return before, after

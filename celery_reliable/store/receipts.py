@@ -1,0 +1,245 @@
+"""Idempotency receipts: claim, complete, release, prune.
+
+Claiming is one statement in the common case: an insert whose conflict clause takes
+over the row only when its lease has expired (and the payload matches). Two workers
+can never both own a key: the primary key makes the insert race-free and the takeover
+is one atomic conditional update. Only when the key exists and is not ours is a second
+statement needed, to read why.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session
+
+from celery_reliable.errors import LeaseLost
+from celery_reliable.store.engine import unavailable_as
+from celery_reliable.store.schema import receipts
+from celery_reliable.store.timeutil import utcnow
+
+IN_PROGRESS = "in_progress"
+SUCCEEDED = "succeeded"
+
+
+@dataclass
+class Claim:
+    """A receipt this execution owns until ``lease_expires_at``."""
+
+    task_name: str
+    key: str
+    token: str
+    task_id: str
+    claims: int
+    lease_expires_at: datetime
+    #: Set once the receipt is marked succeeded (by ``atomic()`` or after the body).
+    completed: bool = False
+
+    @property
+    def took_over(self) -> bool:
+        return self.claims > 1
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A receipt row as stored."""
+
+    task_name: str
+    key: str
+    payload_hash: str
+    state: str
+    task_id: str
+    claims: int
+    lease_expires_at: datetime | None
+    result: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    def lease_live(self, now: datetime) -> bool:
+        return self.lease_expires_at is not None and self.lease_expires_at > now
+
+
+def _receipt(row: Any) -> Receipt:
+    return Receipt(
+        task_name=row.task_name,
+        key=row.key,
+        payload_hash=row.payload_hash,
+        state=row.state,
+        task_id=row.task_id,
+        claims=row.claims,
+        lease_expires_at=row.lease_expires_at,
+        result=row.result,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
+    )
+
+
+class Receipts:
+    def __init__(self, engine: Engine, insert: Any) -> None:
+        self._engine = engine
+        self._insert = insert  # the dialect's insert() with on_conflict_do_update
+
+    def claim(  # noqa: PLR0917 - the columns of a claim, in order
+        self,
+        task_name: str,
+        key: str,
+        payload_hash: str,
+        task_id: str,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> Claim | Receipt:
+        """Own the key, or get the receipt that says why not."""
+        now = now or utcnow()
+        lease = now + timedelta(seconds=lease_seconds)
+        token = uuid.uuid4().hex
+        statement = self._insert(receipts).values(
+            task_name=task_name,
+            key=key,
+            payload_hash=payload_hash,
+            state=IN_PROGRESS,
+            task_id=task_id,
+            claim_token=token,
+            claims=1,
+            lease_expires_at=lease,
+            created_at=now,
+            updated_at=now,
+        )
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=[receipts.c.task_name, receipts.c.key],
+            set_={
+                "task_id": excluded.task_id,
+                "claim_token": excluded.claim_token,
+                "claims": receipts.c.claims + 1,
+                "lease_expires_at": excluded.lease_expires_at,
+                "updated_at": excluded.updated_at,
+            },
+            # Take over only a claim whose worker stopped renewing it: in progress,
+            # lease expired, same payload.
+            where=and_(
+                receipts.c.state == IN_PROGRESS,
+                receipts.c.lease_expires_at < now,
+                receipts.c.payload_hash == excluded.payload_hash,
+            ),
+        ).returning(receipts.c.claims)
+        with unavailable_as("claiming idempotency receipt"):
+            for _ in range(3):
+                with self._engine.begin() as connection:
+                    row = connection.execute(statement).first()
+                    if row is not None:
+                        return Claim(task_name, key, token, task_id, row.claims, lease)
+                    existing = self._get(connection, task_name, key)
+                if existing is not None:
+                    return existing
+                # Deleted (released, pruned) between the two statements: claim again.
+        raise RuntimeError(f"receipt {task_name}/{key} kept vanishing while claimed")
+
+    def complete(self, claim: Claim, result: str | None) -> bool:
+        """Mark the receipt succeeded in its own transaction; False if the claim was lost."""
+        with unavailable_as("completing idempotency receipt"), self._engine.begin() as conn:
+            done = self._complete(conn, claim, result)
+        claim.completed = done
+        return done
+
+    def complete_in(self, session: Session, claim: Claim) -> None:
+        """Mark the receipt succeeded inside the caller's transaction (``atomic()``).
+
+        Raises :class:`LeaseLost` if another execution took the key over, so that the
+        caller's writes roll back with it.
+        """
+        if not self._complete(session.connection(), claim, None):
+            raise LeaseLost(
+                f"the claim on {claim.task_name}/{claim.key} was taken over (its lease "
+                f"expired at {claim.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); rolled back"
+            )
+
+    @staticmethod
+    def _complete(connection: Connection, claim: Claim, result: str | None) -> bool:
+        now = utcnow()
+        statement = (
+            update(receipts)
+            .where(
+                receipts.c.task_name == claim.task_name,
+                receipts.c.key == claim.key,
+                receipts.c.claim_token == claim.token,
+                receipts.c.state == IN_PROGRESS,
+            )
+            .values(
+                state=SUCCEEDED,
+                result=result,
+                completed_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+            )
+        )
+        return connection.execute(statement).rowcount == 1
+
+    def store_result(self, claim: Claim, result: str) -> None:
+        """After ``atomic()`` marked the receipt, record the value the body returned."""
+        statement = (
+            update(receipts)
+            .where(
+                receipts.c.task_name == claim.task_name,
+                receipts.c.key == claim.key,
+                receipts.c.claim_token == claim.token,
+                receipts.c.state == SUCCEEDED,
+            )
+            .values(result=result)
+        )
+        with unavailable_as("storing receipt result"), self._engine.begin() as connection:
+            connection.execute(statement)
+
+    def release(self, claim: Claim) -> None:
+        """Give the key back (the execution did not succeed). A succeeded receipt stays."""
+        statement = delete(receipts).where(
+            receipts.c.task_name == claim.task_name,
+            receipts.c.key == claim.key,
+            receipts.c.claim_token == claim.token,
+            receipts.c.state == IN_PROGRESS,
+        )
+        with unavailable_as("releasing idempotency receipt"), self._engine.begin() as conn:
+            conn.execute(statement)
+
+    def get(self, task_name: str, key: str) -> Receipt | None:
+        with unavailable_as("reading idempotency receipt"), self._engine.connect() as conn:
+            return self._get(conn, task_name, key)
+
+    @staticmethod
+    def _get(connection: Connection, task_name: str, key: str) -> Receipt | None:
+        row = connection.execute(
+            select(receipts).where(receipts.c.task_name == task_name, receipts.c.key == key)
+        ).first()
+        return _receipt(row) if row is not None else None
+
+    def list(
+        self,
+        task_name: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+    ) -> list[Receipt]:
+        query = select(receipts).order_by(receipts.c.updated_at.desc()).limit(limit)
+        if task_name is not None:
+            query = query.where(receipts.c.task_name == task_name)
+        if state is not None:
+            query = query.where(receipts.c.state == state)
+        with unavailable_as("listing receipts"), self._engine.connect() as connection:
+            return [_receipt(row) for row in connection.execute(query)]
+
+    def prune(self, ttl_seconds: float, now: datetime | None = None) -> int:
+        """Delete succeeded receipts older than the TTL, and claims abandoned that long."""
+        cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
+        statement = delete(receipts).where(
+            or_(
+                and_(receipts.c.state == SUCCEEDED, receipts.c.completed_at < cutoff),
+                and_(receipts.c.state == IN_PROGRESS, receipts.c.lease_expires_at < cutoff),
+            )
+        )
+        with unavailable_as("pruning receipts"), self._engine.begin() as connection:
+            return int(connection.execute(statement).rowcount)

@@ -1,0 +1,87 @@
+"""The tables: receipts, dead letters, unique-enqueue locks.
+
+Times are naive UTC ``DateTime`` columns (SQLite has no time zones), written by the
+workers' clocks: keep them NTP-synchronised, as any lease-based system needs.
+The schema is owned by the Alembic migrations in ``store/migrations``; this module is
+what the code queries and what the first migration creates.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+#: One row per (task, idempotency key). ``state`` is "in_progress" while an execution
+#: holds the claim (until ``lease_expires_at``) and "succeeded" once it is done. A
+#: released claim is deleted.
+receipts = Table(
+    "reliable_receipts",
+    metadata,
+    Column("task_name", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("payload_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("task_id", String(255), nullable=False),
+    Column("claim_token", String(32), nullable=False),
+    Column("claims", Integer, nullable=False, default=1),
+    Column("lease_expires_at", DateTime, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("completed_at", DateTime, nullable=True),
+    Index("ix_reliable_receipts_completed_at", "completed_at"),
+    Index("ix_reliable_receipts_lease_expires_at", "lease_expires_at"),
+)
+
+#: One row per DISCARDED / EXHAUSTED / FAILED execution: enough to read what went
+#: wrong and to re-publish the job.
+dead_letters = Table(
+    "reliable_dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(255), nullable=False),
+    Column("task_name", String(255), nullable=False),
+    Column("queue", String(255), nullable=True),
+    Column("args", Text, nullable=True),
+    Column("kwargs", Text, nullable=True),
+    Column("options", Text, nullable=False),
+    Column("redacted", Boolean, nullable=False, default=False),
+    Column("outcome", String(16), nullable=False),
+    Column("exc_type", String(255), nullable=True),
+    Column("exc_message", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("retried_at", DateTime, nullable=True),
+    Column("retried_task_id", String(255), nullable=True),
+    Index("ix_reliable_dead_letters_task_name_created_at", "task_name", "created_at"),
+    Index("ix_reliable_dead_letters_created_at", "created_at"),
+)
+
+#: One row per held unique-enqueue key. The primary key is what makes acquiring it
+#: race-free: of N concurrent publishers, one insert wins.
+unique_locks = Table(
+    "reliable_unique_locks",
+    metadata,
+    Column("task_name", String(255), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("task_id", String(255), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_reliable_unique_locks_expires_at", "expires_at"),
+)
+
+#: Alembic's version table for our migrations, apart from the application's own.
+VERSION_TABLE = "reliable_alembic_version"
