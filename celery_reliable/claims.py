@@ -53,10 +53,17 @@ class Duplicate:
 
 @dataclass(frozen=True)
 class Busy:
-    """The key is held by a live execution elsewhere."""
+    """The key is held by a live execution elsewhere, for ``remaining`` more seconds."""
 
     receipt: Receipt
-    retry_in: float
+    remaining: float
+
+    def retry_in(self, snoozes_done: int, max_snoozes: int) -> float:
+        """When to look again: soon at first (the holder is often nearly done), and
+        spread so that the snoozes left reach past the holder's lease, when a dead
+        holder's key can be taken over."""
+        left = max(max_snoozes - snoozes_done, 1)
+        return max(1.0, min(2.0**snoozes_done, self.remaining / left))
 
 
 @dataclass(frozen=True)
@@ -97,13 +104,7 @@ def claim(
         )
     if got.state == SUCCEEDED:
         return Duplicate(_load_result(got), got)
-    return Busy(got, _busy_retry_in(got, lease))
-
-
-def _busy_retry_in(receipt: Receipt, lease: float) -> float:
-    """Until about when the holder's lease ends; in steps, so an early finish is seen."""
-    remaining = _seconds_until(receipt.lease_expires_at)
-    return min(max(remaining, 1.0), max(5.0, lease / 4))
+    return Busy(got, _seconds_until(got.lease_expires_at))
 
 
 def _seconds_until(when: datetime | None) -> float:

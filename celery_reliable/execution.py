@@ -270,7 +270,8 @@ class Execution:
         if isinstance(got, claims.Busy):
             receipt = got.receipt
             reason = f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
-            return self.act(self._snooze_decision(got.retry_in, reason, None))
+            retry_in = got.retry_in(self.counters.snoozes, self.task.max_snoozes)
+            return self.act(self._snooze_decision(retry_in, reason, None))
         return self.act(Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc))
 
     def _succeeded(self, retval: Any) -> None:

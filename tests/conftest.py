@@ -39,6 +39,46 @@ def redis_url() -> Iterator[str]:
 _store_dir = tempfile.mkdtemp(prefix="reliable-test-store-")
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (its ``reliable`` database)."""
+    with servers.postgres_server() as url:
+        yield url
+
+
+_pg_databases = itertools.count(1)
+
+
+def fresh_postgres_database(server_url: str) -> str:
+    """A new, empty database on the session's server; returns its URL."""
+    import sqlalchemy as sa
+
+    name = f"reliable_{next(_pg_databases)}"
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def fresh_store_url(kind: str, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tempfile.mkdtemp(prefix='reliable-store-')}/store.sqlite3"
+    return fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """An empty store database: SQLite and PostgreSQL, one test each."""
+    return fresh_store_url(request.param, request)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_store_url(request: pytest.FixtureRequest) -> str:
+    """Like ``store_url``, shared by a module's tests (for modules with a worker)."""
+    return fresh_store_url(request.param, request)
+
+
 def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
     """A Celery app on its own Redis database (so test modules never share a queue),
     with its own SQLite store unless ``reliable_database_url`` is given."""
@@ -65,19 +105,34 @@ def make_app(redis_url: str) -> Callable[..., Celery]:
     return factory
 
 
+_worker_running = threading.Lock()
+
+
 @contextlib.contextmanager
 def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterator[Any]:
-    """A real Celery worker consuming from the real Redis broker, in a thread."""
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=concurrency,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=30,
-        **kwargs,
-    ) as worker:
-        yield worker
+    """A real Celery worker consuming from the real Redis broker, in a thread.
+
+    One at a time: embedded workers share kombu's global event loop, so a second one
+    in the same process would steal the first one's events.
+    """
+    if not _worker_running.acquire(blocking=False):
+        raise RuntimeError(
+            "an embedded worker is already running in this process: tests that start "
+            "their own worker belong in a module without a module-scoped worker"
+        )
+    try:
+        with start_worker(
+            app,
+            pool="threads",
+            concurrency=concurrency,
+            perform_ping_check=False,
+            loglevel="WARNING",
+            shutdown_timeout=30,
+            **kwargs,
+        ) as worker:
+            yield worker
+    finally:
+        _worker_running.release()
 
 
 @dataclass

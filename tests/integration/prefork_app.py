@@ -6,18 +6,15 @@ the main process), so a receiver here writes each one to Redis where the test re
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any
 
-import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.backoff import fixed
-from celery_reliable.signals import task_outcome
+from tests.integration.recording import record_outcomes_to
 
 BROKER = os.environ["RELIABLE_TEST_BROKER"]
 
@@ -30,27 +27,7 @@ app.conf.update(
     reliable_database_url=os.environ.get("RELIABLE_TEST_STORE", "sqlite:///:memory:"),
 )
 
-_client = redis.Redis.from_url(BROKER)
-
-
-def outcomes_key(task_id: str) -> str:
-    return f"test:outcomes:{task_id}"
-
-
-@task_outcome.connect
-def _record(sender: Any = None, **fields: Any) -> None:
-    _client.rpush(
-        outcomes_key(fields["task_id"]),
-        json.dumps(
-            {
-                "outcome": fields["outcome"].value,
-                "attempt": fields["attempt"],
-                "reason": fields["reason"],
-                "exc_type": type(fields["exc"]).__name__ if fields["exc"] else None,
-                "pid": os.getpid(),
-            }
-        ),
-    )
+record_outcomes_to(BROKER)
 
 
 @app.task(base=ReliableTask, name="p.slow", timeout=1)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from celery_reliable.results import wait_for_outcome
+from tests.integration.recording import recorded
 from tests.worker_process import WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
@@ -35,16 +34,6 @@ def app(broker: str, worker: WorkerProcess) -> Any:
     from tests.integration import prefork_app
 
     return prefork_app
-
-
-def recorded(broker: str, task_id: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(broker)
-    deadline = time.monotonic() + timeout
-    while True:
-        items = [json.loads(x) for x in client.lrange(f"test:outcomes:{task_id}", 0, -1)]
-        if len(items) >= count or time.monotonic() > deadline:
-            return items
-        time.sleep(0.05)
 
 
 def test_timeout_sets_soft_and_hard_limits(app: Any) -> None:

@@ -1,0 +1,77 @@
+"""The app of the crash tests: a real prefork worker whose child is SIGKILLed mid-task.
+
+``acks_late`` and ``task_reject_on_worker_lost``: a child that dies leaves its message
+unacknowledged, and the worker puts it back on the queue for another child.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+from celery_reliable import ReliableTask
+from tests.integration.effects import effects, metadata
+from tests.integration.recording import record_outcomes_to
+
+BROKER = os.environ["RELIABLE_TEST_BROKER"]
+STORE = os.environ["RELIABLE_TEST_STORE"]
+
+app = Celery("crash_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": 5},
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # How long the worker waits for a dead child's result before WorkerLostError
+    # (10 s by default, past this task's 4 s hard limit).
+    worker_lost_wait=1.0,
+    reliable_database_url=STORE,
+)
+
+record_outcomes_to(BROKER)
+_redis = redis.Redis.from_url(BROKER)
+
+
+def started_key(order_id: str) -> str:
+    return f"crash:started:{order_id}"
+
+
+# time_limit=12: the claim's lease is 12 + 5 = 17 s, so a takeover comes 17 s after
+# the dead child's claim. The limit must outlast the time the worker takes to notice a
+# dead child (its pool checks every few seconds, then waits worker_lost_wait), or the
+# hard limit fires first and the job ends FAILED instead of being redelivered.
+@app.task(
+    base=ReliableTask,
+    bind=True,
+    name="crash.charge",
+    time_limit=12,
+    idempotency_key="charge:{order_id}",
+)
+def charge(self: ReliableTask, order_id: str, kill_point: str) -> str:
+    _redis.rpush(started_key(order_id), os.getpid())
+    first = bool(_redis.set(f"crash:first:{order_id}", 1, nx=True))
+    if kill_point == "before-effect" and first:
+        _redis.set(f"crash:ready:{order_id}", os.getpid())
+        time.sleep(30)  # the test SIGKILLs this process here
+    with self.atomic() as session:
+        session.execute(
+            effects.insert().values(order_id=order_id, amount=1, task_id=self.request.id)
+        )
+    if kill_point == "after-effect" and first:
+        _redis.set(f"crash:ready:{order_id}", os.getpid())
+        time.sleep(30)  # committed, not acked: the test SIGKILLs this process here
+    return "charged"
+
+
+def create_tables() -> None:
+    from celery_reliable.store import migrate, store_for
+
+    store = store_for(app)
+    assert store is not None
+    migrate.upgrade(store.engine)
+    metadata.create_all(store.engine)
