@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from celery_reliable.cli.db import db
+from celery_reliable.cli.dead import dead
+from celery_reliable.cli.receipts import receipts
 
 
 @click.group(name="reliable")
@@ -28,3 +30,5 @@ def app_of(ctx: click.Context) -> Any:
 
 
 reliable.add_command(db)
+reliable.add_command(dead)
+reliable.add_command(receipts)

@@ -8,6 +8,8 @@ fail with "database is locked" instead of waiting its turn.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +24,9 @@ SUPPORTED = ("sqlite", "postgresql")
 
 #: Seconds a connection attempt may take before the store counts as unreachable.
 CONNECT_TIMEOUT = 5
+
+#: Seconds a SQLite statement waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT = 30.0
 
 
 def create_store_engine(url: str) -> Engine:
@@ -49,17 +54,19 @@ def _sqlite_engine(url: str, in_memory: bool) -> Engine:
         # would be an empty database of its own.
         engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
     else:
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below emit BEGIN, not pysqlite.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -67,6 +74,24 @@ def _sqlite_engine(url: str, in_memory: bool) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _enable_wal(cursor: Any) -> None:
+    """WAL mode is kept in the file, so only a new database needs switching. The switch
+    takes an exclusive lock and SQLite answers "locked" at once, without its busy
+    handler, while another connection writes: so wait here, as the busy timeout would.
+    """
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager

@@ -8,11 +8,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from celery_reliable.store.schema import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: PostgreSQL advisory lock id that serialises concurrent upgrades ("reliabl" in hex).
+_LOCK_KEY = 0x72656C6961626C
 
 
 def _config() -> Config:
@@ -35,9 +39,13 @@ def current(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Upgrade to ``revision``; returns (before, after). Safe to run concurrently:
-    the whole upgrade is one transaction (on SQLite one that holds the write lock)."""
+    the whole upgrade is one transaction that first takes a lock (SQLite: the write
+    lock, by BEGIN IMMEDIATE; PostgreSQL: a transaction-level advisory lock), so a
+    second deploy waits for the first and then finds nothing left to do."""
     config = _config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         before = MigrationContext.configure(
             connection, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()

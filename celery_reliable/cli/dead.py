@@ -1,0 +1,141 @@
+"""``celery -A proj reliable dead list|show|retry|purge``: the dead-letter store."""
+
+from __future__ import annotations
+
+import click
+
+from celery_reliable.cli.common import as_json, parse_age, store_errors, store_of, table, when
+from celery_reliable.store.dead_letters import DeadLetterError
+
+
+@click.group()
+def dead() -> None:
+    """Dead letters: DISCARDED, EXHAUSTED and FAILED executions."""
+
+
+@dead.command("list")
+@click.option("--task", "task_name", help="Only this task.")
+@click.option("--outcome", type=click.Choice(["discarded", "exhausted", "failed"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--pending", is_flag=True, help="Only those not retried yet.")
+@click.option("--json", "as_json_", is_flag=True, help="JSON instead of a table.")
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    task_name: str | None,
+    outcome: str | None,
+    limit: int,
+    pending: bool,
+    as_json_: bool,
+) -> None:
+    """List dead letters, newest first."""
+    with store_errors():
+        letters = store_of(ctx).dead_letters.list(
+            task_name=task_name, outcome=outcome, limit=limit, include_retried=not pending
+        )
+    if as_json_:
+        as_json(letters)
+        return
+    table(
+        f"dead letters ({len(letters)} shown)",
+        ["id", "when", "task", "outcome", "attempts", "reason", "retried as"],
+        [
+            (
+                d.id,
+                when(d.created_at),
+                d.task_name,
+                d.outcome,
+                d.attempts,
+                d.reason,
+                d.retried_task_id or "",
+            )
+            for d in letters
+        ],
+    )
+
+
+@dead.command()
+@click.argument("dead_letter_id", type=int)
+@click.option("--json", "as_json_", is_flag=True, help="JSON instead of text.")
+@click.pass_context
+def show(ctx: click.Context, dead_letter_id: int, as_json_: bool) -> None:
+    """Everything kept about one dead letter, traceback included."""
+    with store_errors():
+        letter = store_of(ctx).dead_letters.get(dead_letter_id)
+    if letter is None:
+        raise click.ClickException(f"no dead letter {dead_letter_id}")
+    if as_json_:
+        as_json(letter)
+        return
+    for label, value in [
+        ("id", letter.id),
+        ("task", f"{letter.task_name}[{letter.task_id}]"),
+        ("outcome", letter.outcome),
+        ("when", when(letter.created_at)),
+        ("attempts", letter.attempts),
+        ("reason", letter.reason),
+        ("exception", f"{letter.exc_type}: {letter.exc_message}"),
+        ("queue", letter.queue),
+        ("args", "(redacted)" if letter.redacted else letter.args),
+        ("kwargs", "(redacted)" if letter.redacted else letter.kwargs),
+        (
+            "retried",
+            f"{when(letter.retried_at)} as {letter.retried_task_id}" if letter.retried_at else "no",
+        ),
+    ]:
+        click.echo(f"{label:>10}: {value}")
+    if letter.traceback:
+        click.echo("\n" + letter.traceback.rstrip())
+
+
+@dead.command()
+@click.argument("dead_letter_ids", type=int, nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="Retry rows that were retried already.")
+@click.pass_context
+def retry(ctx: click.Context, dead_letter_ids: tuple[int, ...], force: bool) -> None:
+    """Publish dead letters again, with a fresh attempt budget."""
+    store = store_of(ctx)
+    failed = 0
+    for dead_letter_id in dead_letter_ids:
+        try:
+            with store_errors():
+                result = store.dead_letters.retry(dead_letter_id, force=force)
+        except DeadLetterError as exc:
+            click.echo(f"{dead_letter_id}: not retried: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(f"{dead_letter_id}: retried as task {result.id}")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@dead.command()
+@click.argument("dead_letter_ids", type=int, nargs=-1)
+@click.option("--task", "task_name", help="Only this task.")
+@click.option("--older-than", help="Only older than this (30d, 12h, 90s).")
+@click.option("--retried", is_flag=True, help="Only those already retried.")
+@click.option("--all", "everything", is_flag=True, help="Allow purging with no filter.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.pass_context
+def purge(
+    ctx: click.Context,
+    dead_letter_ids: tuple[int, ...],
+    task_name: str | None,
+    older_than: str | None,
+    retried: bool,
+    everything: bool,
+    yes: bool,
+) -> None:
+    """Delete dead letters matching every filter given."""
+    if not (dead_letter_ids or task_name or older_than or retried or everything):
+        raise click.UsageError("give ids or a filter (--task, --older-than, --retried), or --all")
+    if not yes:
+        click.confirm("Delete the matching dead letters?", abort=True)
+    with store_errors():
+        count = store_of(ctx).dead_letters.purge(
+            ids=dead_letter_ids or None,
+            task_name=task_name,
+            older_than=parse_age(older_than) if older_than else None,
+            retried_only=retried,
+        )
+    click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")

@@ -1,0 +1,142 @@
+"""``celery -A proj reliable ...``: the real command line, as a user runs it, against
+a real Redis broker and real SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celery_reliable.store import store_for
+from tests import servers
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.integration.cli_app", "reliable", *args],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "RELIABLE_TEST_BROKER": broker,
+            "RELIABLE_TEST_STORE": store,
+            "COLUMNS": "200",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def broker(redis_url: str) -> str:
+    return f"{redis_url}/62"
+
+
+def store_app(store_url: str) -> Any:
+    app = Celery("cli-test", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = store_url
+    return store_for(app)
+
+
+def test_db_upgrade_and_current(broker: str, store_url: str) -> None:
+    before = run(broker, store_url, "db", "current")
+    assert before.returncode == 0, before.stderr
+    if store_url.startswith("postgresql"):
+        assert "at (empty), code needs 0001: run `celery reliable db upgrade`" in before.stdout
+    upgraded = run(broker, store_url, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "-> 0001" in upgraded.stdout or "already at 0001" in upgraded.stdout
+    again = run(broker, store_url, "db", "upgrade")
+    assert "already at 0001" in again.stdout
+    assert "up to date" in run(broker, store_url, "db", "current").stdout
+
+
+def _dead_letter(store: Any, task_name: str = "cli.echo", reason: str = "boom") -> int:
+    return int(
+        store.dead_letters.write(
+            task_id=f"id-{reason}",
+            task_name=task_name,
+            queue="celery",
+            args=["x"],
+            kwargs={},
+            options={"exchange": "", "routing_key": "celery"},
+            redact=False,
+            outcome="failed",
+            exc_type="builtins.KeyError",
+            exc_message="'x'",
+            traceback="Traceback...\nKeyError: 'x'",
+            reason=reason,
+            attempts=1,
+        )
+    )
+
+
+def test_dead_letters_list_show_retry_purge(broker: str, store_url: str) -> None:
+    assert run(broker, store_url, "db", "upgrade").returncode == 0
+    store = store_app(store_url)
+    first = _dead_letter(store, reason="first failure")
+    _dead_letter(store, task_name="cli.other", reason="second failure")
+
+    listed = run(broker, store_url, "dead", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "first failure" in listed.stdout and "second failure" in listed.stdout
+    as_json = json.loads(
+        run(broker, store_url, "dead", "list", "--task", "cli.echo", "--json").stdout
+    )
+    assert [d["reason"] for d in as_json] == ["first failure"]
+
+    shown = run(broker, store_url, "dead", "show", str(first))
+    assert "KeyError: 'x'" in shown.stdout and "cli.echo" in shown.stdout
+    assert run(broker, store_url, "dead", "show", "99999").returncode == 1
+
+    retried = run(broker, store_url, "dead", "retry", str(first))
+    assert retried.returncode == 0, retried.stderr
+    assert "retried as task" in retried.stdout
+    assert store.dead_letters.get(first).retried_task_id in retried.stdout
+    twice = run(broker, store_url, "dead", "retry", str(first))
+    assert twice.returncode == 1 and "already retried" in twice.stderr
+
+    no_filter = run(broker, store_url, "dead", "purge", "--yes")
+    assert no_filter.returncode == 2 and "--all" in no_filter.stderr
+    purged = run(broker, store_url, "dead", "purge", "--retried", "--yes")
+    assert purged.stdout.strip() == "purged 1 dead letter"
+    assert store.dead_letters.count() == 1
+
+
+def test_receipts_list_show_prune(broker: str, store_url: str) -> None:
+    assert run(broker, store_url, "db", "upgrade").returncode == 0
+    store = store_app(store_url)
+    claim = store.receipts.claim("cli.echo", "echo:a", "0" * 64, "task-a", 30)
+    store.receipts.complete(claim, '"a"')
+    listed = run(broker, store_url, "receipts", "list")
+    assert "echo:a" in listed.stdout and "succeeded" in listed.stdout
+    shown = run(broker, store_url, "receipts", "show", "cli.echo", "echo:a")
+    assert '"a"' in shown.stdout and "task-a" in shown.stdout
+    kept = run(broker, store_url, "receipts", "prune")
+    assert kept.stdout.startswith("pruned 0 receipts")
+    pruned = run(broker, store_url, "receipts", "prune", "--older-than", "0s")
+    assert pruned.stdout.startswith("pruned 1 receipt ")
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_store_unavailable_is_a_clear_error(broker: str, kind: str, tmp_path: Path) -> None:
+    url = (
+        f"postgresql+psycopg://nobody@127.0.0.1:{servers.free_port()}/nothing"
+        if kind == "postgresql"
+        else f"sqlite:///{tmp_path}/missing/dir/store.sqlite3"
+    )
+    result = run(broker, url, "dead", "list")
+    assert result.returncode == 1
+    assert "the store is unavailable" in result.stderr
+    assert "Traceback" not in result.stderr

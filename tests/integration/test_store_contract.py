@@ -1,0 +1,993 @@
+"""The store's contract, on both databases it supports: every test runs once against a
+temporary SQLite file and once against a fresh database on a real PostgreSQL server.
+
+Covers the Alembic migrations, idempotency receipts (claim, lease takeover, complete,
+complete_in, release, prune), unique-enqueue locks, dead letters (including a real
+re-publish through Redis to a real worker), races between real threads, and a store
+that cannot be reached.
+
+The apps here come from :func:`contract_app`, not ``make_app``: only the dead-letter
+retry test talks to the broker, and ``make_app`` hands every app a Redis database of
+its own out of the server's 64, which some seventy store-only apps would use up for
+the modules that run after this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from celery import Celery
+
+from celery_reliable.errors import LeaseLost, StoreUnavailable
+from celery_reliable.store import Claim, Receipt, Store, migrate, store_for
+from celery_reliable.store.dead_letters import MAX_TRACEBACK, DeadLetterError
+from celery_reliable.store.engine import create_store_engine
+from celery_reliable.store.schema import (
+    VERSION_TABLE,
+    dead_letters,
+    metadata,
+    receipts,
+    unique_locks,
+)
+from celery_reliable.store.timeutil import utcnow
+from tests.conftest import embedded_worker
+from tests.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+TABLES = {"reliable_receipts", "reliable_dead_letters", "reliable_unique_locks"}
+TASK = "contract.task"
+H1 = "a" * 64
+H2 = "b" * 64
+
+# A table of the test's own, in the store's database, for complete_in().
+test_metadata = sa.MetaData()
+effects = sa.Table(
+    "contract_effects",
+    test_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("note", sa.String(64), nullable=False),
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def contract_app(url: str) -> Celery:
+    """An app whose only job is to carry ``reliable_database_url`` (no broker used)."""
+    app = Celery("contract", set_as_current=False)
+    app.conf.update(reliable_database_url=url)
+    return app
+
+
+def new_store(url: str) -> Store:
+    store = store_for(contract_app(url))
+    assert store is not None
+    return store
+
+
+@pytest.fixture
+def fresh(store_url: str) -> Iterator[Store]:
+    """A store on an empty database: no schema yet."""
+    store = new_store(store_url)
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+@pytest.fixture
+def store(fresh: Store) -> Store:
+    """A store on a database upgraded to head."""
+    migrate.upgrade(fresh.engine)
+    return fresh
+
+
+def key() -> str:
+    return uuid.uuid4().hex
+
+
+def tid() -> str:
+    return uuid.uuid4().hex
+
+
+def execute(store: Store, statement: Any) -> None:
+    with store.engine.begin() as connection:
+        connection.execute(statement)
+
+
+def claim(store: Store, k: str, **kw: Any) -> Claim | Receipt:
+    args: dict[str, Any] = {
+        "task_name": TASK,
+        "key": k,
+        "payload_hash": H1,
+        "task_id": tid(),
+        "lease_seconds": 30,
+    }
+    args.update(kw)
+    return store.receipts.claim(**args)
+
+
+def own(result: Claim | Receipt) -> Claim:
+    assert isinstance(result, Claim), f"expected a Claim, got {result!r}"
+    return result
+
+
+def refused(result: Claim | Receipt) -> Receipt:
+    assert isinstance(result, Receipt), f"expected a Receipt, got {result!r}"
+    return result
+
+
+def letter(**fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "task_id": tid(),
+        "task_name": "contract.failing",
+        "queue": "celery",
+        "args": [1, "two"],
+        "kwargs": {"three": 3},
+        "options": {"exchange": "", "routing_key": "celery"},
+        "redact": False,
+        "outcome": "failed",
+        "exc_type": "builtins.ValueError",
+        "exc_message": "boom",
+        "traceback": 'Traceback (most recent call last):\n  File "x.py"\nValueError: boom\n',
+        "reason": "unclassified error",
+        "attempts": 1,
+    }
+    row.update(fields)
+    return row
+
+
+def race(n: int, fn: Callable[[int], Any]) -> list[Any]:
+    """Run ``fn(0..n-1)`` in ``n`` real threads released together by a barrier."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=15)
+            results[i] = fn(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a racing thread hung"
+    assert not errors, f"racing threads raised: {errors!r}"
+    return results
+
+
+# -------------------------------------------------------------------------- migrations
+
+
+def test_upgrade_from_empty_database_to_head(fresh: Store) -> None:
+    engine = fresh.engine
+    head = migrate.head()
+    assert migrate.current(engine) is None
+    assert not TABLES & set(sa.inspect(engine).get_table_names())
+
+    assert migrate.upgrade(engine) == (None, head)
+    assert migrate.current(engine) == head
+    assert migrate.upgrade(engine) == (head, head)
+
+    names = set(sa.inspect(engine).get_table_names())
+    assert TABLES | {VERSION_TABLE} <= names
+    # Our version table only: never Alembic's default one, the application's own.
+    assert "alembic_version" not in names
+
+
+def test_migrations_create_what_schema_py_queries(store: Store) -> None:
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        differences = compare_metadata(context, metadata)
+    assert differences == []
+    inspector = sa.inspect(store.engine)
+    for table in (receipts, dead_letters, unique_locks):
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        assert {index.name for index in table.indexes} <= indexes
+
+
+UPGRADE_PROCESS = """
+import sys
+from celery_reliable.store import migrate
+from celery_reliable.store.engine import create_store_engine
+
+engine = create_store_engine(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    print(repr(migrate.upgrade(engine)), flush=True)
+except Exception as exc:
+    print(f"error {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+"""
+
+
+def test_concurrent_upgrades_of_an_empty_database(fresh: Store, store_url: str) -> None:
+    """migrate.upgrade() says it is safe to run concurrently: several deploys (separate
+    processes; Alembic's global context is not thread-safe) upgrading at the same time."""
+    if fresh.dialect == "sqlite":
+        # Start from a WAL database: the race of the WAL switch itself is
+        # test_first_use_waits_for_a_busy_database's business.
+        database = sa.make_url(store_url).database
+        assert database is not None
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", UPGRADE_PROCESS, store_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    try:
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        for process in processes:  # go, all at once
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        outputs = [process.communicate(timeout=60)[0].strip() for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    head = migrate.head()
+    assert Counter(outputs) == {repr((None, head)): 1, repr((head, head)): 3}
+    assert migrate.current(fresh.engine) == head
+
+
+def test_first_use_waits_for_a_busy_database(fresh: Store, store_url: str) -> None:
+    """Another writer holds the database (the application's own code on the same SQLite
+    file, or a lock on PostgreSQL): the store's first claim waits its turn, then works."""
+    if fresh.dialect == "sqlite":
+        database = sa.make_url(store_url).database
+        assert database is not None
+        holder: Any = sqlite3.connect(database, isolation_level=None)
+        holder.execute("CREATE TABLE app_orders (id INTEGER PRIMARY KEY)")
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO app_orders (id) VALUES (1)")
+        release, close = (lambda: holder.execute("COMMIT")), holder.close
+    else:
+        migrate.upgrade(fresh.engine)
+        other = create_store_engine(store_url)
+        holder = other.connect()
+        holder.begin()
+        holder.execute(sa.text("LOCK TABLE reliable_receipts IN ACCESS EXCLUSIVE MODE"))
+        release, close = holder.commit, other.dispose
+    outcome: list[Any] = []
+    claimer = threading.Thread(
+        target=lambda: outcome.append(_attempt(lambda: claim(fresh, key()))), daemon=True
+    )
+    try:
+        claimer.start()
+        claimer.join(timeout=1.0)
+        assert claimer.is_alive(), f"did not wait for the writer: {outcome!r}"
+        release()
+        claimer.join(timeout=20)
+        assert not claimer.is_alive()
+    finally:
+        close()
+    assert len(outcome) == 1
+    own(outcome[0])
+
+
+def _attempt(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def test_schema_on_first_use(fresh: Store) -> None:
+    """SQLite applies the migrations itself; PostgreSQL asks for `reliable db upgrade`."""
+    head = migrate.head()
+    if fresh.dialect == "sqlite":
+        fresh.ensure_schema()
+        assert migrate.current(fresh.engine) == head
+        assert set(sa.inspect(fresh.engine).get_table_names()) >= TABLES
+        own(claim(fresh, key()))
+        return
+
+    for touch in (
+        lambda: fresh.receipts,
+        lambda: fresh.dead_letters,
+        lambda: fresh.unique,
+        lambda: fresh.session().__enter__(),
+    ):
+        with pytest.raises(StoreUnavailable, match="reliable db upgrade"):
+            touch()
+    assert migrate.current(fresh.engine) is None  # the check changed nothing
+    # A failed check is not remembered: after the upgrade the same store works.
+    migrate.upgrade(fresh.engine)
+    own(claim(fresh, key()))
+
+
+# ---------------------------------------------------------------------------- receipts
+
+
+def test_first_claim_owns_the_key(store: Store) -> None:
+    k, task_id = key(), tid()
+    before = utcnow()
+    first = own(claim(store, k, task_id=task_id, lease_seconds=30))
+    assert (first.task_name, first.key, first.task_id) == (TASK, k, task_id)
+    assert first.claims == 1
+    assert not first.took_over
+    assert not first.completed
+    assert before + timedelta(seconds=30) <= first.lease_expires_at
+    assert first.lease_expires_at <= utcnow() + timedelta(seconds=30)
+
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert stored.state == "in_progress"
+    assert stored.payload_hash == H1
+    assert stored.task_id == task_id
+    assert stored.claims == 1
+    assert stored.lease_expires_at == first.lease_expires_at
+    assert stored.result is None
+    assert stored.completed_at is None
+    assert stored.lease_live(utcnow())
+
+
+def test_second_claim_while_lease_is_live_gets_the_receipt(store: Store) -> None:
+    k, holder = key(), tid()
+    first = own(claim(store, k, task_id=holder))
+    second = refused(claim(store, k))
+    assert second.state == "in_progress"
+    assert second.task_id == holder
+    assert second.claims == 1
+    assert second.lease_expires_at == first.lease_expires_at
+    assert second.lease_live(utcnow())
+
+
+def test_completed_claim_answers_later_claims_with_the_result(store: Store) -> None:
+    k, task_id = key(), tid()
+    first = own(claim(store, k, task_id=task_id))
+    assert store.receipts.complete(first, '"json"') is True
+    assert first.completed
+
+    later = refused(claim(store, k))
+    assert later.state == "succeeded"
+    assert later.result == '"json"'
+    assert later.task_id == task_id
+    assert later.completed_at is not None
+    assert later.lease_expires_at is None
+    assert not later.lease_live(utcnow())
+    # A succeeded receipt is never taken over, however late the claim.
+    much_later = refused(claim(store, k, now=utcnow() + timedelta(days=30)))
+    assert much_later.state == "succeeded"
+    assert much_later.claims == 1
+    # Completing twice does nothing.
+    assert store.receipts.complete(first, '"other"') is False
+    assert refused(claim(store, k)).result == '"json"'
+
+
+def test_claim_with_another_payload_gets_the_receipt(store: Store) -> None:
+    k = key()
+    t0 = utcnow()
+    first = own(claim(store, k, payload_hash=H1, lease_seconds=10, now=t0))
+
+    live = refused(claim(store, k, payload_hash=H2, now=t0 + timedelta(seconds=1)))
+    assert live.payload_hash == H1 != H2
+    assert live.state == "in_progress"
+    # Nor is an expired claim taken over by a different payload.
+    expired = refused(claim(store, k, payload_hash=H2, now=t0 + timedelta(seconds=60)))
+    assert expired.payload_hash == H1
+    assert expired.claims == 1
+
+    store.receipts.complete(first, "1")
+    done = refused(claim(store, k, payload_hash=H2))
+    assert (done.state, done.payload_hash, done.result) == ("succeeded", H1, "1")
+
+
+def test_same_key_under_another_task_is_independent(store: Store) -> None:
+    k = key()
+    a = own(claim(store, k, task_name="contract.a"))
+    b = own(claim(store, k, task_name="contract.b", payload_hash=H2))
+    assert a.claims == b.claims == 1
+    store.receipts.complete(a, '"a"')
+    assert refused(claim(store, k, task_name="contract.a")).state == "succeeded"
+    b_receipt = refused(claim(store, k, task_name="contract.b", payload_hash=H2))
+    assert b_receipt.state == "in_progress"
+    assert b_receipt.payload_hash == H2
+    store.receipts.release(b)
+    assert store.receipts.get("contract.b", k) is None
+    assert store.receipts.get("contract.a", k) is not None
+
+
+def test_expired_lease_is_taken_over(store: Store) -> None:
+    k, first_id, second_id = key(), tid(), tid()
+    t0 = utcnow()
+    first = own(claim(store, k, task_id=first_id, lease_seconds=10, now=t0))
+    # Still live one second before it ends.
+    refused(claim(store, k, now=t0 + timedelta(seconds=9)))
+
+    second = own(
+        claim(store, k, task_id=second_id, lease_seconds=10, now=t0 + timedelta(seconds=11))
+    )
+    assert second.claims == 2
+    assert second.took_over
+    assert second.token != first.token
+    assert second.lease_expires_at == t0 + timedelta(seconds=21)
+
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.state, stored.task_id, stored.claims) == ("in_progress", second_id, 2)
+    assert stored.created_at == t0  # takeover keeps the row's history
+    assert stored.lease_expires_at == second.lease_expires_at
+
+    # The first execution lost its token: it can neither complete nor release.
+    assert store.receipts.complete(first, '"late"') is False
+    assert not first.completed
+    store.receipts.release(first)
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.state, stored.task_id, stored.result) == ("in_progress", second_id, None)
+
+    assert store.receipts.complete(second, '"second"') is True
+    final = refused(claim(store, k))
+    assert (final.state, final.result, final.claims) == ("succeeded", '"second"', 2)
+
+
+def test_release_gives_the_key_back(store: Store) -> None:
+    k = key()
+    first = own(claim(store, k))
+    store.receipts.release(first)
+    assert store.receipts.get(TASK, k) is None
+    again = own(claim(store, k, payload_hash=H2))
+    assert again.claims == 1
+    assert again.token != first.token
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert stored.payload_hash == H2
+
+
+def test_release_after_complete_keeps_the_receipt(store: Store) -> None:
+    k = key()
+    first = own(claim(store, k))
+    store.receipts.complete(first, "42")
+    store.receipts.release(first)
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.state, stored.result) == ("succeeded", "42")
+
+
+def test_complete_in_commits_with_the_callers_writes(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    k = key()
+    mine = own(claim(store, k))
+    with store.session() as session:
+        session.execute(effects.insert().values(note=k))
+        store.receipts.complete_in(session, mine)
+        if store.dialect == "postgresql":
+            # Not visible outside the transaction before it commits. (On SQLite every
+            # transaction starts with BEGIN IMMEDIATE, so a reader would wait here.)
+            outside = store.receipts.get(TASK, k)
+            assert outside is not None
+            assert outside.state == "in_progress"
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert stored.state == "succeeded"
+    assert stored.result is None
+    assert stored.completed_at is not None
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(effects.c.note)).scalars().all() == [k]
+
+    # The value the body returned is recorded afterwards.
+    store.receipts.store_result(mine, '{"ok": true}')
+    assert refused(claim(store, k)).result == '{"ok": true}'
+
+
+def test_complete_in_after_takeover_raises_lease_lost_and_rolls_back(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    k, second_id = key(), tid()
+    t0 = utcnow()
+    first = own(claim(store, k, lease_seconds=10, now=t0))
+    second = own(
+        claim(store, k, task_id=second_id, lease_seconds=10, now=t0 + timedelta(seconds=11))
+    )
+    assert second.claims == 2
+
+    with pytest.raises(LeaseLost), store.session() as session:
+        session.execute(effects.insert().values(note=k))
+        store.receipts.complete_in(session, first)
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(effects.c.note)).scalars().all() == []
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.state, stored.task_id) == ("in_progress", second_id)
+
+
+def test_complete_in_rolls_back_with_the_callers_error(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    k = key()
+    mine = own(claim(store, k))
+    with pytest.raises(ZeroDivisionError), store.session() as session:
+        session.execute(effects.insert().values(note=k))
+        store.receipts.complete_in(session, mine)
+        _ = 1 / 0
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert stored.state == "in_progress"
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(effects)).scalar() == 0
+    # The claim is still ours: it can be completed or released afterwards.
+    assert store.receipts.complete(mine, "1") is True
+
+
+def test_prune_receipts(store: Store) -> None:
+    now = utcnow()
+    ttl = 3600.0
+    old_done, new_done, abandoned, recently_abandoned, live = (key() for _ in range(5))
+
+    for k in (old_done, new_done):
+        store.receipts.complete(own(claim(store, k)), "1")
+    # Completed two hours ago: older than the TTL.
+    execute(
+        store,
+        sa.update(receipts)
+        .where(receipts.c.key == old_done)
+        .values(completed_at=now - timedelta(hours=2), created_at=now - timedelta(hours=2)),
+    )
+    # In progress, lease ended two hours ago / ten minutes ago.
+    own(claim(store, abandoned, lease_seconds=60, now=now - timedelta(hours=2)))
+    own(claim(store, recently_abandoned, lease_seconds=60, now=now - timedelta(minutes=11)))
+    own(claim(store, live, lease_seconds=60, now=now))
+
+    assert store.receipts.prune(ttl, now=now) == 2
+    assert store.receipts.get(TASK, old_done) is None
+    assert store.receipts.get(TASK, abandoned) is None
+    for k in (new_done, recently_abandoned, live):
+        assert store.receipts.get(TASK, k) is not None, k
+    assert store.receipts.prune(ttl, now=now) == 0
+    # Later, everything has aged past the TTL except the receipts still unexpired.
+    assert store.receipts.prune(ttl, now=now + timedelta(hours=3)) == 3
+
+
+def test_list_receipts(store: Store) -> None:
+    a, b = key(), key()
+    store.receipts.complete(own(claim(store, a)), "1")
+    own(claim(store, b))
+    own(claim(store, key(), task_name="contract.other"))
+    assert {r.key for r in store.receipts.list(task_name=TASK)} == {a, b}
+    assert [r.key for r in store.receipts.list(task_name=TASK, state="succeeded")] == [a]
+    assert [r.key for r in store.receipts.list(task_name=TASK, state="in_progress")] == [b]
+    assert len(store.receipts.list(limit=2)) == 2
+    assert len(store.receipts.list()) == 3
+
+
+def test_keys_as_wide_as_the_columns(store: Store) -> None:
+    """Callers shorten keys to 255 characters (idempotency.shorten); that many
+    characters, non-ASCII ones too, fit on both databases."""
+    wide_key = "é" * 255
+    wide_task = "t" * 255
+    mine = own(claim(store, wide_key, task_name=wide_task))
+    assert store.receipts.complete(mine, '"ü"') is True
+    again = refused(claim(store, wide_key, task_name=wide_task))
+    assert (again.key, again.task_name, again.result) == (wide_key, wide_task, '"ü"')
+    holder = tid()
+    assert store.unique.acquire(wide_task, wide_key, holder, period=60) == holder
+    assert store.unique.holder(wide_task, wide_key) == holder
+
+
+# ---------------------------------------------------------------------------- races
+
+
+def test_racing_first_claims_have_one_winner(store: Store) -> None:
+    k = key()
+    ids = [tid() for _ in range(8)]
+    results = race(8, lambda i: store.receipts.claim(TASK, k, H1, ids[i], 30))
+    winners = [r for r in results if isinstance(r, Claim)]
+    assert len(winners) == 1
+    assert winners[0].claims == 1
+    losers = [r for r in results if isinstance(r, Receipt)]
+    assert len(losers) == 7
+    assert {r.task_id for r in losers} == {winners[0].task_id}
+    assert all(r.state == "in_progress" for r in losers)
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.task_id, stored.claims) == (winners[0].task_id, 1)
+
+
+def test_racing_takeovers_have_one_winner(store: Store) -> None:
+    k = key()
+    t0 = utcnow()
+    own(claim(store, k, lease_seconds=10, now=t0))
+    later = t0 + timedelta(seconds=11)
+    ids = [tid() for _ in range(8)]
+    results = race(8, lambda i: store.receipts.claim(TASK, k, H1, ids[i], 10, now=later))
+    winners = [r for r in results if isinstance(r, Claim)]
+    assert len(winners) == 1
+    assert winners[0].claims == 2
+    assert winners[0].task_id in ids
+    losers = [r for r in results if isinstance(r, Receipt)]
+    assert len(losers) == 7
+    assert all((r.task_id, r.claims) == (winners[0].task_id, 2) for r in losers)
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert (stored.task_id, stored.claims) == (winners[0].task_id, 2)
+
+
+def test_racing_unique_acquires_agree_on_one_holder(store: Store) -> None:
+    k = key()
+    ids = [tid() for _ in range(20)]
+    results = race(20, lambda i: store.unique.acquire(TASK, k, ids[i], period=60))
+    assert len(set(results)) == 1
+    assert results[0] in ids
+    assert store.unique.holder(TASK, k) == results[0]
+
+
+# ----------------------------------------------------------------------- unique locks
+
+
+def test_unique_lock_is_held_for_its_period(store: Store) -> None:
+    k, a, b = key(), tid(), tid()
+    t0 = utcnow()
+    assert store.unique.holder(TASK, k) is None
+    assert store.unique.acquire(TASK, k, a, period=60, now=t0) == a
+    assert store.unique.holder(TASK, k) == a
+    assert store.unique.acquire(TASK, k, b, period=60, now=t0 + timedelta(seconds=59)) == a
+    assert store.unique.holder(TASK, k, now=t0 + timedelta(seconds=59)) == a
+    # Another task name, or another key, is another lock.
+    assert store.unique.acquire("contract.other", k, b, period=60, now=t0) == b
+    assert store.unique.acquire(TASK, key(), b, period=60, now=t0) == b
+
+
+def test_unique_lock_expires_and_is_taken(store: Store) -> None:
+    k, a, b = key(), tid(), tid()
+    t0 = utcnow()
+    store.unique.acquire(TASK, k, a, period=60, now=t0)
+    assert store.unique.holder(TASK, k, now=t0 + timedelta(seconds=60)) is None
+    assert store.unique.acquire(TASK, k, b, period=60, now=t0 + timedelta(seconds=61)) == b
+    assert store.unique.holder(TASK, k, now=t0 + timedelta(seconds=61)) == b
+    # The old holder is now refused.
+    assert store.unique.acquire(TASK, k, a, period=60, now=t0 + timedelta(seconds=62)) == b
+
+
+def test_unique_lock_reacquired_by_its_holder(store: Store) -> None:
+    k, a, b = key(), tid(), tid()
+    t0 = utcnow()
+    store.unique.acquire(TASK, k, a, period=60, now=t0)
+    # A re-publish of the same task id keeps the lock, and renews its period.
+    assert store.unique.acquire(TASK, k, a, period=60, now=t0 + timedelta(seconds=30)) == a
+    assert store.unique.holder(TASK, k, now=t0 + timedelta(seconds=80)) == a
+    assert store.unique.acquire(TASK, k, b, period=60, now=t0 + timedelta(seconds=80)) == a
+
+
+def test_unique_lock_released_only_by_its_holder(store: Store) -> None:
+    k, a, b = key(), tid(), tid()
+    store.unique.acquire(TASK, k, a, period=60)
+    store.unique.release(TASK, k, b)
+    assert store.unique.holder(TASK, k) == a
+    assert store.unique.acquire(TASK, k, b, period=60) == a
+    store.unique.release(TASK, k, a)
+    assert store.unique.holder(TASK, k) is None
+    assert store.unique.acquire(TASK, k, b, period=60) == b
+
+
+def test_unique_prune_deletes_expired_locks_only(store: Store) -> None:
+    t0 = utcnow()
+    expired, live = key(), key()
+    store.unique.acquire(TASK, expired, tid(), period=10, now=t0 - timedelta(seconds=60))
+    holder = tid()
+    store.unique.acquire(TASK, live, holder, period=60, now=t0)
+    assert store.unique.prune(now=t0) == 1
+    assert store.unique.holder(TASK, live, now=t0) == holder
+    with store.engine.connect() as connection:
+        keys = connection.execute(sa.select(unique_locks.c.key)).scalars().all()
+    assert keys == [live]
+    assert store.unique.prune(now=t0) == 0
+    assert store.unique.prune(now=t0 + timedelta(seconds=60)) == 1
+
+
+# ------------------------------------------------------------------------ dead letters
+
+
+def test_dead_letter_write_then_get(store: Store) -> None:
+    row = letter(
+        outcome="exhausted",
+        attempts=5,
+        options={"exchange": "", "routing_key": "celery", "priority": 3, "headers": {"h": 1}},
+    )
+    before = utcnow()
+    dead_id = store.dead_letters.write(**row)
+    assert isinstance(dead_id, int)
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.id == dead_id
+    assert (got.task_id, got.task_name, got.queue) == (row["task_id"], row["task_name"], "celery")
+    assert got.args == [1, "two"]
+    assert got.kwargs == {"three": 3}
+    assert got.options == row["options"]
+    assert got.redacted is False
+    assert (got.outcome, got.attempts, got.reason) == ("exhausted", 5, "unclassified error")
+    assert (got.exc_type, got.exc_message) == ("builtins.ValueError", "boom")
+    assert got.traceback == row["traceback"]
+    assert before <= got.created_at <= utcnow()
+    assert got.retried_at is None
+    assert got.retried_task_id is None
+    assert got.retryable
+    assert store.dead_letters.get(dead_id + 1000) is None
+
+
+def test_dead_letter_list_and_count(store: Store) -> None:
+    ids = [
+        store.dead_letters.write(**letter(task_name="contract.a", outcome="failed")),
+        store.dead_letters.write(**letter(task_name="contract.b", outcome="discarded")),
+        store.dead_letters.write(**letter(task_name="contract.a", outcome="exhausted")),
+        store.dead_letters.write(**letter(task_name="contract.a", outcome="failed")),
+        store.dead_letters.write(**letter(task_name="contract.b", outcome="failed")),
+    ]
+    newest_first = list(reversed(ids))
+    assert [d.id for d in store.dead_letters.list()] == newest_first
+    assert [d.id for d in store.dead_letters.list(task_name="contract.a")] == [
+        ids[3],
+        ids[2],
+        ids[0],
+    ]
+    assert [d.id for d in store.dead_letters.list(outcome="failed")] == [ids[4], ids[3], ids[0]]
+    assert [d.id for d in store.dead_letters.list(task_name="contract.b", outcome="failed")] == [
+        ids[4]
+    ]
+    assert [d.id for d in store.dead_letters.list(limit=2)] == newest_first[:2]
+    assert [d.id for d in store.dead_letters.list(limit=2, offset=2)] == newest_first[2:4]
+    assert [d.id for d in store.dead_letters.list(limit=2, offset=4)] == newest_first[4:]
+    assert store.dead_letters.list(offset=5) == []
+
+    execute(
+        store,
+        sa.update(dead_letters)
+        .where(dead_letters.c.id == ids[3])
+        .values(retried_at=utcnow(), retried_task_id=tid()),
+    )
+    assert ids[3] in [d.id for d in store.dead_letters.list()]
+    assert [d.id for d in store.dead_letters.list(include_retried=False)] == [
+        ids[4],
+        ids[2],
+        ids[1],
+        ids[0],
+    ]
+
+    assert store.dead_letters.count() == 5
+    assert store.dead_letters.count(task_name="contract.a") == 3
+    assert store.dead_letters.count(task_name="contract.b") == 2
+    assert store.dead_letters.count(task_name="contract.none") == 0
+
+
+def test_dead_letter_arguments_round_trip_as_celery_json(store: Store) -> None:
+    when = datetime(2024, 2, 29, 23, 59, 58, 123456)
+    ident = uuid.uuid4()
+    amount = Decimal("19.90")
+    dead_id = store.dead_letters.write(
+        **letter(
+            args=[when, ident, amount, {"nested": [amount]}],
+            kwargs={"when": when, "id": ident, "amount": amount},
+        )
+    )
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.args == [when, ident, amount, {"nested": [amount]}]
+    assert isinstance(got.args[0], datetime)
+    assert isinstance(got.args[1], uuid.UUID)
+    assert isinstance(got.args[2], Decimal)
+    assert str(got.args[2]) == "19.90"
+    assert got.kwargs == {"when": when, "id": ident, "amount": amount}
+    assert got.retryable
+
+
+def test_dead_letter_with_arguments_json_cannot_hold(store: Store) -> None:
+    thing = object()
+    dead_id = store.dead_letters.write(**letter(args=[1, thing], kwargs={"x": thing}))
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert not got.retryable
+    assert got.options.get("args_unserializable") is True
+    with store.engine.connect() as connection:
+        raw = connection.execute(
+            sa.select(dead_letters.c.args, dead_letters.c.kwargs).where(
+                dead_letters.c.id == dead_id
+            )
+        ).one()
+    assert repr(thing) in raw.args
+    assert repr(thing) in raw.kwargs
+    with pytest.raises(DeadLetterError, match="JSON"):
+        store.dead_letters.retry(dead_id)
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.retried_at is None
+
+
+def test_redacted_dead_letter_keeps_no_arguments(store: Store) -> None:
+    dead_id = store.dead_letters.write(
+        **letter(args=["4111-1111-1111-1111"], kwargs={"cvv": "123"}, redact=True)
+    )
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.redacted is True
+    assert got.args is None
+    assert got.kwargs is None
+    assert not got.retryable
+    with store.engine.connect() as connection:
+        raw = connection.execute(sa.select(dead_letters).where(dead_letters.c.id == dead_id)).one()
+    assert raw.args is None
+    assert raw.kwargs is None
+    assert "4111" not in str(tuple(raw))
+    with pytest.raises(DeadLetterError, match="redacted"):
+        store.dead_letters.retry(dead_id)
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.retried_at is None
+
+
+def test_long_traceback_is_truncated_keeping_the_end(store: Store) -> None:
+    end = "\nValueError: the line that matters\n"
+    long_tb = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + end
+    assert len(long_tb) > MAX_TRACEBACK
+    dead_id = store.dead_letters.write(**letter(traceback=long_tb))
+    got = store.dead_letters.get(dead_id)
+    assert got is not None
+    assert got.traceback is not None
+    assert got.traceback.endswith(end)
+    assert got.traceback.endswith(long_tb[-MAX_TRACEBACK:])
+    assert MAX_TRACEBACK < len(got.traceback) <= MAX_TRACEBACK + 64
+    assert "truncated" in got.traceback[:64]
+
+    # Exactly at the limit: kept whole.
+    exact = "x" * (MAX_TRACEBACK - len(end)) + end
+    got = store.dead_letters.get(store.dead_letters.write(**letter(traceback=exact)))
+    assert got is not None
+    assert got.traceback == exact
+
+
+def test_purge_dead_letters(store: Store) -> None:
+    def write(**fields: Any) -> int:
+        return store.dead_letters.write(**letter(**fields))
+
+    a1, a2, a3 = (write(task_name="contract.a") for _ in range(3))
+    b1, b2, b3 = (write(task_name="contract.b") for _ in range(3))
+    c1, c2 = (write(task_name="contract.c") for _ in range(2))
+    old = utcnow() - timedelta(days=10)
+    execute(
+        store,
+        sa.update(dead_letters).where(dead_letters.c.id.in_([a1, b1])).values(created_at=old),
+    )
+    execute(
+        store,
+        sa.update(dead_letters)
+        .where(dead_letters.c.id.in_([a2, c1]))
+        .values(retried_at=utcnow(), retried_task_id=tid()),
+    )
+
+    assert store.dead_letters.purge(ids=[]) == 0
+    assert store.dead_letters.purge(ids=[b2, b3 + 1000]) == 1
+    assert store.dead_letters.purge(older_than=timedelta(days=1), task_name="contract.b") == 1
+    assert store.dead_letters.purge(older_than=timedelta(days=1)) == 1  # a1
+    assert store.dead_letters.purge(retried_only=True, task_name="contract.c") == 1  # c1
+    assert store.dead_letters.purge(retried_only=True) == 1  # a2
+    assert store.dead_letters.purge(task_name="contract.c") == 1
+    assert store.dead_letters.get(c2) is None
+    remaining = {d.id for d in store.dead_letters.list()}
+    assert remaining == {a3, b3}
+    assert store.dead_letters.purge(ids=(i for i in [a3])) == 1
+    assert store.dead_letters.purge() == 1
+    assert store.dead_letters.count() == 0
+
+
+def test_retry_publishes_the_job_again(store_url: str, make_app: Any) -> None:
+    app = make_app("contract", reliable_database_url=store_url)
+
+    @app.task(name="contract.echo", shared=False)
+    def echo(*args: Any, **kwargs: Any) -> list[Any]:
+        return [list(args), kwargs]
+
+    store = store_for(app)
+    assert store is not None
+    try:
+        migrate.upgrade(store.engine)
+        dead_id = store.dead_letters.write(
+            **letter(
+                task_name="contract.echo",
+                queue="celery",
+                args=[1, "two"],
+                kwargs={"three": 3},
+                options={"exchange": "", "routing_key": "celery"},
+            )
+        )
+        with pytest.raises(DeadLetterError, match="no dead letter"):
+            store.dead_letters.retry(dead_id + 1000)
+
+        result = store.dead_letters.retry(dead_id)
+        with embedded_worker(app):
+            assert result.get(timeout=10) == [[1, "two"], {"three": 3}]
+
+            got = store.dead_letters.get(dead_id)
+            assert got is not None
+            assert got.retried_at is not None
+            assert got.retried_task_id == result.id
+            assert store.dead_letters.list(include_retried=False) == []
+
+            with pytest.raises(DeadLetterError, match="already retried"):
+                store.dead_letters.retry(dead_id)
+            again = store.dead_letters.retry(dead_id, force=True)
+            assert again.id != result.id
+            assert again.get(timeout=10) == [[1, "two"], {"three": 3}]
+        got = store.dead_letters.get(dead_id)
+        assert got is not None
+        assert got.retried_task_id == again.id
+        assert store.dead_letters.count() == 1
+    finally:
+        store.dispose()
+
+
+# -------------------------------------------------------------------------- store down
+
+
+def _unreachable_url(kind: str) -> tuple[str, Path | None]:
+    if kind == "postgresql":
+        return f"postgresql+psycopg://reliable@127.0.0.1:{free_port()}/reliable", None
+    missing = Path(tempfile.mkdtemp(prefix="reliable-store-")) / "missing"
+    return f"sqlite:///{missing}/store.sqlite3", missing
+
+
+OPERATIONS: dict[str, Callable[[Store], Any]] = {
+    "claim": lambda s: s.receipts.claim(TASK, key(), H1, tid(), 30),
+    "dead_letter": lambda s: s.dead_letters.write(**letter()),
+    "unique": lambda s: s.unique.acquire(TASK, key(), tid(), 60),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_store_down_raises_store_unavailable(kind: str, operation: str) -> None:
+    url, _ = _unreachable_url(kind)
+    store = new_store(url)
+    try:
+        for _ in range(2):  # and again: the failure is not cached as something else
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable) as caught:
+                OPERATIONS[operation](store)
+            assert time.monotonic() - started < 10
+            assert isinstance(caught.value.__cause__, sa.exc.SQLAlchemyError)
+    finally:
+        store.dispose()
+
+
+def test_sqlite_store_works_once_its_directory_exists() -> None:
+    url, missing = _unreachable_url("sqlite")
+    assert missing is not None
+    store = new_store(url)
+    try:
+        for operation in OPERATIONS.values():
+            with pytest.raises(StoreUnavailable):
+                operation(store)
+        missing.mkdir()
+        own(store.receipts.claim(TASK, key(), H1, tid(), 30))
+        assert store.dead_letters.write(**letter()) >= 1
+        holder = tid()
+        assert store.unique.acquire(TASK, key(), holder, 60) == holder
+        assert migrate.current(store.engine) == migrate.head()
+    finally:
+        store.dispose()
