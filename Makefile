@@ -54,5 +54,9 @@ integration: system-deps $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
+bench: system-deps $(STAMP)
+	$(PY) -m benchmarks.receipts
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/demo-data

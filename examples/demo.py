@@ -1,8 +1,9 @@
 """`make demo`: one ReliableTask driven into each outcome, on embedded defaults.
 
-No server to install: the broker is kombu's SQLAlchemy transport on a SQLite file and
-the result backend is Celery's database backend on another, both under
-``examples/demo-data/``. A real Celery worker runs in a thread of this process.
+No server to install: the broker is kombu's SQLAlchemy transport on a SQLite file, the
+result backend is Celery's database backend on another, and celery_reliable's store
+(receipts, dead letters) is a third, all under ``examples/demo-data/``. A real Celery
+worker runs in a thread of this process.
 
 Run: ``make demo`` (or ``python examples/demo.py``).
 """
@@ -10,13 +11,13 @@ Run: ``make demo`` (or ``python examples/demo.py``).
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from rich.console import Console
@@ -34,6 +35,7 @@ from celery_reliable import (
 from celery_reliable.backoff import fixed
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.signals import task_outcome
+from celery_reliable.store import store_for
 
 DATA = Path(__file__).resolve().parent / "demo-data"
 
@@ -51,8 +53,7 @@ class OrderNotFound(Exception):
 
 
 def make_app() -> Celery:
-    shutil.rmtree(DATA, ignore_errors=True)
-    DATA.mkdir(parents=True)
+    DATA.mkdir(parents=True, exist_ok=True)
     app = Celery(
         "shop",
         broker=f"sqla+sqlite:///{DATA / 'broker.sqlite3'}",
@@ -62,6 +63,7 @@ def make_app() -> Celery:
     app.conf.update(
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        reliable_database_url=f"sqlite:///{DATA / 'reliable.sqlite3'}",
     )
     return app
 
@@ -100,6 +102,27 @@ def send_order_confirmation(self: ReliableTask, order_id: int, scenario: str) ->
     return f"mail sent for order {order_id}"
 
 
+charges = sa.Table(
+    "charges",
+    sa.MetaData(),
+    sa.Column("order_id", sa.Integer, primary_key=True),
+    sa.Column("amount_cents", sa.Integer, nullable=False),
+)
+
+
+@app.task(
+    base=ReliableTask,
+    bind=True,
+    name="shop.charge_order",
+    timeout=30,
+    idempotency_key="charge:{order_id}",
+)
+def charge_order(self: ReliableTask, order_id: int, amount_cents: int) -> dict[str, int]:
+    with self.atomic() as session:  # the charge and its receipt commit together
+        session.execute(charges.insert().values(order_id=order_id, amount_cents=amount_cents))
+    return {"order_id": order_id, "charged": amount_cents}
+
+
 SCENARIOS = [
     ("ok", "a normal run"),
     ("flaky", "fails once with EmailTimeout, then succeeds"),
@@ -110,6 +133,40 @@ SCENARIOS = [
     ("down", "EmailTimeout every time: 3 attempts"),
     ("bug", "KeyError nobody declared"),
 ]
+
+
+def print_runs(console: Console, runs: list[Any], seen: dict[str, Any]) -> set[Outcome]:
+    table = Table(title="One execution, one outcome")
+    for column in ("scenario", "executions (outcome@attempt)", "final state", "reason"):
+        table.add_column(column)
+    covered: set[Outcome] = set()
+    for scenario, text, result in runs:
+        history = seen[result.id]
+        covered.update(outcome for outcome, _, _ in history)
+        chain_text = " → ".join(f"{o.value}@{a}" for o, a, _ in history)
+        table.add_row(f"{scenario}\n[dim]{text}[/]", chain_text, result.state, history[-1][2])
+    console.print(table)
+    summary = Table(title="Outcomes seen")
+    for column in ("outcome", "Celery state", "seen"):
+        summary.add_column(column)
+    for outcome in Outcome:
+        summary.add_row(outcome.value, outcome.state, "yes" if outcome in covered else "NO")
+    console.print(summary)
+    return covered
+
+
+def print_store(console: Console) -> None:
+    store = store_for(app)
+    assert store is not None
+    with store.engine.connect() as connection:
+        charged = connection.execute(sa.select(sa.func.count()).select_from(charges)).scalar()
+    console.print(f"charges written for order 77: {charged} (two runs, one effect)")
+    letters = Table(title="Dead letters (celery -A examples.demo reliable dead list)")
+    for column in ("id", "outcome", "attempts", "reason"):
+        letters.add_column(column)
+    for letter in reversed(store.dead_letters.list()):
+        letters.add_row(str(letter.id), letter.outcome, str(letter.attempts), letter.reason)
+    console.print(letters)
 
 
 def main() -> int:
@@ -130,6 +187,12 @@ def main() -> int:
             seen[fields["task_id"]].append((fields["outcome"], fields["attempt"], fields["reason"]))
 
     task_outcome.connect(record, weak=False)
+    for old in DATA.glob("*.sqlite3*"):  # each run starts empty
+        old.unlink()
+    store = store_for(app)
+    assert store is not None
+    store.ensure_schema()  # SQLite: the store creates its own schema
+    charges.metadata.create_all(store.engine)
     console.print(f"[bold]celery_reliable demo[/] — broker and results in {DATA}")
     console.print("[dim]log lines from the celery_reliable.outcome logger:[/]")
     with start_worker(
@@ -144,30 +207,20 @@ def main() -> int:
             (scenario, text, send_order_confirmation.apply_async((1000 + i, scenario)))
             for i, (scenario, text) in enumerate(SCENARIOS)
         ]
+        # The same charge twice (a double click): the second finds the receipt.
+        first_charge = charge_order.apply_async((77, 4999))
+        wait_for_outcome(first_charge, timeout=60)
+        second_charge = charge_order.apply_async((77, 4999))
+        runs += [
+            ("charge", "charge_order(77): the first time", first_charge),
+            ("charge again", "the same key: skipped, same result", second_charge),
+        ]
         for _, _, result in runs:
             wait_for_outcome(result, timeout=60)
 
-    table = Table(title="One execution, one outcome")
-    for column in ("scenario", "executions (outcome@attempt)", "final state", "reason"):
-        table.add_column(column)
-    covered: set[Outcome] = set()
-    for scenario, text, result in runs:
-        history = seen[result.id]
-        covered.update(outcome for outcome, _, _ in history)
-        chain_text = " → ".join(f"{o.value}@{a}" for o, a, _ in history)
-        table.add_row(f"{scenario}\n[dim]{text}[/]", chain_text, result.state, history[-1][2])
-    console.print(table)
-
-    summary = Table(title="Outcomes seen")
-    summary.add_column("outcome")
-    summary.add_column("Celery state")
-    summary.add_column("seen")
-    for outcome in Outcome:
-        if outcome is Outcome.DUPLICATE:
-            continue  # needs idempotency receipts (SQL store)
-        summary.add_row(outcome.value, outcome.state, "yes" if outcome in covered else "NO")
-    console.print(summary)
-    missing = [o.value for o in Outcome if o is not Outcome.DUPLICATE and o not in covered]
+    covered = print_runs(console, runs, seen)
+    print_store(console)
+    missing = [o.value for o in Outcome if o not in covered]
     if missing:
         console.print(f"[red]missing outcomes: {missing}[/]")
         return 1

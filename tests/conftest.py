@@ -3,9 +3,11 @@ and a recorder of the ``task_outcome`` signal."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import gc
 import itertools
+import shutil
 import tempfile
 import threading
 import time
@@ -37,6 +39,7 @@ def redis_url() -> Iterator[str]:
 
 
 _store_dir = tempfile.mkdtemp(prefix="reliable-test-store-")
+atexit.register(shutil.rmtree, _store_dir, True)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +66,8 @@ def fresh_postgres_database(server_url: str) -> str:
 
 def fresh_store_url(kind: str, request: pytest.FixtureRequest) -> str:
     if kind == "sqlite":
-        return f"sqlite:///{tempfile.mkdtemp(prefix='reliable-store-')}/store.sqlite3"
+        folder = request.getfixturevalue("tmp_path_factory").mktemp("store")
+        return f"sqlite:///{folder}/store.sqlite3"
     return fresh_postgres_database(request.getfixturevalue("postgres_url"))
 
 

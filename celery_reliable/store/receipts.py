@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import BindParameter
 
 from celery_reliable.errors import LeaseLost
 from celery_reliable.store.engine import unavailable_as
@@ -81,10 +82,80 @@ def _receipt(row: Any) -> Receipt:
     )
 
 
+def _claim_statement(insert: Any) -> Any:
+    """Insert a claim; on conflict, take the row over only if its claim is dead.
+
+    Built once per store with bound parameters: the per-call work is binding values,
+    and SQLAlchemy's compiled cache serves the SQL.
+    """
+    now: BindParameter[datetime] = bindparam("p_now")
+    statement = insert(receipts).values(
+        task_name=bindparam("p_task_name"),
+        key=bindparam("p_key"),
+        payload_hash=bindparam("p_payload_hash"),
+        state=IN_PROGRESS,
+        task_id=bindparam("p_task_id"),
+        claim_token=bindparam("p_token"),
+        claims=1,
+        lease_expires_at=bindparam("p_lease"),
+        created_at=now,
+        updated_at=now,
+    )
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[receipts.c.task_name, receipts.c.key],
+        set_={
+            "task_id": excluded.task_id,
+            "claim_token": excluded.claim_token,
+            "claims": receipts.c.claims + 1,
+            "lease_expires_at": excluded.lease_expires_at,
+            "updated_at": excluded.updated_at,
+        },
+        # Take over only a claim whose worker stopped renewing it: in progress, lease
+        # expired, same payload.
+        where=and_(
+            receipts.c.state == IN_PROGRESS,
+            receipts.c.lease_expires_at < now,
+            receipts.c.payload_hash == excluded.payload_hash,
+        ),
+    ).returning(receipts.c.claims)
+
+
+_THIS_CLAIM = and_(
+    receipts.c.task_name == bindparam("p_task_name"),
+    receipts.c.key == bindparam("p_key"),
+    receipts.c.claim_token == bindparam("p_token"),
+)
+_GET = select(receipts).where(
+    receipts.c.task_name == bindparam("p_task_name"), receipts.c.key == bindparam("p_key")
+)
+_COMPLETE = (
+    update(receipts)
+    .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+    .values(
+        state=SUCCEEDED,
+        result=bindparam("p_result"),
+        completed_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+_STORE_RESULT = (
+    update(receipts)
+    .where(_THIS_CLAIM, receipts.c.state == SUCCEEDED)
+    .values(result=bindparam("p_result"))
+)
+_RELEASE = delete(receipts).where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+
+
+def _claim_params(claim: Claim, **more: Any) -> dict[str, Any]:
+    return {"p_task_name": claim.task_name, "p_key": claim.key, "p_token": claim.token, **more}
+
+
 class Receipts:
     def __init__(self, engine: Engine, insert: Any) -> None:
         self._engine = engine
-        self._insert = insert  # the dialect's insert() with on_conflict_do_update
+        self._claim = _claim_statement(insert)
 
     def claim(  # noqa: PLR0917 - the columns of a claim, in order
         self,
@@ -99,40 +170,19 @@ class Receipts:
         now = now or utcnow()
         lease = now + timedelta(seconds=lease_seconds)
         token = uuid.uuid4().hex
-        statement = self._insert(receipts).values(
-            task_name=task_name,
-            key=key,
-            payload_hash=payload_hash,
-            state=IN_PROGRESS,
-            task_id=task_id,
-            claim_token=token,
-            claims=1,
-            lease_expires_at=lease,
-            created_at=now,
-            updated_at=now,
-        )
-        excluded = statement.excluded
-        statement = statement.on_conflict_do_update(
-            index_elements=[receipts.c.task_name, receipts.c.key],
-            set_={
-                "task_id": excluded.task_id,
-                "claim_token": excluded.claim_token,
-                "claims": receipts.c.claims + 1,
-                "lease_expires_at": excluded.lease_expires_at,
-                "updated_at": excluded.updated_at,
-            },
-            # Take over only a claim whose worker stopped renewing it: in progress,
-            # lease expired, same payload.
-            where=and_(
-                receipts.c.state == IN_PROGRESS,
-                receipts.c.lease_expires_at < now,
-                receipts.c.payload_hash == excluded.payload_hash,
-            ),
-        ).returning(receipts.c.claims)
+        params = {
+            "p_task_name": task_name,
+            "p_key": key,
+            "p_payload_hash": payload_hash,
+            "p_task_id": task_id,
+            "p_token": token,
+            "p_lease": lease,
+            "p_now": now,
+        }
         with unavailable_as("claiming idempotency receipt"):
             for _ in range(3):
                 with self._engine.begin() as connection:
-                    row = connection.execute(statement).first()
+                    row = connection.execute(self._claim, params).first()
                     if row is not None:
                         return Claim(task_name, key, token, task_id, row.claims, lease)
                     existing = self._get(connection, task_name, key)
@@ -162,50 +212,18 @@ class Receipts:
 
     @staticmethod
     def _complete(connection: Connection, claim: Claim, result: str | None) -> bool:
-        now = utcnow()
-        statement = (
-            update(receipts)
-            .where(
-                receipts.c.task_name == claim.task_name,
-                receipts.c.key == claim.key,
-                receipts.c.claim_token == claim.token,
-                receipts.c.state == IN_PROGRESS,
-            )
-            .values(
-                state=SUCCEEDED,
-                result=result,
-                completed_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-            )
-        )
-        return connection.execute(statement).rowcount == 1
+        params = _claim_params(claim, p_result=result, p_now=utcnow())
+        return connection.execute(_COMPLETE, params).rowcount == 1
 
     def store_result(self, claim: Claim, result: str) -> None:
         """After ``atomic()`` marked the receipt, record the value the body returned."""
-        statement = (
-            update(receipts)
-            .where(
-                receipts.c.task_name == claim.task_name,
-                receipts.c.key == claim.key,
-                receipts.c.claim_token == claim.token,
-                receipts.c.state == SUCCEEDED,
-            )
-            .values(result=result)
-        )
         with unavailable_as("storing receipt result"), self._engine.begin() as connection:
-            connection.execute(statement)
+            connection.execute(_STORE_RESULT, _claim_params(claim, p_result=result))
 
     def release(self, claim: Claim) -> None:
         """Give the key back (the execution did not succeed). A succeeded receipt stays."""
-        statement = delete(receipts).where(
-            receipts.c.task_name == claim.task_name,
-            receipts.c.key == claim.key,
-            receipts.c.claim_token == claim.token,
-            receipts.c.state == IN_PROGRESS,
-        )
         with unavailable_as("releasing idempotency receipt"), self._engine.begin() as conn:
-            conn.execute(statement)
+            conn.execute(_RELEASE, _claim_params(claim))
 
     def get(self, task_name: str, key: str) -> Receipt | None:
         with unavailable_as("reading idempotency receipt"), self._engine.connect() as conn:
@@ -213,9 +231,7 @@ class Receipts:
 
     @staticmethod
     def _get(connection: Connection, task_name: str, key: str) -> Receipt | None:
-        row = connection.execute(
-            select(receipts).where(receipts.c.task_name == task_name, receipts.c.key == key)
-        ).first()
+        row = connection.execute(_GET, {"p_task_name": task_name, "p_key": key}).first()
         return _receipt(row) if row is not None else None
 
     def list(

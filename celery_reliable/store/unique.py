@@ -10,18 +10,48 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import BindParameter
 
 from celery_reliable.store.engine import unavailable_as
 from celery_reliable.store.schema import unique_locks
 from celery_reliable.store.timeutil import utcnow
 
 
+def _acquire_statement(insert: Any) -> Any:
+    """Insert the lock; on conflict take it over only if it expired or is ours already.
+    Built once per store, with bound parameters."""
+    now: BindParameter[datetime] = bindparam("p_now")
+    statement = insert(unique_locks).values(
+        task_name=bindparam("p_task_name"),
+        key=bindparam("p_key"),
+        task_id=bindparam("p_task_id"),
+        expires_at=bindparam("p_expires"),
+        created_at=now,
+    )
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[unique_locks.c.task_name, unique_locks.c.key],
+        set_={
+            "task_id": excluded.task_id,
+            "expires_at": excluded.expires_at,
+            "created_at": excluded.created_at,
+        },
+        where=or_(unique_locks.c.expires_at <= now, unique_locks.c.task_id == excluded.task_id),
+    ).returning(unique_locks.c.task_id)
+
+
+_HOLDER = select(unique_locks.c.task_id).where(
+    unique_locks.c.task_name == bindparam("p_task_name"),
+    unique_locks.c.key == bindparam("p_key"),
+)
+
+
 class UniqueLocks:
     def __init__(self, engine: Engine, insert: Any) -> None:
         self._engine = engine
-        self._insert = insert
+        self._acquire = _acquire_statement(insert)
 
     def acquire(
         self,
@@ -33,33 +63,20 @@ class UniqueLocks:
     ) -> str:
         """Hold the key for ``period`` seconds; returns the holder's task id."""
         now = now or utcnow()
-        statement = self._insert(unique_locks).values(
-            task_name=task_name,
-            key=key,
-            task_id=task_id,
-            expires_at=now + timedelta(seconds=period),
-            created_at=now,
-        )
-        excluded = statement.excluded
-        statement = statement.on_conflict_do_update(
-            index_elements=[unique_locks.c.task_name, unique_locks.c.key],
-            set_={
-                "task_id": excluded.task_id,
-                "expires_at": excluded.expires_at,
-                "created_at": excluded.created_at,
-            },
-            where=or_(unique_locks.c.expires_at <= now, unique_locks.c.task_id == task_id),
-        ).returning(unique_locks.c.task_id)
-        query = select(unique_locks.c.task_id).where(
-            unique_locks.c.task_name == task_name, unique_locks.c.key == key
-        )
+        params = {
+            "p_task_name": task_name,
+            "p_key": key,
+            "p_task_id": task_id,
+            "p_expires": now + timedelta(seconds=period),
+            "p_now": now,
+        }
         with unavailable_as("acquiring unique lock"):
             for _ in range(3):
                 with self._engine.begin() as connection:
-                    row = connection.execute(statement).first()
+                    row = connection.execute(self._acquire, params).first()
                     if row is not None:
                         return str(row.task_id)
-                    holder = connection.execute(query).scalar()
+                    holder = connection.execute(_HOLDER, params).scalar()
                 if holder is not None:
                     return str(holder)
         raise RuntimeError(f"unique lock {task_name}/{key} kept vanishing")

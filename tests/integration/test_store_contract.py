@@ -18,7 +18,6 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -945,10 +944,10 @@ def test_retry_publishes_the_job_again(store_url: str, make_app: Any) -> None:
 # -------------------------------------------------------------------------- store down
 
 
-def _unreachable_url(kind: str) -> tuple[str, Path | None]:
+def _unreachable_url(kind: str, tmp_path: Path) -> tuple[str, Path | None]:
     if kind == "postgresql":
         return f"postgresql+psycopg://reliable@127.0.0.1:{free_port()}/reliable", None
-    missing = Path(tempfile.mkdtemp(prefix="reliable-store-")) / "missing"
+    missing = tmp_path / "missing"
     return f"sqlite:///{missing}/store.sqlite3", missing
 
 
@@ -961,8 +960,8 @@ OPERATIONS: dict[str, Callable[[Store], Any]] = {
 
 @pytest.mark.parametrize("operation", sorted(OPERATIONS))
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
-def test_store_down_raises_store_unavailable(kind: str, operation: str) -> None:
-    url, _ = _unreachable_url(kind)
+def test_store_down_raises_store_unavailable(kind: str, operation: str, tmp_path: Path) -> None:
+    url, _ = _unreachable_url(kind, tmp_path)
     store = new_store(url)
     try:
         for _ in range(2):  # and again: the failure is not cached as something else
@@ -975,8 +974,8 @@ def test_store_down_raises_store_unavailable(kind: str, operation: str) -> None:
         store.dispose()
 
 
-def test_sqlite_store_works_once_its_directory_exists() -> None:
-    url, missing = _unreachable_url("sqlite")
+def test_sqlite_store_works_once_its_directory_exists(tmp_path: Path) -> None:
+    url, missing = _unreachable_url("sqlite", tmp_path)
     assert missing is not None
     store = new_store(url)
     try:

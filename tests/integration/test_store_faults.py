@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_store_down_at_claim_retries_and_never_runs_without_its_claim(
-    make_app: Any, outcomes: Any, caplog: Any
+    make_app: Any, outcomes: Any, caplog: Any, tmp_path: Path
 ) -> None:
     """The store's directory does not exist: every claim fails. The body never runs;
     the attempts run out; the dead letter cannot be stored, so it is logged whole."""
-    missing = Path(tempfile.mkdtemp()) / "not-there"
+    missing = tmp_path / "not-there"
     app = make_app("store-down", reliable_database_url=f"sqlite:///{missing}/store.sqlite3")
     ran: list[str] = []
 
@@ -51,8 +50,10 @@ def test_store_down_at_claim_retries_and_never_runs_without_its_claim(
     assert '"args": "[\\"o-1\\"]"' in logged[0]
 
 
-def test_store_back_before_the_attempts_run_out(make_app: Any, outcomes: Any) -> None:
-    root = Path(tempfile.mkdtemp())
+def test_store_back_before_the_attempts_run_out(
+    make_app: Any, outcomes: Any, tmp_path: Path
+) -> None:
+    root = tmp_path
     missing = root / "later"
     app = make_app("store-back", reliable_database_url=f"sqlite:///{missing}/store.sqlite3")
     ran: list[str] = []
