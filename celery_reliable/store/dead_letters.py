@@ -19,7 +19,12 @@ from kombu.utils.json import loads as kombu_loads
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
-from celery_reliable.store.engine import unavailable_as
+from celery_reliable.store.engine import (
+    first_row,
+    run_statement,
+    single_statement_engine,
+    unavailable_as,
+)
 from celery_reliable.store.schema import dead_letters
 from celery_reliable.store.timeutil import utcnow
 
@@ -99,6 +104,7 @@ def _row(row: Any) -> DeadLetter:
 class DeadLetters:
     def __init__(self, engine: Engine, app: Any) -> None:
         self._engine = engine
+        self._single = single_statement_engine(engine)
         self._app = app
 
     def write(
@@ -133,9 +139,14 @@ class DeadLetters:
             reason=reason,
             attempts=attempts,
         )
-        with unavailable_as("writing dead letter"), self._engine.begin() as connection:
-            result = connection.execute(insert(dead_letters).values(**row))
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+        inserted = run_statement(
+            self._single,
+            "writing dead letter",
+            insert(dead_letters).values(**row).returning(dead_letters.c.id),
+            None,
+            first_row,
+        )
+        return int(inserted.id)
 
     @staticmethod
     def build_row(

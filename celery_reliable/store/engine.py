@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
@@ -21,6 +21,8 @@ from sqlalchemy.pool import StaticPool
 from celery_reliable.errors import StoreUnavailable
 
 SUPPORTED = ("sqlite", "postgresql")
+
+_T = TypeVar("_T")
 
 #: Seconds a connection attempt may take before the store counts as unreachable.
 CONNECT_TIMEOUT = 5
@@ -39,13 +41,55 @@ def create_store_engine(url: str) -> Engine:
         )
     if backend == "sqlite":
         return _sqlite_engine(url, in_memory=parsed.database in (None, "", ":memory:"))
+    # No pool_pre_ping: it would add a round trip to every statement. A connection
+    # that went stale (the server restarted) fails once and is retried at once on a new
+    # one by run_statement().
     return create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=5,
         max_overflow=10,
+        pool_recycle=1800,
         connect_args={"connect_timeout": CONNECT_TIMEOUT},
     )
+
+
+def single_statement_engine(engine: Engine) -> Engine:
+    """For statements that are atomic on their own: PostgreSQL runs them in autocommit,
+    so each is one round trip (no BEGIN, no COMMIT). SQLite keeps its BEGIN IMMEDIATE:
+    it is local, and its transactions are what make concurrent writers wait."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
+def rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+def first_row(result: Any) -> Any:
+    return result.first()
+
+
+def run_statement(
+    engine: Engine,
+    what: str,
+    statement: Any,
+    params: Any,
+    read: Callable[[Any], _T],
+) -> _T:
+    """Execute one statement and ``read`` its result; a connection found stale (the
+    server restarted) is replaced and the statement run once more. A database that
+    cannot be reached raises :class:`StoreUnavailable`."""
+    with unavailable_as(what):
+        for attempt in (1, 2):
+            try:
+                with engine.begin() as connection:
+                    return read(connection.execute(statement, params))
+            except DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _sqlite_engine(url: str, in_memory: bool) -> Engine:

@@ -20,7 +20,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
 from celery_reliable.errors import LeaseLost
-from celery_reliable.store.engine import unavailable_as
+from celery_reliable.store.engine import (
+    first_row,
+    rowcount,
+    run_statement,
+    single_statement_engine,
+    unavailable_as,
+)
 from celery_reliable.store.schema import receipts
 from celery_reliable.store.timeutil import utcnow
 
@@ -155,6 +161,7 @@ def _claim_params(claim: Claim, **more: Any) -> dict[str, Any]:
 class Receipts:
     def __init__(self, engine: Engine, insert: Any) -> None:
         self._engine = engine
+        self._single = single_statement_engine(engine)
         self._claim = _claim_statement(insert)
 
     def claim(  # noqa: PLR0917 - the columns of a claim, in order
@@ -179,22 +186,22 @@ class Receipts:
             "p_lease": lease,
             "p_now": now,
         }
-        with unavailable_as("claiming idempotency receipt"):
-            for _ in range(3):
-                with self._engine.begin() as connection:
-                    row = connection.execute(self._claim, params).first()
-                    if row is not None:
-                        return Claim(task_name, key, token, task_id, row.claims, lease)
-                    existing = self._get(connection, task_name, key)
-                if existing is not None:
-                    return existing
-                # Deleted (released, pruned) between the two statements: claim again.
+        for _ in range(3):
+            row = run_statement(
+                self._single, "claiming idempotency receipt", self._claim, params, first_row
+            )
+            if row is not None:
+                return Claim(task_name, key, token, task_id, row.claims, lease)
+            existing = self.get(task_name, key)
+            if existing is not None:
+                return existing
+            # Deleted (released, pruned) between the two statements: claim again.
         raise RuntimeError(f"receipt {task_name}/{key} kept vanishing while claimed")
 
     def complete(self, claim: Claim, result: str | None) -> bool:
-        """Mark the receipt succeeded in its own transaction; False if the claim was lost."""
-        with unavailable_as("completing idempotency receipt"), self._engine.begin() as conn:
-            done = self._complete(conn, claim, result)
+        """Mark the receipt succeeded in its own statement; False if the claim was lost."""
+        params = _claim_params(claim, p_result=result, p_now=utcnow())
+        done = run_statement(self._single, "completing receipt", _COMPLETE, params, rowcount) == 1
         claim.completed = done
         return done
 
@@ -217,21 +224,17 @@ class Receipts:
 
     def store_result(self, claim: Claim, result: str) -> None:
         """After ``atomic()`` marked the receipt, record the value the body returned."""
-        with unavailable_as("storing receipt result"), self._engine.begin() as connection:
-            connection.execute(_STORE_RESULT, _claim_params(claim, p_result=result))
+        params = _claim_params(claim, p_result=result)
+        run_statement(self._single, "storing receipt result", _STORE_RESULT, params, rowcount)
 
     def release(self, claim: Claim) -> None:
         """Give the key back (the execution did not succeed). A succeeded receipt stays."""
-        with unavailable_as("releasing idempotency receipt"), self._engine.begin() as conn:
-            conn.execute(_RELEASE, _claim_params(claim))
+        params = _claim_params(claim)
+        run_statement(self._single, "releasing idempotency receipt", _RELEASE, params, rowcount)
 
     def get(self, task_name: str, key: str) -> Receipt | None:
-        with unavailable_as("reading idempotency receipt"), self._engine.connect() as conn:
-            return self._get(conn, task_name, key)
-
-    @staticmethod
-    def _get(connection: Connection, task_name: str, key: str) -> Receipt | None:
-        row = connection.execute(_GET, {"p_task_name": task_name, "p_key": key}).first()
+        params = {"p_task_name": task_name, "p_key": key}
+        row = run_statement(self._single, "reading idempotency receipt", _GET, params, first_row)
         return _receipt(row) if row is not None else None
 
     def list(

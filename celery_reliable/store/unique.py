@@ -14,7 +14,12 @@ from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import BindParameter
 
-from celery_reliable.store.engine import unavailable_as
+from celery_reliable.store.engine import (
+    first_row,
+    run_statement,
+    single_statement_engine,
+    unavailable_as,
+)
 from celery_reliable.store.schema import unique_locks
 from celery_reliable.store.timeutil import utcnow
 
@@ -51,6 +56,7 @@ _HOLDER = select(unique_locks.c.task_id).where(
 class UniqueLocks:
     def __init__(self, engine: Engine, insert: Any) -> None:
         self._engine = engine
+        self._single = single_statement_engine(engine)
         self._acquire = _acquire_statement(insert)
 
     def acquire(
@@ -70,15 +76,15 @@ class UniqueLocks:
             "p_expires": now + timedelta(seconds=period),
             "p_now": now,
         }
-        with unavailable_as("acquiring unique lock"):
-            for _ in range(3):
-                with self._engine.begin() as connection:
-                    row = connection.execute(self._acquire, params).first()
-                    if row is not None:
-                        return str(row.task_id)
-                    holder = connection.execute(_HOLDER, params).scalar()
-                if holder is not None:
-                    return str(holder)
+        for _ in range(3):
+            row = run_statement(
+                self._single, "acquiring unique lock", self._acquire, params, first_row
+            )
+            if row is not None:
+                return str(row.task_id)
+            holder = run_statement(self._single, "reading unique lock", _HOLDER, params, first_row)
+            if holder is not None:
+                return str(holder.task_id)
         raise RuntimeError(f"unique lock {task_name}/{key} kept vanishing")
 
     def release(self, task_name: str, key: str, task_id: str) -> None:

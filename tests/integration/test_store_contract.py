@@ -46,7 +46,7 @@ from celery_reliable.store.schema import (
     unique_locks,
 )
 from celery_reliable.store.timeutil import utcnow
-from tests.conftest import embedded_worker
+from tests.conftest import embedded_worker, fresh_postgres_database
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -988,5 +988,31 @@ def test_sqlite_store_works_once_its_directory_exists(tmp_path: Path) -> None:
         holder = tid()
         assert store.unique.acquire(TASK, key(), holder, 60) == holder
         assert migrate.current(store.engine) == migrate.head()
+    finally:
+        store.dispose()
+
+
+def test_a_stale_connection_is_replaced_not_reported(postgres_url: str) -> None:
+    """The server dropped the pooled connections (a restart, a failover): the next
+    claim runs on a new connection instead of failing as unavailable. (PostgreSQL only:
+    a SQLite file has no server to drop connections.)"""
+    store = new_store(fresh_postgres_database(postgres_url))
+    migrate.upgrade(store.engine)
+    own(store.receipts.claim(TASK, key(), H1, tid(), 30))  # a pooled connection exists
+    admin = sa.create_engine(store.url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            dropped = connection.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        admin.dispose()
+    assert dropped >= 1
+    try:
+        claim = own(store.receipts.claim(TASK, key(), H1, tid(), 30))
+        assert store.receipts.complete(claim, None)
     finally:
         store.dispose()
