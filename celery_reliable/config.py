@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_dead_letter_redact": False,
     "reliable_queue_depth_interval": 10.0,
     "reliable_log_outcomes": True,
+    "reliable_sentry": True,
     "reliable_prune_interval": 3600.0,
 }
 
@@ -54,6 +55,7 @@ class ReliableSettings:
     dead_letter_redact: bool | frozenset[str]
     queue_depth_interval: float
     log_outcomes: bool
+    sentry: bool
     prune_interval: float
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
@@ -86,6 +88,7 @@ class ReliableSettings:
             dead_letter_redact=_redact("reliable_dead_letter_redact", merged),
             queue_depth_interval=_seconds("reliable_queue_depth_interval", merged),
             log_outcomes=_bool("reliable_log_outcomes", merged),
+            sentry=_bool("reliable_sentry", merged),
             prune_interval=_seconds("reliable_prune_interval", merged),
             unclassified_rule=None,
         ).with_unclassified_rule()

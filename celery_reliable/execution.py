@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,6 +60,11 @@ _NOT_TERMINAL = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
 #: ``Execution._claim`` found the key free: run the body.
 _OWNED = object()
 
+#: Retries remembered in the header, and the characters kept of each reason: enough for
+#: an error report to show the way to it, little enough to keep messages small.
+MAX_HISTORY = 10
+MAX_NOTE = 200
+
 #: The message header that carries our counters across re-publishes:
 #: ``{"attempts": {rule_id: failed executions}, "snoozes": n}``.
 HEADER = "reliable"
@@ -87,10 +93,14 @@ def pop_eager_outcome(task_id: str) -> tuple[str, dict[str, Any]] | None:
 
 @dataclass
 class Counters:
-    """Per-rule failed-execution counts and the snooze count, from the message headers."""
+    """Per-rule failed-execution counts, the snooze count and the last retries' reasons,
+    from the message headers."""
 
     attempts: dict[str, int] = field(default_factory=dict)
     snoozes: int = 0
+    #: ``[attempt, epoch seconds, reason]`` of the last retries, oldest first: what an
+    #: error report shows of the retries that led to it.
+    history: list[list[Any]] = field(default_factory=list)
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None, task_id: str | None) -> Counters:
@@ -103,7 +113,8 @@ class Counters:
             parsed = {str(key): int(value) for key, value in attempts.items()}
             if any(value < 0 for value in parsed.values()) or int(snoozes) < 0:
                 raise ValueError("negative counter")
-            return cls(attempts=parsed, snoozes=int(snoozes))
+            history = [[int(n), float(at), str(text)] for n, at, text in raw.get("history") or ()]
+            return cls(attempts=parsed, snoozes=int(snoozes), history=history)
         except (AttributeError, TypeError, ValueError):
             # A malformed header must not stop the job: start the counters afresh and
             # say so, rather than crash or guess.
@@ -118,13 +129,23 @@ class Counters:
     def with_failure(self, rule_id: str) -> Counters:
         attempts = dict(self.attempts)
         attempts[rule_id] = attempts.get(rule_id, 0) + 1
-        return Counters(attempts=attempts, snoozes=self.snoozes)
+        return Counters(attempts=attempts, snoozes=self.snoozes, history=self.history)
+
+    def with_retry_note(self, attempt: int, reason: str) -> Counters:
+        note = [attempt, time.time(), reason[:MAX_NOTE]]
+        history = [*self.history, note][-MAX_HISTORY:]
+        return Counters(attempts=self.attempts, snoozes=self.snoozes, history=history)
 
     def with_snooze(self) -> Counters:
-        return Counters(attempts=dict(self.attempts), snoozes=self.snoozes + 1)
+        return Counters(
+            attempts=dict(self.attempts), snoozes=self.snoozes + 1, history=self.history
+        )
 
     def as_header(self) -> dict[str, Any]:
-        return {"attempts": self.attempts, "snoozes": self.snoozes}
+        header: dict[str, Any] = {"attempts": self.attempts, "snoozes": self.snoozes}
+        if self.history:
+            header["history"] = self.history
+        return header
 
 
 @dataclass
@@ -371,14 +392,15 @@ class Execution:
                 rule=rule,
             )
         delay = compute_delay(rule.wait, used, exc, rule.jitter)
+        reason = f"{describe_exc(exc)} (attempt {used}/{rule.attempts})"
         return Decision(
             Outcome.RETRIED,
-            f"{describe_exc(exc)} (attempt {used}/{rule.attempts})",
+            reason,
             exc,
             retry_in=delay,
             report=rule.report,
             rule=rule,
-            counters=counters,
+            counters=counters.with_retry_note(self.attempt, reason),
         )
 
     # -- acting ----------------------------------------------------------------------

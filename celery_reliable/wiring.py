@@ -7,7 +7,10 @@ app's first execution (or at worker start), when ``app.conf`` is final.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -16,6 +19,12 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_reliable.config import settings_for
 from celery_reliable.signals import execution_started
+
+logger = logging.getLogger("celery_reliable.wiring")
+
+#: Must equal ``observers.statsd.SENT_AT_HEADER`` (not imported: observers stay unloaded
+#: until an app needs them).
+SENT_AT_HEADER = "reliable_sent_at"
 
 _INSTALLED_ATTR = "_reliable_installed"
 _OBSERVERS_ATTR = "_reliable_observers"
@@ -61,9 +70,57 @@ def _build_observers(app: Celery) -> list[Any]:
         from celery_reliable.observers.dead_letters import DeadLetterObserver
 
         built.append(DeadLetterObserver(app, store))
+    if settings.statsd_host is not None:
+        built.extend(_optional("statsd", lambda: _statsd(app)))
+    if settings.sentry:
+        built.extend(_optional("sentry_sdk", lambda: _sentry(app)))
     for observer in built:
         observer.connect()
     return built
+
+
+def _statsd(app: Celery) -> Any:
+    from celery_reliable.observers.statsd import StatsdObserver
+
+    return StatsdObserver(app, settings_for(app))
+
+
+def _sentry(app: Celery) -> Any:
+    from celery_reliable.observers.sentry import SentryObserver
+
+    return SentryObserver(app)
+
+
+def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
+    """An observer of an optional library: none if it is not installed; none, and a
+    warning, if it cannot start (a StatsD host that does not resolve)."""
+    try:
+        return [build()]
+    except ImportError as exc:
+        if exc.name == library or library.startswith(str(exc.name)):
+            logger.debug("%s is not installed: its observer is off", library)
+            return []
+        raise
+    except OSError as exc:
+        logger.warning("%s observer off: %s", library, exc)
+        return []
+
+
+def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
+    """The queue-depth sampler for a worker consuming ``queues``, if metrics are on."""
+    from celery_reliable.observers.statsd import QueueDepthSampler, StatsdObserver
+
+    for observer in observers_for(app):
+        if isinstance(observer, StatsdObserver):
+            interval = settings_for(app).queue_depth_interval
+            return QueueDepthSampler(app, queues, interval, observer.queue_depths)
+    return None
+
+
+def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every published task carries its publish time, for the ``queue_time`` metric."""
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()
 
 
 def _on_execution_started(sender: Any = None, **_: Any) -> None:
@@ -99,4 +156,5 @@ def _on_task_failure(
 
 
 execution_started.connect(_on_execution_started, weak=False)
+celery_signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 celery_signals.task_failure.connect(_on_task_failure, weak=False)

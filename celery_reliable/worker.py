@@ -17,7 +17,7 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.store import store_for
-from celery_reliable.wiring import observers_for
+from celery_reliable.wiring import observers_for, queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
 
@@ -46,8 +46,13 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
                 )
         observers_for(app)
         self._timer_entry: Any = None
+        self._sampler: Any = None
 
     def start(self, worker: Any) -> None:
+        queues = list(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+        self._sampler = queue_depth_sampler(worker.app, queues)
+        if self._sampler is not None:
+            self._sampler.start()
         if self.store is not None:
             try:
                 self.store.ensure_schema()
@@ -59,6 +64,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             )
 
     def stop(self, worker: Any) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None

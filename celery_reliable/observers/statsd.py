@@ -1,0 +1,191 @@
+"""StatsD metrics around every execution: the names of ``celery_reliable.metrics``.
+
+At start: the ``started`` counter and the ``queue_time`` timer; at the end: the outcome's
+counter and the ``duration`` timer; every few seconds, per consumed queue: the depth
+gauge. Each group goes out as one UDP packet. The host is resolved once, when the
+observer is built; the socket is non-blocking and the ``statsd`` client swallows send
+errors, so a StatsD that is down costs the packets and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import statsd
+
+from celery_reliable import metrics
+from celery_reliable.config import ReliableSettings
+from celery_reliable.observers.base import Observer
+from celery_reliable.outcomes import Outcome
+
+logger = logging.getLogger("celery_reliable.statsd")
+
+#: The message header that carries the publish time (epoch seconds), set by a
+#: ``before_task_publish`` receiver; ``queue_time`` is measured from it (or from the
+#: ETA, whichever is later).
+SENT_AT_HEADER = "reliable_sent_at"
+
+
+def queue_time_ms(request: Any, now: float | None = None) -> float | None:
+    """Milliseconds the message waited: from its publish time, or its due time (ETA,
+    countdown) if that is later. None when the publisher did not stamp it."""
+    headers = getattr(request, "headers", None) or {}
+    sent = headers.get(SENT_AT_HEADER)
+    if not isinstance(sent, (int, float)):
+        return None
+    due = float(sent)
+    eta = getattr(request, "eta", None)
+    if eta:
+        with contextlib.suppress(TypeError, ValueError):
+            due = max(due, _epoch(eta))
+    return max(((now or time.time()) - due) * 1000.0, 0.0)
+
+
+def _epoch(eta: Any) -> float:
+    when = eta if isinstance(eta, datetime) else datetime.fromisoformat(str(eta))
+    if when.tzinfo is None:
+        # Celery's naive ETAs are UTC.
+        from datetime import timezone
+
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+class StatsdObserver(Observer):
+    name = "statsd"
+
+    def __init__(self, app: Any, settings: ReliableSettings) -> None:
+        super().__init__(app)
+        assert settings.statsd_host is not None
+        self.client = statsd.StatsClient(settings.statsd_host, settings.statsd_port)
+        sock = getattr(self.client, "_sock", None)
+        if sock is not None:
+            sock.setblocking(False)
+        self._send_raw: Callable[[str], None] = self.client._send  # type: ignore[attr-defined]
+        self.prefix = settings.statsd_prefix
+        self.tagged = settings.statsd_tags == "dogstatsd"
+        self._names: dict[str, dict[str, str]] = {}
+
+    def _task_names(self, task_name: str) -> dict[str, str]:
+        names = self._names.get(task_name)
+        if names is None:
+            if self.tagged:
+                names = {e: metrics.tagged_task_metric(self.prefix, e) for e in metrics.TASK_EVENTS}
+            else:
+                names = {
+                    e: metrics.task_metric(self.prefix, task_name, e) for e in metrics.TASK_EVENTS
+                }
+            self._names[task_name] = names
+        return names
+
+    def on_started(self, task: Any, **fields: Any) -> None:
+        names = self._task_names(task.name)
+        waited = queue_time_ms(fields.get("request"))
+        if self.tagged:
+            tags = metrics.dogstatsd_tags(task=task.name, queue=fields.get("queue"))
+            lines = [f"{names[metrics.STARTED]}:1|c{tags}"]
+            if waited is not None:
+                lines.append(f"{names[metrics.QUEUE_TIME]}:{waited:.3f}|ms{tags}")
+        else:
+            lines = [f"{names[metrics.STARTED]}:1|c"]
+            if waited is not None:
+                lines.append(f"{names[metrics.QUEUE_TIME]}:{waited:.3f}|ms")
+        self._send_raw("\n".join(lines))
+
+    def on_outcome(self, task: Any, **fields: Any) -> None:
+        outcome: Outcome = fields["outcome"]
+        names = self._task_names(task.name)
+        duration = fields.get("duration")
+        if self.tagged:
+            tags = metrics.dogstatsd_tags(
+                task=task.name, queue=fields.get("queue"), outcome=outcome.value
+            )
+            lines = [f"{names[outcome.value]}:1|c{tags}"]
+            if duration is not None:
+                lines.append(f"{names[metrics.DURATION]}:{duration * 1000.0:.3f}|ms{tags}")
+        else:
+            lines = [f"{names[outcome.value]}:1|c"]
+            if duration is not None:
+                lines.append(f"{names[metrics.DURATION]}:{duration * 1000.0:.3f}|ms")
+        self._send_raw("\n".join(lines))
+
+    def queue_depths(self, depths: Iterable[tuple[str, int]]) -> None:
+        if self.tagged:
+            name = metrics.tagged_queue_depth_metric(self.prefix)
+            lines = [f"{name}:{n}|g{metrics.dogstatsd_tags(queue=q)}" for q, n in depths]
+        else:
+            lines = [f"{metrics.queue_depth_metric(self.prefix, q)}:{n}|g" for q, n in depths]
+        if lines:
+            self._send_raw("\n".join(lines))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class QueueDepthSampler:
+    """Samples the depth of the queues a worker consumes, every ``interval`` seconds,
+    in a thread of its own (a slow broker never holds up the worker's event loop)."""
+
+    def __init__(
+        self,
+        app: Any,
+        queues: list[str],
+        interval: float,
+        emit: Callable[[list[tuple[str, int]]], None],
+    ) -> None:
+        self.app = app
+        self.queues = queues
+        self.interval = interval
+        self.emit = emit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="celery_reliable-queue-depth", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.emit(self.sample())
+            except Exception as exc:
+                logger.warning(
+                    "queue depth not sampled (%s); trying again in %gs", exc, self.interval
+                )
+            self._stop.wait(self.interval)
+
+    def sample(self) -> list[tuple[str, int]]:
+        depths = []
+        with self.app.connection_for_read() as connection:
+            for queue in self.queues:
+                depths.append((queue, _depth(connection, queue)))
+        return depths
+
+
+def _depth(connection: Any, queue: str) -> int:
+    """Messages waiting in ``queue``: a passive declare, as AMQP brokers answer it and
+    kombu's Redis transport emulates it (priority sub-queues included)."""
+    from kombu.exceptions import ChannelError
+
+    not_found = (ChannelError, *connection.channel_errors)
+    channel = connection.channel()
+    try:
+        _, count, _ = channel.queue_declare(queue=queue, passive=True)
+        return int(count)
+    except not_found:
+        # Redis has no key for an empty queue, AMQP no queue that was never declared.
+        return 0
+    finally:
+        with contextlib.suppress(Exception):  # a broker that closed it already
+            channel.close()

@@ -1,0 +1,183 @@
+"""StatsD on the wire: a real UDP socket receives what a real worker sends, for every
+outcome, in dotted and DogStatsD-tagged form; queue depth from the real Redis broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from celery_reliable import (
+    Cancel,
+    Discard,
+    Outcome,
+    ReliableTask,
+    Snooze,
+    retry_on,
+)
+from celery_reliable.backoff import fixed
+from tests.conftest import embedded_worker
+from tests.helpers import Calls, new_key, tasks_in
+from tests.integration.udp import NUMBER, StatsdServer, running_statsd_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def statsd_server() -> Iterator[StatsdServer]:
+    with running_statsd_server() as server:
+        yield server
+
+
+class Flaky(Exception):
+    pass
+
+
+calls = Calls()
+
+
+def define(app: Any) -> SimpleNamespace:
+    @app.task(base=ReliableTask, shared=False, name="m.ok")
+    def ok() -> str:
+        return "ok"
+
+    @app.task(base=ReliableTask, shared=False, name="m.flaky")
+    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
+    def flaky(key: str) -> str:
+        if calls.bump(key) == 1:
+            raise Flaky("once")
+        return "ok"
+
+    @app.task(base=ReliableTask, shared=False, name="m.exhausts")
+    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
+    def exhausts() -> None:
+        raise Flaky("always")
+
+    @app.task(base=ReliableTask, shared=False, name="m.explicit")
+    def explicit(kind: str, key: str) -> Any:
+        if kind == "cancel":
+            return Cancel("not needed")
+        if kind == "discard":
+            return Discard("bad input")
+        if kind == "snooze" and calls.bump(key) == 1:
+            return Snooze(0.05)
+        if kind == "fail":
+            raise LookupError("nobody declared me")
+        return kind
+
+    @app.task(base=ReliableTask, shared=False, name="m.packets")
+    def packets() -> str:
+        return "only the packet test runs me"
+
+    @app.task(
+        base=ReliableTask, shared=False, name="m.charge", timeout=10, idempotency_key="{order}"
+    )
+    def charge(order: str) -> str:
+        return order
+
+    return tasks_in(locals())
+
+
+@pytest.fixture(scope="module")
+def env(make_app: Any, statsd_server: StatsdServer) -> Iterator[Any]:
+    app = make_app(
+        "statsd",
+        reliable_statsd_host="127.0.0.1",
+        reliable_statsd_port=statsd_server.port,
+        reliable_queue_depth_interval=0.2,
+    )
+    tasks = define(app)
+    with embedded_worker(app):
+        yield SimpleNamespace(app=app, server=statsd_server, **vars(tasks))
+
+
+def _run(env: Any, outcomes: Any, task: str, args: tuple[Any, ...], count: int) -> Any:
+    args = tuple(new_key() if a == "KEY" else a for a in args)
+    result = getattr(env, task).apply_async(args)
+    outcomes.wait_for(result.id, count=count)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "events"),
+    [
+        ("ok", (), ["succeeded"]),
+        ("flaky", ("KEY",), ["retried", "succeeded"]),
+        ("exhausts", (), ["retried", "exhausted"]),
+        ("explicit", ("cancel", "KEY"), ["cancelled"]),
+        ("explicit", ("discard", "KEY"), ["discarded"]),
+        ("explicit", ("snooze", "KEY"), ["snoozed", "succeeded"]),
+        ("explicit", ("fail", "KEY"), ["failed"]),
+    ],
+)
+def test_outcome_counters_and_timers(
+    env: Any, outcomes: Any, task: str, args: tuple[Any, ...], events: list[str]
+) -> None:
+    server = env.server
+    name = f"celery.m_{task}"
+    before = {e: len(server.matching(rf"{name}\.{e}:1\|c")) for e in {*events, "started"}}
+    durations = len(server.matching(rf"{name}\.duration:{NUMBER}\|ms"))
+    queue_times = len(server.matching(rf"{name}\.queue_time:{NUMBER}\|ms"))
+    _run(env, outcomes, task, args, len(events))
+    for event in set(events):
+        want = before[event] + events.count(event)
+        got = server.wait_for(rf"{name}\.{event}:1\|c", want)
+        assert len(got) == want, (event, server.lines[-20:])
+    runs = len(events)
+    assert len(server.wait_for(rf"{name}\.started:1\|c", before["started"] + runs)) == (
+        before["started"] + runs
+    )
+    assert len(server.wait_for(rf"{name}\.duration:{NUMBER}\|ms", durations + runs)) == (
+        durations + runs
+    )
+    assert len(server.wait_for(rf"{name}\.queue_time:{NUMBER}\|ms", queue_times + runs)) == (
+        queue_times + runs
+    )
+
+
+def test_duplicate_counter(env: Any, outcomes: Any) -> None:
+    order = new_key()
+    first = env.charge.apply_async((order,))
+    outcomes.wait_for(first.id)
+    second = env.charge.apply_async((order,))
+    assert outcomes.wait_for(second.id)[0].outcome is Outcome.DUPLICATE
+    assert env.server.wait_for(r"celery\.m_charge\.duplicate:1\|c")
+
+
+def test_queue_time_counts_from_the_due_time_not_the_publish(env: Any, outcomes: Any) -> None:
+    seen = len(env.server.matching(rf"celery\.m_ok\.queue_time:{NUMBER}\|ms"))
+    result = env.ok.apply_async(countdown=1.0)
+    outcomes.wait_for(result.id)
+    (line,) = env.server.wait_for(rf"celery\.m_ok\.queue_time:{NUMBER}\|ms", seen + 1)[seen:]
+    waited_ms = float(line.split(":")[1].split("|")[0])
+    assert waited_ms < 900, f"{waited_ms} ms: measured from publish, not from the ETA"
+
+
+def test_start_and_end_each_go_out_as_one_packet(env: Any, outcomes: Any) -> None:
+    result = env.packets.apply_async()
+    outcomes.wait_for(result.id)
+    env.server.wait_for(rf"celery\.m_packets\.duration:{NUMBER}\|ms")
+    started, ended = env.server.packets_with("celery.m_packets.")
+    assert [line.split(":")[0] for line in started] == [
+        "celery.m_packets.started",
+        "celery.m_packets.queue_time",
+    ]
+    assert [line.split(":")[0] for line in ended] == [
+        "celery.m_packets.succeeded",
+        "celery.m_packets.duration",
+    ]
+
+
+def test_worker_samples_the_depth_of_its_queues(env: Any) -> None:
+    assert env.server.wait_for(r"celery\.queue\.celery\.depth:0\|g")
+
+
+def test_depth_counts_waiting_messages_and_priority_sub_queues(env: Any) -> None:
+    from celery_reliable.observers.statsd import QueueDepthSampler
+
+    for priority in (None, 0, 5, 9):
+        env.ok.apply_async(queue="parked", priority=priority)
+    sampler = QueueDepthSampler(env.app, ["parked", "never-used"], 1.0, lambda d: None)
+    assert sampler.sample() == [("parked", 4), ("never-used", 0)]
