@@ -65,9 +65,16 @@ _OWNED = object()
 MAX_HISTORY = 10
 MAX_NOTE = 200
 
+#: The message header with the publish time (epoch seconds), stamped on every published
+#: task by a ``before_task_publish`` receiver; ``queue_time`` is measured from it.
+SENT_AT_HEADER = "reliable_sent_at"
+
 #: The message header that carries our counters across re-publishes:
-#: ``{"attempts": {rule_id: failed executions}, "snoozes": n}``.
+#: ``{"attempts": {rule_id: failed executions}, "snoozes": n, "history": [...]}``.
 HEADER = "reliable"
+
+#: Headers of ours, never copied into what a dead letter re-publishes.
+OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER})
 
 
 class _Local(threading.local):

@@ -19,6 +19,7 @@ from celery.states import IGNORED
 from celery.utils import uuid
 
 from celery_reliable import options as task_options
+from celery_reliable import wiring  # connects its signal receivers on import
 from celery_reliable.backoff import exponential
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.execution import (
@@ -127,7 +128,6 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     @classmethod
     def on_bound(cls, app: Celery) -> None:
         from celery_reliable.claims import lease_seconds
-        from celery_reliable.wiring import install
 
         if cls._reliable_key is not None:
             # Bound, time_limit includes the app's task_time_limit.
@@ -138,7 +138,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
                     "stopped by its hard limit before another can take its key over"
                 )
             cls._reliable_lease = lease_seconds(float(cls.time_limit))
-        install(app)
+        wiring.install(app)
 
     def apply_async(
         self,

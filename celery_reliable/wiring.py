@@ -18,13 +18,10 @@ from celery import signals as celery_signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from celery_reliable.config import settings_for
+from celery_reliable.execution import SENT_AT_HEADER
 from celery_reliable.signals import execution_started
 
 logger = logging.getLogger("celery_reliable.wiring")
-
-#: Must equal ``observers.statsd.SENT_AT_HEADER`` (not imported: observers stay unloaded
-#: until an app needs them).
-SENT_AT_HEADER = "reliable_sent_at"
 
 _INSTALLED_ATTR = "_reliable_installed"
 _OBSERVERS_ATTR = "_reliable_observers"
@@ -118,9 +115,19 @@ def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
 
 
 def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Every published task carries its publish time, for the ``queue_time`` metric."""
-    if headers is not None:
-        headers[SENT_AT_HEADER] = time.time()
+    """Every published task carries its publish time, for the ``queue_time`` metric.
+
+    Tracing tools (sentry-sdk's CeleryIntegration, dd-trace) nest the custom headers in
+    a ``headers`` header, which the worker then reads as ``request.headers``
+    (celery#4875): the time goes in there too.
+    """
+    if headers is None:
+        return
+    now = time.time()
+    headers[SENT_AT_HEADER] = now
+    nested = headers.get("headers")
+    if isinstance(nested, dict):
+        nested[SENT_AT_HEADER] = now
 
 
 def _on_execution_started(sender: Any = None, **_: Any) -> None:

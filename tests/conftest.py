@@ -83,11 +83,19 @@ def module_store_url(request: pytest.FixtureRequest) -> str:
     return fresh_store_url(request.param, request)
 
 
+def new_redis_db(redis_url: str) -> str:
+    """A Redis database no other test uses: its URL."""
+    db = next(_databases)
+    if db >= servers.REDIS_DATABASES:
+        raise RuntimeError(f"more than {servers.REDIS_DATABASES} Redis databases asked for")
+    return f"{redis_url}/{db}"
+
+
 def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
     """A Celery app on its own Redis database (so test modules never share a queue),
     with its own SQLite store unless ``reliable_database_url`` is given."""
-    db = next(_databases)
-    url = f"{redis_url}/{db}"
+    url = new_redis_db(redis_url)
+    db = url.rsplit("/", 1)[1]
     conf.setdefault("reliable_database_url", f"sqlite:///{_store_dir}/{name}-{db}.sqlite3")
     app = Celery(name, broker=url, backend=url, set_as_current=False)
     app.conf.update(

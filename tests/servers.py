@@ -17,6 +17,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+#: Databases of the test redis-server (one per test app).
+REDIS_DATABASES = 256
+
 
 class ServerMissing(RuntimeError):
     pass

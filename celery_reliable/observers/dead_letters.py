@@ -15,7 +15,7 @@ from typing import Any
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.execution import HEADER
+from celery_reliable.execution import OWN_HEADERS
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store import Store
@@ -29,7 +29,7 @@ def republish_options(request: Any) -> dict[str, Any]:
     if request is None:
         return {}
     delivery = request.delivery_info or {}
-    headers = {k: v for k, v in (request.headers or {}).items() if k != HEADER}
+    headers = {k: v for k, v in (request.headers or {}).items() if k not in OWN_HEADERS}
     return {
         "exchange": delivery.get("exchange"),
         "routing_key": delivery.get("routing_key"),

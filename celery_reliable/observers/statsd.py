@@ -21,15 +21,11 @@ import statsd
 
 from celery_reliable import metrics
 from celery_reliable.config import ReliableSettings
+from celery_reliable.execution import SENT_AT_HEADER
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 
 logger = logging.getLogger("celery_reliable.statsd")
-
-#: The message header that carries the publish time (epoch seconds), set by a
-#: ``before_task_publish`` receiver; ``queue_time`` is measured from it (or from the
-#: ETA, whichever is later).
-SENT_AT_HEADER = "reliable_sent_at"
 
 
 def queue_time_ms(request: Any, now: float | None = None) -> float | None:
@@ -55,6 +51,13 @@ def _epoch(eta: Any) -> float:
 
         when = when.replace(tzinfo=timezone.utc)
     return when.timestamp()
+
+
+def _queue(fields: dict[str, Any]) -> str:
+    # Every tagged line has the same label set (statsd_exporter rejects a metric whose
+    # labels vary): an execution with no queue (eager, or reported by the main process)
+    # is tagged "unknown".
+    return fields.get("queue") or "unknown"
 
 
 class StatsdObserver(Observer):
@@ -88,7 +91,7 @@ class StatsdObserver(Observer):
         names = self._task_names(task.name)
         waited = queue_time_ms(fields.get("request"))
         if self.tagged:
-            tags = metrics.dogstatsd_tags(task=task.name, queue=fields.get("queue"))
+            tags = metrics.dogstatsd_tags(task=task.name, queue=_queue(fields))
             lines = [f"{names[metrics.STARTED]}:1|c{tags}"]
             if waited is not None:
                 lines.append(f"{names[metrics.QUEUE_TIME]}:{waited:.3f}|ms{tags}")
@@ -104,7 +107,7 @@ class StatsdObserver(Observer):
         duration = fields.get("duration")
         if self.tagged:
             tags = metrics.dogstatsd_tags(
-                task=task.name, queue=fields.get("queue"), outcome=outcome.value
+                task=task.name, queue=_queue(fields), outcome=outcome.value
             )
             lines = [f"{names[outcome.value]}:1|c{tags}"]
             if duration is not None:

@@ -15,6 +15,7 @@ from celery import Celery
 
 from celery_reliable.store import store_for
 from tests import servers
+from tests.conftest import new_redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def run(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture
 def broker(redis_url: str) -> str:
-    return f"{redis_url}/62"
+    return new_redis_db(redis_url)
 
 
 def store_app(store_url: str) -> Any:

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
+from tests.conftest import new_redis_db
 from tests.integration.effects import effects
 from tests.integration.recording import recorded
 from tests.worker_process import WorkerProcess, celery_worker
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return f"{redis_url}/61"
+    return new_redis_db(redis_url)
 
 
 @pytest.fixture(scope="module")

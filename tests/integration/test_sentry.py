@@ -17,11 +17,12 @@ import pytest
 import sentry_sdk
 from celery import Celery
 
-from tests.conftest import embedded_worker
+from tests.conftest import embedded_worker, new_redis_db
 from tests.helpers import new_key
 from tests.integration.recording import recorded
 from tests.integration.sentry_server import SentryServer, running_sentry_server
 from tests.integration.sentry_tasks import define
+from tests.integration.udp import NUMBER, StatsdServer, running_statsd_server
 from tests.servers import free_port
 from tests.worker_process import celery_worker
 
@@ -60,16 +61,25 @@ def sentry_server() -> Iterator[SentryServer]:
         yield server
 
 
-@pytest.mark.parametrize("mode", ["on", "off"], ids=["celery-integration-on", "celery-off"])
+@pytest.fixture
+def statsd() -> Iterator[StatsdServer]:
+    with running_statsd_server() as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["on", "on-without-dedupe", "off"])
 def test_one_event_per_reported_outcome_and_none_for_the_rest(
-    redis_url: str, sentry_server: SentryServer, tmp_path: Any, mode: str
+    redis_url: str, sentry_server: SentryServer, tmp_path: Any, mode: str, statsd: StatsdServer
 ) -> None:
-    broker = f"{redis_url}/{58 if mode == 'on' else 59}"
+    """And StatsD beside it: sentry-sdk's CeleryIntegration nests custom headers
+    (celery#4875), which must not lose the publish time queue_time is measured from."""
+    broker = new_redis_db(redis_url)
     env = {
         "RELIABLE_TEST_BROKER": broker,
         "RELIABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
         "TEST_SENTRY_DSN": sentry_server.dsn,
         "TEST_SENTRY_CELERY": mode,
+        "TEST_STATSD_PORT": str(statsd.port),
     }
     client = Celery("sentry-client", broker=broker, backend=broker, set_as_current=False)
     with celery_worker("tests.integration.sentry_app", env, concurrency=2) as worker:
@@ -95,6 +105,10 @@ def test_one_event_per_reported_outcome_and_none_for_the_rest(
             time.sleep(0.1)
         time.sleep(1.0)  # and nothing more arrives
         events = sentry_server.all_events()
+
+    for name, runs in EXPECTED_OUTCOMES.items():
+        found = statsd.wait_for(rf"celery\.sentry_{name}\.queue_time:{NUMBER}\|ms", len(runs))
+        assert len(found) == len(runs), (name, statsd.lines)
 
     got: dict[str, list[tuple[str, str]]] = {name: [] for name in EXPECTED_EVENTS}
     for event in events:
@@ -150,7 +164,11 @@ def test_event_tags_fingerprint_and_retry_breadcrumbs(
 
 
 def test_unreachable_dsn_changes_no_outcome(make_app: Any, outcomes: Any) -> None:
-    sentry_sdk.init(dsn=f"http://public@127.0.0.1:{free_port()}/1")
+    # No auto-enabled integrations: CeleryIntegration, once installed, stays installed
+    # for the whole test process (the worker-process tests above cover it).
+    sentry_sdk.init(
+        dsn=f"http://public@127.0.0.1:{free_port()}/1", auto_enabling_integrations=False
+    )
     try:
         app = make_app("sentry_down")
         tasks = define(app, "sentry_down")

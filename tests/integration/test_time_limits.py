@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from celery_reliable.results import wait_for_outcome
+from tests.conftest import new_redis_db
 from tests.integration.recording import recorded
 from tests.worker_process import WorkerProcess, celery_worker
 
@@ -17,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
 @pytest.fixture(scope="module")
 def broker(redis_url: str) -> str:
-    return f"{redis_url}/60"
+    return new_redis_db(redis_url)
 
 
 @pytest.fixture(scope="module")
