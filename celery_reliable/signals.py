@@ -23,13 +23,17 @@ from __future__ import annotations
 
 from celery.utils.dispatch import Signal
 
+# use_caching: the receivers of each sender (a task) are worked out once, not on every
+# send; connecting or disconnecting a receiver clears the cache.
 execution_started = Signal(
     name="execution_started",
+    use_caching=True,
     providing_args=["task_id", "attempt", "request", "queue"],
 )
 
 task_outcome = Signal(
     name="task_outcome",
+    use_caching=True,
     providing_args=[
         "task_id",
         "outcome",
