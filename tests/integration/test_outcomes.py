@@ -6,6 +6,7 @@ both what the signal said and what the result backend stores.
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -384,3 +385,37 @@ def test_soft_time_limit_is_classified_like_any_exception(env: Any, outcomes: An
     result = env.soft_limit.apply_async()
     assert wait_for_outcome(result, timeout=10) == "DISCARDED"
     assert only(outcomes.wait_for(result.id)).outcome is Outcome.DISCARDED
+
+
+def test_one_structured_log_line_per_execution_end(env: Any, outcomes: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="celery_reliable.outcome")
+    k = key()
+    result = env.flaky.apply_async((k, 1))
+    assert result.get(timeout=10) == "ok"
+    outcomes.wait_for(result.id, count=2)
+    records = [
+        r for r in caplog.records if r.name == "celery_reliable.outcome" and r.task_id == result.id
+    ]
+    assert [r.outcome for r in records] == ["retried", "succeeded"]
+    retried, succeeded = records
+    assert retried.levelno == logging.INFO
+    assert retried.task_name == "t.flaky"
+    assert retried.attempt == 1 and succeeded.attempt == 2
+    assert retried.queue == "celery"
+    assert retried.reason == "TransientError: call 1 (attempt 1/5)"
+    assert 0.1 <= retried.retry_in <= 0.115
+    assert isinstance(succeeded.duration, float) and succeeded.retry_in is None
+    line = retried.getMessage()
+    assert line.startswith(f"task=t.flaky id={result.id} attempt=1 outcome=retried duration=")
+    assert 'reason="TransientError: call 1 (attempt 1/5)"' in line
+
+
+def test_error_outcomes_log_at_error_level(env: Any, outcomes: Any, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="celery_reliable.outcome")
+    failed = env.unclassified.apply_async((key(),))
+    discarded = env.invalid.apply_async((key(),))
+    outcomes.wait_for(failed.id)
+    outcomes.wait_for(discarded.id)
+    levels = {r.task_id: r.levelno for r in caplog.records if r.name == "celery_reliable.outcome"}
+    assert levels[failed.id] == logging.ERROR
+    assert levels[discarded.id] == logging.WARNING
