@@ -107,38 +107,9 @@ class DeadLetters:
         self._single = single_statement_engine(engine)
         self._app = app
 
-    def write(
-        self,
-        *,
-        task_id: str,
-        task_name: str,
-        queue: str | None,
-        args: Any,
-        kwargs: Any,
-        options: Mapping[str, Any],
-        redact: bool,
-        outcome: str,
-        exc_type: str | None,
-        exc_message: str | None,
-        traceback: str | None,
-        reason: str,
-        attempts: int,
-    ) -> int:
-        row = self.build_row(
-            task_id=task_id,
-            task_name=task_name,
-            queue=queue,
-            args=args,
-            kwargs=kwargs,
-            options=options,
-            redact=redact,
-            outcome=outcome,
-            exc_type=exc_type,
-            exc_message=exc_message,
-            traceback=traceback,
-            reason=reason,
-            attempts=attempts,
-        )
+    def write(self, **fields: Any) -> int:
+        """Store one dead letter (the fields are :meth:`build_row`'s); returns its id."""
+        row = self.build_row(**fields)
         inserted = run_statement(
             self._single,
             "writing dead letter",
