@@ -250,11 +250,6 @@ def as_delay(base: object) -> float | None:
     return value
 
 
-def is_valid_base(base: object) -> bool:
-    """True when a wait returned a usable delay (a number > 0; infinity is cut later)."""
-    return as_delay(base) is not None
-
-
 def compute_delay(
     wait: Wait,
     attempt: int,
@@ -274,7 +269,7 @@ def compute_delay(
             "wait %s raised for attempt %d; waiting %gs", wait.description, attempt, MIN_DELAY
         )
         base = MIN_DELAY
-    if not is_valid_base(base):
+    if as_delay(base) is None:
         logger.warning(
             "wait %s returned %r for attempt %d; waiting %gs instead",
             wait.description,

@@ -237,9 +237,9 @@ class Execution:
 
     def _run(self, body: Callable[..., Any]) -> Any:
         if self.task._reliable_key is not None:
-            duplicate = self._claim()
-            if duplicate is not _OWNED:
-                return duplicate
+            answer = self._claim()
+            if answer is not _OWNED:
+                return answer  # a duplicate's stored result (other answers raised)
         try:
             retval = body(*self.args, **self.kwargs)
         except OutcomeRequest as requested:

@@ -20,10 +20,6 @@ from celery_reliable.outcomes import CANCELLED_STATE, DISCARDED_STATE
 TERMINAL_STATES = frozenset(states.READY_STATES | {CANCELLED_STATE, DISCARDED_STATE})
 
 
-def is_terminal(state: str) -> bool:
-    return state in TERMINAL_STATES
-
-
 def wait_for_outcome(result: Any, timeout: float = 10.0, interval: float = 0.05) -> str:
     """Poll ``result`` until its state is terminal; return the state.
 

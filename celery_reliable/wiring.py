@@ -94,7 +94,7 @@ def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
     try:
         return [build()]
     except ImportError as exc:
-        if exc.name == library or library.startswith(str(exc.name)):
+        if (exc.name or "").split(".")[0] == library:
             logger.debug("%s is not installed: its observer is off", library)
             return []
         raise

@@ -40,24 +40,6 @@ class WorkerProcess:
             self.stop()
             raise AssertionError(f"celery worker not ready after {timeout}s:\n{self.output}")
 
-    def wait_for_line(self, text: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if text in line:
-                    return line
-            time.sleep(0.05)
-        raise AssertionError(f"no log line with {text!r} after {timeout}s:\n{self.output}")
-
-    def child_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        return [int(pid) for pid in out.split()]
-
     def stop(self, timeout: float = 20) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -127,9 +127,6 @@ class StatsdObserver(Observer):
         if lines:
             self._send_raw("\n".join(lines))
 
-    def close(self) -> None:
-        self.client.close()
-
 
 class QueueDepthSampler:
     """Samples the depth of the queues a worker consumes, every ``interval`` seconds,

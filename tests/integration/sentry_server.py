@@ -62,16 +62,6 @@ class SentryServer:
                 if header.get("type") == "event":
                     self.events.append(json.loads(payload))
 
-    def events_for(self, task_prefix: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                e
-                for e in self.events
-                if str((e.get("tags") or {}).get("task", "")).startswith(task_prefix)
-                or task_prefix in json.dumps(e.get("extra", {}))
-                or task_prefix in str(e.get("transaction", ""))
-            ]
-
     def all_events(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.events)
