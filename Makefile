@@ -1,13 +1,15 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv on first use; `make test` also installs redis-server and
 # PostgreSQL with apt when they are missing and we are root (CI, fresh machines).
+# `make compat` runs the version matrix (Celery 5.4 to 5.7), each in its own venv.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench system-deps clean
+.PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
+        compat-one bench system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -44,6 +46,45 @@ typecheck: $(STAMP)
 
 test: system-deps $(STAMP) lint typecheck
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory celery-suite
+	$(MAKE) --no-print-directory plain-install
+
+# Celery's own tests (t/unit/tasks, test_builtins), plain and with ReliableTask as
+# every app's task class: fails on any test that passes plain only.
+celery-suite: $(STAMP)
+	$(PY) -m tests.compat.celery_suite
+
+# `pip install celery-reliable` with no extras, as a wheel in a venv of its own: a real
+# worker reaches every outcome; a configured feature without its library stops it.
+PLAIN_VENV := .venv-plain
+PLAIN_RUN  := .cache/plain-run
+$(PLAIN_VENV)/.installed: pyproject.toml
+	[ -x $(PLAIN_VENV)/bin/python ] || $(PYTHON) -m venv $(PLAIN_VENV)
+	$(PLAIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PLAIN_VENV)/bin/python -m pip install -q .
+	touch $@
+
+plain-install: $(PLAIN_VENV)/.installed
+	$(PLAIN_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
+	@rm -rf $(PLAIN_RUN) && mkdir -p $(PLAIN_RUN) && ln -s $(CURDIR)/tests $(PLAIN_RUN)/tests
+	cd $(PLAIN_RUN) && $(CURDIR)/$(PLAIN_VENV)/bin/python -m tests.compat.plain_install
+
+# The version matrix: for each supported Celery minor (with the kombu of the same
+# minor), a venv of its own runs the whole suite and the Celery-suite comparison.
+CELERY_MINORS ?= 5.4 5.5 5.6 5.7
+compat: system-deps
+	@for minor in $(CELERY_MINORS); do \
+	  $(MAKE) --no-print-directory compat-one MINOR=$$minor || exit 1; \
+	done
+
+compat-one:
+	@echo "== Celery $(MINOR).x"
+	@[ -x .venv-celery$(MINOR)/bin/python ] || $(PYTHON) -m venv .venv-celery$(MINOR)
+	.venv-celery$(MINOR)/bin/python -m pip install -q --upgrade pip
+	.venv-celery$(MINOR)/bin/python -m pip install -q -e '.[test]' \
+	  'celery==$(MINOR).*' 'kombu==$(MINOR).*'
+	.venv-celery$(MINOR)/bin/python -m pytest -q
+	.venv-celery$(MINOR)/bin/python -m tests.compat.celery_suite
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -59,4 +100,4 @@ bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/demo-data
+	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/demo-data

@@ -14,6 +14,8 @@ What a claim attempt can decide, before the body runs:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,9 +30,11 @@ from celery_reliable.store.receipts import SUCCEEDED
 from celery_reliable.store.timeutil import utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from celery_reliable.task import ReliableTask
 
-__all__ = ["Busy", "Claim", "Duplicate", "Refused", "claim", "complete", "release"]
+__all__ = ["Busy", "Duplicate", "ReceiptHolder", "Refused"]
 
 logger = logging.getLogger("celery_reliable.receipts")
 
@@ -73,38 +77,123 @@ class Refused:
     exc: Exception
 
 
-def claim(
-    task: ReliableTask, task_id: str, args: Any, kwargs: Any
-) -> Claim | Duplicate | Busy | Refused:
-    spec: KeySpec = task._reliable_key  # type: ignore[assignment]
-    try:
-        key, payload = spec.key_and_hash(tuple(args or ()), dict(kwargs or {}))
-    except IdempotencyKeyError as exc:
-        return Refused(exc)
-    store = require_store(task.app, f"task {task.name}: idempotency_key")
-    lease = task._reliable_lease
-    got = store.receipts.claim(task.name, key, payload, task_id, lease)
-    if isinstance(got, Claim):
-        if got.took_over:
-            logger.warning(
-                "task %s[%s]: took over idempotency key %r (the previous claim's lease "
-                "expired: its worker died or stalled); claim #%d",
+class ReceiptHolder:
+    """The idempotency receipt of one execution, from claim to completion or release.
+
+    The one owner of the lifecycle: ``Execution`` takes it before the body and
+    completes or releases it after; ``ReliableTask.atomic()`` completes it inside the
+    user's own transaction. A store that fails after the claim never changes the
+    outcome: the work is done (or not) either way, and the lease frees the key.
+    """
+
+    __slots__ = ("claim", "task")
+
+    def __init__(self, task: ReliableTask, claim: Claim) -> None:
+        self.task = task
+        self.claim = claim
+
+    @classmethod
+    def take(
+        cls, task: ReliableTask, task_id: str, args: Any, kwargs: Any
+    ) -> ReceiptHolder | Duplicate | Busy | Refused:
+        """Claim the key of this execution; raises ``StoreUnavailable``."""
+        spec: KeySpec = task._reliable_key  # type: ignore[assignment]
+        try:
+            key, payload = spec.key_and_hash(tuple(args or ()), dict(kwargs or {}))
+        except IdempotencyKeyError as exc:
+            return Refused(exc)
+        store = _store(task)
+        got = store.receipts.claim(task.name, key, payload, task_id, task._reliable_lease)
+        if isinstance(got, Claim):
+            if got.took_over:
+                logger.warning(
+                    "task %s[%s]: took over idempotency key %r (the previous claim's lease "
+                    "expired: its worker died or stalled); claim #%d",
+                    task.name,
+                    task_id,
+                    key,
+                    got.claims,
+                )
+            return cls(task, got)
+        if got.payload_hash != payload:
+            return Refused(
+                IdempotencyConflict(
+                    f"idempotency key {key!r} was first used with other arguments "
+                    f"(by task {got.task_id}); refusing to run a different payload under it"
+                )
+            )
+        if got.state == SUCCEEDED:
+            return Duplicate(_load_result(got), got)
+        return Busy(got, _seconds_until(got.lease_expires_at))
+
+    @property
+    def completed(self) -> bool:
+        return self.claim.completed
+
+    @contextmanager
+    def atomic(self) -> Iterator[Session]:
+        """A session whose commit also marks the receipt succeeded (``atomic()``).
+
+        Raises ``LeaseLost`` inside the transaction if another execution took the key
+        over, so that the caller's writes roll back with it.
+        """
+        store = _store(self.task)
+        marking = not self.claim.completed
+        with store.session() as session:
+            yield session
+            if marking:
+                store.receipts.complete_in(session, self.claim)
+        if marking:
+            self.claim.completed = True
+
+    def complete(self, value: Any) -> None:
+        """After the body returned: mark the receipt succeeded (or store its result)."""
+        task, claim = self.task, self.claim
+        store = _store(task)
+        result = encode_result(task.name, value)
+        try:
+            if claim.completed:
+                if result is not None:
+                    store.receipts.store_result(claim, result)
+                return
+            if not store.receipts.complete(claim, result):
+                logger.error(
+                    "task %s[%s]: idempotency key %r was taken over while this execution "
+                    "ran (it outlived its lease); its effects outside atomic() may now "
+                    "happen twice",
+                    task.name,
+                    claim.task_id,
+                    claim.key,
+                )
+        except StoreUnavailable as exc:
+            # The work is done; only the record of it is missing. The claim stays "in
+            # progress" until its lease expires, after which a redelivery would run the
+            # body again: at-least-once, as documented.
+            logger.error(
+                "task %s[%s]: could not mark idempotency key %r succeeded (%s); a "
+                "redelivery after the lease would run it again",
                 task.name,
-                task_id,
-                key,
-                got.claims,
+                claim.task_id,
+                claim.key,
+                exc,
             )
-        return got
-    if got.payload_hash != payload:
-        return Refused(
-            IdempotencyConflict(
-                f"idempotency key {key!r} was first used with other arguments "
-                f"(by task {got.task_id}); refusing to run a different payload under it"
+
+    def release(self) -> None:
+        """The execution did not succeed: give the key back (a succeeded receipt stays)."""
+        claim = self.claim
+        if claim.completed:
+            return
+        try:
+            _store(self.task).receipts.release(claim)
+        except StoreUnavailable as exc:
+            logger.error(
+                "task %s[%s]: could not release idempotency key %r (%s); it is free again "
+                "when its lease expires",
+                self.task.name,
+                claim.task_id,
+                claim.key,
+                exc,
             )
-        )
-    if got.state == SUCCEEDED:
-        return Duplicate(_load_result(got), got)
-    return Busy(got, _seconds_until(got.lease_expires_at))
 
 
 def _seconds_until(when: datetime | None) -> float:
@@ -140,55 +229,6 @@ def encode_result(task_name: str, value: Any) -> str | None:
             type(value).__name__,
         )
         return None
-
-
-def complete(task: ReliableTask, claim: Claim, value: Any) -> None:
-    """After the body returned: mark the receipt succeeded (or store its result)."""
-    store = _store(task)
-    result = encode_result(task.name, value)
-    try:
-        if claim.completed:
-            if result is not None:
-                store.receipts.store_result(claim, result)
-            return
-        if not store.receipts.complete(claim, result):
-            logger.error(
-                "task %s[%s]: idempotency key %r was taken over while this execution ran "
-                "(it outlived its lease); its effects outside atomic() may now happen "
-                "twice",
-                task.name,
-                claim.task_id,
-                claim.key,
-            )
-    except StoreUnavailable as exc:
-        # The work is done; only the record of it is missing. The claim stays "in
-        # progress" until its lease expires, after which a redelivery would run the
-        # body again: at-least-once, as documented.
-        logger.error(
-            "task %s[%s]: could not mark idempotency key %r succeeded (%s); a redelivery "
-            "after the lease would run it again",
-            task.name,
-            claim.task_id,
-            claim.key,
-            exc,
-        )
-
-
-def release(task: ReliableTask, claim: Claim) -> None:
-    """The execution did not succeed: give the key back (a succeeded receipt stays)."""
-    if claim.completed:
-        return
-    try:
-        _store(task).receipts.release(claim)
-    except StoreUnavailable as exc:
-        logger.error(
-            "task %s[%s]: could not release idempotency key %r (%s); it is free again "
-            "when its lease expires",
-            task.name,
-            claim.task_id,
-            claim.key,
-            exc,
-        )
 
 
 def _store(task: ReliableTask) -> Store:

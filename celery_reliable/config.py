@@ -59,6 +59,9 @@ class ReliableSettings:
     prune_interval: float
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
+    #: The settings the app set itself (the others are defaults): a feature set on
+    #: purpose whose library is missing stops the worker, a default one is just off.
+    explicit: frozenset[str] = frozenset()
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ReliableSettings:
@@ -91,6 +94,7 @@ class ReliableSettings:
             sentry=_bool("reliable_sentry", merged),
             prune_interval=_seconds("reliable_prune_interval", merged),
             unclassified_rule=None,
+            explicit=frozenset(values),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:

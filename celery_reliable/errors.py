@@ -1,9 +1,17 @@
-"""Exceptions celery_reliable raises or classifies. Pure module."""
+"""Exceptions celery_reliable raises or classifies, all under :class:`ReliableError`.
+
+Pure module: ``except ReliableError`` catches everything of ours, and each error says
+what to do about it.
+"""
 
 from __future__ import annotations
 
 
-class StoreUnavailable(Exception):
+class ReliableError(Exception):
+    """The root of every celery_reliable error."""
+
+
+class StoreUnavailable(ReliableError):
     """The receipts / dead-letter database cannot be reached (or has no schema).
 
     Raised before a task body runs when its claim cannot be taken; ReliableTask's
@@ -11,15 +19,21 @@ class StoreUnavailable(Exception):
     """
 
 
-class IdempotencyConflict(Exception):
+class StoreContention(StoreUnavailable):
+    """A row kept vanishing between two statements (released or pruned by others, three
+    times in a row). Transient like an unreachable store, so the same built-in rule
+    retries it."""
+
+
+class IdempotencyConflict(ReliableError):
     """The same idempotency key arrived with a different payload: the job is DISCARDED."""
 
 
-class IdempotencyKeyError(Exception):
+class IdempotencyKeyError(ReliableError):
     """The idempotency key could not be computed from the arguments: DISCARDED."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(ReliableError):
     """This execution's claim was taken over (its lease expired while it ran).
 
     Raised inside ``self.atomic()`` so the writes roll back; the execution ends
@@ -27,5 +41,26 @@ class LeaseLost(Exception):
     """
 
 
-class UniqueKeyError(Exception):
+class UniqueKeyError(ReliableError):
     """The unique-enqueue key could not be computed from the arguments."""
+
+
+class DeadLetterError(ReliableError):
+    """A dead letter cannot be retried (unknown id, redacted, already retried)."""
+
+
+class MissingDependency(ReliableError, ImportError):
+    """A configured feature needs a library that is not installed.
+
+    Raised when the worker starts (and by the CLI), never inside a task: the message
+    names the pip extra that installs it.
+    """
+
+    def __init__(self, feature: str, library: str, extra: str) -> None:
+        self.feature = feature
+        self.library = library
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {library}, which is not installed: "
+            f"pip install 'celery-reliable[{extra}]'"
+        )

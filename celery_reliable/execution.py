@@ -10,71 +10,46 @@ The ways an execution ends, and what Celery is told:
 * EXHAUSTED / FAILED: the exception is re-raised; Celery stores FAILURE, runs
   errbacks and logs the traceback.
 
-Every side effect of an outcome (re-publish, dead letter, state) happens before the
-message is acked, and ``task_outcome`` is sent exactly once, after them.
+Every side effect of an outcome happens before the message is acked. ``task_outcome``
+is sent exactly once, after the re-publish and before the result state is stored (as
+for Celery's own RETRY and FAILURE): whoever sees the state can find what observers
+recorded for it, such as the dead letter.
+
+Deciding is in ``decisions.py`` (pure); this module runs the body and acts.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
 from time import monotonic
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from celery.app import task as celery_task
 from celery.app.task import Context
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 
-from celery_reliable.backoff import compute_delay
+from celery_reliable import decisions
+from celery_reliable.celery_internals import actual_ignore_result
 from celery_reliable.config import settings_for
-from celery_reliable.errors import LeaseLost
-from celery_reliable.outcomes import (
-    Cancel,
-    Discard,
-    Outcome,
-    OutcomeRequest,
-    Snooze,
-)
-from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, Rule
+from celery_reliable.decisions import Decision, describe_exc
+from celery_reliable.headers import HEADER, Counters
+from celery_reliable.outcomes import Outcome, OutcomeRequest
+from celery_reliable.policy import DiscardRule, RetryRule
 from celery_reliable.signals import execution_started, task_outcome
 
 if TYPE_CHECKING:
-    from celery_reliable.store import Claim
+    from celery_reliable.claims import ReceiptHolder
     from celery_reliable.task import ReliableTask
 
 logger = logging.getLogger("celery_reliable.execution")
-
-# Celery's own rule for "is this result ignored" (request overrides task); not in the
-# type stubs, so looked up once here.
-_get_actual_ignore_result: Callable[[Any, Any], bool] = getattr(  # noqa: B009
-    celery_task, "get_actual_ignore_result"
-)
 
 #: Outcomes after which the job runs again (a unique lock stays held).
 _NOT_TERMINAL = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
 
 #: ``Execution._claim`` found the key free: run the body.
 _OWNED = object()
-
-#: Retries remembered in the header, and the characters kept of each reason: enough for
-#: an error report to show the way to it, little enough to keep messages small.
-MAX_HISTORY = 10
-MAX_NOTE = 200
-
-#: The message header with the publish time (epoch seconds), stamped on every published
-#: task by a ``before_task_publish`` receiver; ``queue_time`` is measured from it.
-SENT_AT_HEADER = "reliable_sent_at"
-
-#: The message header that carries our counters across re-publishes:
-#: ``{"attempts": {rule_id: failed executions}, "snoozes": n, "history": [...]}``.
-HEADER = "reliable"
-
-#: Headers of ours, never copied into what a dead letter re-publishes.
-OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER})
 
 
 class _Local(threading.local):
@@ -98,79 +73,6 @@ def pop_eager_outcome(task_id: str) -> tuple[str, dict[str, Any]] | None:
     return _local.eager_outcomes.pop(task_id, None)
 
 
-@dataclass
-class Counters:
-    """Per-rule failed-execution counts, the snooze count and the last retries' reasons,
-    from the message headers."""
-
-    attempts: dict[str, int] = field(default_factory=dict)
-    snoozes: int = 0
-    #: ``[attempt, epoch seconds, reason]`` of the last retries, oldest first: what an
-    #: error report shows of the retries that led to it.
-    history: list[list[Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, Any] | None, task_id: str | None) -> Counters:
-        raw = headers.get(HEADER) if headers else None
-        if raw is None:
-            return cls()
-        try:
-            attempts = raw.get("attempts") or {}
-            snoozes = raw.get("snoozes") or 0
-            parsed = {str(key): int(value) for key, value in attempts.items()}
-            if any(value < 0 for value in parsed.values()) or int(snoozes) < 0:
-                raise ValueError("negative counter")
-            history = [[int(n), float(at), str(text)] for n, at, text in raw.get("history") or ()]
-            return cls(attempts=parsed, snoozes=int(snoozes), history=history)
-        except (AttributeError, TypeError, ValueError):
-            # A malformed header must not stop the job: start the counters afresh and
-            # say so, rather than crash or guess.
-            logger.warning(
-                "task %s: ignoring malformed %r header %r; attempt counters start afresh",
-                task_id,
-                HEADER,
-                raw,
-            )
-            return cls()
-
-    def with_failure(self, rule_id: str) -> Counters:
-        attempts = dict(self.attempts)
-        attempts[rule_id] = attempts.get(rule_id, 0) + 1
-        return Counters(attempts=attempts, snoozes=self.snoozes, history=self.history)
-
-    def with_retry_note(self, attempt: int, reason: str) -> Counters:
-        note = [attempt, time.time(), reason[:MAX_NOTE]]
-        history = [*self.history, note][-MAX_HISTORY:]
-        return Counters(attempts=self.attempts, snoozes=self.snoozes, history=history)
-
-    def with_snooze(self) -> Counters:
-        return Counters(
-            attempts=dict(self.attempts), snoozes=self.snoozes + 1, history=self.history
-        )
-
-    def as_header(self) -> dict[str, Any]:
-        header: dict[str, Any] = {"attempts": self.attempts, "snoozes": self.snoozes}
-        if self.history:
-            header["history"] = self.history
-        return header
-
-
-@dataclass
-class Decision:
-    outcome: Outcome
-    reason: str
-    exc: BaseException | None = None
-    retry_in: float | None = None
-    report: bool = False
-    rule: Rule | None = None
-    counters: Counters | None = None
-
-
-def describe_exc(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 class Execution:
     """The state of one execution. Created per call; everything per-class is precomputed."""
 
@@ -178,9 +80,9 @@ class Execution:
         "_counters",
         "args",
         "attempt",
-        "claim",
         "kwargs",
         "queue",
+        "receipt",
         "replaced",
         "request",
         "signature",
@@ -206,7 +108,7 @@ class Execution:
         self.replaced = False
         self.started = 0.0
         #: The idempotency receipt this execution holds, if its task has a key.
-        self.claim: Claim | None = None
+        self.receipt: ReceiptHolder | None = None
         #: The re-published signature of a retry (eager apply() runs it).
         self.signature: Any = None
 
@@ -279,11 +181,13 @@ class Execution:
         from celery_reliable import claims
 
         try:
-            got = claims.claim(self.task, cast(str, self.request.id), self.args, self.kwargs)
+            got = claims.ReceiptHolder.take(
+                self.task, cast(str, self.request.id), self.args, self.kwargs
+            )
         except Exception as exc:  # StoreUnavailable: the built-in rule retries it
             return self.act(self.decide_exception(exc))
-        if isinstance(got, claims.Claim):
-            self.claim = got
+        if isinstance(got, claims.ReceiptHolder):
+            self.receipt = got
             return _OWNED
         if isinstance(got, claims.Duplicate):
             receipt = got.receipt
@@ -299,23 +203,21 @@ class Execution:
             receipt = got.receipt
             reason = f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
             retry_in = got.retry_in(self.counters.snoozes, self.task.max_snoozes)
-            return self.act(self._snooze_decision(retry_in, reason, None))
+            return self.act(
+                decisions.snooze(retry_in, reason, None, self.counters, self.task.max_snoozes)
+            )
         return self.act(Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc))
 
     def _succeeded(self, retval: Any) -> None:
-        if self.claim is not None:
-            from celery_reliable import claims
-
-            claims.complete(self.task, self.claim, retval)
+        if self.receipt is not None:
+            self.receipt.complete(retval)
         self._release_unique(Outcome.SUCCEEDED)
         self.emit(Decision(Outcome.SUCCEEDED, ""))
 
     def _give_back(self, outcome: Outcome) -> None:
         """Every outcome but success releases the claim; terminal ones the unique lock."""
-        if self.claim is not None:
-            from celery_reliable import claims
-
-            claims.release(self.task, self.claim)
+        if self.receipt is not None:
+            self.receipt.release()
         self._release_unique(outcome)
 
     def _release_unique(self, outcome: Outcome) -> None:
@@ -326,89 +228,35 @@ class Execution:
 
         unique.release(self.task, cast(str, self.request.id), self.args, self.kwargs)
 
-    # -- deciding --------------------------------------------------------------------
+    # -- deciding (pure functions in decisions.py) ---------------------------------
 
     def decide_request(self, requested: OutcomeRequest) -> Decision:
-        if isinstance(requested, Snooze):
-            return self._snooze_decision(requested.seconds, requested.reason, requested)
-        if isinstance(requested, Cancel):
-            return Decision(Outcome.CANCELLED, requested.reason or "cancelled", None)
-        if isinstance(requested, Discard):
-            return Decision(Outcome.DISCARDED, requested.reason or "discarded", requested)
-        raise TypeError(f"unknown outcome request {requested!r}")  # pragma: no cover
-
-    def _snooze_decision(self, seconds: float, reason: str, exc: BaseException | None) -> Decision:
-        limit = self.task.max_snoozes
-        if self.counters.snoozes >= limit:
-            return Decision(
-                Outcome.DISCARDED,
-                f"snoozed {self.counters.snoozes} times, the limit (max_snoozes={limit}); "
-                f"last: {reason}",
-                exc,
-            )
-        return Decision(
-            Outcome.SNOOZED, reason, exc, retry_in=seconds, counters=self.counters.with_snooze()
-        )
+        return decisions.decide_request(requested, self.counters, self.task.max_snoozes)
 
     def decide_exception(self, exc: Exception) -> Decision:
-        if isinstance(exc, LeaseLost):
-            return self._snooze_decision(1.0, describe_exc(exc), exc)
-        rule = self.task._reliable_policy.classify(exc)
-        if rule is None and self._autoretry_gave_up(exc):
-            return Decision(
-                Outcome.EXHAUSTED,
-                f"{describe_exc(exc)} (autoretry_for: max_retries={self.task.max_retries} "
-                "exhausted)",
-                exc,
-                report=True,
-            )
-        if rule is None:
-            rule = settings_for(self.task.app).unclassified_rule
-            if rule is None:
-                return Decision(
-                    Outcome.FAILED, f"{describe_exc(exc)} (unclassified)", exc, report=True
-                )
-        return self._apply_rule(rule, exc)
+        task = self.task
+        return decisions.decide_exception(
+            exc,
+            policy=task._reliable_policy,
+            counters=self.counters,
+            attempt=self.attempt,
+            max_snoozes=task.max_snoozes,
+            unclassified=settings_for(task.app).unclassified_rule,
+            celery_gave_up=self._autoretry_gave_up(exc),
+        )
 
-    def _autoretry_gave_up(self, exc: Exception) -> bool:
+    def _autoretry_gave_up(self, exc: Exception) -> str | None:
         """Celery's ``autoretry_for`` re-raises the error once ``max_retries`` is spent."""
         task = self.task
         autoretry_for = tuple(getattr(task, "autoretry_for", ()) or ())
         if not autoretry_for or not isinstance(exc, autoretry_for):
-            return False
+            return None
         if isinstance(exc, tuple(getattr(task, "dont_autoretry_for", ()) or ())):
-            return False
+            return None
         max_retries = task.max_retries
-        return max_retries is not None and (self.request.retries or 0) >= max_retries
-
-    def _apply_rule(self, rule: Rule, exc: Exception) -> Decision:
-        if isinstance(rule, CancelRule):
-            return Decision(Outcome.CANCELLED, describe_exc(exc), exc, rule=rule)
-        if isinstance(rule, DiscardRule):
-            return Decision(
-                Outcome.DISCARDED, describe_exc(exc), exc, report=rule.report, rule=rule
-            )
-        counters = self.counters.with_failure(rule.rule_id)
-        used = counters.attempts[rule.rule_id]
-        if used >= rule.attempts:
-            return Decision(
-                Outcome.EXHAUSTED,
-                f"{describe_exc(exc)} (attempts exhausted: {used}/{rule.attempts})",
-                exc,
-                report=True,
-                rule=rule,
-            )
-        delay = compute_delay(rule.wait, used, exc, rule.jitter)
-        reason = f"{describe_exc(exc)} (attempt {used}/{rule.attempts})"
-        return Decision(
-            Outcome.RETRIED,
-            reason,
-            exc,
-            retry_in=delay,
-            report=rule.report,
-            rule=rule,
-            counters=counters.with_retry_note(self.attempt, reason),
-        )
+        if max_retries is None or (self.request.retries or 0) < max_retries:
+            return None
+        return f"autoretry_for: max_retries={max_retries} exhausted"
 
     # -- acting ----------------------------------------------------------------------
 
@@ -425,14 +273,14 @@ class Execution:
             )
         if outcome is Outcome.SNOOZED:
             self._republish_or_fall_back(decision, retries=self.attempt - 1)
-            self.store_state(decision)
             self.emit(decision)
+            self.store_state(decision)
             raise Ignore(decision.reason)
         if outcome in (Outcome.CANCELLED, Outcome.DISCARDED):
             if outcome is Outcome.DISCARDED:
                 self._callback(decision)
-            self.store_state(decision)
             self.emit(decision)
+            self.store_state(decision)
             raise Ignore(decision.reason)
         # EXHAUSTED / FAILED: Celery stores FAILURE and runs errbacks.
         self._callback(decision)
@@ -509,7 +357,7 @@ class Execution:
         meta = outcome_meta(decision, self.attempt)
         if request.is_eager:
             _local.eager_outcomes[task_id] = (state, meta)
-        if _get_actual_ignore_result(task, request):
+        if actual_ignore_result(task, request):
             store = False
         else:
             store = task.store_eager_result if request.is_eager else True
@@ -552,10 +400,8 @@ class Execution:
     def _on_ignore(self, ignore: Ignore) -> None:
         if self.replaced:
             # The replacement owns the work now: the key counts as done.
-            if self.claim is not None:
-                from celery_reliable import claims
-
-                claims.complete(self.task, self.claim, None)
+            if self.receipt is not None:
+                self.receipt.complete(None)
             self.emit(Decision(Outcome.SUCCEEDED, "replaced by a new task"))
             return
         self._give_back(Outcome.CANCELLED)

@@ -21,13 +21,10 @@ from celery.utils import uuid
 from celery_reliable import options as task_options
 from celery_reliable import wiring  # connects its signal receivers on import
 from celery_reliable.backoff import exponential
+from celery_reliable.celery_internals import task_stack
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.execution import (
-    HEADER,
-    Execution,
-    current_execution,
-    pop_eager_outcome,
-)
+from celery_reliable.execution import Execution, current_execution, pop_eager_outcome
+from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
 
@@ -180,23 +177,36 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
         store = require_store(self.app, f"task {self.name}: atomic()")
         execution = current_execution()
-        claim = execution.claim if execution is not None and execution.task is self else None
-        marking = claim is not None and not claim.completed
-        with store.session() as session:
+        receipt = execution.receipt if execution is not None and execution.task is self else None
+        if receipt is None:
+            with store.session() as session:
+                yield session
+            return
+        with receipt.atomic() as session:
             yield session
-            if marking:
-                assert claim is not None
-                store.receipts.complete_in(session, claim)
-        if marking:
-            assert claim is not None
-            claim.completed = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         if request.called_directly:
             # task(...) called as a plain function: Celery runs the body, so do we.
             return super().__call__(*args, **kwargs)
-        return Execution(self, request, args, kwargs).run(super().__call__)
+        running = current_execution()
+        if running is not None and running.task is self and running.request.id == request.id:
+            # The body calls its own task as a function (Celery pushes a copy of the
+            # request for it, so compare ids): part of this execution, not a new one.
+            return super().__call__(*args, **kwargs)
+        # The tracer (or apply()) already pushed this execution's request. Celery's
+        # Task.__call__ would push a copy of it, and the body's writes to self.request
+        # (chain, callbacks, custom attributes) would be lost when it is popped; so the
+        # body runs on the tracer's own request, as it does for a Task without __call__.
+        pushed = task_stack.top is not self
+        if pushed:
+            task_stack.push(self)  # a request pushed by hand, outside the tracer
+        try:
+            return Execution(self, request, args, kwargs).run(self.run)
+        finally:
+            if pushed:
+                task_stack.pop()
 
     def on_replace(self, sig: Any) -> Any:
         # self.replace() ends this execution with Ignore; it handed its work on, so

@@ -7,6 +7,7 @@ app's first execution (or at worker start), when ``app.conf`` is final.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 import time
@@ -17,8 +18,9 @@ from celery import Celery
 from celery import signals as celery_signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from celery_reliable.config import settings_for
-from celery_reliable.execution import SENT_AT_HEADER
+from celery_reliable.config import ReliableSettings, settings_for
+from celery_reliable.errors import MissingDependency
+from celery_reliable.headers import SENT_AT_HEADER
 from celery_reliable.signals import execution_started
 
 logger = logging.getLogger("celery_reliable.wiring")
@@ -41,17 +43,51 @@ def install(app: Celery) -> None:
         setattr(app, _INSTALLED_ATTR, True)
 
 
-def observers_for(app: Celery) -> list[Any]:
-    """The app's observers, built on first use from its settings."""
+def observers_for(app: Celery, *, strict: bool = False) -> list[Any]:
+    """The app's observers, built on first use from its settings.
+
+    ``strict`` (the worker at start-up): a feature the app configured on purpose whose
+    library is missing raises :class:`MissingDependency`, which stops the worker with
+    one line naming the extra to install. Elsewhere (eager calls, scripts) the feature
+    is off and the same line is logged as an error.
+    """
     observers: list[Any] | None = app.__dict__.get(_OBSERVERS_ATTR)
-    if observers is not None:
+    if observers is not None and not strict:
         return observers
     with _lock:
         observers = app.__dict__.get(_OBSERVERS_ATTR)
+        if observers is None or strict:
+            missing = _missing_libraries(settings_for(app))
+            if missing and strict:
+                raise missing[0]
+            for error in missing:
+                logger.error("celery_reliable: %s; the feature is off", error)
         if observers is None:
             observers = _build_observers(app)
             setattr(app, _OBSERVERS_ATTR, observers)
     return observers
+
+
+#: Features that need an optional library: (setting, library module, pip extra, feature).
+_OPTIONAL_FEATURES = (
+    ("reliable_statsd_host", "statsd", "statsd", "StatsD metrics (reliable_statsd_host)"),
+    ("reliable_sentry", "sentry_sdk", "sentry", "Sentry reports (reliable_sentry=True)"),
+)
+
+
+def _missing_libraries(settings: ReliableSettings) -> list[MissingDependency]:
+    """Features the app set on purpose whose library cannot be imported."""
+    enabled = {
+        "reliable_statsd_host": settings.statsd_host is not None,
+        "reliable_sentry": settings.sentry,
+    }
+    return [
+        MissingDependency(feature, library, extra)
+        for setting, library, extra, feature in _OPTIONAL_FEATURES
+        if setting in settings.explicit
+        and enabled[setting]
+        and importlib.util.find_spec(library) is None
+    ]
 
 
 def _build_observers(app: Celery) -> list[Any]:
@@ -89,7 +125,8 @@ def _sentry(app: Celery) -> Any:
 
 
 def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
-    """An observer of an optional library: none if it is not installed; none, and a
+    """An observer of an optional library: none if it is not installed (a default
+    feature: say so at DEBUG; one set on purpose was refused above); none, and a
     warning, if it cannot start (a StatsD host that does not resolve)."""
     try:
         return [build()]
@@ -104,13 +141,15 @@ def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
 
 
 def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
-    """The queue-depth sampler for a worker consuming ``queues``, if metrics are on."""
-    from celery_reliable.observers.statsd import QueueDepthSampler, StatsdObserver
-
+    """The queue-depth sampler for a worker consuming ``queues``, when an observer
+    publishes depths (StatsD configured); None otherwise."""
     for observer in observers_for(app):
-        if isinstance(observer, StatsdObserver):
+        publish = getattr(observer, "queue_depths", None)
+        if publish is not None:
+            from celery_reliable.queue_depth import QueueDepthSampler
+
             interval = settings_for(app).queue_depth_interval
-            return QueueDepthSampler(app, queues, interval, observer.queue_depths)
+            return QueueDepthSampler(app, queues, interval, publish)
     return None
 
 

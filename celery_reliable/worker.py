@@ -9,17 +9,34 @@ first execution.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import bootsteps
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable.config import settings_for
-from celery_reliable.errors import StoreUnavailable
+from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import store_for
 from celery_reliable.wiring import observers_for, queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
+
+
+class WorkerMisconfigured(SystemExit):
+    """The worker cannot start as configured: prints one line and exits with status 1.
+
+    ``cause`` is the configuration error (``ImproperlyConfigured`` or
+    ``MissingDependency``); an embedded worker's caller can catch this and read it.
+    """
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(1)
+        self.cause = cause
+        print(f"celery_reliable: the worker cannot start: {cause}", file=sys.stderr, flush=True)
+
+    def __str__(self) -> str:
+        return str(self.cause)
 
 
 class ReliableWorkerStep(bootsteps.StartStopStep):
@@ -30,23 +47,32 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        app = worker.app
-        self.settings = settings_for(app)  # raises ImproperlyConfigured on a bad setting
-        self.store = store_for(app)
-        if self.store is None:
-            needing = [
-                name
-                for name, task in app.tasks.items()
-                if getattr(task, "_reliable_key", None) or getattr(task, "_reliable_unique", None)
-            ]
-            if needing:
-                raise ImproperlyConfigured(
-                    f"tasks {sorted(needing)} use idempotency_key/unique, which need a "
-                    "store, but reliable_database_url is None"
-                )
-        observers_for(app)
         self._timer_entry: Any = None
         self._sampler: Any = None
+        try:
+            self.settings = settings_for(worker.app)  # ImproperlyConfigured on a bad setting
+            self.store = store_for(worker.app)
+            self._check_store(worker.app)
+            # A feature set on purpose whose library is missing stops the worker here.
+            observers_for(worker.app, strict=True)
+        except (ImproperlyConfigured, MissingDependency) as exc:
+            # One line saying what is wrong and how to fix it, instead of a traceback
+            # through Celery's start-up code that ends in it.
+            raise WorkerMisconfigured(exc) from exc
+
+    def _check_store(self, app: Any) -> None:
+        if self.store is not None:
+            return
+        needing = [
+            name
+            for name, task in app.tasks.items()
+            if getattr(task, "_reliable_key", None) or getattr(task, "_reliable_unique", None)
+        ]
+        if needing:
+            raise ImproperlyConfigured(
+                f"tasks {sorted(needing)} use idempotency_key/unique, which need a "
+                "store, but reliable_database_url is None"
+            )
 
     def start(self, worker: Any) -> None:
         queues = list(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)

@@ -19,6 +19,7 @@ from typing import Any
 # can fail to compile a module ("AST constructor recursion depth mismatch") when
 # pytest rewrites a lazily imported plugin module while other threads run.
 import hypothesis  # noqa: F401
+import kombu.asynchronous
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
@@ -133,6 +134,10 @@ def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterato
             "their own worker belong in a module without a module-scoped worker"
         )
     try:
+        # A worker adopts kombu's global event loop if one exists; on Celery < 5.5 that
+        # loop keeps the previous worker's timer, so this worker's ETA and countdown
+        # messages (every retry) would never run. Each worker gets a loop of its own.
+        kombu.asynchronous.set_event_loop(None)
         with start_worker(
             app,
             pool="threads",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from celery_reliable.cli.common import as_json, parse_age, store_errors, store_of, table, when
-from celery_reliable.store.dead_letters import DeadLetterError
+from celery_reliable.errors import DeadLetterError
 
 
 @click.group()

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.execution import OWN_HEADERS
+from celery_reliable.headers import OWN_HEADERS
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store import Store

@@ -77,7 +77,7 @@ def _qualified(exc: BaseException) -> str:
 def retry_breadcrumbs(request: Any) -> list[dict[str, Any]]:
     """The retries that led here, from the message header: breadcrumbs of earlier
     executions are gone (each ran in its own scope, perhaps its own process)."""
-    from celery_reliable.execution import Counters
+    from celery_reliable.headers import Counters
 
     history = Counters.from_headers(getattr(request, "headers", None), None).history
     return [

@@ -20,9 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from celery_reliable.config import settings_for
-from celery_reliable.errors import StoreUnavailable
+from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
-from celery_reliable.store.dead_letters import DeadLetter, DeadLetterError, DeadLetters
+from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
 from celery_reliable.store.unique import UniqueLocks

@@ -19,6 +19,7 @@ from kombu.utils.json import loads as kombu_loads
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
+from celery_reliable.errors import DeadLetterError
 from celery_reliable.store.engine import (
     first_row,
     run_statement,
@@ -30,10 +31,6 @@ from celery_reliable.store.timeutil import utcnow
 
 #: Longest traceback kept (characters); the end, where the error is, is kept.
 MAX_TRACEBACK = 64 * 1024
-
-
-class DeadLetterError(Exception):
-    """A dead letter cannot be retried (unknown id, redacted, already retried)."""
 
 
 @dataclass(frozen=True)

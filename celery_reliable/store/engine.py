@@ -8,17 +8,18 @@ fail with "database is locked" instead of waiting its turn.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, ProgrammingError
 from sqlalchemy.pool import StaticPool
 
-from celery_reliable.errors import StoreUnavailable
+from celery_reliable.errors import MissingDependency, StoreUnavailable
 
 SUPPORTED = ("sqlite", "postgresql")
 
@@ -41,16 +42,38 @@ def create_store_engine(url: str) -> Engine:
         )
     if backend == "sqlite":
         return _sqlite_engine(url, in_memory=parsed.database in (None, "", ":memory:"))
+    parsed = _postgresql_driver(parsed)
     # No pool_pre_ping: it would add a round trip to every statement. A connection
     # that went stale (the server restarted) fails once and is retried at once on a new
     # one by run_statement().
-    return create_engine(
-        url,
-        pool_size=5,
-        max_overflow=10,
-        pool_recycle=1800,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT},
-    )
+    try:
+        return create_engine(
+            parsed,
+            pool_size=5,
+            max_overflow=10,
+            pool_recycle=1800,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT},
+        )
+    except ModuleNotFoundError as exc:
+        raise MissingDependency(
+            f"reliable_database_url ({parsed.drivername})", exc.name or "its driver", "postgres"
+        ) from exc
+
+
+#: PostgreSQL drivers SQLAlchemy knows, by module, in the order a bare
+#: ``postgresql://`` URL tries them: SQLAlchemy's default first, then the one the
+#: ``postgres`` extra installs.
+_POSTGRESQL_DRIVERS = (("psycopg2", "postgresql+psycopg2"), ("psycopg", "postgresql+psycopg"))
+
+
+def _postgresql_driver(url: URL) -> URL:
+    """A ``postgresql://`` URL without a driver uses whichever driver is installed."""
+    if url.drivername != "postgresql":
+        return url
+    for module, drivername in _POSTGRESQL_DRIVERS:
+        if importlib.util.find_spec(module) is not None:
+            return url.set(drivername=drivername)
+    raise MissingDependency("reliable_database_url (PostgreSQL)", "psycopg", "postgres")
 
 
 def single_statement_engine(engine: Engine) -> Engine:

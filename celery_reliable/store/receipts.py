@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
 
-from celery_reliable.errors import LeaseLost
+from celery_reliable.errors import LeaseLost, StoreContention
 from celery_reliable.store.engine import (
     first_row,
     rowcount,
@@ -196,7 +196,7 @@ class Receipts:
             if existing is not None:
                 return existing
             # Deleted (released, pruned) between the two statements: claim again.
-        raise RuntimeError(f"receipt {task_name}/{key} kept vanishing while claimed")
+        raise StoreContention(f"receipt {task_name}/{key} kept vanishing while claimed")
 
     def complete(self, claim: Claim, result: str | None) -> bool:
         """Mark the receipt succeeded in its own statement; False if the claim was lost."""

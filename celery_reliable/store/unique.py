@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import BindParameter
 
+from celery_reliable.errors import StoreContention
 from celery_reliable.store.engine import (
     first_row,
     run_statement,
@@ -85,7 +86,7 @@ class UniqueLocks:
             holder = run_statement(self._single, "reading unique lock", _HOLDER, params, first_row)
             if holder is not None:
                 return str(holder.task_id)
-        raise RuntimeError(f"unique lock {task_name}/{key} kept vanishing")
+        raise StoreContention(f"unique lock {task_name}/{key} kept vanishing")
 
     def release(self, task_name: str, key: str, task_id: str) -> None:
         statement = delete(unique_locks).where(

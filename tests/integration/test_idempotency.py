@@ -14,10 +14,9 @@ import sqlalchemy as sa
 
 from celery_reliable import Outcome, ReliableTask, discard_on, retry_on
 from celery_reliable.backoff import fixed
-from celery_reliable.errors import IdempotencyConflict
+from celery_reliable.errors import DeadLetterError, IdempotencyConflict
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store import store_for
-from celery_reliable.store.dead_letters import DeadLetterError
 from tests.helpers import Calls, app_with_worker, new_key, tasks_in
 from tests.integration.effects import effects, metadata
 

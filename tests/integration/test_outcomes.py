@@ -7,6 +7,7 @@ both what the signal said and what the result backend stores.
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -341,7 +342,12 @@ def test_snoozed_state_is_stored_between_runs(env: Any, outcomes: Any) -> None:
     result = env.always_snooze.apply_async((k,), countdown=0)
     first = outcomes.wait_for(result.id, count=1)[0]
     assert first.outcome is Outcome.SNOOZED
-    # the next run is 50 ms away; the backend holds SNOOZED or a later state
+    # The outcome is sent just before the state is stored (so that observers' records
+    # exist by the time a client sees it); then the backend holds SNOOZED, or a later
+    # state when the next run (50 ms away) already ended.
+    deadline = time.monotonic() + 5
+    while result.state == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert result.state in ("SNOOZED", "DISCARDED")
     wait_for_outcome(result, timeout=10)
 

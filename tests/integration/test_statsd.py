@@ -175,7 +175,7 @@ def test_worker_samples_the_depth_of_its_queues(env: Any) -> None:
 
 
 def test_depth_counts_waiting_messages_and_priority_sub_queues(env: Any) -> None:
-    from celery_reliable.observers.statsd import QueueDepthSampler
+    from celery_reliable.queue_depth import QueueDepthSampler
 
     for priority in (None, 0, 5, 9):
         env.ok.apply_async(queue="parked", priority=priority)

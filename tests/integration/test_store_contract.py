@@ -34,9 +34,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from celery import Celery
 
-from celery_reliable.errors import LeaseLost, StoreUnavailable
+from celery_reliable.errors import DeadLetterError, LeaseLost, StoreUnavailable
 from celery_reliable.store import Claim, Receipt, Store, migrate, store_for
-from celery_reliable.store.dead_letters import MAX_TRACEBACK, DeadLetterError
+from celery_reliable.store.dead_letters import MAX_TRACEBACK
 from celery_reliable.store.engine import create_store_engine
 from celery_reliable.store.schema import (
     VERSION_TABLE,

@@ -11,6 +11,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
+from celery_reliable.worker import WorkerMisconfigured
 from tests.conftest import embedded_worker
 
 pytestmark = pytest.mark.integration
@@ -44,5 +45,10 @@ def test_misspelt_setting_stops_the_worker_at_start(make_app: Any) -> None:
     def noop() -> None:
         return None
 
-    with pytest.raises(ImproperlyConfigured, match="reliable_unclassified"), embedded_worker(app):
+    with (
+        pytest.raises(WorkerMisconfigured, match="reliable_unclassified") as stopped,
+        embedded_worker(app),
+    ):
         pass
+    assert isinstance(stopped.value.cause, ImproperlyConfigured)
+    assert stopped.value.code == 1

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, current_task
 
 from celery_reliable import (
     Cancel,
     Discard,
+    Outcome,
     ReliableTask,
     Snooze,
     cancel_on,
@@ -645,3 +646,61 @@ def test_helper_methods_on_a_class_based_task_are_not_typos(method: str) -> None
 
     task_class = type("Charge", (ReliableTask,), {"name": f"unit.helper_{method}", method: helper})
     assert getattr(task_class, method) is helper
+
+
+# -- one request per execution ---------------------------------------------------------
+
+
+def test_apply_runs_the_body_on_the_tracers_request(app: Celery, outcomes: Any) -> None:
+    """The body sees the request apply() pushed, not a copy: what it writes is kept
+    until the execution ends, and one execution sends one outcome."""
+    seen: list[Any] = []
+
+    def body(self: Any) -> str:
+        self.request.reliable_note = "written"
+        seen.append(self.request)
+        return "ok"
+
+    task = build(app, body, bind=True, name="unit.request")
+    stack_before = len(task.request_stack.stack)
+    result = task.apply()
+    assert result.get() == "ok"
+    assert len(seen) == 1
+    assert seen[0].id == result.id
+    assert seen[0].reliable_note == "written"
+    assert len(task.request_stack.stack) == stack_before
+    assert [e.outcome for e in outcomes.events] == [Outcome.SUCCEEDED]
+
+
+def test_a_body_calling_its_task_as_a_function_is_one_execution(app: Celery, outcomes: Any) -> None:
+    def countdown(self: Any, n: int) -> int:
+        assert current_task.name == "unit.countdown"
+        return 0 if n == 0 else 1 + self(n - 1)
+
+    task = build(app, countdown, bind=True, name="unit.countdown")
+    assert task.apply((3,)).get() == 3
+    assert [e.outcome for e in outcomes.events] == [Outcome.SUCCEEDED]
+    assert task(2) == 2  # called directly, outside any worker: no execution at all
+    assert len(outcomes.events) == 1
+
+
+def test_a_request_pushed_by_hand_runs_as_one_execution(app: Celery, outcomes: Any) -> None:
+    """Celery's own tests push a request and call the task: current_task is it."""
+
+    def body(self: Any) -> str:
+        assert current_task.name == "unit.by_hand"
+        return str(self.request.id)
+
+    task = build(app, body, bind=True, name="unit.by_hand")
+    task.push_request(id="by-hand-0")  # called_directly, as Celery's Context defaults
+    try:
+        assert task() == "by-hand-0"
+    finally:
+        task.pop_request()
+    assert outcomes.events == []
+    task.push_request(id="by-hand-1", retries=0, called_directly=False)  # as the tracer does
+    try:
+        assert task() == "by-hand-1"
+    finally:
+        task.pop_request()
+    assert [(e.task_id, e.outcome) for e in outcomes.events] == [("by-hand-1", Outcome.SUCCEEDED)]

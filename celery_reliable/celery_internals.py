@@ -1,0 +1,44 @@
+"""The few Celery internals celery_reliable needs, looked up once with a fallback.
+
+Everything else goes through Celery's public API (Task, signals, bootsteps). What is
+here moves between Celery minor versions; the version matrix (``make compat``) runs
+the suite on 5.4, 5.5, 5.6 and 5.7 so that a move shows up as a failing test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, _state
+
+__all__ = ["actual_ignore_result", "task_stack"]
+
+#: The stack behind ``celery.current_task`` (a ``LocalStack``; the tracer pushes the
+#: running task on it). Unchanged from Celery 3 to 5.7; not in the type stubs.
+task_stack: Any = getattr(_state, "_task_stack")  # noqa: B009
+
+
+def _task_ignore_result(task: Task, request: Any) -> bool:  # type: ignore[type-arg]
+    # Celery 5.4 and 5.5: the tracer reads only the task's option; the result
+    # backend itself honours a request's ignore_result (its _is_request_ignore_result).
+    return bool(task.ignore_result)
+
+
+def _lookup_actual_ignore_result() -> Callable[[Any, Any], bool]:
+    """Celery's rule for "is this execution's result ignored" (request overrides task).
+
+    In ``celery.app.task`` since 5.7, ``celery.app.trace`` in 5.6, absent before.
+    """
+    from celery.app import task as task_module
+    from celery.app import trace as trace_module
+
+    for module in (task_module, trace_module):
+        found = getattr(module, "get_actual_ignore_result", None)
+        if callable(found):
+            return found  # type: ignore[no-any-return]
+    return _task_ignore_result
+
+
+#: ``actual_ignore_result(task, request) -> bool``, as this Celery's tracer decides it.
+actual_ignore_result: Callable[[Any, Any], bool] = _lookup_actual_ignore_result()
