@@ -195,7 +195,7 @@ def _on_task_failure(
         return
     if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
         return
-    from celery_reliable.execution import report_external_failure
+    from celery_reliable.external_failures import report_external_failure
 
     observers_for(sender.app)
     report_external_failure(sender, task_id, exception, args, kwargs)

@@ -25,10 +25,14 @@ class Observer:
         self.app = app
 
     def connect(self) -> None:
+        # Celery before 5.7 identifies a bound-method receiver by its function alone
+        # (``id(target.__func__)``), so every observer's ``_outcome`` would count as
+        # the first one's and not be connected: each instance names itself instead.
+        uid = f"celery_reliable:{type(self).__qualname__}:{id(self)}"
         if type(self).on_started is not Observer.on_started:
-            execution_started.connect(self._started)
+            execution_started.connect(self._started, dispatch_uid=uid)
         if type(self).on_outcome is not Observer.on_outcome:
-            task_outcome.connect(self._outcome)
+            task_outcome.connect(self._outcome, dispatch_uid=uid)
 
     def _started(self, sender: Any = None, **fields: Any) -> None:
         if sender is None or sender.app is not self.app:
