@@ -72,28 +72,27 @@ plain-install: $(PLAIN_VENV)/.installed
 # The version matrix: for each supported Celery minor (with the kombu of the same
 # minor), a venv of its own runs the whole suite and the Celery-suite comparison.
 CELERY_MINORS ?= 5.4 5.5 5.6 5.7
-compat: system-deps
-	@for minor in $(CELERY_MINORS); do \
-	  $(MAKE) --no-print-directory compat-one MINOR=$$minor || exit 1; \
-	done
+COMPAT_FIGURES := .cache/compat
+compat: system-deps $(STAMP)
+	@rm -rf $(COMPAT_FIGURES); status=0; \
+	for minor in $(CELERY_MINORS); do \
+	  $(MAKE) --no-print-directory compat-one MINOR=$$minor || status=1; \
+	done; \
+	$(PY) -m tests.compat.summary $(CELERY_MINORS) || status=1; \
+	exit $$status
 
-compat-one:
+compat-one: $(STAMP)
 	@echo "== Celery $(MINOR).x"
 	@[ -x .venv-celery$(MINOR)/bin/python ] || $(PYTHON) -m venv .venv-celery$(MINOR)
 	.venv-celery$(MINOR)/bin/python -m pip install -q --upgrade pip
 	.venv-celery$(MINOR)/bin/python -m pip install -q -e '.[test]' \
 	  'celery==$(MINOR).*' 'kombu==$(MINOR).*'
-	.venv-celery$(MINOR)/bin/python -m pytest -q
-	.venv-celery$(MINOR)/bin/python -m tests.compat.celery_suite
-
-unit: $(STAMP)
-	$(PY) -m pytest tests/unit
-
-integration: system-deps $(STAMP)
-	$(PY) -m pytest tests/integration
-
-demo: $(STAMP)
-	$(PY) examples/demo.py
+	@status=0; \
+	.venv-celery$(MINOR)/bin/python -m pytest -q -p no:cacheprovider \
+	  --junitxml=$(COMPAT_FIGURES)/$(MINOR)-suite.xml || status=1; \
+	.venv-celery$(MINOR)/bin/python -m tests.compat.celery_suite \
+	  --json $(COMPAT_FIGURES)/$(MINOR)-celery.json || status=1; \
+	exit $$status
 
 # Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
 bench: system-deps $(STAMP)

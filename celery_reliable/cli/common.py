@@ -10,17 +10,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import click
+from celery.exceptions import ImproperlyConfigured
 from rich.console import Console
 from rich.table import Table
 
-from celery_reliable.errors import StoreUnavailable
+from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import Store, store_for
 
 
 def store_of(ctx: click.Context) -> Store:
     from celery_reliable.cli import app_of
 
-    store = store_for(app_of(ctx))
+    try:
+        store = store_for(app_of(ctx))
+    except (ImproperlyConfigured, MissingDependency, ValueError) as exc:
+        # A bad setting or a missing driver: one line, not a traceback.
+        raise click.ClickException(str(exc)) from exc
     if store is None:
         raise click.ClickException("reliable_database_url is None: there is no store")
     return store

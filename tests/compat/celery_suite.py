@@ -145,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{swap.get('executions', 0)} executions through ReliableTask"
     )
     if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
         options.json.write_text(
             json.dumps(
                 {
                     "celery": celery_version,
+                    "kombu": version("kombu"),
                     "plain": {"passed": len(plain.passed), "failed": len(plain.failed)},
                     "reliable": {"passed": len(reliable.passed), "failed": len(reliable.failed)},
                     "regressions": regressions,

@@ -142,3 +142,17 @@ def test_store_unavailable_is_a_clear_error(broker: str, kind: str, tmp_path: Pa
     assert result.returncode == 1
     assert "the store is unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql+pg8000://shop@127.0.0.1:1/shop", "pip install 'celery-reliable[postgres]'"),
+        ("mysql://shop@127.0.0.1:1/shop", "celery_reliable stores to SQLite or PostgreSQL"),
+    ],
+)
+def test_a_store_url_that_cannot_work_is_one_line(broker: str, url: str, says: str) -> None:
+    result = run(broker, url, "receipts", "list")
+    assert result.returncode == 1
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
