@@ -134,7 +134,7 @@ def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterato
             "their own worker belong in a module without a module-scoped worker"
         )
     try:
-        # A worker adopts kombu's global event loop if one exists; on Celery < 5.5 that
+        # A worker adopts kombu's global event loop if one exists; on Celery 5.4 and 5.5 that
         # loop keeps the previous worker's timer, so this worker's ETA and countdown
         # messages (every retry) would never run. Each worker gets a loop of its own.
         kombu.asynchronous.set_event_loop(None)
