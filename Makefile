@@ -94,6 +94,15 @@ compat-one: $(STAMP)
 	  --json $(COMPAT_FIGURES)/$(MINOR)-celery.json || status=1; \
 	exit $$status
 
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: system-deps $(STAMP)
+	$(PY) -m pytest tests/integration
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
 # Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts

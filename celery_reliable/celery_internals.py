@@ -1,4 +1,4 @@
-"""The few Celery internals celery_reliable needs, looked up once with a fallback.
+"""The few Celery internals celery_reliable needs, looked up once, in one place.
 
 Everything else goes through Celery's public API (Task, signals, bootsteps). What is
 here moves between Celery minor versions; the version matrix (``make compat``) runs

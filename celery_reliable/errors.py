@@ -56,11 +56,13 @@ class MissingDependency(ReliableError, ImportError):
     names the pip extra that installs it.
     """
 
-    def __init__(self, feature: str, library: str, extra: str) -> None:
+    def __init__(
+        self, feature: str, library: str, *, extra: str | None = None, install: str | None = None
+    ) -> None:
         self.feature = feature
         self.library = library
         self.extra = extra
-        super().__init__(
-            f"{feature} needs {library}, which is not installed: "
-            f"pip install 'celery-reliable[{extra}]'"
+        how = install or (
+            f"pip install 'celery-reliable[{extra}]'" if extra else f"pip install {library}"
         )
+        super().__init__(f"{feature} needs {library}, which is not installed: {how}")

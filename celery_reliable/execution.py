@@ -11,9 +11,10 @@ The ways an execution ends, and what Celery is told:
   errbacks and logs the traceback.
 
 Every side effect of an outcome happens before the message is acked. ``task_outcome``
-is sent exactly once, after the re-publish and before the result state is stored (as
-for Celery's own RETRY and FAILURE): whoever sees the state can find what observers
-recorded for it, such as the dead letter.
+is sent exactly once, after the re-publish and, for the terminal states, before the
+state is stored (as for Celery's own FAILURE): whoever sees the state can find what
+observers recorded for it, such as the dead letter. SNOOZED is stored before its
+re-publish, so that it never overwrites the state of the run it schedules.
 
 Deciding is in ``decisions.py`` (pure); this module runs the body and acts.
 """
@@ -81,6 +82,7 @@ class Execution:
         "args",
         "attempt",
         "kwargs",
+        "nested_calls",
         "queue",
         "receipt",
         "replaced",
@@ -106,6 +108,8 @@ class Execution:
         delivery_info = request.delivery_info or {}
         self.queue: str | None = delivery_info.get("routing_key")
         self.replaced = False
+        #: How deep the body is in calls of its own task as a function (task.py).
+        self.nested_calls = 0
         self.started = 0.0
         #: The idempotency receipt this execution holds, if its task has a key.
         self.receipt: ReceiptHolder | None = None
@@ -272,9 +276,12 @@ class Execution:
                 sig=self.signature,
             )
         if outcome is Outcome.SNOOZED:
+            # Stored first: once re-published, the next run may end (and store its
+            # state) before this thread would get to it. If the re-publish fails, the
+            # FAILURE stored after it replaces this state.
+            self.store_state(decision)
             self._republish_or_fall_back(decision, retries=self.attempt - 1)
             self.emit(decision)
-            self.store_state(decision)
             raise Ignore(decision.reason)
         if outcome in (Outcome.CANCELLED, Outcome.DISCARDED):
             if outcome is Outcome.DISCARDED:
@@ -362,11 +369,17 @@ class Execution:
         else:
             store = task.store_eager_result if request.is_eager else True
         try:
-            # mark_as_done takes any state: it stores it and, inside a chord, counts
-            # this part so the chord does not wait for it forever.
-            task.backend.mark_as_done(
-                task_id, meta, request=request, store_result=store, state=state
-            )
+            if decision.outcome is Outcome.SNOOZED:
+                # The job runs again: its end is still to come, so a chord must not
+                # count this part yet (mark_as_done would).
+                if store and not getattr(request, "ignore_result", False):
+                    task.backend.store_result(task_id, meta, state, request=request)
+            else:
+                # mark_as_done takes any state: it stores it and, inside a chord,
+                # counts this part so the chord does not wait for it forever.
+                task.backend.mark_as_done(
+                    task_id, meta, request=request, store_result=store, state=state
+                )
         except Exception:
             logger.exception(
                 "task %s[%s]: could not store state %s in the result backend",

@@ -191,10 +191,20 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             # task(...) called as a plain function: Celery runs the body, so do we.
             return super().__call__(*args, **kwargs)
         running = current_execution()
-        if running is not None and running.task is self and running.request.id == request.id:
-            # The body calls its own task as a function (Celery pushes a copy of the
-            # request for it, so compare ids): part of this execution, not a new one.
-            return super().__call__(*args, **kwargs)
+        if (
+            running is not None
+            and running.task is self
+            and (running.request is request or running.nested_calls)
+        ):
+            # The body calls its own task as a function: part of this execution, not a
+            # new one. (Celery pushes a copy of the request for the nested body, so a
+            # call nested deeper is recognised by the count. A new tracer, as an eager
+            # self.replace() or apply() has, pushes a request of its own: a new one.)
+            running.nested_calls += 1
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                running.nested_calls -= 1
         # The tracer (or apply()) already pushed this execution's request. Celery's
         # Task.__call__ would push a copy of it, and the body's writes to self.request
         # (chain, callbacks, custom attributes) would be lost when it is popped; so the

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery
 from celery import signals as celery_signals
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLostError
 
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import MissingDependency
@@ -69,20 +69,17 @@ def observers_for(app: Celery, *, strict: bool = False) -> list[Any]:
 
 
 #: Features that need an optional library: (setting, library module, pip extra, feature).
+#: (statsd is a core dependency; the store's driver is checked when the store is built.)
 _OPTIONAL_FEATURES = (
-    ("reliable_statsd_host", "statsd", "statsd", "StatsD metrics (reliable_statsd_host)"),
     ("reliable_sentry", "sentry_sdk", "sentry", "Sentry reports (reliable_sentry=True)"),
 )
 
 
 def _missing_libraries(settings: ReliableSettings) -> list[MissingDependency]:
     """Features the app set on purpose whose library cannot be imported."""
-    enabled = {
-        "reliable_statsd_host": settings.statsd_host is not None,
-        "reliable_sentry": settings.sentry,
-    }
+    enabled = {"reliable_sentry": settings.sentry}
     return [
-        MissingDependency(feature, library, extra)
+        MissingDependency(feature, library, extra=extra)
         for setting, library, extra, feature in _OPTIONAL_FEATURES
         if setting in settings.explicit
         and enabled[setting]
@@ -98,7 +95,12 @@ def _build_observers(app: Celery) -> list[Any]:
     built: list[Any] = []
     if settings.log_outcomes:
         built.append(LoggingObserver(app))
-    store = store_for(app)
+    try:
+        store = store_for(app)
+    except (ImproperlyConfigured, MissingDependency) as exc:
+        # Outside a worker (which refuses to start on this): no dead letters, said once.
+        logger.error("celery_reliable: no dead letters: %s", exc)
+        store = None
     if store is not None:
         from celery_reliable.observers.dead_letters import DeadLetterObserver
 

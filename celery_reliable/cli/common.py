@@ -23,7 +23,7 @@ def store_of(ctx: click.Context) -> Store:
 
     try:
         store = store_for(app_of(ctx))
-    except (ImproperlyConfigured, MissingDependency, ValueError) as exc:
+    except (ImproperlyConfigured, MissingDependency) as exc:
         # A bad setting or a missing driver: one line, not a traceback.
         raise click.ClickException(str(exc)) from exc
     if store is None:

@@ -14,9 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from celery.exceptions import ImproperlyConfigured
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchTableError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    NoSuchTableError,
+    OperationalError,
+    ProgrammingError,
+)
 from sqlalchemy.pool import StaticPool
 
 from celery_reliable.errors import MissingDependency, StoreUnavailable
@@ -33,10 +40,18 @@ SQLITE_BUSY_TIMEOUT = 30.0
 
 
 def create_store_engine(url: str) -> Engine:
-    parsed = make_url(url)
+    """The store's engine; ``ImproperlyConfigured`` for a URL that cannot work, and
+    ``MissingDependency`` for a driver that is not installed (no connection is made)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ImproperlyConfigured(
+            f"reliable_database_url {url!r} is not a database URL ({exc}); "
+            "write sqlite:///path or postgresql+psycopg://user@host/db"
+        ) from exc
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED:
-        raise ValueError(
+        raise ImproperlyConfigured(
             f"reliable_database_url {parsed.render_as_string(hide_password=True)!r}: "
             f"celery_reliable stores to SQLite or PostgreSQL, not {backend}"
         )
@@ -55,8 +70,15 @@ def create_store_engine(url: str) -> Engine:
             connect_args={"connect_timeout": CONNECT_TIMEOUT},
         )
     except ModuleNotFoundError as exc:
+        module = (exc.name or "its driver").split(".")[0]
+        feature = f"reliable_database_url ({parsed.drivername})"
+        if module == "psycopg":
+            raise MissingDependency(feature, module, extra="postgres") from exc
         raise MissingDependency(
-            f"reliable_database_url ({parsed.drivername})", exc.name or "its driver", "postgres"
+            feature,
+            module,
+            install=f"pip install {module}, or use postgresql+psycopg:// with "
+            "pip install 'celery-reliable[postgres]'",
         ) from exc
 
 
@@ -73,7 +95,7 @@ def _postgresql_driver(url: URL) -> URL:
     for module, drivername in _POSTGRESQL_DRIVERS:
         if importlib.util.find_spec(module) is not None:
             return url.set(drivername=drivername)
-    raise MissingDependency("reliable_database_url (PostgreSQL)", "psycopg", "postgres")
+    raise MissingDependency("reliable_database_url (PostgreSQL)", "psycopg", extra="postgres")
 
 
 def single_statement_engine(engine: Engine) -> Engine:

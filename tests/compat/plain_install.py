@@ -121,8 +121,8 @@ def every_outcome(data: str) -> None:
     log.close()
 
 
-def refuses_to_start(data: str, setting: str, env: dict[str, str], extra: str) -> None:
-    folder = Path(data) / extra
+def refuses_to_start(data: str, setting: str, env: dict[str, str], wanted: str) -> None:
+    folder = Path(data) / f"refusal-{len(list(Path(data).glob('refusal-*')))}"
     folder.mkdir()
     run = subprocess.run(
         worker_command(),
@@ -133,13 +133,12 @@ def refuses_to_start(data: str, setting: str, env: dict[str, str], extra: str) -
         timeout=120,
         check=False,
     )
-    wanted = f"pip install 'celery-reliable[{extra}]'"
     output = run.stdout + run.stderr
     lines = [line for line in output.splitlines() if wanted in line]
     check(
         run.returncode == 1 and bool(lines) and "Traceback" not in output,
-        f"{setting} without the {extra} extra: the worker exits ({run.returncode}) with "
-        f"one line: {lines[0].strip() if lines else 'nothing about ' + repr(wanted)}",
+        f"{setting}: the worker exits ({run.returncode}) with one line: "
+        f"{lines[0].strip() if lines else 'nothing about ' + repr(wanted)}",
     )
     if not lines or "Traceback" in output:
         print(output[-3000:])
@@ -162,14 +161,25 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="reliable-plain-") as data:
         every_outcome(data)
-        print("a configured feature whose library is missing stops the worker at start:")
+        print("a setting that cannot work stops the worker at start, with one line:")
         refuses_to_start(
             data,
-            "reliable_database_url=postgresql://...",
+            "reliable_database_url=postgresql://... without the postgres extra",
             {"PLAIN_DATABASE_URL": "postgresql://reliable@127.0.0.1:9/reliable"},
-            "postgres",
+            "pip install 'celery-reliable[postgres]'",
         )
-        refuses_to_start(data, "reliable_sentry=True", {"PLAIN_SENTRY": "1"}, "sentry")
+        refuses_to_start(
+            data,
+            "reliable_sentry=True without the sentry extra",
+            {"PLAIN_SENTRY": "1"},
+            "pip install 'celery-reliable[sentry]'",
+        )
+        refuses_to_start(
+            data,
+            "reliable_database_url=mysql://...",
+            {"PLAIN_DATABASE_URL": "mysql://reliable@127.0.0.1:9/reliable"},
+            "celery_reliable stores to SQLite or PostgreSQL, not mysql",
+        )
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

@@ -147,8 +147,9 @@ def test_store_unavailable_is_a_clear_error(broker: str, kind: str, tmp_path: Pa
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql+pg8000://shop@127.0.0.1:1/shop", "pip install 'celery-reliable[postgres]'"),
+        ("postgresql+pg8000://shop@127.0.0.1:1/shop", "needs pg8000, which is not installed"),
         ("mysql://shop@127.0.0.1:1/shop", "celery_reliable stores to SQLite or PostgreSQL"),
+        ("sqlite//no-colon", "is not a database URL"),
     ],
 )
 def test_a_store_url_that_cannot_work_is_one_line(broker: str, url: str, says: str) -> None:

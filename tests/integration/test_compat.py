@@ -11,7 +11,7 @@ from celery import chain, chord
 from celery.exceptions import Ignore, Reject
 from celery.signals import task_postrun
 
-from celery_reliable import Cancel, Discard, Outcome, ReliableTask
+from celery_reliable import Cancel, Discard, Outcome, ReliableTask, Snooze
 from celery_reliable.results import wait_for_outcome
 from tests.helpers import CELERY_VERSION, Calls, app_with_worker, new_key, tasks_in
 
@@ -82,7 +82,9 @@ def define(app: Any) -> SimpleNamespace:
 
     @app.task(base=ReliableTask, name="c.stop")
     def stop(value: int, how: str, key: str) -> Any:
-        bump(key)
+        n = bump(key)
+        if how == "snooze-once" and n == 1:
+            return Snooze(0.3, "not yet")
         if how == "cancel":
             return Cancel("nothing to do")
         if how == "discard":
@@ -289,6 +291,16 @@ def test_chord_counts_cancelled_parts(env: Any, outcomes: Any) -> None:
     assert values[0] == 1 and values[2] == 3
     assert values[1]["outcome"] == "cancelled"
     assert values[1]["reason"] == "nothing to do"
+
+
+def test_a_snoozed_chord_part_is_counted_once_it_ends(env: Any, outcomes: Any) -> None:
+    """A SNOOZED part has not ended: the chord body waits for its next run's value."""
+    k, late = key(), key()
+    result = chord(
+        [env.stop.s(1, "ok", k), env.stop.s(2, "snooze-once", late), env.stop.s(3, "ok", k)]
+    )(env.collect.s())
+    assert result.get(timeout=15) == [1, 2, 3]
+    assert calls(late) == 2
 
 
 def test_task_always_eager(make_app: Any) -> None:

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 
 import pytest
+from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import errors
 from celery_reliable.config import ReliableSettings
@@ -30,7 +31,7 @@ def test_every_error_has_one_root() -> None:
 
 
 def test_missing_dependency_names_the_extra() -> None:
-    error = MissingDependency("Sentry reports (reliable_sentry=True)", "sentry_sdk", "sentry")
+    error = MissingDependency("Sentry reports (reliable_sentry=True)", "sentry_sdk", extra="sentry")
     assert isinstance(error, ImportError)
     assert str(error) == (
         "Sentry reports (reliable_sentry=True) needs sentry_sdk, which is not installed: "
@@ -48,10 +49,27 @@ def test_a_bare_postgresql_url_uses_the_installed_driver() -> None:
         engine.dispose()
 
 
-def test_a_driver_that_is_not_installed_names_the_extra() -> None:
+def test_a_driver_that_is_not_installed_says_how_to_install_it() -> None:
     assert importlib.util.find_spec("pg8000") is None
-    with pytest.raises(MissingDependency, match=r"pip install 'celery-reliable\[postgres\]'"):
+    with pytest.raises(MissingDependency) as missing:
         create_store_engine("postgresql+pg8000://shop@127.0.0.1:1/shop")
+    assert str(missing.value) == (
+        "reliable_database_url (postgresql+pg8000) needs pg8000, which is not installed: "
+        "pip install pg8000, or use postgresql+psycopg:// with "
+        "pip install 'celery-reliable[postgres]'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mysql://shop@127.0.0.1/shop", "celery_reliable stores to SQLite or PostgreSQL"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+def test_a_url_that_cannot_work_is_improperly_configured(url: str, says: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=says):
+        create_store_engine(url)
 
 
 def test_only_settings_the_app_set_count_as_configured() -> None:

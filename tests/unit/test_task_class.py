@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task, current_task
+from celery.signals import task_postrun
 
 from celery_reliable import (
     Cancel,
@@ -662,12 +663,23 @@ def test_apply_runs_the_body_on_the_tracers_request(app: Celery, outcomes: Any) 
         return "ok"
 
     task = build(app, body, bind=True, name="unit.request")
+    after_body: list[Any] = []
+
+    def read_request(sender: Any = None, task: Any = None, **_: Any) -> None:
+        if sender is not None and sender.name == "unit.request":
+            after_body.append((task.request, getattr(task.request, "reliable_note", None)))
+
     stack_before = len(task.request_stack.stack)
-    result = task.apply()
+    task_postrun.connect(read_request, weak=False)
+    try:
+        result = task.apply()
+    finally:
+        task_postrun.disconnect(read_request)
     assert result.get() == "ok"
     assert len(seen) == 1
     assert seen[0].id == result.id
-    assert seen[0].reliable_note == "written"
+    # the tracer's own request, which task_postrun receivers read, holds the write
+    assert after_body == [(seen[0], "written")]
     assert len(task.request_stack.stack) == stack_before
     assert [e.outcome for e in outcomes.events] == [Outcome.SUCCEEDED]
 
@@ -710,3 +722,24 @@ def test_a_request_pushed_by_hand_runs_as_one_execution(app: Celery, outcomes: A
     finally:
         task.pop_request()
     assert [(e.task_id, e.outcome) for e in outcomes.events] == [("by-hand-1", Outcome.SUCCEEDED)]
+
+
+def test_an_eager_replace_by_the_same_task_is_a_new_execution(app: Celery, outcomes: Any) -> None:
+    """Celery's eager replace() applies the new signature, with the same task id, from
+    inside the body: the replacement is an execution of its own, with its own outcome."""
+
+    def paginate(self: Any, page: int) -> Any:
+        if page < 3:
+            return self.replace(self.si(page + 1))
+        return Cancel("no page 4")
+
+    task = build(app, paginate, bind=True, name="unit.paginate")
+    task.apply((1,))
+    # innermost first; an eager replace() returns the replacement's result, so the
+    # replaced executions end as a return does
+    assert [e.outcome for e in outcomes.events] == [
+        Outcome.CANCELLED,
+        Outcome.SUCCEEDED,
+        Outcome.SUCCEEDED,
+    ]
+    assert outcomes.events[0].reason == "no page 4"
