@@ -115,8 +115,13 @@ def _exception_types(
     seen: list[type[BaseException]] = []
     for exc_type in exc_types:
         if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
+            hint = ""
+            if callable(exc_type) and not isinstance(exc_type, type):
+                # @retry_on written without its parentheses decorates the function.
+                hint = f"; write @{decorator}(SomeError, ...) with the parentheses"
             raise TypeError(
-                f"{decorator}() takes exception classes (subclasses of Exception), got {exc_type!r}"
+                f"{decorator}() takes exception classes (subclasses of Exception), "
+                f"got {exc_type!r}{hint}"
             )
         if exc_type in seen:
             raise ValueError(f"{decorator}() lists {exc_type.__qualname__} twice")

@@ -129,13 +129,16 @@ def purge(
     """Delete dead letters matching every filter given."""
     if not (dead_letter_ids or task_name or older_than or retried or everything):
         raise click.UsageError("give ids or a filter (--task, --older-than, --retried), or --all")
+    ids = dead_letter_ids or None
+    age = parse_age(older_than) if older_than else None
+    letters = store_of(ctx).dead_letters
     if not yes:
-        click.confirm("Delete the matching dead letters?", abort=True)
+        with store_errors():
+            matching = letters.count_matching(ids, task_name, age, retried)
+        if not matching:
+            click.echo("no dead letter matches: nothing to purge")
+            return
+        click.confirm(f"Delete {matching} dead letter{'s' if matching != 1 else ''}?", abort=True)
     with store_errors():
-        count = store_of(ctx).dead_letters.purge(
-            ids=dead_letter_ids or None,
-            task_name=task_name,
-            older_than=parse_age(older_than) if older_than else None,
-            retried_only=retried,
-        )
+        count = letters.purge(ids, task_name, age, retried)
     click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")

@@ -219,7 +219,7 @@ class DeadLetters:
             raise DeadLetterError(
                 f"dead letter {dead_letter_id} was already retried as task "
                 f"{letter.retried_task_id} at {letter.retried_at:%Y-%m-%d %H:%M:%S}; "
-                "use force to retry it again"
+                "retry it again with force=True (on the command line: dead retry --force)"
             )
         from celery.utils import uuid
 
@@ -267,14 +267,37 @@ class DeadLetters:
         retried_only: bool = False,
     ) -> int:
         """Delete dead letters matching every filter given; returns how many."""
-        statement = delete(dead_letters)
-        if ids is not None:
-            statement = statement.where(dead_letters.c.id.in_(list(ids)))
-        if task_name is not None:
-            statement = statement.where(dead_letters.c.task_name == task_name)
-        if older_than is not None:
-            statement = statement.where(dead_letters.c.created_at < utcnow() - older_than)
-        if retried_only:
-            statement = statement.where(dead_letters.c.retried_at.is_not(None))
+        where = _purge_filter(ids, task_name, older_than, retried_only)
         with unavailable_as("purging dead letters"), self._engine.begin() as connection:
-            return int(connection.execute(statement).rowcount)
+            return int(connection.execute(delete(dead_letters).where(*where)).rowcount)
+
+    def count_matching(
+        self,
+        ids: Iterable[int] | None = None,
+        task_name: str | None = None,
+        older_than: timedelta | None = None,
+        retried_only: bool = False,
+    ) -> int:
+        """How many dead letters ``purge`` with the same filters would delete now."""
+        where = _purge_filter(ids, task_name, older_than, retried_only)
+        query = select(func.count()).select_from(dead_letters).where(*where)
+        with unavailable_as("counting dead letters"), self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+
+def _purge_filter(
+    ids: Iterable[int] | None,
+    task_name: str | None,
+    older_than: timedelta | None,
+    retried_only: bool,
+) -> list[Any]:
+    where: list[Any] = []
+    if ids is not None:
+        where.append(dead_letters.c.id.in_(list(ids)))
+    if task_name is not None:
+        where.append(dead_letters.c.task_name == task_name)
+    if older_than is not None:
+        where.append(dead_letters.c.created_at < utcnow() - older_than)
+    if retried_only:
+        where.append(dead_letters.c.retried_at.is_not(None))
+    return where

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -19,6 +22,22 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _LOCK_KEY = 0x72656C6961626C
 
 
+@contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Alembic says "Context impl SQLiteImpl." and more at INFO each time a worker (and
+    every pool child) checks the schema: heard only when the user set a level on the
+    ``alembic`` logger themselves."""
+    log = logging.getLogger("alembic")
+    if log.level != logging.NOTSET:
+        yield
+        return
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(logging.NOTSET)
+
+
 def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -32,7 +51,7 @@ def head() -> str:
 
 
 def current(engine: Engine) -> str | None:
-    with engine.connect() as connection:
+    with _quiet_alembic(), engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()
 
@@ -43,7 +62,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     lock, by BEGIN IMMEDIATE; PostgreSQL: a transaction-level advisory lock), so a
     second deploy waits for the first and then finds nothing left to do."""
     config = _config()
-    with engine.begin() as connection:
+    with _quiet_alembic(), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         before = MigrationContext.configure(

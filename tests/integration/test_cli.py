@@ -22,7 +22,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run(
+    broker: str, store: str, *args: str, answer: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tests.integration.cli_app", "reliable", *args],
         check=False,
@@ -36,6 +38,7 @@ def run(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]
         },
         capture_output=True,
         text=True,
+        input=answer,
         timeout=60,
     )
 
@@ -108,6 +111,14 @@ def test_dead_letters_list_show_retry_purge(broker: str, store_url: str) -> None
     assert store.dead_letters.get(first).retried_task_id in retried.stdout
     twice = run(broker, store_url, "dead", "retry", str(first))
     assert twice.returncode == 1 and "already retried" in twice.stderr
+    assert "dead retry --force" in twice.stderr
+
+    asked = run(broker, store_url, "dead", "purge", "--task", "cli.other", answer="n\n")
+    assert asked.returncode == 1
+    assert "Delete 1 dead letter?" in asked.stdout
+    assert store.dead_letters.count() == 2, "answered no: nothing purged"
+    none = run(broker, store_url, "dead", "purge", "--task", "cli.nothing")
+    assert (none.returncode, none.stdout.strip()) == (0, "no dead letter matches: nothing to purge")
 
     no_filter = run(broker, store_url, "dead", "purge", "--yes")
     assert no_filter.returncode == 2 and "--all" in no_filter.stderr

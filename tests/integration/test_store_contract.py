@@ -15,6 +15,7 @@ the modules that run after this one.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -194,6 +195,26 @@ def test_upgrade_from_empty_database_to_head(fresh: Store) -> None:
     assert TABLES | {VERSION_TABLE} <= names
     # Our version table only: never Alembic's default one, the application's own.
     assert "alembic_version" not in names
+
+
+def test_alembic_is_quiet_unless_asked(fresh: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker checks the schema at start and in every pool child: Alembic's INFO
+    lines ("Context impl SQLiteImpl.") are not printed, unless the user set a level
+    on the ``alembic`` logger."""
+    with caplog.at_level(logging.INFO):
+        migrate.upgrade(fresh.engine)
+        migrate.current(fresh.engine)
+    assert [r for r in caplog.records if r.name.startswith("alembic")] == []
+    assert logging.getLogger("alembic").level == logging.NOTSET
+    caplog.clear()
+    alembic_log = logging.getLogger("alembic")
+    alembic_log.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.INFO):
+            migrate.current(fresh.engine)
+    finally:
+        alembic_log.setLevel(logging.NOTSET)
+    assert any(r.name.startswith("alembic") for r in caplog.records)
 
 
 def test_migrations_create_what_schema_py_queries(store: Store) -> None:

@@ -403,3 +403,13 @@ def test_compose_a_child_may_redeclare_a_parent_class() -> None:
     assert isinstance(found, RetryRule)
     assert found.attempts == 7
     assert child.rules == [child_rule]
+
+
+def test_a_declaration_without_parentheses_says_how_to_write_it() -> None:
+    def send() -> None:
+        return None
+
+    with pytest.raises(
+        TypeError, match=r"write @retry_on\(SomeError, \.\.\.\) with the parentheses"
+    ):
+        retry_on(send)  # type: ignore[arg-type]  # what @retry_on without () does
