@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -44,12 +45,24 @@ def when(value: datetime | None) -> str:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table on a terminal; piped or redirected, a header line and one tab-separated
+    line per row with every value whole, so that grep, cut and awk see full rows."""
+    if not sys.stdout.isatty():
+        click.echo("\t".join(columns))
+        for row in rows:
+            click.echo("\t".join(_one_line("" if cell is None else str(cell)) for cell in row))
+        return
     out = Table(title=title)
     for column in columns:
         out.add_column(column, overflow="fold")
     for row in rows:
         out.add_row(*("" if cell is None else str(cell) for cell in row))
     Console().print(out)
+
+
+def _one_line(text: str) -> str:
+    # A value's own tabs and line breaks would split the row: written as \t and \n.
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 def as_json(items: Any) -> None:

@@ -168,3 +168,33 @@ def test_a_store_url_that_cannot_work_is_one_line(broker: str, url: str, says: s
     assert result.returncode == 1
     assert says in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_piped_listings_keep_every_value_whole_on_one_line(broker: str, tmp_path: Path) -> None:
+    """Captured (not a terminal), a listing is a header and one tab-separated line per
+    row: long names and reasons are never folded, so grep finds the whole row."""
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    store = store_app(url)
+    task_name = "acc_app.scripted_" + "very_long_task_name_" * 5
+    reason = "ConnectionError: " + "the upstream payment service did not answer " * 4
+    first = _dead_letter(store, task_name=task_name, reason=reason + "\nand a second line")
+    listed = run(broker, url, "dead", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split("\t") == [
+        "id",
+        "when",
+        "task",
+        "outcome",
+        "attempts",
+        "reason",
+        "retried as",
+    ]
+    assert len(lines) == 2
+    row = lines[1].split("\t")
+    assert row[0] == str(first)
+    assert row[2] == task_name
+    assert row[5] == reason + "\\nand a second line"
+    receipts = run(broker, url, "receipts", "list")
+    assert receipts.returncode == 0, receipts.stderr
+    assert receipts.stdout.splitlines()[0].startswith("task\tkey\tstate")
