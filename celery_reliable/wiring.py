@@ -206,3 +206,12 @@ def _on_task_failure(
 execution_started.connect(_on_execution_started, weak=False)
 celery_signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 celery_signals.task_failure.connect(_on_task_failure, weak=False)
+
+
+def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
+    from celery_reliable.worker import refuse_ignored_declarations
+
+    refuse_ignored_declarations(sender, **kwargs)
+
+
+celery_signals.worker_init.connect(_on_worker_init, weak=False)

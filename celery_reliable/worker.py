@@ -114,3 +114,33 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
                 self.settings.receipt_ttl,
                 locks,
             )
+
+
+def declarations_without_reliable_task(app: Any) -> list[str]:
+    """Tasks with ``retry_on`` / ``discard_on`` / ``cancel_on`` on their function whose
+    class is not a ReliableTask: there the declarations would silently do nothing."""
+    from celery_reliable.policy import RULES_ATTR
+    from celery_reliable.task import ReliableTask
+
+    return sorted(
+        name
+        for name, task in app.tasks.items()
+        if not isinstance(task, ReliableTask) and getattr(task.run, RULES_ATTR, None)
+    )
+
+
+def refuse_ignored_declarations(sender: Any = None, **_: Any) -> None:
+    """``worker_init``: stop a worker whose tasks declare rules that cannot apply."""
+    app = getattr(sender, "app", None)
+    if app is None:
+        return
+    ignored = declarations_without_reliable_task(app)
+    if ignored:
+        # SystemExit, not an exception: Celery's signal dispatch logs and swallows those.
+        raise WorkerMisconfigured(
+            ImproperlyConfigured(
+                f"tasks {ignored} declare retry_on/discard_on/cancel_on but are not "
+                "ReliableTasks, so the declarations would do nothing: add "
+                "base=ReliableTask to their @app.task"
+            )
+        )
