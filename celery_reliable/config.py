@@ -64,11 +64,15 @@ class ReliableSettings:
     explicit: frozenset[str] = frozenset()
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> ReliableSettings:
+    def from_mapping(
+        cls, values: Mapping[str, Any], spelled: Mapping[str, str] | None = None
+    ) -> ReliableSettings:
+        """``values`` by our lowercase names; ``spelled``: how the user wrote each one
+        (``CELERY_RELIABLE_...`` under Django's namespace), for error messages."""
         merged = {**DEFAULTS, **values}
         unknown = set(values) - set(DEFAULTS)
         if unknown:
-            raise ImproperlyConfigured(_unknown_message(sorted(unknown)))
+            raise ImproperlyConfigured(_unknown_message(sorted(unknown), spelled or {}))
         unclassified = merged["reliable_unclassified"]
         if unclassified not in UNCLASSIFIED_MODES:
             raise ImproperlyConfigured(
@@ -112,7 +116,8 @@ def settings_for(app: Celery) -> ReliableSettings:
     """The app's settings, read and validated once, then cached on the app."""
     cached: ReliableSettings | None = app.__dict__.get(_CACHE_ATTR)
     if cached is None:
-        cached = ReliableSettings.from_mapping(_reliable_keys(app))
+        values, spelled = _reliable_keys(app)
+        cached = ReliableSettings.from_mapping(values, spelled)
         setattr(app, _CACHE_ATTR, cached)
     return cached
 
@@ -122,11 +127,12 @@ def forget_settings(app: Celery) -> None:
     app.__dict__.pop(_CACHE_ATTR, None)
 
 
-def _reliable_keys(app: Celery) -> dict[str, Any]:
+def _reliable_keys(app: Celery) -> tuple[dict[str, Any], dict[str, str]]:
     conf = app.conf
     conf.finalize()
     prefix = (conf.prefix or "").lower()
     found: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key in list(conf.keys()):
         if not isinstance(key, str):
             continue
@@ -139,20 +145,29 @@ def _reliable_keys(app: Celery) -> dict[str, Any]:
             continue
         if name.startswith("reliable_"):
             found[name] = conf[key]
-    return found
+            spelled[name] = key
+    return found, spelled
 
 
-def _unknown_message(names: list[str]) -> str:
+def _unknown_message(names: list[str], spelled: Mapping[str, str]) -> str:
     parts = []
     for name in names:
+        written = spelled.get(name, name)
         close = difflib.get_close_matches(name, DEFAULTS, n=1, cutoff=0.7)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        parts.append(f"{name!r}{hint}")
+        hint = f" (did you mean {_as_written(close[0], name, written)!r}?)" if close else ""
+        parts.append(f"{written!r}{hint}")
     return (
         "unknown celery_reliable setting "
         + ", ".join(parts)
         + ("; the settings are listed in docs/configuration.md")
     )
+
+
+def _as_written(suggestion: str, name: str, written: str) -> str:
+    """The suggestion in the user's own spelling: ``CELERY_RELIABLE_UNCLASSIFIED`` for
+    ``CELERY_RELIABLE_UNCLASIFIED`` under Django's namespace."""
+    prefix = written[: len(written) - len(name)]
+    return prefix + (suggestion.upper() if written.isupper() else suggestion)
 
 
 def _optional_str(name: str, values: Mapping[str, Any]) -> str | None:

@@ -184,8 +184,12 @@ def test_unknown_namespaced_key_is_improperly_configured(app: Celery) -> None:
         CELERY_RELIABLE_UNCLASIFIED = "retry"
 
     app.config_from_object(DjangoSettings, namespace="CELERY")
-    with pytest.raises(ImproperlyConfigured, match="reliable_unclassified"):
+    with pytest.raises(ImproperlyConfigured) as bad:
         settings_for(app)
+    # named as the user wrote it, and the fix in the same spelling
+    assert "'CELERY_RELIABLE_UNCLASIFIED' (did you mean 'CELERY_RELIABLE_UNCLASSIFIED'?)" in str(
+        bad.value
+    )
 
 
 def test_unprefixed_django_setting_is_not_ours_under_a_namespace(app: Celery) -> None:

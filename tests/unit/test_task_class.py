@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task, current_task
+from celery.exceptions import ImproperlyConfigured
 from celery.signals import task_postrun
 
 from celery_reliable import (
@@ -743,3 +744,19 @@ def test_an_eager_replace_by_the_same_task_is_a_new_execution(app: Celery, outco
         Outcome.SUCCEEDED,
     ]
     assert outcomes.events[0].reason == "no page 4"
+
+
+def test_a_misspelt_setting_fails_eager_calls_too() -> None:
+    app = Celery("typo_eager", broker="memory://", set_as_current=False)
+    app.conf.update(
+        reliable_database_url=None, reliable_unclasified="retry", task_always_eager=True
+    )
+
+    def noop() -> None:
+        return None
+
+    task = build(app, noop, name="unit.typo_eager")
+    with pytest.raises(ImproperlyConfigured, match="did you mean 'reliable_unclassified'"):
+        task.apply()
+    with pytest.raises(ImproperlyConfigured, match="did you mean 'reliable_unclassified'"):
+        task.delay()
