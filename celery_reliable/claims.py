@@ -126,10 +126,6 @@ class ReceiptHolder:
             return Duplicate(_load_result(got), got)
         return Busy(got, _seconds_until(got.lease_expires_at))
 
-    @property
-    def completed(self) -> bool:
-        return self.claim.completed
-
     @contextmanager
     def atomic(self) -> Iterator[Session]:
         """A session whose commit also marks the receipt succeeded (``atomic()``).

@@ -174,16 +174,15 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         With an ``idempotency_key``, the receipt is marked succeeded in the same
         transaction: the writes made through this session happen exactly once per key.
         """
-        from celery_reliable.store import require_store
-
-        store = require_store(self.app, f"task {self.name}: atomic()")
         execution = current_execution()
         receipt = execution.receipt if execution is not None and execution.task is self else None
-        if receipt is None:
-            with store.session() as session:
+        if receipt is not None:
+            with receipt.atomic() as session:
                 yield session
             return
-        with receipt.atomic() as session:
+        from celery_reliable.store import require_store
+
+        with require_store(self.app, f"task {self.name}: atomic()").session() as session:
             yield session
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
