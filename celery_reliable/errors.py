@@ -66,3 +66,7 @@ class MissingDependency(ReliableError, ImportError):
             f"pip install 'celery-reliable[{extra}]'" if extra else f"pip install {library}"
         )
         super().__init__(f"{feature} needs {library}, which is not installed: {how}")
+
+
+class UnknownTask(ReliableError, LookupError):
+    """``check --task`` / ``report`` named a task the app does not have."""

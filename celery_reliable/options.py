@@ -18,7 +18,12 @@ from dataclasses import dataclass
 RELIABLE_OPTIONS: dict[str, object] = {
     "timeout": None,
     "max_snoozes": 10,
+    "waive": None,
 }
+
+#: The production-readiness gates ``celery reliable check`` audits, in display order.
+#: Their names are public: output, ``--json`` and ``waive={...}`` use them.
+GATES = ("classified", "bounded", "idempotency", "timeout", "delivery", "metrics", "sentry")
 
 #: Options Celery's ``app.task()`` consumes or documents that are not ``Task``
 #: attributes; they are known names too, so a typo of one is caught.
@@ -117,3 +122,30 @@ def check_max_snoozes(owner: str, value: object) -> int:
     if number < 0:
         raise ValueError(f"{owner}: max_snoozes must be >= 0, got {value!r}")
     return int(number)
+
+
+def check_waive(owner: str, value: object) -> dict[str, str]:
+    """``waive={"idempotency": "why it is safe to run twice"}``: known gates, real reasons."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{owner}: waive must be a dict of gate -> reason, like "
+            f"{{'idempotency': 'why it is safe to run twice'}}; got {value!r}"
+        )
+    waived: dict[str, str] = {}
+    for gate, reason in value.items():
+        if gate not in GATES:
+            close = difflib.get_close_matches(str(gate), GATES, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"{owner}: waive names an unknown gate {gate!r}; {hint}"
+                f"the gates are {', '.join(GATES)}"
+            )
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError(
+                f"{owner}: waive[{gate!r}] needs a reason (a non-empty string saying why "
+                f"the gate does not apply), got {reason!r}"
+            )
+        waived[gate] = reason.strip()
+    return waived

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from celery_reliable.backoff import (
     Wait,
+    apply_jitter_and_floor,
     exponential,
     normalize_jitter,
     normalize_wait,
@@ -95,6 +96,42 @@ class CancelRule:
 
 
 Rule = RetryRule | DiscardRule | CancelRule
+
+
+@dataclass(frozen=True)
+class RetryStep:
+    """One planned retry of a rule: after ``attempt`` failed, wait between the bounds."""
+
+    attempt: int
+    min_delay: float
+    max_delay: float
+
+
+def retry_schedule(rule: RetryRule) -> list[RetryStep]:
+    """The delays of a rule's retries (attempts - 1 of them), jitter's range included,
+    without an exception's ``retry_after`` (a server's word, unknown in advance).
+
+    A ``wait`` callable is asked with a plain ``Exception``; one that needs the real
+    exception raises ``ValueError`` here (the schedule cannot be known ahead).
+    """
+    probe = Exception("celery_reliable: planning the retry schedule")
+    steps = []
+    for attempt in range(1, rule.attempts):
+        try:
+            base = rule.wait.base_delay(attempt, probe)
+        except Exception as exc:
+            raise ValueError(
+                f"wait {rule.wait.description} cannot be computed ahead of an exception "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        steps.append(
+            RetryStep(
+                attempt=attempt,
+                min_delay=apply_jitter_and_floor(base, rule.jitter, rand=lambda: 0.0),
+                max_delay=apply_jitter_and_floor(base, rule.jitter, rand=lambda: 1.0),
+            )
+        )
+    return steps
 
 
 def rule_id_for(exc_types: Iterable[type[BaseException]]) -> str:

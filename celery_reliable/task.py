@@ -60,6 +60,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         publishing while the key is held returns the holder's result instead.
     ``dead_letter_redact``
         Store no arguments in this task's dead letters (personal data).
+    ``waive``
+        ``{"gate": "reason"}``: production-readiness gates (``celery reliable check``)
+        this task does not need, each with the reason shown in the audit. Merged with
+        the waivers of a parent class.
     """
 
     #: Seconds before the soft time limit; see the class docstring.
@@ -74,11 +78,15 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     unique: ClassVar[Any] = None
     #: Keep no arguments in this task's dead letters.
     dead_letter_redact: ClassVar[bool] = False
+    #: Gates of ``celery reliable check`` this task waives: gate -> reason.
+    waive: ClassVar[Any] = None
 
     _reliable_key: ClassVar[KeySpec | None] = None
     _reliable_unique: ClassVar[UniqueSpec | None] = None
     #: Seconds an idempotency claim lasts: hard time limit + margin (set when bound).
     _reliable_lease: ClassVar[float] = 0.0
+    #: ``waive`` validated, with the parent classes' waivers merged in.
+    _reliable_waivers: ClassVar[dict[str, str]] = {}
 
     #: The effective declarations of this task class (inherited and own).
     _reliable_policy: ClassVar[Policy] = Policy()
@@ -104,6 +112,11 @@ class ReliableTask(Task):  # type: ignore[type-arg]
                 cls.time_limit = limits.time_limit
         if not isinstance(cls.dead_letter_redact, bool):
             raise ValueError(f"{owner}: dead_letter_redact must be True or False")
+        if "waive" in cls.__dict__:
+            cls._reliable_waivers = {
+                **cls._reliable_waivers,
+                **task_options.check_waive(owner, cls.__dict__["waive"]),
+            }
         if cls.idempotency_key is not None:
             cls._reliable_key = KeySpec.build(
                 owner, cls.idempotency_key, cls.__dict__.get("run", cls.run)

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
 from celery_reliable.cli.receipts import receipts
@@ -15,7 +16,7 @@ from celery_reliable.cli.receipts import receipts
 @click.group(name="reliable")
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
-    """Reliability tooling for ReliableTask apps: the store, receipts, dead letters."""
+    """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters."""
 
 
 def app_of(ctx: click.Context) -> Any:
@@ -29,6 +30,7 @@ def app_of(ctx: click.Context) -> Any:
     return app
 
 
+reliable.add_command(check_command)
 reliable.add_command(db)
 reliable.add_command(dead)
 reliable.add_command(receipts)

@@ -1,0 +1,114 @@
+"""``celery -A proj reliable check``: every ReliableTask against the production gates.
+
+Exit status 0 when every task meets every gate it does not waive, 1 otherwise, so a CI
+step fails on a task that would ship without a timeout or with unbounded retries.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from celery.exceptions import ImproperlyConfigured
+from rich.console import Console
+from rich.table import Table
+
+from celery_reliable.errors import UnknownTask
+from celery_reliable.gates import Findings, Status, check, format_seconds
+from celery_reliable.options import GATES
+
+_CELLS = {
+    Status.PASS: "[green]pass[/]",
+    Status.MISS: "[bold red]MISS[/]",
+    Status.WAIVED: "[yellow]waived[/]",
+    Status.WARN: "[yellow]warn[/]",
+}
+
+
+@click.command(name="check")
+@click.option("--task", "task_name", help="Audit only this task.")
+@click.option("--json", "as_json_", is_flag=True, help="JSON instead of a table.")
+@click.pass_context
+def check_command(ctx: click.Context, task_name: str | None, as_json_: bool) -> None:
+    """Audit every ReliableTask against the production gates; exit 1 on a miss.
+
+    Gates: classified, bounded, idempotency, timeout, delivery, metrics, sentry (a
+    warning only). A task waives one with waive={"gate": "reason"}.
+    """
+    from celery_reliable.cli import app_of
+
+    try:
+        findings = check(app_of(ctx), task=task_name)
+    except (UnknownTask, ImproperlyConfigured) as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
+    if as_json_:
+        click.echo(json.dumps(findings.to_dict(), indent=2))
+    elif sys.stdout.isatty():
+        _print_table(findings)
+    else:
+        _print_lines(findings)
+    ctx.exit(0 if findings.passed else 1)
+
+
+def _window(seconds: float | None) -> str:
+    return "-" if seconds is None else format_seconds(seconds)
+
+
+def _print_table(findings: Findings) -> None:
+    console = Console()
+    out = Table(title="celery_reliable gates")
+    out.add_column("task", overflow="fold")
+    for gate in GATES:
+        out.add_column(gate, justify="center")
+    out.add_column("retry window", justify="right")
+    for audit in findings.tasks:
+        out.add_row(
+            audit.task,
+            *(_CELLS[result.status] for result in audit.gates),
+            _window(audit.retry_window),
+        )
+    console.print(out)
+    for status, title in (
+        (Status.MISS, "Misses"),
+        (Status.WAIVED, "Waived"),
+        (Status.WARN, "Warnings"),
+    ):
+        lines = [
+            (audit.task, result)
+            for audit in findings.tasks
+            for result in audit.gates
+            if result.status is status
+        ]
+        if lines:
+            console.print(f"\n[bold]{title}[/]")
+            for task, result in lines:
+                console.print(f"  {task}  [bold]{result.gate}[/]: {result.reason}", highlight=False)
+    console.print()
+    console.print(_summary(findings), highlight=False)
+
+
+def _print_lines(findings: Findings) -> None:
+    """Piped: one line per task and gate, whole, tab-separated: ``grep miss`` works."""
+    click.echo("task\tgate\tstatus\treason")
+    for audit in findings.tasks:
+        for result in audit.gates:
+            click.echo(f"{audit.task}\t{result.gate}\t{result.status}\t{result.reason}")
+    click.echo(_summary(findings))
+
+
+def _summary(findings: Findings) -> str:
+    misses = findings.misses()
+    passing = sum(1 for audit in findings.tasks if audit.passed)
+    text = f"{len(findings.tasks)} tasks audited, {passing} meet every gate"
+    if misses:
+        text += f"; {len(misses)} unwaived misses: check fails"
+    else:
+        text += "; check passes"
+    if findings.not_reliable:
+        text += (
+            f" ({len(findings.not_reliable)} plain Celery tasks not audited: "
+            + ", ".join(findings.not_reliable)
+            + ")"
+        )
+    return text
