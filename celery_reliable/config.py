@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "reliable_log_outcomes": True,
     "reliable_sentry": True,
     "reliable_prune_interval": 3600.0,
+    "reliable_history": True,
+    "reliable_history_retention": 7 * 24 * 3600,
+    "reliable_history_interval": 5.0,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -57,6 +60,10 @@ class ReliableSettings:
     log_outcomes: bool
     sentry: bool
     prune_interval: float
+    #: Outcome counts per task, queue and minute kept in the store (``report``, web).
+    history: bool
+    history_retention: float
+    history_interval: float
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
     #: The settings the app set itself (the others are defaults): a feature set on
@@ -97,6 +104,9 @@ class ReliableSettings:
             log_outcomes=_bool("reliable_log_outcomes", merged),
             sentry=_bool("reliable_sentry", merged),
             prune_interval=_seconds("reliable_prune_interval", merged),
+            history=_bool("reliable_history", merged),
+            history_retention=_seconds("reliable_history_retention", merged),
+            history_interval=_seconds("reliable_history_interval", merged),
             unclassified_rule=None,
             explicit=frozenset(values),
         ).with_unclassified_rule()

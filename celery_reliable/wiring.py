@@ -105,6 +105,10 @@ def _build_observers(app: Celery) -> list[Any]:
         from celery_reliable.observers.dead_letters import DeadLetterObserver
 
         built.append(DeadLetterObserver(app, store))
+        if settings.history:
+            from celery_reliable.observers.history import HistoryObserver
+
+            built.append(HistoryObserver(app, settings.history_interval))
     if settings.statsd_host is not None:
         built.extend(_optional("statsd", lambda: _statsd(app)))
     if settings.sentry:
@@ -153,6 +157,24 @@ def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
             interval = settings_for(app).queue_depth_interval
             return QueueDepthSampler(app, queues, interval, publish)
     return None
+
+
+def flush_history(app: Celery) -> None:
+    """Write the app's outcome history now and stop its background writer (worker
+    shutdown); nothing to do if no execution built the observers."""
+    for observer in app.__dict__.get(_OBSERVERS_ATTR) or ():
+        stop = getattr(observer, "stop", None)
+        if stop is not None:
+            stop()
+
+
+def _flush_history_of_pool_child(**_: Any) -> None:
+    """``worker_process_shutdown``: a prefork child exits; what it counted is written."""
+    import sys
+
+    history = sys.modules.get("celery_reliable.observers.history")
+    if history is not None:
+        history.flush_all()
 
 
 def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -215,3 +237,4 @@ def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 
 celery_signals.worker_init.connect(_on_worker_init, weak=False)
+celery_signals.worker_process_shutdown.connect(_flush_history_of_pool_child, weak=False)

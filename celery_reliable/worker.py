@@ -1,5 +1,6 @@
 """The worker bootstep: validate settings and wire observers when the worker starts,
-and prune old receipts and expired unique locks on a timer.
+prune old receipts, expired unique locks and old outcome history on a timer, and
+write the outcome history when the worker stops.
 
 So that a misspelt ``reliable_*`` setting, or a task that needs a store when there is
 none, stops the worker at start-up with a clear error instead of surfacing on the
@@ -18,7 +19,7 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable.config import settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import store_for
-from celery_reliable.wiring import observers_for, queue_depth_sampler
+from celery_reliable.wiring import flush_history, observers_for, queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
 
@@ -90,12 +91,20 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             )
 
     def stop(self, worker: Any) -> None:
+        # The executions this process counted since the last write (solo and thread
+        # pools, the main process of prefork; each prefork child flushes on exit).
+        flush_history(worker.app)
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
+
+    def terminate(self, worker: Any) -> None:
+        # A cold shutdown (and an embedded test worker's exit) terminates the steps
+        # instead of stopping them: the same clean-up, the history written.
+        self.stop(worker)
 
     def prune(self) -> None:
         store = self.store
@@ -104,15 +113,19 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         try:
             receipts = store.receipts.prune(self.settings.receipt_ttl)
             locks = store.unique.prune()
+            minutes = store.history.prune(self.settings.history_retention)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks:
+        if receipts or locks or minutes:
             logger.info(
-                "celery_reliable: pruned %d receipts older than %gs and %d expired unique locks",
+                "celery_reliable: pruned %d receipts older than %gs, %d expired unique locks "
+                "and %d outcome-history rows older than %gs",
                 receipts,
                 self.settings.receipt_ttl,
                 locks,
+                minutes,
+                self.settings.history_retention,
             )
 
 

@@ -50,3 +50,17 @@ def app_with_worker(app: Celery, tasks: SimpleNamespace, **worker: Any) -> Itera
     """The module's ``env``: its app, its tasks, and an embedded worker running them."""
     with embedded_worker(app, **worker):
         yield SimpleNamespace(app=app, **vars(tasks))
+
+
+def ready_store(app: Celery) -> Any:
+    """The app's store with its schema at head: SQLite migrates itself on first use,
+    PostgreSQL is migrated here as ``celery reliable db upgrade`` would."""
+    from celery_reliable.store import migrate, store_for
+
+    store = store_for(app)
+    assert store is not None
+    if store.dialect == "sqlite":
+        store.ensure_schema()
+    else:
+        migrate.upgrade(store.engine)
+    return store

@@ -62,10 +62,15 @@ class DeadLetterObserver(Observer):
         self.store = store
         self.settings = settings_for(app)
 
+    def _outcome(self, sender: Any = None, **fields: Any) -> None:
+        # Most executions write no dead letter: decided before the generic wrapper
+        # passes the signal's keywords on a second time.
+        outcome = fields.get("outcome")
+        if outcome is not None and outcome.dead_letters:
+            super()._outcome(sender, **fields)
+
     def on_outcome(self, task: Any, **fields: Any) -> None:
         outcome: Outcome = fields["outcome"]
-        if not outcome.dead_letters:
-            return
         request = fields.get("request")
         exc: BaseException | None = fields.get("exc")
         options = republish_options(request)

@@ -1,4 +1,5 @@
-"""The SQL store: idempotency receipts, dead letters and unique-enqueue locks.
+"""The SQL store: idempotency receipts, dead letters, unique-enqueue locks and the
+outcome history.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -24,6 +25,7 @@ from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
+from celery_reliable.store.history import OutcomeHistory
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
 from celery_reliable.store.unique import UniqueLocks
 
@@ -62,6 +64,7 @@ class Store:
         self._receipts = Receipts(self.engine, insert)
         self._dead_letters = DeadLetters(self.engine, app)
         self._unique = UniqueLocks(self.engine, insert)
+        self._history = OutcomeHistory(self.engine, insert)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
 
@@ -104,6 +107,11 @@ class Store:
     def unique(self) -> UniqueLocks:
         self.ensure_schema()
         return self._unique
+
+    @property
+    def history(self) -> OutcomeHistory:
+        self.ensure_schema()
+        return self._history
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,4 +1,4 @@
-"""The tables: receipts, dead letters, unique-enqueue locks.
+"""The tables: receipts, dead letters, unique-enqueue locks, outcome history.
 
 Times are naive UTC ``DateTime`` columns (SQLite has no time zones), written by the
 workers' clocks: keep them NTP-synchronised, as any lease-based system needs.
@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -81,6 +82,40 @@ unique_locks = Table(
     Column("expires_at", DateTime, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Index("ix_reliable_unique_locks_expires_at", "expires_at"),
+)
+
+#: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their
+#: columns; a last column counts the durations above the last bound.
+DURATION_BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
+DURATION_BUCKETS = (
+    "under_10ms",
+    "under_50ms",
+    "under_100ms",
+    "under_500ms",
+    "under_1s",
+    "under_5s",
+    "under_30s",
+    "under_1m",
+    "under_5m",
+    "over_5m",
+)
+
+#: Executions per (task, minute, queue, outcome), written by each worker process every
+#: few seconds. ``duration_*`` and the buckets cover the executions whose duration was
+#: known (``duration_count`` of ``count``).
+outcome_history = Table(
+    "reliable_outcome_history",
+    metadata,
+    Column("task_name", String(255), primary_key=True),
+    Column("minute", DateTime, primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("outcome", String(16), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("duration_count", Integer, nullable=False),
+    Column("duration_sum", Float, nullable=False),
+    Column("duration_max", Float, nullable=False),
+    *(Column(name, Integer, nullable=False) for name in DURATION_BUCKETS),
+    Index("ix_reliable_outcome_history_minute", "minute"),
 )
 
 #: Alembic's version table for our migrations, apart from the application's own.

@@ -16,8 +16,7 @@ from celery_reliable import Outcome, ReliableTask, discard_on, retry_on
 from celery_reliable.backoff import fixed
 from celery_reliable.errors import DeadLetterError, IdempotencyConflict
 from celery_reliable.results import wait_for_outcome
-from celery_reliable.store import store_for
-from tests.helpers import Calls, app_with_worker, new_key, tasks_in
+from tests.helpers import Calls, app_with_worker, new_key, ready_store, tasks_in
 from tests.integration.effects import effects, metadata
 
 pytestmark = pytest.mark.integration
@@ -136,19 +135,11 @@ def define(app: Any) -> SimpleNamespace:
 def env(make_app: Any, module_store_url: str) -> Iterator[Any]:
     app = make_app("idempotency", reliable_database_url=module_store_url)
     tasks = define(app)
-    store = store_for(app)
-    assert store is not None
-    store.ensure_schema() if store.dialect == "sqlite" else _upgrade(store)
+    store = ready_store(app)
     metadata.create_all(store.engine)
     with app_with_worker(app, tasks, concurrency=8) as env:
         env.store = store
         yield env
-
-
-def _upgrade(store: Any) -> None:
-    from celery_reliable.store import migrate
-
-    migrate.upgrade(store.engine)
 
 
 def effect_rows(env: Any, order_id: str) -> list[Any]:

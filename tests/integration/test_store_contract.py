@@ -52,7 +52,12 @@ from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 
-TABLES = {"reliable_receipts", "reliable_dead_letters", "reliable_unique_locks"}
+TABLES = {
+    "reliable_receipts",
+    "reliable_dead_letters",
+    "reliable_unique_locks",
+    "reliable_outcome_history",
+}
 TASK = "contract.task"
 H1 = "a" * 64
 H2 = "b" * 64

@@ -1,0 +1,163 @@
+"""The outcome history on real workers and real stores: a burst counted per task,
+queue and minute, written by the background writer and on graceful shutdown (thread
+pool and prefork children), pruned by the worker, kept while the store is down."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_reliable import Discard, Outcome, ReliableTask
+from celery_reliable.results import wait_for_outcome
+from celery_reliable.store import store_for
+from celery_reliable.store.history import MinuteCounts
+from celery_reliable.store.timeutil import utcnow
+from celery_reliable.wiring import flush_history
+from tests.conftest import embedded_worker, new_redis_db
+from tests.helpers import ready_store
+from tests.worker_process import celery_worker
+
+pytestmark = pytest.mark.integration
+
+
+def _burst_app(make_app: Any, name: str, store_url: str, **conf: Any) -> tuple[Any, Any]:
+    app = make_app(name, reliable_database_url=store_url, **conf)
+    ready_store(app)
+
+    @app.task(base=ReliableTask, shared=False, name=f"{name}.work")
+    def work(n: int) -> int:
+        if n % 4 == 0:
+            raise Discard("multiples of four are not wanted")
+        time.sleep(0.002)
+        return n
+
+    return app, work
+
+
+def _run_burst(work: Any, count: int) -> None:
+    results = [work.delay(n) for n in range(count)]
+    for result in results:
+        wait_for_outcome(result, timeout=30)
+
+
+def test_a_burst_is_written_when_the_worker_stops(make_app: Any, store_url: str) -> None:
+    app, work = _burst_app(make_app, "hist-stop", store_url, reliable_history_interval=3600)
+    store = store_for(app)
+    with embedded_worker(app):
+        _run_burst(work, 40)
+        # An hour between writes: nothing is in the store before the worker stops.
+        assert store.history.summary(work.name).executions == 0
+    summary = store.history.summary(work.name)
+    assert dict(summary.counts) == {"succeeded": 30, "discarded": 10}
+    assert summary.duration_count == 40
+    assert summary.median_duration is not None and 0 < summary.median_duration < 1
+    queues = {queue for _, _, queue, _, _ in store.history.minutes(work.name)}
+    assert queues == {"celery"}
+
+
+def test_the_background_writer_writes_every_interval(make_app: Any, store_url: str) -> None:
+    app, work = _burst_app(make_app, "hist-interval", store_url, reliable_history_interval=0.3)
+    store = store_for(app)
+    with embedded_worker(app):
+        _run_burst(work, 12)
+        deadline = time.monotonic() + 10
+        while store.history.summary(work.name).executions < 12:
+            assert time.monotonic() < deadline, store.history.summary(work.name)
+            time.sleep(0.1)
+        assert dict(store.history.summary(work.name).counts) == {"succeeded": 9, "discarded": 3}
+
+
+def test_prefork_children_write_their_counts_on_graceful_shutdown(
+    redis_url: str, store_url: str
+) -> None:
+    from celery import Celery
+
+    broker = new_redis_db(redis_url)
+    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store_url}
+    client = Celery("history-client", broker=broker, backend=broker, set_as_current=False)
+    client.conf.reliable_database_url = store_url
+    store = ready_store(client)
+    with celery_worker("tests.integration.history_app", env, concurrency=2) as worker:
+        results = [client.send_task("history.work", (n,)) for n in range(20)]
+        for result in results:
+            wait_for_outcome(result, timeout=30)
+        assert store.history.summary("history.work").executions == 0
+        worker.stop()  # SIGTERM: a warm shutdown; each pool child flushes as it exits
+        assert worker.proc.returncode == 0, worker.output
+    summary = store.history.summary("history.work")
+    assert dict(summary.counts) == {"succeeded": 15, "discarded": 5}, worker.output
+
+
+def test_the_prune_cycle_deletes_minutes_past_the_retention(make_app: Any, store_url: str) -> None:
+    app, work = _burst_app(
+        make_app,
+        "hist-prune",
+        store_url,
+        reliable_prune_interval=0.2,
+        reliable_history_retention=24 * 3600,
+    )
+    history = store_for(app).history
+    now = utcnow().replace(second=0, microsecond=0)
+    old = now - timedelta(days=2)
+    counts = MinuteCounts()
+    counts.add(0.5)
+    history.add({(work.name, old, "celery", "succeeded"): counts})
+    history.add({(work.name, now, "celery", "succeeded"): counts})
+    week = now - timedelta(days=7)
+    assert history.summary(work.name, since=week).executions == 2
+    with embedded_worker(app):
+        deadline = time.monotonic() + 10
+        while history.summary(work.name, since=week).executions != 1:
+            assert time.monotonic() < deadline, "the old minute was not pruned"
+            time.sleep(0.1)
+    assert [row[0] for row in history.minutes(work.name, since=week)] == [now]
+
+
+def test_counts_are_kept_while_the_store_is_down_and_written_when_it_is_back(
+    make_app: Any, tmp_path: Path, caplog: Any
+) -> None:
+    later = tmp_path / "later"
+    app = make_app(
+        "hist-down",
+        reliable_database_url=f"sqlite:///{later}/store.sqlite3",
+        reliable_history_interval=3600,
+    )
+
+    @app.task(base=ReliableTask, shared=False, name="hist-down.work")
+    def work(n: int) -> int:
+        return n
+
+    caplog.set_level(logging.INFO, logger="celery_reliable.history")
+    for n in range(5):
+        assert work.apply((n,)).get() == n
+    flush_history(app)  # the directory does not exist: the store is down
+    for n in range(3):
+        work.apply((n,))
+    flush_history(app)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, "one warning per outage, not one per attempt"
+    assert "kept in memory until the store is back" in warnings[0].getMessage()
+
+    later.mkdir()
+    flush_history(app)
+    summary = store_for(app).history.summary(work.name)
+    assert summary.counts == {Outcome.SUCCEEDED.value: 8}
+    assert any("written again" in r.getMessage() for r in caplog.records)
+
+
+def test_history_off_writes_nothing(make_app: Any, tmp_path: Path) -> None:
+    app, work = _burst_app(
+        make_app,
+        "hist-off",
+        f"sqlite:///{tmp_path}/store.sqlite3",
+        reliable_history=False,
+    )
+    for n in range(1, 4):
+        work.apply((n,))
+    flush_history(app)
+    assert store_for(app).history.summary(work.name).executions == 0
