@@ -149,7 +149,7 @@ def check(app: Celery, task: str | None = None) -> Findings:
     audited, plain = _tasks_of(app)
     if task is not None:
         if task not in audited:
-            raise UnknownTask(_unknown_task_message(task, audited, plain))
+            raise UnknownTask(unknown_task_message(task, audited, plain))
         audited = {task: audited[task]}
     audits = tuple(
         audit_task(instance, settings, broker) for _, instance in sorted(audited.items())
@@ -175,7 +175,7 @@ def _tasks_of(app: Celery) -> tuple[dict[str, Any], list[str]]:
     return audited, plain
 
 
-def _unknown_task_message(name: str, audited: Mapping[str, Any], plain: list[str]) -> str:
+def unknown_task_message(name: str, audited: Mapping[str, Any], plain: list[str]) -> str:
     if name in plain:
         return f"task {name!r} is not a ReliableTask: add base=ReliableTask to audit it"
     close = difflib.get_close_matches(name, list(audited), n=1, cutoff=0.6)

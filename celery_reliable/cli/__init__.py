@@ -11,6 +11,7 @@ from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
 from celery_reliable.cli.receipts import receipts
+from celery_reliable.cli.report import report_command
 
 
 @click.group(name="reliable")
@@ -34,3 +35,4 @@ reliable.add_command(check_command)
 reliable.add_command(db)
 reliable.add_command(dead)
 reliable.add_command(receipts)
+reliable.add_command(report_command)

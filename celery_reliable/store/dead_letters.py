@@ -16,7 +16,7 @@ from typing import Any
 
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from celery_reliable.errors import DeadLetterError
@@ -189,6 +189,24 @@ class DeadLetters:
             query = query.where(dead_letters.c.task_name == task_name)
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def counts_by_outcome(
+        self, task_name: str | None = None, since: datetime | None = None
+    ) -> dict[str, tuple[int, int]]:
+        """``outcome -> (dead letters, of which not retried yet)``."""
+        pending = func.sum(case((dead_letters.c.retried_at.is_(None), 1), else_=0))
+        query = select(dead_letters.c.outcome, func.count(), pending).group_by(
+            dead_letters.c.outcome
+        )
+        if task_name is not None:
+            query = query.where(dead_letters.c.task_name == task_name)
+        if since is not None:
+            query = query.where(dead_letters.c.created_at >= since)
+        with unavailable_as("counting dead letters"), self._engine.connect() as connection:
+            return {
+                outcome: (int(total), int(waiting or 0))
+                for outcome, total, waiting in connection.execute(query)
+            }
 
     def get(self, dead_letter_id: int) -> DeadLetter | None:
         query = select(dead_letters).where(dead_letters.c.id == dead_letter_id)

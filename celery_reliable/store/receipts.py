@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -250,6 +250,22 @@ class Receipts:
             query = query.where(receipts.c.state == state)
         with unavailable_as("listing receipts"), self._engine.connect() as connection:
             return [_receipt(row) for row in connection.execute(query)]
+
+    def counts(self, task_name: str | None = None, now: datetime | None = None) -> dict[str, int]:
+        """Receipts held: ``succeeded``, ``in_progress`` and, of those, ``abandoned``
+        (their lease ran out: the next execution with that key takes it over)."""
+        now = now or utcnow()
+        abandoned = func.sum(case((receipts.c.lease_expires_at < now, 1), else_=0))
+        query = select(receipts.c.state, func.count(), abandoned).group_by(receipts.c.state)
+        if task_name is not None:
+            query = query.where(receipts.c.task_name == task_name)
+        found = {SUCCEEDED: 0, IN_PROGRESS: 0, "abandoned": 0}
+        with unavailable_as("counting receipts"), self._engine.connect() as connection:
+            for state, count, expired in connection.execute(query):
+                found[state] = int(count)
+                if state == IN_PROGRESS:
+                    found["abandoned"] = int(expired or 0)
+        return found
 
     def prune(self, ttl_seconds: float, now: datetime | None = None) -> int:
         """Delete succeeded receipts older than the TTL, and claims abandoned that long."""

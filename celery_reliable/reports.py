@@ -1,0 +1,368 @@
+"""A task's reliability report: ``celery reliable report TASK``.
+
+What the task declares (queue, limits, idempotency, unique enqueue, each rule with its
+delay schedule, the unclassified policy, metrics and error reports), how it stands at
+the gates, and what the store saw of it lately (outcomes of the last 24 hours, dead
+letters, receipts held, the median duration). :func:`build_report` returns the data;
+:meth:`Report.markdown` renders it for a pull request, :meth:`Report.to_dict` as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_reliable import metrics
+from celery_reliable.config import ReliableSettings, settings_for
+from celery_reliable.errors import MissingDependency, StoreUnavailable, UnknownTask
+from celery_reliable.gates import (
+    BrokerFacts,
+    TaskAudit,
+    audit_task,
+    declared_rules,
+    format_seconds,
+    reliable_tasks,
+    unknown_task_message,
+)
+from celery_reliable.outcomes import Outcome
+from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, retry_schedule
+from celery_reliable.store.timeutil import utcnow
+from celery_reliable.task import ReliableTask
+
+#: Hours of history the report covers.
+HISTORY_HOURS = 24
+
+
+@dataclass
+class Report:
+    task: str
+    design: dict[str, Any]
+    rules: list[dict[str, Any]]
+    unclassified: str
+    monitoring: dict[str, Any]
+    audit: TaskAudit
+    #: From the store; ``store_error`` says why it is missing.
+    recent: dict[str, Any] | None = None
+    store_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "design": self.design,
+            "rules": self.rules,
+            "unclassified": self.unclassified,
+            "monitoring": self.monitoring,
+            "gates": self.audit.to_dict(),
+            "last_24h": self.recent,
+            "store_error": self.store_error,
+        }
+
+    def markdown(self) -> str:
+        return "\n".join(_markdown(self)) + "\n"
+
+
+def build_report(app: Celery, task_name: str, *, with_store: bool = True) -> Report:
+    """The report of one ReliableTask; ``UnknownTask`` for a name the app lacks."""
+    tasks = reliable_tasks(app)
+    task = tasks.get(task_name)
+    if task is None:
+        plain = [n for n in app.tasks if n not in tasks and not n.startswith("celery.")]
+        raise UnknownTask(unknown_task_message(task_name, tasks, plain))
+    settings = settings_for(app)
+    broker = BrokerFacts.of(app)
+    report = Report(
+        task=task_name,
+        design=_design(app, task, broker),
+        rules=[_rule(rule) for rule in declared_rules(task)],
+        unclassified=_unclassified(settings),
+        monitoring=_monitoring(task, settings),
+        audit=audit_task(task, settings, broker),
+    )
+    if with_store:
+        _add_store_figures(app, report)
+    return report
+
+
+def queue_of(app: Celery, task: Any) -> str:
+    """The queue the task's messages go to: its ``queue`` option, ``task_routes``,
+    else the default queue."""
+    own = getattr(task, "queue", None)
+    try:
+        route = app.amqp.router.route({"queue": own} if own else {}, task.name)
+        queue = route.get("queue")
+        return str(getattr(queue, "name", queue) or app.conf.task_default_queue)
+    except Exception:  # a custom router that needs real arguments
+        return str(own or app.conf.task_default_queue)
+
+
+def _design(app: Celery, task: ReliableTask, broker: BrokerFacts) -> dict[str, Any]:
+    key = task._reliable_key
+    unique = task._reliable_unique
+    waivers = task._reliable_waivers
+    if key is not None:
+        source = key.source if isinstance(key.source, str) else _name(key.source)
+        idempotency = f"idempotency_key {source!r}: a receipt per key in the store"
+    elif "idempotency" in waivers:
+        idempotency = f"none, waived: {waivers['idempotency']}"
+    else:
+        idempotency = "none declared"
+    return {
+        "module": type(task).__module__ if type(task).__module__ != "celery.app.base" else None,
+        "queue": queue_of(app, task),
+        "timeout": task.timeout,
+        "soft_time_limit": task.soft_time_limit,
+        "time_limit": task.time_limit,
+        "idempotency": idempotency,
+        "unique": None
+        if unique is None
+        else {"period": unique.period, "keys": unique.keys, "release": unique.release},
+        "acks_late": bool(task.acks_late),
+        "reject_on_worker_lost": bool(task.reject_on_worker_lost),
+        "broker": broker.transport,
+        "visibility_timeout": broker.visibility_timeout,
+        "max_snoozes": task.max_snoozes,
+        "waivers": dict(waivers),
+    }
+
+
+def _name(value: Any) -> str:
+    return str(getattr(value, "__qualname__", None) or repr(value))
+
+
+def _rule(rule: Any) -> dict[str, Any]:
+    classes = [t.__qualname__ for t in rule.exc_types]
+    if isinstance(rule, RetryRule):
+        try:
+            schedule: list[dict[str, float]] | None = [
+                {"attempt": s.attempt, "min": s.min_delay, "max": s.max_delay}
+                for s in retry_schedule(rule)
+            ]
+        except ValueError:
+            schedule = None
+        return {
+            "kind": "retry_on",
+            "classes": classes,
+            "attempts": rule.attempts,
+            "wait": rule.wait.description,
+            "jitter": rule.jitter,
+            "report": rule.report,
+            "schedule": schedule,
+        }
+    if isinstance(rule, DiscardRule):
+        return {"kind": "discard_on", "classes": classes, "report": rule.report}
+    assert isinstance(rule, CancelRule)
+    return {"kind": "cancel_on", "classes": classes}
+
+
+def _unclassified(settings: ReliableSettings) -> str:
+    if settings.unclassified == "retry":
+        return (
+            f"retry: any other exception is retried ({settings.unclassified_attempts} "
+            "attempts, exponential backoff), then EXHAUSTED"
+        )
+    return "fail: any other exception ends the job FAILED (a dead letter, reported to Sentry)"
+
+
+def _monitoring(task: Any, settings: ReliableSettings) -> dict[str, Any]:
+    statsd = settings.statsd_host is not None
+    if settings.statsd_tags == "dogstatsd":
+        names = [metrics.tagged_task_metric(settings.statsd_prefix, e) for e in metrics.TASK_EVENTS]
+    else:
+        names = [
+            metrics.task_metric(settings.statsd_prefix, task.name, e) for e in metrics.TASK_EVENTS
+        ]
+    return {
+        "statsd": f"{settings.statsd_host}:{settings.statsd_port}" if statsd else None,
+        "metrics": names if statsd else [],
+        "tags": settings.statsd_tags,
+        "sentry": settings.sentry,
+        "log_outcomes": settings.log_outcomes,
+    }
+
+
+def _add_store_figures(app: Celery, report: Report) -> None:
+    from celery_reliable.store import store_for
+
+    try:
+        store = store_for(app)
+    except (ImproperlyConfigured, MissingDependency) as exc:
+        report.store_error = str(exc)
+        return
+    if store is None:
+        report.store_error = "reliable_database_url is None: there is no store"
+        return
+    since = utcnow() - timedelta(hours=HISTORY_HOURS)
+    try:
+        summary = store.history.summary(report.task, since=since)
+        dead = store.dead_letters.counts_by_outcome(report.task)
+        receipts = store.receipts.counts(report.task)
+    except StoreUnavailable as exc:
+        report.store_error = f"the store is unavailable: {exc}"
+        return
+    counts = {outcome.value: summary.counts.get(outcome.value, 0) for outcome in Outcome}
+    report.recent = {
+        "since": since.isoformat(timespec="seconds") + "Z",
+        "executions": summary.executions,
+        "outcomes": counts,
+        "rates": {name: summary.rate(name) for name in counts},
+        "median_duration": summary.median_duration,
+        "mean_duration": summary.mean_duration,
+        "max_duration": summary.duration_max if summary.duration_count else None,
+        "dead_letters": {o: {"total": t, "not_retried": p} for o, (t, p) in dead.items()},
+        "receipts": receipts,
+    }
+
+
+# ------------------------------------------------------------------------- Markdown
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else format_seconds(float(value))
+
+
+def _markdown(report: Report) -> list[str]:
+    d = report.design
+    lines = [f"# Reliability report — `{report.task}`", "", "## Design", ""]
+    if d["module"]:
+        lines.append(f"- Module: `{d['module']}`")
+    limits = f"soft {_seconds(d['soft_time_limit'])}, hard {_seconds(d['time_limit'])}"
+    timeout = f"timeout={d['timeout']:g}s ({limits})" if d["timeout"] else limits
+    lines += [
+        f"- Queue: `{d['queue']}`",
+        f"- Timeout: {timeout}",
+        f"- Idempotency strategy: {d['idempotency']}",
+    ]
+    unique = d["unique"]
+    if unique is None:
+        lines.append("- Unique enqueue: off")
+    else:
+        keys = ", ".join(unique["keys"]) if unique["keys"] else "all arguments"
+        lines.append(
+            f"- Unique enqueue: one job per ({keys}) for {_seconds(unique['period'])}, "
+            f"released at {unique['release']}"
+        )
+    acks = "late" if d["acks_late"] else "early"
+    lost = "on" if d["reject_on_worker_lost"] else "off"
+    vt = d["visibility_timeout"]
+    broker = d["broker"] + (f" (visibility_timeout {_seconds(vt)})" if vt else "")
+    lines += [
+        f"- Delivery: acks {acks}, reject_on_worker_lost {lost}; broker {broker}",
+        f"- Snoozes allowed: {d['max_snoozes']}",
+        "",
+        "## Error classification",
+        "",
+    ]
+    lines += _rules_markdown(report.rules)
+    lines += [f"- Unclassified exceptions: {report.unclassified}", ""]
+    window = report.audit.retry_window
+    lines += [
+        "## Retry configuration",
+        "",
+        f"- Worst-case retry window: {_seconds(window)} (every rule used up, jitter at its "
+        "maximum)",
+        "",
+    ]
+    for rule in report.rules:
+        if rule["kind"] != "retry_on":
+            continue
+        lines.append(f"`{', '.join(rule['classes'])}`: {rule['attempts']} attempts, {rule['wait']}")
+        lines.append("")
+        if rule["schedule"] is None:
+            lines += ["(the delays depend on the exception: not known ahead)", ""]
+            continue
+        lines += ["| after attempt | wait at least | wait at most |", "|---:|---:|---:|"]
+        for step in rule["schedule"]:
+            lines.append(
+                f"| {step['attempt']} | {_seconds(step['min'])} | {_seconds(step['max'])} |"
+            )
+        lines.append("")
+    lines += _monitoring_markdown(report.monitoring)
+    lines += ["## Gates", "", "| gate | status | reason |", "|---|---|---|"]
+    for result in report.audit.gates:
+        lines.append(f"| {result.gate} | {result.status.value} | {_cell(result.reason)} |")
+    verdict = "passes every gate" if report.audit.passed else "misses a gate: `check` fails"
+    lines += ["", f"The task {verdict}.", ""]
+    lines += _recent_markdown(report)
+    return lines
+
+
+def _rules_markdown(rules: list[dict[str, Any]]) -> list[str]:
+    by_kind: dict[str, list[str]] = {"retry_on": [], "discard_on": [], "cancel_on": []}
+    for rule in rules:
+        text = ", ".join(f"`{c}`" for c in rule["classes"])
+        if rule.get("report"):
+            text += " (reported to Sentry)"
+        by_kind[rule["kind"]].append(text)
+    return [
+        f"- Transient, retried (retry_on): {'; '.join(by_kind['retry_on']) or 'none'}",
+        f"- Permanent, discarded (discard_on): {'; '.join(by_kind['discard_on']) or 'none'}",
+        f"- Expected, cancelled (cancel_on): {'; '.join(by_kind['cancel_on']) or 'none'}",
+        "- Built in: `StoreUnavailable` retried (10 attempts, exponential backoff capped at 60s)",
+    ]
+
+
+def _monitoring_markdown(monitoring: dict[str, Any]) -> list[str]:
+    lines = ["## Monitoring", ""]
+    if monitoring["statsd"]:
+        tags = " (DogStatsD tags task, queue, outcome)" if monitoring["tags"] else ""
+        names = monitoring["metrics"]
+        split = len(names) - len(metrics.TIMER_EVENTS)
+        lines.append(f"- Metrics: StatsD at {monitoring['statsd']}{tags}:")
+        lines.append(f"  - counters: {', '.join(f'`{n}`' for n in names[:split])}")
+        lines.append(f"  - timers: {', '.join(f'`{n}`' for n in names[split:])}")
+    else:
+        lines.append("- Metrics: off (reliable_statsd_host is not set)")
+    lines.append(f"- Error tracking: Sentry {'on' if monitoring['sentry'] else 'off'}")
+    lines.append(f"- Outcome log lines: {'on' if monitoring['log_outcomes'] else 'off'}")
+    lines.append("")
+    return lines
+
+
+def _recent_markdown(report: Report) -> list[str]:
+    lines = [f"## Last {HISTORY_HOURS} hours", ""]
+    recent = report.recent
+    if recent is None:
+        return [*lines, f"No figures: {report.store_error}", ""]
+    if recent["executions"] == 0:
+        lines += ["No execution recorded in the outcome history.", ""]
+    else:
+        lines += ["| outcome | executions | rate |", "|---|---:|---:|"]
+        for name, count in recent["outcomes"].items():
+            if count:
+                lines.append(f"| {name} | {count} | {recent['rates'][name]:.1%} |")
+        lines += [f"| all | {recent['executions']} | |", ""]
+        median = recent["median_duration"]
+        if median is not None:
+            mean, longest = recent["mean_duration"], recent["max_duration"]
+            lines.append(
+                f"- Duration: median ≈ {_duration(median)}, mean {_duration(mean)}, "
+                f"longest {_duration(longest)}"
+            )
+    dead = recent["dead_letters"]
+    if dead:
+        parts = [f"{o} {v['total']} ({v['not_retried']} not retried)" for o, v in dead.items()]
+        lines.append(f"- Dead letters (all time): {', '.join(parts)}")
+    else:
+        lines.append("- Dead letters (all time): none")
+    r = recent["receipts"]
+    lines.append(
+        f"- Receipts held: {r['succeeded']} succeeded, {r['in_progress']} in progress "
+        f"({r['abandoned']} abandoned, lease run out)"
+    )
+    lines.append("")
+    return lines
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else format_seconds(seconds)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")

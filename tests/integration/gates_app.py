@@ -1,0 +1,62 @@
+"""The app ``celery -A tests.integration.gates_app reliable check|report`` audits: one
+task per way of standing at the gates."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from celery_reliable import ReliableTask, cancel_on, discard_on, retry_on
+
+app = Celery(
+    "gates_app",
+    broker=os.environ["RELIABLE_TEST_BROKER"],
+    backend=os.environ["RELIABLE_TEST_BROKER"],
+)
+app.conf.update(
+    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
+    reliable_statsd_host="127.0.0.1",
+    broker_transport_options={"visibility_timeout": 300},
+    worker_hijack_root_logger=False,
+    reliable_history_interval=3600,
+)
+if os.environ.get("RELIABLE_TEST_TYPO"):
+    app.conf.reliable_statsd_hots = "127.0.0.1"
+
+SAFE = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+class CardDeclined(Exception):
+    pass
+
+
+@app.task(
+    base=ReliableTask, name="gates.charge", timeout=30, idempotency_key="c:{order_id}", **SAFE
+)
+@retry_on(ConnectionError, attempts=5)
+@discard_on(CardDeclined)
+def charge(order_id: int) -> int:
+    if order_id < 0:
+        raise CardDeclined(f"card of order {order_id} declined")
+    return order_id
+
+
+@app.task(
+    base=ReliableTask,
+    name="gates.lookup",
+    timeout=10,
+    waive={"idempotency": "reads only; running twice is harmless"},
+    **SAFE,
+)
+@cancel_on(LookupError)
+def lookup(order_id: int) -> None: ...
+
+
+@app.task(base=ReliableTask, name="gates.sloppy_task_with_a_name_long_enough_to_be_folded_by_rich")
+def sloppy() -> None: ...
+
+
+@app.task(base=ReliableTask, name="gates.slow", timeout=600, idempotency_key="s:{n}", **SAFE)
+@retry_on(ConnectionError)
+def slow(n: int) -> None: ...

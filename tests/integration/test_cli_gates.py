@@ -1,0 +1,249 @@
+"""``celery reliable check`` and ``report``: as a real ``celery -A app reliable ...``
+subprocess against a real broker, worker and store, and through click's runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery import Celery
+from click.testing import CliRunner
+
+from celery_reliable import ReliableTask, retry_on
+from celery_reliable.cli import reliable
+from celery_reliable.results import wait_for_outcome
+from celery_reliable.store.history import MinuteCounts
+from celery_reliable.store.timeutil import utcnow
+from tests.conftest import new_redis_db
+from tests.helpers import ready_store
+from tests.worker_process import celery_worker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.integration.gates_app"
+SLOPPY = "gates.sloppy_task_with_a_name_long_enough_to_be_folded_by_rich"
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", APP, "reliable", *args],
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
+    }
+
+
+def test_check_prints_one_whole_line_per_task_and_gate_and_exits_1(env: dict[str, str]) -> None:
+    done = run(env, "check")
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "task\tgate\tstatus\treason"
+    assert (
+        f"{SLOPPY}\tclassified\tmiss\tno retry_on/discard_on/cancel_on: every exception ends "
+        "the job FAILED; declare which errors are transient (retry_on) and which permanent "
+        "(discard_on)"
+    ) in lines
+    assert f"{SLOPPY}\ttimeout\tmiss\t" in done.stdout
+    assert (
+        "gates.slow\tdelivery\tmiss\thard time limit 11m is not shorter than the "
+        "visibility_timeout 5m (redis): a task still running is handed to a second worker; raise "
+        "broker_transport_options['visibility_timeout']"
+    ) in lines
+    assert "gates.lookup\tidempotency\twaived\treads only; running twice is harmless" in lines
+    charge = [line.split("\t")[2] for line in lines if line.startswith("gates.charge\t")]
+    assert charge == ["pass"] * 6 + ["warn"]  # no Sentry SDK initialised: a warning
+    assert lines[-1] == ("4 tasks audited, 2 meet every gate; 4 unwaived misses: check fails"), (
+        done.stdout
+    )
+
+
+def test_check_one_task_that_passes_exits_0(env: dict[str, str]) -> None:
+    done = run(env, "check", "--task", "gates.charge")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 tasks audited, 1 meet every gate; check passes" in done.stdout
+    assert "gates.lookup" not in done.stdout
+
+
+def test_check_json(env: dict[str, str]) -> None:
+    done = run(env, "check", "--json")
+    assert done.returncode == 1
+    data = json.loads(done.stdout)
+    assert data["passed"] is False
+    assert data["gates"] == [
+        "classified",
+        "bounded",
+        "idempotency",
+        "timeout",
+        "delivery",
+        "metrics",
+        "sentry",
+    ]
+    by_name = {task["task"]: task for task in data["tasks"]}
+    assert set(by_name) == {"gates.charge", "gates.lookup", SLOPPY, "gates.slow"}
+    assert by_name["gates.lookup"]["gates"]["idempotency"] == {
+        "status": "waived",
+        "reason": "reads only; running twice is harmless",
+    }
+    assert by_name["gates.charge"]["passed"] is True
+    assert by_name["gates.charge"]["retry_window"] == pytest.approx(15 * 1.15)
+    assert by_name[SLOPPY]["gates"]["timeout"]["status"] == "miss"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            ("check", "--task", "gates.chrage"),
+            "Error: no task named 'gates.chrage'; did you mean 'gates.charge'?",
+        ),
+        (("report", "gates.nope"), "Error: no task named 'gates.nope'"),
+    ],
+)
+def test_an_unknown_task_is_one_line(env: dict[str, str], args: tuple[str, ...], says: str) -> None:
+    done = run(env, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith(says), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stdout == ""
+
+
+def test_a_misspelt_setting_is_one_line(env: dict[str, str]) -> None:
+    done = run({**env, "RELIABLE_TEST_TYPO": "1"}, "check")
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: unknown celery_reliable setting 'reliable_statsd_hots' (did you mean "
+        "'reliable_statsd_host'?); the settings are listed in docs/configuration.md"
+    )
+
+
+def test_report_after_a_real_worker_ran_the_task(env: dict[str, str]) -> None:
+    app = Celery(
+        "gates-client",
+        broker=env["RELIABLE_TEST_BROKER"],
+        backend=env["RELIABLE_TEST_BROKER"],
+        set_as_current=False,
+    )
+    with celery_worker(APP, env, concurrency=2) as worker:
+        results = [app.send_task("gates.charge", (n,)) for n in (1, 2, 3, 4, 5, 6, -1, -2)]
+        for result in results:
+            wait_for_outcome(result, timeout=30)
+        worker.stop()  # the history is written as each pool process exits
+    done = run(env, "report", "gates.charge")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert text.startswith("# Reliability report — `gates.charge`\n")
+    for expected in (
+        "- Queue: `celery`",
+        "- Timeout: timeout=30s (soft 30s, hard 35s)",
+        "- Idempotency strategy: idempotency_key 'c:{order_id}': a receipt per key in the store",
+        "- Transient, retried (retry_on): `ConnectionError`",
+        "- Permanent, discarded (discard_on): `CardDeclined`",
+        "| 4 | 8s | 9.2s |",
+        "| classified | pass | 2 rules (discard_on, retry_on) |",
+        "| succeeded | 6 | 75.0% |",
+        "| discarded | 2 | 25.0% |",
+        "| all | 8 | |",
+        "- Dead letters (all time): discarded 2 (2 not retried)",
+        "- Receipts held: 6 succeeded, 0 in progress (0 abandoned, lease run out)",
+    ):
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    assert "- Duration: median ≈ " in text
+
+    data = json.loads(run(env, "report", "gates.charge", "--json").stdout)
+    assert data["last_24h"]["outcomes"]["succeeded"] == 6
+    assert data["last_24h"]["dead_letters"] == {"discarded": {"total": 2, "not_retried": 2}}
+    assert data["gates"]["passed"] is True
+    assert sorted(rule["kind"] for rule in data["rules"]) == ["discard_on", "retry_on"]
+    [retry] = [rule for rule in data["rules"] if rule["kind"] == "retry_on"]
+    assert [step["attempt"] for step in retry["schedule"]] == [1, 2, 3, 4]
+
+
+def test_report_with_the_store_down_prints_the_rest_and_exits_1(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    down = {**env, "RELIABLE_TEST_STORE": f"sqlite:///{tmp_path}/missing/store.sqlite3"}
+    done = run(down, "report", "gates.lookup")
+    assert done.returncode == 1
+    assert "- Idempotency strategy: none, waived: reads only; running twice is harmless" in (
+        done.stdout
+    )
+    assert "No figures: the store is unavailable" in done.stdout
+    assert done.stderr.startswith("Error: no figures from the store: the store is unavailable")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ click's runner
+
+
+def _app(tmp_path: Path) -> Celery:
+    app = Celery("runner", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/runner.sqlite3"
+    app.conf.reliable_statsd_host = "127.0.0.1"
+
+    @app.task(
+        base=ReliableTask,
+        shared=False,
+        name="runner.ok",
+        timeout=5,
+        idempotency_key="{n}",
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+    @retry_on(ConnectionError)
+    def ok(n: int) -> None: ...
+
+    @app.task(base=ReliableTask, shared=False, name="runner.bare")
+    def bare() -> None: ...
+
+    return app
+
+
+def invoke(app: Celery, *args: str) -> Any:
+    return CliRunner().invoke(reliable, list(args), obj=SimpleNamespace(app=app))
+
+
+def test_runner_check_and_report(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    failing = invoke(app, "check")
+    assert failing.exit_code == 1
+    assert "runner.bare\tclassified\tmiss\t" in failing.output
+
+    passing = invoke(app, "check", "--task", "runner.ok")
+    assert passing.exit_code == 0, passing.output
+
+    waived = invoke(app, "check", "--task", "runner.bare", "--json")
+    assert json.loads(waived.output)["tasks"][0]["gates"]["timeout"]["status"] == "miss"
+
+    store = ready_store(app)
+    counts = MinuteCounts()
+    for seconds in (0.2, 0.3, 0.4):
+        counts.add(seconds)
+    minute = utcnow().replace(second=0, microsecond=0)
+    store.history.add({("runner.ok", minute, "celery", "succeeded"): counts})
+    report = invoke(app, "report", "runner.ok")
+    assert report.exit_code == 0, report.output
+    assert "| succeeded | 3 | 100.0% |" in report.output
+    # All three in the (100 ms, 500 ms] bucket, which ends at the longest, 400 ms.
+    assert "- Duration: median ≈ 250 ms, mean 300 ms, longest 400 ms" in report.output
+
+    unknown = invoke(app, "report", "runner.nope")
+    assert unknown.exit_code == 1
+    assert "Error: no task named 'runner.nope'" in unknown.output
