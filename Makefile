@@ -106,6 +106,7 @@ demo: $(STAMP)
 # Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
+	$(PY) -m benchmarks.history
 
 clean:
 	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/demo-data

@@ -176,13 +176,30 @@ def _monitoring(task: Any, settings: ReliableSettings) -> dict[str, Any]:
         names = [
             metrics.task_metric(settings.statsd_prefix, task.name, e) for e in metrics.TASK_EVENTS
         ]
+    queue = queue_of(task.app, task)
+    if settings.statsd_tags == "dogstatsd":
+        depth = f"{metrics.tagged_queue_depth_metric(settings.statsd_prefix)} (queue:{queue})"
+    else:
+        depth = metrics.queue_depth_metric(settings.statsd_prefix, queue)
     return {
         "statsd": f"{settings.statsd_host}:{settings.statsd_port}" if statsd else None,
         "metrics": names if statsd else [],
+        "queue_depth": {"metric": depth, "interval": settings.queue_depth_interval}
+        if statsd
+        else None,
         "tags": settings.statsd_tags,
         "sentry": settings.sentry,
+        "sentry_initialised": _sentry_initialised(),
         "log_outcomes": settings.log_outcomes,
     }
+
+
+def _sentry_initialised() -> bool:
+    try:
+        import sentry_sdk
+    except ImportError:
+        return False
+    return bool(sentry_sdk.is_initialized())
 
 
 def _add_store_figures(app: Celery, report: Report) -> None:
@@ -315,9 +332,23 @@ def _monitoring_markdown(monitoring: dict[str, Any]) -> list[str]:
         lines.append(f"- Metrics: StatsD at {monitoring['statsd']}{tags}:")
         lines.append(f"  - counters: {', '.join(f'`{n}`' for n in names[:split])}")
         lines.append(f"  - timers: {', '.join(f'`{n}`' for n in names[split:])}")
+        depth = monitoring["queue_depth"]
+        lines.append(
+            f"- Queue depth: the gauge `{depth['metric']}`, sampled every "
+            f"{_seconds(depth['interval'])} by the workers consuming the queue (alert "
+            "rules: docs/grafana)"
+        )
     else:
         lines.append("- Metrics: off (reliable_statsd_host is not set)")
-    lines.append(f"- Error tracking: Sentry {'on' if monitoring['sentry'] else 'off'}")
+    if not monitoring["sentry"]:
+        lines.append("- Error tracking: off (reliable_sentry is False)")
+    elif monitoring["sentry_initialised"]:
+        lines.append("- Error tracking: Sentry, the SDK initialised with the app")
+    else:
+        lines.append(
+            "- Error tracking: Sentry reports on, but the SDK was not initialised when the "
+            "app was loaded"
+        )
     lines.append(f"- Outcome log lines: {'on' if monitoring['log_outcomes'] else 'off'}")
     lines.append("")
     return lines

@@ -38,10 +38,19 @@ def check_command(ctx: click.Context, task_name: str | None, as_json_: bool) -> 
     """
     from celery_reliable.cli import app_of
 
+    app = app_of(ctx)
     try:
-        findings = check(app_of(ctx), task=task_name)
+        findings = check(app, task=task_name)
     except (UnknownTask, ImproperlyConfigured) as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
+    if not findings.tasks:
+        # Most often `-A` is missing and Celery fell back to its empty default app: an
+        # audit of nothing must not pass a CI step.
+        raise click.ClickException(
+            f"no ReliableTask in the app {app.main or 'default'!r}: run "
+            "`celery -A proj reliable check` with the module that defines the app "
+            "and imports its tasks"
+        )
     if as_json_:
         click.echo(json.dumps(findings.to_dict(), indent=2))
     elif sys.stdout.isatty():

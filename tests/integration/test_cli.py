@@ -198,3 +198,49 @@ def test_piped_listings_keep_every_value_whole_on_one_line(broker: str, tmp_path
     receipts = run(broker, url, "receipts", "list")
     assert receipts.returncode == 0, receipts.stderr
     assert receipts.stdout.splitlines()[0].startswith("task\tkey\tstate")
+
+
+def test_store_commands_through_clicks_runner(tmp_path: Path) -> None:
+    """The same commands in-process, as a project's own test would call them."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from celery_reliable.cli import reliable
+
+    app = Celery("runner-store", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/store.sqlite3"
+
+    def invoke(*args: str, answer: str | None = None) -> Any:
+        return CliRunner().invoke(reliable, list(args), obj=SimpleNamespace(app=app), input=answer)
+
+    upgraded = invoke("db", "upgrade")
+    assert upgraded.exit_code == 0 and "-> 0002" in upgraded.output
+    assert "up to date" in invoke("db", "current").output
+
+    store = store_for(app)
+    letter = _dead_letter(store, task_name="runner.a_task_name_long_enough_to_fold", reason="boom")
+    listed = invoke("dead", "list")
+    assert listed.exit_code == 0
+    assert listed.output.splitlines()[0] == "id\twhen\ttask\toutcome\tattempts\treason\tretried as"
+    assert f"{letter}\t" in listed.output and "\trunner.a_task_name_long_enough_to_fold\t" in (
+        listed.output
+    )
+    assert json.loads(invoke("dead", "show", str(letter), "--json").output)["reason"] == "boom"
+    missing = invoke("dead", "show", "4242")
+    assert (missing.exit_code, missing.output.strip()) == (1, "Error: no dead letter 4242")
+    retried = invoke("dead", "retry", str(letter))
+    assert retried.exit_code == 0 and "retried as task" in retried.output
+    purged = invoke("dead", "purge", "--retried", answer="y\n")
+    assert purged.exit_code == 0 and "purged 1 dead letter" in purged.output
+
+    claim = store.receipts.claim("runner.echo", "k", "0" * 64, "task-k", 30)
+    store.receipts.complete(claim, '"v"')
+    assert "runner.echo\tk\tsucceeded" in invoke("receipts", "list").output
+    assert (
+        json.loads(invoke("receipts", "show", "runner.echo", "k", "--json").output)["state"]
+        == "succeeded"
+    )
+    unknown = invoke("receipts", "show", "runner.echo", "nope")
+    assert unknown.exit_code == 1 and unknown.output.count("\n") == 1
+    assert invoke("receipts", "prune", "--older-than", "0s").exit_code == 0

@@ -247,3 +247,14 @@ def test_runner_check_and_report(tmp_path: Path) -> None:
     unknown = invoke(app, "report", "runner.nope")
     assert unknown.exit_code == 1
     assert "Error: no task named 'runner.nope'" in unknown.output
+
+
+def test_check_of_an_app_without_reliable_tasks_fails() -> None:
+    # As `celery reliable check` without -A: Celery's empty default app.
+    app = Celery("empty", broker="memory://", set_as_current=False)
+    result = invoke(app, "check")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: no ReliableTask in the app 'empty': run `celery -A proj reliable check` "
+        "with the module that defines the app and imports its tasks"
+    )

@@ -28,7 +28,7 @@ errbacks: list[str] = []
 
 
 def define(app: Any) -> SimpleNamespace:
-    @app.task(base=ReliableTask, bind=True, name="c.manual_retry", max_retries=2)
+    @app.task(shared=False, base=ReliableTask, bind=True, name="c.manual_retry", max_retries=2)
     def manual_retry(self: ReliableTask, key: str, succeed_on: int) -> str:
         n = bump(key)
         if n < succeed_on:
@@ -36,6 +36,7 @@ def define(app: Any) -> SimpleNamespace:
         return f"ok after {n}"
 
     @app.task(
+        shared=False,
         base=ReliableTask,
         name="c.autoretry",
         autoretry_for=(TransientError,),
@@ -47,6 +48,7 @@ def define(app: Any) -> SimpleNamespace:
         raise TransientError("autoretry me")
 
     @app.task(
+        shared=False,
         base=ReliableTask,
         name="c.autoretry_backoff",
         autoretry_for=(TransientError,),
@@ -60,27 +62,27 @@ def define(app: Any) -> SimpleNamespace:
             raise TransientError("once")
         return "ok"
 
-    @app.task(base=ReliableTask, name="c.reject", acks_late=True)
+    @app.task(shared=False, base=ReliableTask, name="c.reject", acks_late=True)
     def reject(key: str, requeue: bool) -> None:
         n = bump(key)
         if requeue and n > 1:
             return
         raise Reject("bad message", requeue=requeue)
 
-    @app.task(base=ReliableTask, name="c.ignore")
+    @app.task(shared=False, base=ReliableTask, name="c.ignore")
     def ignore(key: str) -> None:
         bump(key)
         raise Ignore()
 
-    @app.task(base=ReliableTask, name="c.add")
+    @app.task(shared=False, base=ReliableTask, name="c.add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(base=ReliableTask, bind=True, name="c.replacer")
+    @app.task(shared=False, base=ReliableTask, bind=True, name="c.replacer")
     def replacer(self: ReliableTask, x: int) -> Any:
         return self.replace(add.s(x, 100))
 
-    @app.task(base=ReliableTask, name="c.stop")
+    @app.task(shared=False, base=ReliableTask, name="c.stop")
     def stop(value: int, how: str, key: str) -> Any:
         n = bump(key)
         if how == "snooze-once" and n == 1:
@@ -93,20 +95,20 @@ def define(app: Any) -> SimpleNamespace:
             raise ValueError("broken")
         return value
 
-    @app.task(base=ReliableTask, name="c.record")
+    @app.task(shared=False, base=ReliableTask, name="c.record")
     def record(value: Any, key: str) -> Any:
         bump(key)
         return value
 
-    @app.task(name="c.on_error")
+    @app.task(shared=False, name="c.on_error")
     def on_error(request: Any, exc: Any, traceback: Any) -> None:
         errbacks.append(request.id)
 
-    @app.task(base=ReliableTask, name="c.collect")
+    @app.task(shared=False, base=ReliableTask, name="c.collect")
     def collect(values: list[Any]) -> list[Any]:
         return values
 
-    @app.task(base=ReliableTask, bind=True, name="c.write_request")
+    @app.task(shared=False, base=ReliableTask, bind=True, name="c.write_request")
     def write_request(self: ReliableTask, key: str, what: str) -> str:
         """Writes to self.request, as users do to stop a chain (celery#3550)."""
         bump(key)
@@ -307,11 +309,11 @@ def test_task_always_eager(make_app: Any) -> None:
     """task_always_eager: .delay() runs inline and shows our states on the result."""
     app = make_app("eager", task_always_eager=True, task_store_eager_result=False)
 
-    @app.task(base=ReliableTask, name="e.cancel")
+    @app.task(shared=False, base=ReliableTask, name="e.cancel")
     def cancel() -> Any:
         return Cancel("not needed")
 
-    @app.task(base=ReliableTask, name="e.add")
+    @app.task(shared=False, base=ReliableTask, name="e.add")
     def add(x: int, y: int) -> int:
         return x + y
 
