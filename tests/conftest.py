@@ -26,6 +26,7 @@ from celery.contrib.testing.worker import start_worker
 
 from celery_reliable.signals import task_outcome
 from tests import servers
+from tests.integration.recording import execution_place, in_execution_order
 
 _databases = itertools.count(1)
 
@@ -164,6 +165,8 @@ class Event:
     retry_in: float | None
     report: bool
     queue: str | None
+    #: The execution of its job this outcome is from (see recording.execution_place).
+    place: int | None = None
 
 
 class OutcomeRecorder:
@@ -185,14 +188,20 @@ class OutcomeRecorder:
             retry_in=fields["retry_in"],
             report=fields["report"],
             queue=fields["queue"],
+            place=execution_place(fields),
         )
         with self._cond:
             self.events.append(event)
             self._cond.notify_all()
 
     def for_id(self, task_id: str) -> list[Event]:
+        """The job's outcomes in the order of its executions (not of their arrival)."""
         with self._cond:
-            return [e for e in self.events if e.task_id == task_id]
+            return self._of(task_id)
+
+    def _of(self, task_id: str) -> list[Event]:
+        found = [e for e in self.events if e.task_id == task_id]
+        return in_execution_order(found, lambda event: event.place)
 
     def wait_for(
         self,
@@ -205,7 +214,7 @@ class OutcomeRecorder:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [e for e in self.events if e.task_id == task_id]
+                found = self._of(task_id)
                 done = until(found) if until else len(found) >= count
                 if done:
                     return found
@@ -230,3 +239,14 @@ def outcomes() -> Iterator[OutcomeRecorder]:
         yield recorder
     finally:
         task_outcome.disconnect(recorder)
+
+
+@pytest.fixture
+def no_shared_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Apps built in the test get only their own tasks: not the shared tasks (the
+    default of ``@app.task``) that modules imported by earlier tests registered with
+    Celery, which it adds to every app finalized afterwards. For tests that audit every
+    task of an app."""
+    import celery._state
+
+    monkeypatch.setattr(celery._state, "_on_app_finalizers", set())

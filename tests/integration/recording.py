@@ -10,7 +10,36 @@ from typing import Any
 
 import redis
 
+from celery_reliable.headers import Counters
 from celery_reliable.signals import task_outcome
+
+
+def execution_place(fields: dict[str, Any]) -> int | None:
+    """Which execution of its job an outcome is from: 0 for the first, and one more for
+    each re-publish (a retry raises Celery's ``retries``, a snooze our snooze count).
+
+    Outcomes are compared in this order, not in the order they arrive: an execution
+    re-publishes its retry or snooze and only then sends its outcome, so on a busy
+    machine the next execution (another pool thread or process) may report first.
+    None when the request is not known (an outcome the worker's main process reports).
+    """
+    request = fields.get("request")
+    if request is None:
+        return None
+    snoozes = Counters.from_headers(getattr(request, "headers", None), fields["task_id"]).snoozes
+    return int(getattr(request, "retries", 0) or 0) + snoozes
+
+
+def in_execution_order(items: list[Any], place: Any) -> list[Any]:
+    """``items`` sorted by ``place(item)``, stable; an item of unknown place (None)
+    keeps the place of the one that arrived before it."""
+    keyed = []
+    last = 0
+    for item in items:
+        known = place(item)
+        last = last if known is None else known
+        keyed.append((last, item))
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def outcomes_key(task_id: str) -> str:
@@ -30,6 +59,7 @@ def record_outcomes_to(url: str) -> None:
                     "reason": fields["reason"],
                     "exc_type": type(fields["exc"]).__name__ if fields["exc"] else None,
                     "pid": os.getpid(),
+                    "place": execution_place(fields),
                 }
             ),
         )
@@ -38,11 +68,12 @@ def record_outcomes_to(url: str) -> None:
 
 
 def recorded(url: str, task_id: str, count: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """The outcomes recorded for ``task_id``, once there are ``count`` (or at timeout)."""
+    """The outcomes recorded for ``task_id``, once there are ``count`` (or at timeout),
+    in the order of the job's executions."""
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
     while True:
         items = [json.loads(x) for x in client.lrange(outcomes_key(task_id), 0, -1)]
         if len(items) >= count or time.monotonic() > deadline:
-            return items
+            return in_execution_order(items, lambda item: item.get("place"))
         time.sleep(0.05)

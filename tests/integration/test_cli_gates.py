@@ -220,6 +220,7 @@ def invoke(app: Celery, *args: str) -> Any:
     return CliRunner().invoke(reliable, list(args), obj=SimpleNamespace(app=app))
 
 
+@pytest.mark.usefixtures("no_shared_tasks")
 def test_runner_check_and_report(tmp_path: Path) -> None:
     app = _app(tmp_path)
     failing = invoke(app, "check")
@@ -249,6 +250,7 @@ def test_runner_check_and_report(tmp_path: Path) -> None:
     assert "Error: no task named 'runner.nope'" in unknown.output
 
 
+@pytest.mark.usefixtures("no_shared_tasks")
 def test_check_of_an_app_without_reliable_tasks_fails() -> None:
     # As `celery reliable check` without -A: Celery's empty default app.
     app = Celery("empty", broker="memory://", set_as_current=False)

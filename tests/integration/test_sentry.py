@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,8 +19,6 @@ import pytest
 import sentry_sdk
 from celery import Celery
 
-from celery_reliable.headers import Counters
-from celery_reliable.signals import task_outcome
 from tests.conftest import embedded_worker, new_redis_db
 from tests.helpers import new_key
 from tests.integration.recording import recorded
@@ -69,55 +66,6 @@ def sentry_server() -> Iterator[SentryServer]:
 def statsd() -> Iterator[StatsdServer]:
     with running_statsd_server() as server:
         yield server
-
-
-class InExecutionOrder:
-    """Each job's outcomes (``task_outcome``, in this process) in the order of its
-    executions.
-
-    Not the order they arrive in: an execution re-publishes its retry or snooze and
-    only then sends its outcome, so with several pool threads the next execution, due
-    50 ms later, sends its own first whenever the first thread is held up that long
-    between the two (a busy machine). Each execution's place in its job is in its
-    request: Celery's retry count and our snooze count, one of which each re-publish
-    raises by one.
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, list[tuple[tuple[int, int], str]]] = {}
-        self._cond = threading.Condition()
-
-    def __call__(self, sender: Any = None, **fields: Any) -> None:
-        task_id, request = fields["task_id"], fields["request"]
-        place = (request.retries or 0, Counters.from_headers(request.headers, task_id).snoozes)
-        with self._cond:
-            self._seen.setdefault(task_id, []).append((place, fields["outcome"].value))
-            self._cond.notify_all()
-
-    def wait_for(self, task_id: str, count: int, timeout: float = 20.0) -> list[str]:
-        """The job's outcomes, in the order of its executions, once it has ``count``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self._seen.get(task_id, ())) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"task {task_id}: waited {timeout}s; outcomes so far: "
-                        f"{self._seen.get(task_id, [])}"
-                    )
-                self._cond.wait(left)
-            # Stable: outcomes of one place (there should be none) stay in arrival order.
-            return [outcome for _, outcome in sorted(self._seen[task_id], key=lambda s: s[0])]
-
-
-@pytest.fixture
-def in_execution_order() -> Iterator[InExecutionOrder]:
-    recorder = InExecutionOrder()
-    task_outcome.connect(recorder, weak=False)
-    try:
-        yield recorder
-    finally:
-        task_outcome.disconnect(recorder)
 
 
 @contextlib.contextmanager
@@ -226,9 +174,7 @@ def test_event_tags_fingerprint_and_retry_breadcrumbs(
     )
 
 
-def test_unreachable_dsn_changes_no_outcome(
-    make_app: Any, in_execution_order: InExecutionOrder
-) -> None:
+def test_unreachable_dsn_changes_no_outcome(make_app: Any, outcomes: Any) -> None:
     with refused_port() as port:
         # No auto-enabled integrations: CeleryIntegration, once installed, stays installed
         # for the whole test process (the worker-process tests above cover it).
@@ -241,10 +187,14 @@ def test_unreachable_dsn_changes_no_outcome(
                     name: task.apply_async((new_key(),) if name in ("snoozes", "charges") else ())
                     for name, task in tasks.items()
                 }
+                # In the order of each job's executions (the recorder's), not of arrival.
                 seen = {
-                    name: in_execution_order.wait_for(
-                        r.id, count=len(EXPECTED_OUTCOMES[name]) if name != "charges" else 1
-                    )
+                    name: [
+                        e.outcome.value
+                        for e in outcomes.wait_for(
+                            r.id, count=len(EXPECTED_OUTCOMES[name]) if name != "charges" else 1
+                        )
+                    ]
                     for name, r in results.items()
                 }
         finally:

@@ -60,6 +60,7 @@ def _gate_app() -> Any:
     return app
 
 
+@pytest.mark.usefixtures("no_shared_tasks")
 def test_cli_md_waiver_example_waives_idempotency() -> None:
     from celery_reliable import ReliableTask, cancel_on
     from celery_reliable.gates import Status, check
@@ -73,6 +74,7 @@ def test_cli_md_waiver_example_waives_idempotency() -> None:
     assert audit.passed
 
 
+@pytest.mark.usefixtures("no_shared_tasks")
 def test_cli_md_library_example_asserts_on_the_findings() -> None:
     from celery_reliable import ReliableTask
 

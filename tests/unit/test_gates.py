@@ -1,5 +1,5 @@
 """The production-readiness gates as a library call: each gate missed for the reason it
-names, waivers, the JSON shape. (The command line is tested in test_cli_check.)"""
+names, waivers, the JSON shape. (The command line is tested in test_cli_gates.)"""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from celery_reliable.errors import UnknownTask
 from celery_reliable.gates import Status, check, format_seconds
 from celery_reliable.options import GATES
 from celery_reliable.policy import make_retry_rule, retry_schedule
+
+# Each test's app audits only the tasks the test defines.
+pytestmark = pytest.mark.usefixtures("no_shared_tasks")
 
 
 class Transient(Exception):
