@@ -34,6 +34,7 @@ from rich.table import Table
 from benchmarks.observers import make_app, measure, tracer_for
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.store.history import HistoryKey, MinuteCounts, aggregate
+from celery_reliable.wiring import activate_history
 
 
 def _signal_fields() -> dict[str, Any]:
@@ -61,6 +62,7 @@ def receiver_cost(executions: int, rounds: int) -> dict[str, float]:
     task = app.tasks["bench.noop"]
     # A long interval: the background writer stays out of this measurement.
     observer = HistoryObserver(app, interval=3600.0)
+    observer.activate()  # as a worker's start does
     fields = _signal_fields()
 
     def empty(sender: Any = None, **_: Any) -> None:
@@ -106,6 +108,7 @@ def run_variant(history: bool, executions: int, rounds: int) -> float:
         reliable_history_interval=1.0,
     )
     once = tracer_for(app, ReliableTask)
+    activate_history(app)  # as a worker's start does
     setup_worker_optimizations(app, "bench@host")
     return measure(once, executions, rounds)
 

@@ -159,6 +159,23 @@ def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
     return None
 
 
+def activate_history(app: Celery) -> None:
+    """Turn the app's outcome history on in this process (a worker starts)."""
+    for observer in observers_for(app):
+        activate = getattr(observer, "activate", None)
+        if activate is not None:
+            activate()
+
+
+def _activate_history_in_pool_child(**_: Any) -> None:
+    """``worker_process_init``: a prefork child records what it runs."""
+    import sys
+
+    history = sys.modules.get("celery_reliable.observers.history")
+    if history is not None:
+        history.activate_all()
+
+
 def flush_history(app: Celery) -> None:
     """Write the app's outcome history now and stop its background writer (worker
     shutdown); nothing to do if no execution built the observers."""
@@ -237,4 +254,5 @@ def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 
 
 celery_signals.worker_init.connect(_on_worker_init, weak=False)
+celery_signals.worker_process_init.connect(_activate_history_in_pool_child, weak=False)
 celery_signals.worker_process_shutdown.connect(_flush_history_of_pool_child, weak=False)

@@ -19,7 +19,12 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable.config import settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import store_for
-from celery_reliable.wiring import flush_history, observers_for, queue_depth_sampler
+from celery_reliable.wiring import (
+    activate_history,
+    flush_history,
+    observers_for,
+    queue_depth_sampler,
+)
 
 logger = logging.getLogger("celery_reliable.worker")
 
@@ -76,6 +81,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             )
 
     def start(self, worker: Any) -> None:
+        activate_history(worker.app)
         queues = list(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
         self._sampler = queue_depth_sampler(worker.app, queues)
         if self._sampler is not None:

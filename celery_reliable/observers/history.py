@@ -1,12 +1,14 @@
 """The outcome history: counts per task, queue and minute, written to the store.
 
-The execution only appends one tuple to a deque (thread-safe, no lock, well under a
-microsecond); a background thread of the same process sums the tuples per minute and
-writes them every ``reliable_history_interval`` seconds in one statement. The worker
-flushes what is left when it stops (and each prefork child when it exits), so a
-graceful shutdown loses nothing; a process killed with SIGKILL loses at most one
-interval of counts. A store that is down keeps the sums in memory (bounded) until it
-is back.
+Only worker processes record (the worker's bootstep turns the recorder on, and each
+prefork pool process when it starts): an eager ``apply()`` in a test or a script
+leaves no history and starts no thread. The execution only appends one tuple to a
+deque (thread-safe, no lock, well under a microsecond); a background thread of the
+same process sums the tuples per minute and writes them every
+``reliable_history_interval`` seconds in one statement. The worker flushes what is
+left when it stops (and each prefork child when it exits), so a graceful shutdown
+loses nothing; a process killed with SIGKILL loses at most one interval of counts. A
+store that is down keeps the sums in memory (bounded) until it is back.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class HistoryObserver(Observer):
     def __init__(self, app: Any, interval: float) -> None:
         super().__init__(app)
         self.interval = interval
+        #: Recording on: in a worker process, between its start and its stop.
+        self.active = False
         self._reset()
         _recorders.add(self)
 
@@ -64,7 +68,7 @@ class HistoryObserver(Observer):
         **_: Any,
     ) -> None:
         # The hot path, instead of Observer._outcome: a tuple and an append.
-        if sender is None or sender.app is not self.app:
+        if not self.active or sender is None or sender.app is not self.app:
             return
         self._events.append((time(), sender.name, queue, outcome.value, duration))
         if self._thread is None:
@@ -128,13 +132,20 @@ class HistoryObserver(Observer):
                 del self._pending[key]
             logger.warning("celery_reliable: dropped %d minutes of outcome history", excess)
 
+    def activate(self) -> None:
+        """Start recording (a worker process starts); the writer thread starts with
+        the first execution."""
+        self.active = True
+
     def stop(self) -> None:
-        """Stop the background thread after a last flush (worker shutdown). An
-        execution recorded later (a worker started again) starts a new one."""
+        """Stop recording and the writer thread, after a last flush (worker shutdown)."""
         with self._flush_lock:
+            self.active = False
             self._stopped.set()
             self._stopped = threading.Event()
-            self._thread = None
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
         try:
             self.flush()
         except Exception:
@@ -157,6 +168,12 @@ def _flush_every(
         except Exception:
             logger.exception("celery_reliable: writing the outcome history failed")
         del observer
+
+
+def activate_all(**_: Any) -> None:
+    """Turn on every recorder of this process: a prefork pool process starts."""
+    for observer in list(_recorders):
+        observer.activate()
 
 
 def flush_all(**_: Any) -> None:

@@ -5,6 +5,7 @@ pool and prefork children), pruned by the worker, kept while the store is down."
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -133,12 +134,10 @@ def test_counts_are_kept_while_the_store_is_down_and_written_when_it_is_back(
         return n
 
     caplog.set_level(logging.INFO, logger="celery_reliable.history")
-    for n in range(5):
-        assert work.apply((n,)).get() == n
-    flush_history(app)  # the directory does not exist: the store is down
-    for n in range(3):
-        work.apply((n,))
-    flush_history(app)
+    # The directory does not exist: the store is down for the whole run.
+    with embedded_worker(app):
+        _run_burst(work, 8)
+    flush_history(app)  # still down: a second attempt, no second warning
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, "one warning per outage, not one per attempt"
     assert "kept in memory until the store is back" in warnings[0].getMessage()
@@ -152,12 +151,20 @@ def test_counts_are_kept_while_the_store_is_down_and_written_when_it_is_back(
 
 def test_history_off_writes_nothing(make_app: Any, tmp_path: Path) -> None:
     app, work = _burst_app(
-        make_app,
-        "hist-off",
-        f"sqlite:///{tmp_path}/store.sqlite3",
-        reliable_history=False,
+        make_app, "hist-off", f"sqlite:///{tmp_path}/store.sqlite3", reliable_history=False
     )
+    with embedded_worker(app):
+        _run_burst(work, 4)
+    assert store_for(app).history.summary(work.name).executions == 0
+
+
+def test_eager_calls_record_nothing_and_start_no_thread(make_app: Any, tmp_path: Path) -> None:
+    """Only workers keep history: a test's or a script's apply() leaves none, and no
+    writer thread outlives it (Celery's own suite checks that no test leaks a thread)."""
+    app, work = _burst_app(make_app, "hist-eager", f"sqlite:///{tmp_path}/store.sqlite3")
+    before = set(threading.enumerate())
     for n in range(1, 4):
-        work.apply((n,))
+        assert work.apply((n,)).get() == n
+    assert set(threading.enumerate()) - before == set()
     flush_history(app)
     assert store_for(app).history.summary(work.name).executions == 0
