@@ -132,6 +132,19 @@ def settings_for(app: Celery) -> ReliableSettings:
     return cached
 
 
+def configured_database_url(app: Celery) -> str | None:
+    """``reliable_database_url`` as ``app.conf`` holds it now (not as first read):
+    to notice a change made after the app was used."""
+    conf = app.conf
+    prefix = conf.prefix or ""
+    for key in (f"{prefix}RELIABLE_DATABASE_URL" if prefix else "", "reliable_database_url"):
+        if key and key in conf:
+            value = conf[key]
+            return None if value in (None, "") else str(value)
+    default: str = DEFAULTS["reliable_database_url"]
+    return default
+
+
 def forget_settings(app: Celery) -> None:
     """Drop the cached settings (tests that change ``app.conf`` after first use)."""
     app.__dict__.pop(_CACHE_ATTR, None)

@@ -159,6 +159,18 @@ def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
     return None
 
 
+def forget_observers(app: Celery) -> None:
+    """Disconnect the app's observers and forget them (``testing.reset``): the next
+    execution builds them again from the settings."""
+    with _lock:
+        observers = app.__dict__.pop(_OBSERVERS_ATTR, None) or ()
+    for observer in observers:
+        stop = getattr(observer, "stop", None)
+        if stop is not None:
+            stop()
+        observer.disconnect()
+
+
 def activate_history(app: Celery) -> None:
     """Turn the app's outcome history on in this process (a worker starts)."""
     for observer in observers_for(app):

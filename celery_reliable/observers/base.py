@@ -34,6 +34,11 @@ class Observer:
         if type(self).on_outcome is not Observer.on_outcome:
             task_outcome.connect(self._outcome, dispatch_uid=uid)
 
+    def disconnect(self) -> None:
+        uid = f"celery_reliable:{type(self).__qualname__}:{id(self)}"
+        execution_started.disconnect(dispatch_uid=uid)
+        task_outcome.disconnect(dispatch_uid=uid)
+
     def _started(self, sender: Any = None, **fields: Any) -> None:
         if sender is None or sender.app is not self.app:
             return

@@ -59,6 +59,9 @@ class HistoryObserver(Observer):
     def connect(self) -> None:
         task_outcome.connect(self._outcome, dispatch_uid=f"celery_reliable:history:{id(self)}")
 
+    def disconnect(self) -> None:
+        task_outcome.disconnect(dispatch_uid=f"celery_reliable:history:{id(self)}")
+
     def _outcome(
         self,
         sender: Any = None,

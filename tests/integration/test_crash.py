@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
+from celery_reliable.testing import reset
 from tests.conftest import new_redis_db
 from tests.integration.effects import effects
 from tests.integration.recording import recorded
@@ -39,8 +40,7 @@ def worker(broker: str, module_store_url: str) -> Iterator[WorkerProcess]:
     from tests.integration import crash_app
 
     crash_app.app.conf.reliable_database_url = module_store_url
-    crash_app.app.__dict__.pop("_reliable_store", None)
-    crash_app.app.__dict__.pop("_reliable_settings", None)
+    reset(crash_app.app)  # the module-scoped store of the other parameter was used before
     crash_app.create_tables()
     with celery_worker("tests.integration.crash_app", env, concurrency=2) as process:
         yield process

@@ -1,0 +1,55 @@
+"""``celery_reliable.testing`` and its pytest plugin, as a user's test suite uses them:
+run by pytester in a pytest process of its own, with the plugin loaded through its
+``pytest11`` entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
+
+
+def shop_module() -> str:
+    """The test module docs/testing.md shows, as a reader would copy it."""
+    text = DOCS.read_text()
+    block = text[text.index("<!-- testing-example -->") : text.index("<!-- /testing-example -->")]
+    return block[block.index("```python\n") + len("```python\n") : block.rindex("```")]
+
+
+def test_a_users_suite_with_the_plugin(pytester: Any) -> None:
+    pytester.makepyfile(test_shop=shop_module())
+    result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+
+
+def test_the_plugin_works_beside_pytest_celery(pytester: Any) -> None:
+    """pytest-celery's plugin (``celery``) enabled too: our fixtures do not clash."""
+    pytester.makepyfile(test_shop=shop_module())
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+
+
+def test_a_store_url_set_after_first_use_is_refused_until_reset(tmp_path: Path) -> None:
+    from celery import Celery
+    from celery.exceptions import ImproperlyConfigured
+
+    from celery_reliable.store import store_for
+    from celery_reliable.testing import reset
+
+    app = Celery("late-url", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = None
+    assert store_for(app) is None
+    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/store.sqlite3"
+    with pytest.raises(ImproperlyConfigured, match=r"changed from None to 'sqlite:///"):
+        store_for(app)
+    reset(app)
+    store = store_for(app)
+    assert store is not None and store.url.endswith("/store.sqlite3")
+    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/other.sqlite3"
+    with pytest.raises(ImproperlyConfigured, match=r"celery_reliable\.testing\.reset"):
+        store_for(app)
