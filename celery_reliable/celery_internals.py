@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Task, _state
 
-__all__ = ["actual_ignore_result", "task_stack"]
+__all__ = ["actual_ignore_result", "task_stack", "time_limits"]
 
 #: The stack behind ``celery.current_task`` (a ``LocalStack``; the tracer pushes the
 #: running task on it). Unchanged from Celery 3 to 5.7; not in the type stubs.
@@ -42,3 +42,17 @@ def _lookup_actual_ignore_result() -> Callable[[Any, Any], bool]:
 
 #: ``actual_ignore_result(task, request) -> bool``, as this Celery's tracer decides it.
 actual_ignore_result: Callable[[Any, Any], bool] = _lookup_actual_ignore_result()
+
+
+def time_limits(task: Any, app: Any) -> tuple[float | None, float | None]:
+    """``(soft, hard)`` seconds the worker enforces for ``task``: its own options, else
+    the app's ``task_soft_time_limit`` / ``task_time_limit``.
+
+    Celery 5.5+ copies the app's limits onto the task when it binds it; 5.4 does not
+    (the worker reads the setting itself), so the task's attributes alone would say
+    "no limit" on 5.4 for a limit set app-wide.
+    """
+    conf = app.conf
+    soft = task.soft_time_limit or conf.get("task_soft_time_limit")
+    hard = task.time_limit or conf.get("task_time_limit")
+    return (float(soft) if soft else None, float(hard) if hard else None)

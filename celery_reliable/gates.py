@@ -23,6 +23,7 @@ from typing import Any
 
 from celery import Celery
 
+from celery_reliable.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
@@ -381,7 +382,7 @@ def _idempotency(
 def _timeout(
     task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
 ) -> GateResult:
-    soft, hard = task.soft_time_limit, task.time_limit
+    soft, hard = time_limits(task, task.app)
     if soft or hard:
         parts = []
         if soft:
@@ -420,7 +421,7 @@ def _delivery(
     if vt is not None:
         where = f"visibility_timeout {format_seconds(vt)} ({broker.transport})"
         if acks_late:
-            hard = task.time_limit
+            _, hard = time_limits(task, task.app)
             if not hard:
                 return GateResult(
                     "delivery",

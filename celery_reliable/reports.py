@@ -17,6 +17,7 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import metrics
+from celery_reliable.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable, UnknownTask
 from celery_reliable.gates import (
@@ -115,8 +116,8 @@ def _design(app: Celery, task: ReliableTask, broker: BrokerFacts) -> dict[str, A
         "module": type(task).__module__ if type(task).__module__ != "celery.app.base" else None,
         "queue": queue_of(app, task),
         "timeout": task.timeout,
-        "soft_time_limit": task.soft_time_limit,
-        "time_limit": task.time_limit,
+        "soft_time_limit": time_limits(task, app)[0],
+        "time_limit": time_limits(task, app)[1],
         "idempotency": idempotency,
         "unique": None
         if unique is None

@@ -141,14 +141,16 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         from celery_reliable.claims import lease_seconds
 
         if cls._reliable_key is not None:
-            # Bound, time_limit includes the app's task_time_limit.
-            if not cls.time_limit:
+            from celery_reliable.celery_internals import time_limits
+
+            _, hard = time_limits(cls, app)
+            if not hard:
                 raise ImproperlyConfigured(
                     f"task {cls.name}: idempotency_key needs timeout= (or time_limit=): "
                     "a claim's lease is derived from it, so that a live worker is always "
                     "stopped by its hard limit before another can take its key over"
                 )
-            cls._reliable_lease = lease_seconds(float(cls.time_limit))
+            cls._reliable_lease = lease_seconds(hard)
         wiring.install(app)
 
     def apply_async(

@@ -36,8 +36,28 @@ from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import RetryRule
 from celery_reliable.signals import task_outcome
 from celery_reliable.task import ReliableTask
+from celery_reliable.testing.enqueued import (
+    DrainLoop,
+    Enqueued,
+    all_enqueued,
+    assert_enqueued,
+    capture,
+    drain,
+    refute_enqueued,
+)
 
-__all__ = ["Performed", "perform_task", "reset"]
+__all__ = [
+    "DrainLoop",
+    "Enqueued",
+    "Performed",
+    "all_enqueued",
+    "assert_enqueued",
+    "capture",
+    "drain",
+    "perform_task",
+    "refute_enqueued",
+    "reset",
+]
 
 
 @dataclass(frozen=True)

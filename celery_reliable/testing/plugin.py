@@ -13,6 +13,9 @@ Fixtures:
     app's own setting comes back after the test. Yields the
     :class:`~celery_reliable.store.Store`.
 
+Around every test it keeps what is published (``celery_reliable.testing.capture``),
+for ``assert_enqueued``, ``refute_enqueued``, ``all_enqueued`` and ``drain``.
+
 It defines no Celery worker or app fixture, so it lives beside ``celery.contrib.pytest``
 and pytest-celery alike.
 """
@@ -26,7 +29,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_reliable.testing import reset
+from celery_reliable.testing import capture, reset
 
 _UNSET = object()
 
@@ -63,3 +66,10 @@ def reliable_db(reliable_app: Celery, tmp_path: Path) -> Iterator[Any]:
             conf.pop(key, None)
         else:
             conf[key] = before
+
+
+@pytest.fixture(autouse=True)
+def _reliable_capture(reliable_app: Celery) -> Iterator[None]:
+    """Each test sees only what it published; ``drain`` runs it with ``reliable_app``."""
+    with capture(reliable_app):
+        yield

@@ -14,24 +14,30 @@ pytestmark = pytest.mark.integration
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
-def shop_module() -> str:
-    """The test module docs/testing.md shows, as a reader would copy it."""
+def docs_module(marker: str = "testing-example") -> str:
+    """A test module docs/testing.md shows, as a reader would copy it."""
     text = DOCS.read_text()
-    block = text[text.index("<!-- testing-example -->") : text.index("<!-- /testing-example -->")]
+    block = text[text.index(f"<!-- {marker} -->") : text.index(f"<!-- /{marker} -->")]
     return block[block.index("```python\n") + len("```python\n") : block.rindex("```")]
 
 
 def test_a_users_suite_with_the_plugin(pytester: Any) -> None:
-    pytester.makepyfile(test_shop=shop_module())
+    pytester.makepyfile(test_shop=docs_module())
     result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=6)
 
 
 def test_the_plugin_works_beside_pytest_celery(pytester: Any) -> None:
     """pytest-celery's plugin (``celery``) enabled too: our fixtures do not clash."""
-    pytester.makepyfile(test_shop=shop_module())
+    pytester.makepyfile(test_shop=docs_module())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=6)
+
+
+def test_enqueued_and_drain_as_the_docs_show(pytester: Any) -> None:
+    pytester.makepyfile(test_orders=docs_module("testing-enqueue-example"))
+    result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
 
 
 def test_a_store_url_set_after_first_use_is_refused_until_reset(tmp_path: Path) -> None:

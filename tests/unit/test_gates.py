@@ -339,3 +339,14 @@ def test_json_shape() -> None:
 )
 def test_format_seconds(seconds: float, text: str) -> None:
     assert format_seconds(seconds) == text
+
+
+def test_an_app_wide_time_limit_serves_an_idempotency_key() -> None:
+    # Celery 5.4 leaves the app's task_time_limit off the task; the lease still uses it.
+    from celery_reliable.claims import lease_seconds
+
+    app = make_app(task_time_limit=60)
+    good_task(app, "t.keyed", timeout=None)
+    task = app.tasks["t.keyed"]
+    assert task._reliable_lease == lease_seconds(60)
+    assert check(app).task("t.keyed").gate("timeout").reason == "time limits: hard 1m"
