@@ -48,9 +48,9 @@ def time_limits(task: Any, app: Any) -> tuple[float | None, float | None]:
     """``(soft, hard)`` seconds the worker enforces for ``task``: its own options, else
     the app's ``task_soft_time_limit`` / ``task_time_limit``.
 
-    Celery 5.5+ copies the app's limits onto the task when it binds it; 5.4 does not
-    (the worker reads the setting itself), so the task's attributes alone would say
-    "no limit" on 5.4 for a limit set app-wide.
+    Celery 5.7 copies the app's limits onto the task when it binds it; 5.4 and 5.5 do
+    not (their worker reads the setting itself), so there the task's attributes alone
+    would say "no limit" for a limit set app-wide.
     """
     conf = app.conf
     soft = task.soft_time_limit or conf.get("task_soft_time_limit")
