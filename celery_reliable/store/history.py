@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -17,12 +18,18 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 
+from celery_reliable.errors import StoreUnavailable
 from celery_reliable.store.engine import rowcount, run_statement, single_statement_engine
 from celery_reliable.store.schema import DURATION_BOUNDS, DURATION_BUCKETS, outcome_history
 from celery_reliable.store.timeutil import utcnow
 
 #: Rows per statement: SQLite allows 32766 bound parameters, each row has 18.
 BATCH_ROWS = 1000
+
+#: Tries of a write that PostgreSQL aborted to break a deadlock or a serialization
+#: conflict with another writer (it is safe to run again: nothing was written).
+DEADLOCK_RETRIES = 3
+_RACE_SQLSTATES = frozenset({"40P01", "40001"})
 
 _KEY = ("task_name", "minute", "queue", "outcome")
 _SUMMED = ("count", "duration_count", "duration_sum", *DURATION_BUCKETS)
@@ -120,11 +127,22 @@ class OutcomeHistory:
 
     def add(self, rows: Mapping[HistoryKey, MinuteCounts]) -> int:
         """Add the counts to the store (summed into rows other workers wrote)."""
-        items = list(rows.items())
+        # In key order: workers writing the same minutes at once (prefork children
+        # exiting together) then lock the rows in one order, and cannot deadlock.
+        items = sorted(rows.items(), key=lambda item: item[0])
         for start in range(0, len(items), BATCH_ROWS):
             batch = items[start : start + BATCH_ROWS]
             statement = self._upsert([_values(key, counts) for key, counts in batch])
-            run_statement(self._single, "writing the outcome history", statement, None, rowcount)
+            for attempt in range(1, DEADLOCK_RETRIES + 1):
+                try:
+                    run_statement(
+                        self._single, "writing the outcome history", statement, None, rowcount
+                    )
+                    break
+                except StoreUnavailable as exc:
+                    if attempt == DEADLOCK_RETRIES or not _lost_a_race(exc):
+                        raise
+                    time.sleep(0.05 * attempt)
         return len(items)
 
     def _upsert(self, values: list[dict[str, Any]]) -> Any:
@@ -185,6 +203,14 @@ class OutcomeHistory:
         cutoff = (now or utcnow()) - timedelta(seconds=retention_seconds)
         statement = delete(outcome_history).where(outcome_history.c.minute < cutoff)
         return run_statement(self._engine, "pruning the outcome history", statement, None, rowcount)
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    """The database aborted the statement to break a deadlock or a serialization
+    conflict (SQLSTATE 40P01, 40001)."""
+    cause = getattr(exc.__cause__, "orig", None)
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return code in _RACE_SQLSTATES
 
 
 def _all(result: Any) -> list[Any]:

@@ -168,3 +168,45 @@ def test_eager_calls_record_nothing_and_start_no_thread(make_app: Any, tmp_path:
     assert set(threading.enumerate()) - before == set()
     flush_history(app)
     assert store_for(app).history.summary(work.name).executions == 0
+
+
+def test_writers_of_the_same_minutes_at_once_sum_without_deadlock(store_url: str) -> None:
+    """Prefork children exiting together write the same rows at once, each in the
+    order it first saw the outcomes: on PostgreSQL, two writers locking the same rows
+    in opposite orders deadlocked (found by the version matrix)."""
+    from celery import Celery
+
+    app = Celery("hist-race", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = store_url
+    history = ready_store(app).history
+    minute = utcnow().replace(second=0, microsecond=0)
+    keys = [("race.task", minute, "celery", outcome) for outcome in ("succeeded", "discarded")]
+    rounds = 150
+    errors: list[BaseException] = []
+    together = threading.Barrier(2)
+
+    def writer(order: list[Any]) -> None:
+        try:
+            for _ in range(rounds):
+                rows = {}
+                for key in order:
+                    counts = MinuteCounts()
+                    counts.add(0.01)
+                    rows[key] = counts
+                together.wait(10)
+                history.add(rows)
+        except BaseException as exc:
+            errors.append(exc)
+            together.abort()
+
+    threads = [threading.Thread(target=writer, args=(order,)) for order in (keys, keys[::-1])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    rows = history.minutes("race.task", since=minute)
+    assert {outcome: count for _, _, _, outcome, count in rows} == {
+        "succeeded": 2 * rounds,
+        "discarded": 2 * rounds,
+    }
