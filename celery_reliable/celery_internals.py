@@ -48,7 +48,7 @@ def time_limits(task: Any, app: Any) -> tuple[float | None, float | None]:
     """``(soft, hard)`` seconds the worker enforces for ``task``: its own options, else
     the app's ``task_soft_time_limit`` / ``task_time_limit``.
 
-    Celery 5.7 copies the app's limits onto the task when it binds it; 5.4 and 5.5 do
+    Celery 5.7 copies the app's limits onto the task when it binds it; 5.4 to 5.6 do
     not (their worker reads the setting itself), so there the task's attributes alone
     would say "no limit" for a limit set app-wide.
     """

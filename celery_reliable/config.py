@@ -132,17 +132,25 @@ def settings_for(app: Celery) -> ReliableSettings:
     return cached
 
 
-def configured_database_url(app: Celery) -> str | None:
-    """``reliable_database_url`` as ``app.conf`` holds it now (not as first read):
-    to notice a change made after the app was used."""
-    conf = app.conf
-    prefix = conf.prefix or ""
-    for key in (f"{prefix}RELIABLE_DATABASE_URL" if prefix else "", "reliable_database_url"):
-        if key and key in conf:
-            value = conf[key]
-            return None if value in (None, "") else str(value)
-    default: str = DEFAULTS["reliable_database_url"]
-    return default
+def refuse_a_changed_database_url(app: Celery) -> None:
+    """Settings are read once per app: a ``reliable_database_url`` changed after that
+    would be ignored, and every write would still go to the first database. Raise
+    instead. Read the way ``settings_for`` reads it (every spelling, every namespace);
+    called where a test changes settings (eager ``apply()``, ``perform_task``,
+    ``drain``), never on a worker's per-execution path."""
+    cached: ReliableSettings | None = app.__dict__.get(_CACHE_ATTR)
+    if cached is None:
+        return
+    values, _ = _reliable_keys(app)
+    now = {**DEFAULTS, **values}["reliable_database_url"]
+    now = None if now in (None, "") else now
+    if now != cached.database_url:
+        raise ImproperlyConfigured(
+            f"reliable_database_url changed from {cached.database_url!r} to {now!r} after "
+            "the app first used its settings; celery_reliable reads them once per app: "
+            "set it before the first use, or call celery_reliable.testing.reset(app) "
+            "after changing it (the reliable_db fixture does)"
+        )
 
 
 def forget_settings(app: Celery) -> None:

@@ -196,7 +196,10 @@ class BrokerFacts:
 
     @classmethod
     def of(cls, app: Celery) -> BrokerFacts:
-        url = app.conf.broker_write_url or app.conf.broker_url or "amqp://"
+        # The consumer's side holds unacknowledged messages: the read URL.
+        url = app.conf.broker_read_url or app.conf.broker_url or "amqp://"
+        if isinstance(url, (list, tuple)):
+            url = url[0] if url else "amqp://"
         first = str(url).split(";", 1)[0]
         scheme = first.split("://", 1)[0] if "://" in first else first
         transport = scheme.split("+", 1)[0].lower()

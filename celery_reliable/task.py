@@ -22,7 +22,7 @@ from celery_reliable import options as task_options
 from celery_reliable import wiring  # connects its signal receivers on import
 from celery_reliable.backoff import exponential
 from celery_reliable.celery_internals import task_stack
-from celery_reliable.config import settings_for
+from celery_reliable.config import refuse_a_changed_database_url, settings_for
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.execution import Execution, current_execution, pop_eager_outcome
 from celery_reliable.headers import HEADER
@@ -252,6 +252,9 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         # A misspelt reliable_* setting fails here as it does at worker start (once:
         # the settings are cached), not inside a signal receiver that would log it.
         settings_for(self.app)
+        # Eager calls are where tests change settings: a store URL changed after first
+        # use is refused here (a worker never re-reads them).
+        refuse_a_changed_database_url(self.app)
         result = super().apply(args, kwargs, *apply_args, **options)
         stored = pop_eager_outcome(result.id)
         if stored is not None and str(result.state) == IGNORED:

@@ -188,13 +188,24 @@ def _activate_history_in_pool_child(**_: Any) -> None:
         history.activate_all()
 
 
-def flush_history(app: Celery) -> None:
-    """Write the app's outcome history now and stop its background writer (worker
-    shutdown); nothing to do if no execution built the observers."""
+def flush_history(app: Celery, *, final: bool = True) -> None:
+    """Write the app's outcome history now; ``final``: and stop recording and the
+    background writer. Nothing to do if no execution built the observers."""
     for observer in app.__dict__.get(_OBSERVERS_ATTR) or ():
-        stop = getattr(observer, "stop", None)
-        if stop is not None:
-            stop()
+        if getattr(observer, "stop", None) is None:
+            continue
+        if final:
+            observer.stop()
+        else:
+            observer.flush()
+
+
+def _flush_history_at_worker_shutdown(sender: Any = None, **_: Any) -> None:
+    """``worker_shutdown`` (a warm shutdown, sent once the pool has finished): the
+    executions of a thread pool that ended during the shutdown are written too."""
+    app = getattr(sender, "app", None)
+    if app is not None:
+        flush_history(app)
 
 
 def _flush_history_of_pool_child(**_: Any) -> None:
@@ -268,3 +279,4 @@ def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
 celery_signals.worker_init.connect(_on_worker_init, weak=False)
 celery_signals.worker_process_init.connect(_activate_history_in_pool_child, weak=False)
 celery_signals.worker_process_shutdown.connect(_flush_history_of_pool_child, weak=False)
+celery_signals.worker_shutdown.connect(_flush_history_at_worker_shutdown, weak=False)

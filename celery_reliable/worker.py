@@ -97,9 +97,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             )
 
     def stop(self, worker: Any) -> None:
-        # The executions this process counted since the last write (solo and thread
-        # pools, the main process of prefork; each prefork child flushes on exit).
-        flush_history(worker.app)
+        # A warm shutdown stops this step before the pool, whose threads may still be
+        # running tasks: write what is counted, and write the rest, and stop, on
+        # worker_shutdown (wiring). Each prefork child writes its own as it exits.
+        flush_history(worker.app, final=False)
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
@@ -109,8 +110,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
 
     def terminate(self, worker: Any) -> None:
         # A cold shutdown (and an embedded test worker's exit) terminates the steps
-        # instead of stopping them: the same clean-up, the history written.
+        # instead of stopping them, and sends no worker_shutdown: the same clean-up,
+        # and the history's last write.
         self.stop(worker)
+        flush_history(worker.app)
 
     def prune(self) -> None:
         store = self.store

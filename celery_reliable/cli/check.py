@@ -12,8 +12,10 @@ import sys
 import click
 from celery.exceptions import ImproperlyConfigured
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from celery_reliable.cli.common import one_line
 from celery_reliable.errors import UnknownTask
 from celery_reliable.gates import Findings, Status, check, format_seconds
 from celery_reliable.options import GATES
@@ -38,10 +40,12 @@ def check_command(ctx: click.Context, task_name: str | None, as_json_: bool) -> 
     """
     from celery_reliable.cli import app_of
 
-    app = app_of(ctx)
     try:
+        app = app_of(ctx)
         findings = check(app, task=task_name)
-    except (UnknownTask, ImproperlyConfigured) as exc:
+    except (UnknownTask, ImproperlyConfigured, ValueError, TypeError) as exc:
+        # An unknown task, a bad setting, or a task class that cannot be built (a
+        # misspelt option or waive= gate): one line, not a traceback.
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
     if not findings.tasks:
         # Most often `-A` is missing and Celery fell back to its empty default app: an
@@ -73,7 +77,7 @@ def _print_table(findings: Findings) -> None:
     out.add_column("retry window", justify="right")
     for audit in findings.tasks:
         out.add_row(
-            audit.task,
+            escape(audit.task),
             *(_CELLS[result.status] for result in audit.gates),
             _window(audit.retry_window),
         )
@@ -92,7 +96,10 @@ def _print_table(findings: Findings) -> None:
         if lines:
             console.print(f"\n[bold]{title}[/]")
             for task, result in lines:
-                console.print(f"  {task}  [bold]{result.gate}[/]: {result.reason}", highlight=False)
+                console.print(
+                    f"  {escape(task)}  [bold]{result.gate}[/]: {escape(result.reason)}",
+                    highlight=False,
+                )
     console.print()
     console.print(_summary(findings), highlight=False)
 
@@ -102,7 +109,8 @@ def _print_lines(findings: Findings) -> None:
     click.echo("task\tgate\tstatus\treason")
     for audit in findings.tasks:
         for result in audit.gates:
-            click.echo(f"{audit.task}\t{result.gate}\t{result.status}\t{result.reason}")
+            cells = (audit.task, result.gate, str(result.status), result.reason)
+            click.echo("\t".join(one_line(cell) for cell in cells))
     click.echo(_summary(findings))
 
 

@@ -50,7 +50,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     if not sys.stdout.isatty():
         click.echo("\t".join(columns))
         for row in rows:
-            click.echo("\t".join(_one_line("" if cell is None else str(cell)) for cell in row))
+            click.echo("\t".join(one_line("" if cell is None else str(cell)) for cell in row))
         return
     out = Table(title=title)
     for column in columns:
@@ -60,7 +60,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     Console().print(out)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     # A value's own tabs and line breaks would split the row: written as \t and \n.
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 

@@ -26,7 +26,7 @@ def report_command(ctx: click.Context, task_name: str, as_json_: bool) -> None:
 
     try:
         report = build_report(app_of(ctx), task_name)
-    except (UnknownTask, ImproperlyConfigured) as exc:
+    except (UnknownTask, ImproperlyConfigured, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from exc
     if as_json_:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

@@ -5,9 +5,9 @@ prefork pool process when it starts): an eager ``apply()`` in a test or a script
 leaves no history and starts no thread. The execution only appends one tuple to a
 deque (thread-safe, no lock, well under a microsecond); a background thread of the
 same process sums the tuples per minute and writes them every
-``reliable_history_interval`` seconds in one statement. The worker flushes what is
-left when it stops (and each prefork child when it exits), so a graceful shutdown
-loses nothing; a process killed with SIGKILL loses at most one interval of counts. A
+``reliable_history_interval`` seconds in one statement. The worker writes what is
+left when its pool has finished (and each prefork child when it exits), so a warm
+shutdown loses nothing; a process killed with SIGKILL loses at most one interval of counts. A
 store that is down keeps the sums in memory (bounded) until it is back.
 """
 
@@ -79,7 +79,7 @@ class HistoryObserver(Observer):
 
     def _start(self) -> None:
         with self._flush_lock:
-            if self._thread is not None:
+            if self._thread is not None or not self.active:
                 return
             thread = threading.Thread(
                 target=_flush_every,
@@ -122,6 +122,15 @@ class HistoryObserver(Observer):
                 self._failing = True
                 self._trim()
                 return 0
+            except Exception:
+                # Not an outage: rows the database refuses (a name longer than its
+                # column) would be refused at every flush. Dropped, said once.
+                logger.exception(
+                    "celery_reliable: %d outcome-history rows cannot be written; dropped",
+                    len(self._pending),
+                )
+                self._pending = {}
+                return 0
             if self._failing:
                 logger.info("celery_reliable: outcome history written again")
             self._failing = False
@@ -141,7 +150,8 @@ class HistoryObserver(Observer):
         self.active = True
 
     def stop(self) -> None:
-        """Stop recording and the writer thread, after a last flush (worker shutdown)."""
+        """Stop recording and the writer thread, after a last flush (the worker has
+        stopped, its pool included)."""
         with self._flush_lock:
             self.active = False
             self._stopped.set()
@@ -181,7 +191,7 @@ def activate_all(**_: Any) -> None:
 
 def flush_all(**_: Any) -> None:
     """Flush every recorder of this process: a pool child exiting, the interpreter
-    exiting (eager scripts)."""
+    exiting with a worker that never stopped (an embedded one left running)."""
     for observer in list(_recorders):
         observer.stop()
 

@@ -20,7 +20,7 @@ from celery import Celery
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from celery_reliable.config import configured_database_url, settings_for
+from celery_reliable.config import settings_for
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
@@ -128,11 +128,9 @@ def store_for(app: Celery) -> Store | None:
     """The app's store in this process, or None when ``reliable_database_url`` is None."""
     store: Store | None = app.__dict__.get(_STORE_ATTR)
     if store is not None and store.pid == os.getpid():
-        _refuse_a_changed_url(app, store.url)
         return store
     url = settings_for(app).database_url
     if url is None:
-        _refuse_a_changed_url(app, None)
         return None
     with _lock:
         store = app.__dict__.get(_STORE_ATTR)
@@ -145,21 +143,6 @@ def store_for(app: Celery) -> Store | None:
             store = Store(app, url)
             setattr(app, _STORE_ATTR, store)
     return store
-
-
-def _refuse_a_changed_url(app: Celery, url: str | None) -> None:
-    """Settings are read once per app: a URL changed after the store was first used
-    would be ignored, and every write would still go to the first database."""
-    now = configured_database_url(app)
-    if now != url:
-        from celery.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured(
-            f"reliable_database_url changed from {url!r} to {now!r} after the app's store "
-            "was first used; celery_reliable reads its settings once per app: set it "
-            "before the first use, or call celery_reliable.testing.reset(app) after "
-            "changing it (the reliable_db fixture does)"
-        )
 
 
 def forget_store(app: Celery) -> None:

@@ -23,8 +23,8 @@ from celery_reliable.store.engine import rowcount, run_statement, single_stateme
 from celery_reliable.store.schema import DURATION_BOUNDS, DURATION_BUCKETS, outcome_history
 from celery_reliable.store.timeutil import utcnow
 
-#: Rows per statement: SQLite allows 32766 bound parameters, each row has 18.
-BATCH_ROWS = 1000
+#: Rows per statement: each row has 18 bound parameters, well within SQLite's 32766.
+BATCH_ROWS = 500
 
 #: Tries of a write that PostgreSQL aborted to break a deadlock or a serialization
 #: conflict with another writer (it is safe to run again: nothing was written).
@@ -125,8 +125,10 @@ class OutcomeHistory:
         greatest = func.max if engine.dialect.name == "sqlite" else func.greatest
         self._greatest = greatest
 
-    def add(self, rows: Mapping[HistoryKey, MinuteCounts]) -> int:
-        """Add the counts to the store (summed into rows other workers wrote)."""
+    def add(self, rows: dict[HistoryKey, MinuteCounts]) -> int:
+        """Add the counts to the store (summed into rows other workers wrote), one
+        statement per ``BATCH_ROWS``. Each batch written is removed from ``rows``, so
+        that after a failure ``rows`` holds only what is still to write."""
         # In key order: workers writing the same minutes at once (prefork children
         # exiting together) then lock the rows in one order, and cannot deadlock.
         items = sorted(rows.items(), key=lambda item: item[0])
@@ -138,6 +140,8 @@ class OutcomeHistory:
                     run_statement(
                         self._single, "writing the outcome history", statement, None, rowcount
                     )
+                    for key, _ in batch:
+                        del rows[key]
                     break
                 except StoreUnavailable as exc:
                     if attempt == DEADLOCK_RETRIES or not _lost_a_race(exc):

@@ -29,7 +29,11 @@ from celery import Celery
 from celery.app.trace import build_tracer
 from celery.utils import uuid
 
-from celery_reliable.config import forget_settings, settings_for
+from celery_reliable.config import (
+    forget_settings,
+    refuse_a_changed_database_url,
+    settings_for,
+)
 from celery_reliable.execution import pop_eager_outcome
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Outcome
@@ -102,6 +106,7 @@ def perform_task(
         raise ValueError(f"attempt must be an int >= 1 (1 is the first execution), got {attempt!r}")
     app = task.app
     settings = settings_for(app)  # a misspelt setting fails here, as at worker start
+    refuse_a_changed_database_url(app)
     task_id = task_id or uuid()
     args = tuple(args or ())
     kwargs = dict(kwargs or {})

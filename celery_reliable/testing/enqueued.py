@@ -273,7 +273,10 @@ def _task_named(name: str, app: Any) -> Any:
 def _run(job: Enqueued, app: Any) -> None:
     from celery.app.trace import build_tracer
 
+    from celery_reliable.config import refuse_a_changed_database_url
+
     task = _task_named(job.task, app)
+    refuse_a_changed_database_url(task.app)
     request = {
         **{k: v for k, v in job.headers.items() if k not in ("eta", "countdown")},
         "id": job.id,

@@ -260,3 +260,37 @@ def test_check_of_an_app_without_reliable_tasks_fails() -> None:
         "Error: no ReliableTask in the app 'empty': run `celery -A proj reliable check` "
         "with the module that defines the app and imports its tasks"
     )
+
+
+@pytest.mark.usefixtures("no_shared_tasks")
+def test_piped_check_keeps_a_reason_with_line_breaks_on_its_line(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+
+    @app.task(
+        base=ReliableTask,
+        shared=False,
+        name="runner.multi",
+        timeout=5,
+        waive={"idempotency": "reads only\tand\nnothing else"},
+    )
+    def multi() -> None: ...
+
+    result = invoke(app, "check", "--task", "runner.multi")
+    assert "runner.multi\tidempotency\twaived\treads only\\tand\\nnothing else" in (
+        result.output.splitlines()
+    )
+
+
+def test_a_waive_typo_is_one_line(tmp_path: Path) -> None:
+    app = Celery("typo", broker="memory://", set_as_current=False)
+
+    @app.task(base=ReliableTask, shared=False, name="typo.task", waive={"idempotence": "x"})
+    def typo() -> None: ...
+
+    result = invoke(app, "check")
+    assert result.exit_code == 1
+    assert result.output.strip().startswith(
+        "Error: task typo.task: waive names an unknown gate 'idempotence'; did you mean "
+        "'idempotency'?"
+    )
+    assert result.output.count("\n") == 1

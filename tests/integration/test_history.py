@@ -19,7 +19,7 @@ from celery_reliable.store import store_for
 from celery_reliable.store.history import MinuteCounts
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.wiring import flush_history
-from tests.conftest import embedded_worker, new_redis_db
+from tests.conftest import embedded_worker, fresh_postgres_database, new_redis_db
 from tests.helpers import ready_store
 from tests.worker_process import celery_worker
 
@@ -138,7 +138,11 @@ def test_counts_are_kept_while_the_store_is_down_and_written_when_it_is_back(
     with embedded_worker(app):
         _run_burst(work, 8)
     flush_history(app)  # still down: a second attempt, no second warning
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name == "celery_reliable.history" and r.levelno == logging.WARNING
+    ]
     assert len(warnings) == 1, "one warning per outage, not one per attempt"
     assert "kept in memory until the store is back" in warnings[0].getMessage()
 
@@ -210,3 +214,28 @@ def test_writers_of_the_same_minutes_at_once_sum_without_deadlock(store_url: str
         "succeeded": 2 * rounds,
         "discarded": 2 * rounds,
     }
+
+
+def test_a_batch_that_fails_leaves_only_itself_to_write_again(postgres_url: str) -> None:
+    """Batches commit one by one: after a failure, what was written is not in the rows
+    left to write, so the next flush does not add it twice. (PostgreSQL refuses a task
+    name longer than its column; SQLite would store it.)"""
+    from celery import Celery
+
+    from celery_reliable.store.history import BATCH_ROWS
+
+    app = Celery("hist-batch", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = fresh_postgres_database(postgres_url)
+    history = ready_store(app).history
+    minute = utcnow().replace(second=0, microsecond=0)
+    rows = {}
+    for n in range(BATCH_ROWS + 10):
+        # Sorted by key, the over-long name comes last: in the second batch.
+        name = f"batch.t{n:05d}" if n < BATCH_ROWS + 9 else "batch.z" + "x" * 300
+        counts = MinuteCounts()
+        counts.add(0.01)
+        rows[(name, minute, "celery", "succeeded")] = counts
+    with pytest.raises(Exception, match="value too long"):
+        history.add(rows)
+    assert len(rows) == 10, "the first batch, written, is no longer among the rows to write"
+    assert history.summary(since=minute).executions == BATCH_ROWS

@@ -44,18 +44,24 @@ def test_a_store_url_set_after_first_use_is_refused_until_reset(tmp_path: Path) 
     from celery import Celery
     from celery.exceptions import ImproperlyConfigured
 
+    from celery_reliable import ReliableTask
     from celery_reliable.store import store_for
     from celery_reliable.testing import reset
 
     app = Celery("late-url", broker="memory://", set_as_current=False)
     app.conf.reliable_database_url = None
+
+    @app.task(base=ReliableTask, shared=False, name="late.echo")
+    def echo(n: int) -> int:
+        return n
+
+    assert echo.apply((1,)).get() == 1
     assert store_for(app) is None
-    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/store.sqlite3"
+    # Under Django's namespace, in upper case: read as settings_for reads it.
+    app.conf["RELIABLE_DATABASE_URL"] = f"sqlite:///{tmp_path}/store.sqlite3"
     with pytest.raises(ImproperlyConfigured, match=r"changed from None to 'sqlite:///"):
-        store_for(app)
+        echo.apply((2,))
     reset(app)
+    assert echo.apply((3,)).get() == 3
     store = store_for(app)
     assert store is not None and store.url.endswith("/store.sqlite3")
-    app.conf.reliable_database_url = f"sqlite:///{tmp_path}/other.sqlite3"
-    with pytest.raises(ImproperlyConfigured, match=r"celery_reliable\.testing\.reset"):
-        store_for(app)
