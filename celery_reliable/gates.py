@@ -27,7 +27,7 @@ from celery_reliable.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
-from celery_reliable.policy import RULES_ATTR, RetryRule, Rule, retry_schedule
+from celery_reliable.policy import RULES_ATTR, RetryRule, RetryStep, Rule, retry_schedule
 from celery_reliable.task import ReliableTask
 
 #: Brokers that hand an unacknowledged message to another consumer after a timeout,
@@ -158,10 +158,15 @@ def check(app: Celery, task: str | None = None) -> Findings:
     return Findings(tasks=audits, not_reliable=tuple(sorted(plain)) if task is None else ())
 
 
-def reliable_tasks(app: Celery) -> dict[str, Any]:
-    """The app's ReliableTasks by name."""
+def reliable_task(app: Celery, name: str) -> Any:
+    """The app's ReliableTask of that name, or ``UnknownTask`` saying what there is."""
     app.finalize(auto=True)
-    return {name: t for name, t in app.tasks.items() if isinstance(t, ReliableTask)}
+    found = app.tasks.get(name)
+    if isinstance(found, ReliableTask):
+        return found
+    audited, plain = _tasks_of(app)
+    reliable = {n: t for n, t in audited.items() if isinstance(t, ReliableTask)}
+    raise UnknownTask(unknown_task_message(name, reliable, [*plain, *audited]))
 
 
 def _tasks_of(app: Celery) -> tuple[dict[str, Any], list[str]]:
@@ -218,7 +223,7 @@ class BrokerFacts:
 def audit_task(task: Any, settings: ReliableSettings, broker: BrokerFacts) -> TaskAudit:
     """One task against every gate, its waivers applied."""
     reliable = isinstance(task, ReliableTask)
-    plan = RetryPlan.of(task, settings) if reliable else RetryPlan((), None, None)
+    plan = RetryPlan.of(task, settings) if reliable else RetryPlan((), (), None, None)
     waivers: Mapping[str, str] = getattr(task, "_reliable_waivers", {}) if reliable else {}
     results = []
     for gate in GATES:
@@ -240,6 +245,8 @@ class RetryPlan:
     """The retry rules of a task and the delays they can produce."""
 
     rules: tuple[RetryRule, ...]
+    #: Each rule's delays (``retry_schedule``), in the order of ``rules``.
+    steps: tuple[tuple[RetryStep, ...], ...]
     #: Sum of every retry's longest delay; None if a wait cannot be computed ahead.
     window: float | None
     #: The longest single delay (the largest countdown a retry publishes).
@@ -253,17 +260,13 @@ class RetryPlan:
             r for r in declared_rules(task) if isinstance(r, RetryRule)
         ) + _unclassified_rules(settings)
         if not rules:
-            return cls((), None, None)
-        window = 0.0
-        longest = 0.0
-        for rule in rules:
-            try:
-                steps = retry_schedule(rule)
-            except ValueError as exc:
-                return cls(rules, None, None, unknown=str(exc))
-            window += sum(step.max_delay for step in steps)
-            longest = max([longest, *(step.max_delay for step in steps)])
-        return cls(rules, window, longest)
+            return cls((), (), None, None)
+        try:
+            steps = tuple(tuple(retry_schedule(rule)) for rule in rules)
+        except ValueError as exc:
+            return cls(rules, (), None, None, unknown=str(exc))
+        delays = [step.max_delay for rule_steps in steps for step in rule_steps]
+        return cls(rules, steps, sum(delays), max(delays, default=0.0))
 
 
 def declared_rules(task: Any) -> list[Rule]:
@@ -320,8 +323,7 @@ def _bounded(
         return GateResult("bounded", Status.MISS, f"retry window unknown: {plan.unknown}")
     if not plan.rules:
         return GateResult("bounded", Status.PASS, "no retry rules: nothing is retried")
-    for rule in plan.rules:
-        steps = retry_schedule(rule)
+    for rule, steps in zip(plan.rules, plan.steps, strict=True):
         if len(steps) >= 2 and steps[-1].min_delay <= steps[0].min_delay:
             return GateResult(
                 "bounded",

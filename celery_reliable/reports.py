@@ -19,15 +19,14 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable import metrics
 from celery_reliable.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
-from celery_reliable.errors import MissingDependency, StoreUnavailable, UnknownTask
+from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.gates import (
     BrokerFacts,
     TaskAudit,
     audit_task,
     declared_rules,
     format_seconds,
-    reliable_tasks,
-    unknown_task_message,
+    reliable_task,
 )
 from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, retry_schedule
@@ -69,11 +68,7 @@ class Report:
 
 def build_report(app: Celery, task_name: str, *, with_store: bool = True) -> Report:
     """The report of one ReliableTask; ``UnknownTask`` for a name the app lacks."""
-    tasks = reliable_tasks(app)
-    task = tasks.get(task_name)
-    if task is None:
-        plain = [n for n in app.tasks if n not in tasks and not n.startswith("celery.")]
-        raise UnknownTask(unknown_task_message(task_name, tasks, plain))
+    task = reliable_task(app, task_name)
     settings = settings_for(app)
     broker = BrokerFacts.of(app)
     report = Report(
@@ -320,7 +315,10 @@ def _rules_markdown(rules: list[dict[str, Any]]) -> list[str]:
         f"- Transient, retried (retry_on): {'; '.join(by_kind['retry_on']) or 'none'}",
         f"- Permanent, discarded (discard_on): {'; '.join(by_kind['discard_on']) or 'none'}",
         f"- Expected, cancelled (cancel_on): {'; '.join(by_kind['cancel_on']) or 'none'}",
-        "- Built in: `StoreUnavailable` retried (10 attempts, exponential backoff capped at 60s)",
+        *(
+            f"- Built in, the store unreachable at claim time: `{rule.describe()}`"
+            for rule in ReliableTask._reliable_policy.rules
+        ),
     ]
 
 

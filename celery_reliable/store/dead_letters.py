@@ -190,9 +190,7 @@ class DeadLetters:
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
-    def counts_by_outcome(
-        self, task_name: str | None = None, since: datetime | None = None
-    ) -> dict[str, tuple[int, int]]:
+    def counts_by_outcome(self, task_name: str | None = None) -> dict[str, tuple[int, int]]:
         """``outcome -> (dead letters, of which not retried yet)``."""
         pending = func.sum(case((dead_letters.c.retried_at.is_(None), 1), else_=0))
         query = select(dead_letters.c.outcome, func.count(), pending).group_by(
@@ -200,8 +198,6 @@ class DeadLetters:
         )
         if task_name is not None:
             query = query.where(dead_letters.c.task_name == task_name)
-        if since is not None:
-            query = query.where(dead_letters.c.created_at >= since)
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return {
                 outcome: (int(total), int(waiting or 0))
