@@ -30,8 +30,6 @@ from celery_reliable.store.receipts import SUCCEEDED
 from celery_reliable.store.timeutil import utcnow
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from celery_reliable.task import ReliableTask
 
 __all__ = ["Busy", "Duplicate", "ReceiptHolder", "Refused"]
@@ -127,20 +125,14 @@ class ReceiptHolder:
         return Busy(got, _seconds_until(got.lease_expires_at))
 
     @contextmanager
-    def atomic(self) -> Iterator[Session]:
-        """A session whose commit also marks the receipt succeeded (``atomic()``).
+    def atomic(self) -> Iterator[Any]:
+        """A transaction whose commit also marks the receipt succeeded (``atomic()``).
 
         Raises ``LeaseLost`` inside the transaction if another execution took the key
         over, so that the caller's writes roll back with it.
         """
-        store = _store(self.task)
-        marking = not self.claim.completed
-        with store.session() as session:
-            yield session
-            if marking:
-                store.receipts.complete_in(session, self.claim)
-        if marking:
-            self.claim.completed = True
+        with _store(self.task).atomic(self.claim) as transaction:
+            yield transaction
 
     def complete(self, value: Any) -> None:
         """After the body returned: mark the receipt succeeded (or store its result)."""

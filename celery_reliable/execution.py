@@ -39,6 +39,7 @@ from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
 from celery_reliable.signals import execution_started, task_outcome
+from celery_reliable.wiring import ensure_observers
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
@@ -127,6 +128,7 @@ class Execution:
 
     def run(self, body: Callable[..., Any]) -> Any:
         self.started = monotonic()
+        ensure_observers(self.task.app)
         if execution_started.receivers:
             execution_started.send(
                 sender=self.task,

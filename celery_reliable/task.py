@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from celery import Celery, Task
 from celery.exceptions import ImproperlyConfigured
@@ -28,9 +28,6 @@ from celery_reliable.execution import Execution, current_execution, pop_eager_ou
 from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 
 def _own_function_rules(cls: type) -> list[Rule]:
@@ -183,22 +180,24 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         return super().apply_async(args, kwargs, task_id, *more, **options)
 
     @contextmanager
-    def atomic(self) -> Iterator[Session]:
-        """A SQLAlchemy session on the store's database, committed when the block ends.
+    def atomic(self) -> Iterator[Any]:
+        """A transaction on the store's database, committed when the block ends: a
+        SQLAlchemy session, or Django's ``transaction.atomic()`` (yielding Django's
+        connection) when ``reliable_database_url = "django"``.
 
         With an ``idempotency_key``, the receipt is marked succeeded in the same
-        transaction: the writes made through this session happen exactly once per key.
+        transaction: the writes made inside it happen exactly once per key.
         """
         execution = current_execution()
         receipt = execution.receipt if execution is not None and execution.task is self else None
         if receipt is not None:
-            with receipt.atomic() as session:
-                yield session
+            with receipt.atomic() as transaction:
+                yield transaction
             return
         from celery_reliable.store import require_store
 
-        with require_store(self.app, f"task {self.name}: atomic()").session() as session:
-            yield session
+        with require_store(self.app, f"task {self.name}: atomic()").atomic() as transaction:
+            yield transaction
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

@@ -21,7 +21,6 @@ from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLos
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import MissingDependency
 from celery_reliable.headers import SENT_AT_HEADER
-from celery_reliable.signals import execution_started
 
 logger = logging.getLogger("celery_reliable.wiring")
 
@@ -233,9 +232,10 @@ def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None
         nested[SENT_AT_HEADER] = now
 
 
-def _on_execution_started(sender: Any = None, **_: Any) -> None:
-    # Cheap after the first time: one dict lookup on the app.
-    app = sender.app
+def ensure_observers(app: Celery) -> None:
+    """Build the app's observers before its first execution announces its start (an
+    observer connected while the start is being sent would miss it). Cheap after the
+    first time: one dict lookup on the app."""
     if _OBSERVERS_ATTR not in app.__dict__:
         observers_for(app)
 
@@ -265,7 +265,6 @@ def _on_task_failure(
     report_external_failure(sender, task_id, exception, args, kwargs)
 
 
-execution_started.connect(_on_execution_started, weak=False)
 celery_signals.before_task_publish.connect(_stamp_publish_time, weak=False)
 celery_signals.task_failure.connect(_on_task_failure, weak=False)
 

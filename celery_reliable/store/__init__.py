@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from celery_reliable.config import settings_for
+from celery_reliable.django import django_alias
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
@@ -57,8 +59,15 @@ class Store:
 
     def __init__(self, app: Celery, url: str) -> None:
         self.app = app
+        #: The setting as written (``"django"`` for Django's database).
         self.url = url
         self.pid = os.getpid()
+        #: The ``DATABASES`` alias when the store is Django's database, else None.
+        self.django_alias = django_alias(url)
+        if self.django_alias is not None:
+            from celery_reliable.django.database import engine_url
+
+            url = engine_url(self.django_alias)
         self.engine = create_store_engine(url)
         insert = _dialect_insert(self.engine)
         self._receipts = Receipts(self.engine, insert)
@@ -67,6 +76,11 @@ class Store:
         self._history = OutcomeHistory(self.engine, insert)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # Under Django's test framework only (never imported by a worker in
+        # production): a test transaction would make the store's connections hang.
+        self._refuse_test_transactions = (
+            self.django_alias is not None and "django.test.testcases" in sys.modules
+        )
 
     @property
     def dialect(self) -> str:
@@ -74,6 +88,11 @@ class Store:
 
     def ensure_schema(self) -> None:
         """Once per process: SQLite applies the migrations; PostgreSQL must be at head."""
+        if self._refuse_test_transactions:
+            from celery_reliable.django.database import refuse_a_test_transaction
+
+            assert self.django_alias is not None
+            refuse_a_test_transaction(self.django_alias)
         if self._schema_ready:
             return
         with self._schema_lock:
@@ -87,9 +106,14 @@ class Store:
                 else:
                     current, head = migrate.current(self.engine), migrate.head()
                     if current != head:
+                        how = (
+                            "python manage.py migrate celery_reliable"
+                            if self.django_alias is not None
+                            else "celery -A <app> reliable db upgrade"
+                        )
                         raise StoreUnavailable(
                             f"the celery_reliable schema is at {current or 'nothing'}, "
-                            f"the code needs {head}: run `celery -A <app> reliable db upgrade`"
+                            f"the code needs {head}: run `{how}`"
                         )
             self._schema_ready = True
 
@@ -112,6 +136,28 @@ class Store:
     def history(self) -> OutcomeHistory:
         self.ensure_schema()
         return self._history
+
+    @contextmanager
+    def atomic(self, claim: Claim | None = None) -> Iterator[Any]:
+        """The transaction of ``task.atomic()``: a SQLAlchemy session on the store's
+        database, or Django's ``transaction.atomic()`` when the store is Django's
+        database. With a claim, the receipt is marked succeeded inside it."""
+        if self.django_alias is not None:
+            from celery_reliable.django import database
+
+            self.ensure_schema()
+            with database.atomic(self.django_alias, claim) as connection:
+                yield connection
+            return
+        marking = claim is not None and not claim.completed
+        with self.session() as session:
+            yield session
+            if marking:
+                assert claim is not None
+                self.receipts.complete_in(session, claim)
+        if marking:
+            assert claim is not None
+            claim.completed = True
 
     @contextmanager
     def session(self) -> Iterator[Session]:

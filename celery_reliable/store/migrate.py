@@ -75,3 +75,14 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         ).get_current_revision()
     assert after is not None
     return before, after
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    """Downgrade to ``revision`` (``base``: drop every table of the store), under the
+    same lock as :func:`upgrade`."""
+    config = _config()
+    with _quiet_alembic(), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)

@@ -154,6 +154,14 @@ _STORE_RESULT = (
 _RELEASE = delete(receipts).where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
 
 
+def lease_lost(claim: Claim) -> LeaseLost:
+    """The error that rolls back an ``atomic()`` block whose claim was taken over."""
+    return LeaseLost(
+        f"the claim on {claim.task_name}/{claim.key} was taken over (its lease "
+        f"expired at {claim.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); rolled back"
+    )
+
+
 def _claim_params(claim: Claim, **more: Any) -> dict[str, Any]:
     return {"p_task_name": claim.task_name, "p_key": claim.key, "p_token": claim.token, **more}
 
@@ -212,10 +220,7 @@ class Receipts:
         caller's writes roll back with it.
         """
         if not self._complete(session.connection(), claim, None):
-            raise LeaseLost(
-                f"the claim on {claim.task_name}/{claim.key} was taken over (its lease "
-                f"expired at {claim.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); rolled back"
-            )
+            raise lease_lost(claim)
 
     @staticmethod
     def _complete(connection: Connection, claim: Claim, result: str | None) -> bool:

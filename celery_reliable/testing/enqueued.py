@@ -147,6 +147,11 @@ def capture(app: Any = None) -> Iterator[Capture]:
 
 
 def _capture() -> Capture:
+    """The capture on; first runs the Django ``on_commit`` callbacks that only the
+    test's own transaction holds back (they would have published by now)."""
+    from celery_reliable.testing.django import run_on_commit_callbacks
+
+    run_on_commit_callbacks()
     if _current is None:
         raise RuntimeError(
             "nothing is being captured: use the pytest plugin (installed with "
@@ -218,6 +223,8 @@ def drain(
     Each message runs through a worker's tracer in this thread. A job that executes
     more than ``max_executions`` times raises :class:`DrainLoop`.
     """
+    from celery_reliable.testing.django import run_on_commit_callbacks
+
     kept = _capture()
     counts: Counter[str] = Counter()
     runs: Counter[str] = Counter()
@@ -232,6 +239,7 @@ def drain(
     task_outcome.connect(hear, weak=False, dispatch_uid=uid)
     try:
         while True:
+            run_on_commit_callbacks()
             waiting = kept.pending(queue)
             if not waiting:
                 break

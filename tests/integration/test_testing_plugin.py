@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.docs_blocks import marked_block
+
 pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
@@ -16,9 +18,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 def docs_module(marker: str = "testing-example") -> str:
     """A test module docs/testing.md shows, as a reader would copy it."""
-    text = DOCS.read_text()
-    block = text[text.index(f"<!-- {marker} -->") : text.index(f"<!-- /{marker} -->")]
-    return block[block.index("```python\n") + len("```python\n") : block.rindex("```")]
+    return marked_block(DOCS, marker)
 
 
 def test_a_users_suite_with_the_plugin(pytester: Any) -> None:
@@ -38,6 +38,12 @@ def test_enqueued_and_drain_as_the_docs_show(pytester: Any) -> None:
     pytester.makepyfile(test_orders=docs_module("testing-enqueue-example"))
     result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
+
+
+def test_statsd_lines_and_sentry_events_as_the_docs_show(pytester: Any) -> None:
+    pytester.makepyfile(test_refunds=docs_module("testing-wire-example"))
+    result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
 
 
 def test_a_store_url_set_after_first_use_is_refused_until_reset(tmp_path: Path) -> None:

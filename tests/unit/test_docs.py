@@ -10,6 +10,7 @@ import pytest
 
 from celery_reliable.backoff import delay_table, exponential, fixed, polynomial
 from celery_reliable.outcomes import Outcome
+from tests.docs_blocks import marked_block
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 README = DOCS.parent / "README.md"
@@ -44,13 +45,6 @@ def test_outcome_tables_name_every_outcome_and_its_state() -> None:
             assert f"`{outcome.state}`" in row.group(0), (path.name, outcome.name)
 
 
-def _python_block(path: Path, after: str) -> str:
-    """The first ```python block after the text ``after`` in a doc."""
-    text = path.read_text()
-    start = text.index("```python", text.index(after)) + len("```python\n")
-    return text[start : text.index("```", start)]
-
-
 def _gate_app() -> Any:
     from celery import Celery
 
@@ -66,7 +60,7 @@ def test_cli_md_waiver_example_waives_idempotency() -> None:
     from celery_reliable.gates import Status, check
 
     app = _gate_app()
-    code = _python_block(DOCS / "cli.md", "A task waives a gate with a reason")
+    code = marked_block(DOCS / "cli.md", "cli-waive-example")
     exec(code, {"app": app, "ReliableTask": ReliableTask, "cancel_on": cancel_on})
     [audit] = check(app).tasks
     assert audit.gate("idempotency").status is Status.WAIVED
@@ -79,7 +73,7 @@ def test_cli_md_library_example_asserts_on_the_findings() -> None:
     from celery_reliable import ReliableTask
 
     app = _gate_app()
-    code = _python_block(DOCS / "cli.md", "The same audit is a library call")
+    code = marked_block(DOCS / "cli.md", "cli-library-example")
     namespace: dict[str, Any] = {"app": app}
     exec(code, namespace)
 
@@ -107,7 +101,7 @@ def test_storage_md_history_example(tmp_path: Path) -> None:
             counts.add(0.3)
         history.add({("shop.charge", minute, "celery", outcome): counts})
     namespace: dict[str, Any] = {"app": app}
-    exec(_python_block(DOCS / "storage.md", "## Outcome history"), namespace)
+    exec(marked_block(DOCS / "storage.md", "storage-history-example"), namespace)
     summary = namespace["summary"]
     assert summary.counts == {"succeeded": 98, "failed": 2}
     assert summary.rate("failed") == 0.02

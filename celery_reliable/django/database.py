@@ -1,0 +1,148 @@
+"""Django's database as the store: its SQLAlchemy URL, its migrations, and ``atomic()``
+as Django's ``transaction.atomic()`` with the receipt marked inside it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import ImproperlyConfigured
+from sqlalchemy.engine import URL
+
+from celery_reliable.store.receipts import IN_PROGRESS, SUCCEEDED, lease_lost
+from celery_reliable.store.schema import receipts
+from celery_reliable.store.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from celery_reliable.store.receipts import Claim
+
+#: The receipt update of ``Receipts.complete_in``, written for Django's cursor (its
+#: ``%s`` placeholders are the same on SQLite and PostgreSQL).
+_COMPLETE = (
+    f"UPDATE {receipts.name} SET state = %s, result = NULL, completed_at = %s, "
+    "updated_at = %s, lease_expires_at = NULL "
+    'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
+)
+
+#: How SQLAlchemy stores a DateTime on SQLite (text that sorts as time does).
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _settings(alias: str) -> dict[str, Any]:
+    from django.db import connections
+
+    try:
+        settings: dict[str, Any] = connections[alias].settings_dict
+    except Exception as exc:  # ConnectionDoesNotExist, or Django not set up
+        raise ImproperlyConfigured(
+            f"reliable_database_url names Django's database {alias!r}: {exc}"
+        ) from exc
+    return settings
+
+
+def engine_url(alias: str) -> str:
+    """The SQLAlchemy URL of ``DATABASES[alias]`` (as it is now: a test run's database
+    once the test runner has created it)."""
+    settings = _settings(alias)
+    engine = str(settings.get("ENGINE", ""))
+    name = settings.get("NAME")
+    if engine.endswith("sqlite3"):
+        text = str(name or "")
+        if not text or text == ":memory:" or "mode=memory" in text:
+            raise ImproperlyConfigured(
+                f"Django's database {alias!r} is an in-memory SQLite database, which "
+                "celery_reliable's own connections cannot see: give it a file (in "
+                f"tests, DATABASES[{alias!r}]['TEST']['NAME'] = a path)"
+            )
+        return URL.create("sqlite", database=text).render_as_string(hide_password=False)
+    if "postgresql" in engine or "postgis" in engine:
+        port = settings.get("PORT")
+        options = settings.get("OPTIONS") or {}
+        tls = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+        query = {key: str(options[key]) for key in tls if key in options}
+        return URL.create(
+            "postgresql",
+            username=settings.get("USER") or None,
+            password=settings.get("PASSWORD") or None,
+            host=settings.get("HOST") or None,
+            port=int(port) if port else None,
+            database=str(name),
+            query=query,
+        ).render_as_string(hide_password=False)
+    raise ImproperlyConfigured(
+        f"Django's database {alias!r} uses {engine}; celery_reliable stores to SQLite or "
+        "PostgreSQL: set reliable_database_url to a database URL of its own"
+    )
+
+
+def _engine(alias: str) -> Any:
+    from celery_reliable.store.engine import create_store_engine
+
+    return create_store_engine(engine_url(alias))
+
+
+def upgrade_store(alias: str) -> None:
+    """``manage.py migrate``: apply the store's migrations to ``DATABASES[alias]``."""
+    from celery_reliable.store import migrate
+
+    engine = _engine(alias)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def downgrade_store(alias: str) -> None:
+    """``manage.py migrate celery_reliable zero``: drop the store's tables."""
+    from celery_reliable.store import migrate
+
+    engine = _engine(alias)
+    try:
+        migrate.downgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def refuse_a_test_transaction(alias: str) -> None:
+    """The store's own connections would wait forever for a transaction a test holds
+    open and never commits (pytest-django's ``db``, Django's ``TestCase``): say so."""
+    from django.db import connections
+
+    blocks = getattr(connections[alias], "atomic_blocks", None) or ()
+    if any(getattr(block, "_from_testcase", False) for block in blocks):
+        raise ImproperlyConfigured(
+            f"celery_reliable's store is Django's database {alias!r}, which this test "
+            "holds in a transaction that never commits, so the store's own connections "
+            "would wait for it: mark the test @pytest.mark.django_db(transaction=True) "
+            "(Django: TransactionTestCase)"
+        )
+
+
+def _complete_params(vendor: str, claim: Claim) -> list[Any]:
+    now: Any = utcnow()
+    if vendor == "sqlite":
+        now = now.strftime(_SQLITE_DATETIME)
+    return [SUCCEEDED, now, now, claim.task_name, claim.key, claim.token, IN_PROGRESS]
+
+
+@contextmanager
+def atomic(alias: str, claim: Claim | None) -> Iterator[Any]:
+    """Django's ``transaction.atomic(using=alias)``; with a claim, the receipt is marked
+    succeeded as the block's last statement, so it commits with the block's writes.
+    Raises ``LeaseLost`` (rolling the block back) if the claim was taken over."""
+    from django.db import connections, transaction
+
+    connection = connections[alias]
+    marking = claim is not None and not claim.completed
+    with transaction.atomic(using=alias):
+        yield connection
+        if marking:
+            assert claim is not None
+            with connection.cursor() as cursor:
+                cursor.execute(_COMPLETE, _complete_params(connection.vendor, claim))
+                if cursor.rowcount != 1:
+                    raise lease_lost(claim)
+    if marking:
+        assert claim is not None
+        claim.completed = True
