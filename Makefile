@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
-        compat-one bench system-deps clean
+        compat-one bench system-deps clean example-tests docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -46,8 +46,21 @@ typecheck: $(STAMP)
 
 test: system-deps $(STAMP) lint typecheck
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory example-tests
+	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory celery-suite
 	$(MAKE) --no-print-directory plain-install
+
+# The Django example's own suite (pytest-django and our plugin), as its team runs it,
+# on a database of its own under .cache/.
+EXAMPLE_DATA := $(CURDIR)/.cache/example-tests
+example-tests: $(STAMP)
+	@rm -rf $(EXAMPLE_DATA)
+	cd examples/django_app && SHOP_DATA_DIR=$(EXAMPLE_DATA) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider
+
+# The docs site: every page built, links and anchors checked (strict).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d .cache/site
 
 # Celery's own tests (t/unit/tasks, test_builtins), plain and with ReliableTask as
 # every app's task class: fails on any test that passes plain only.
@@ -100,8 +113,10 @@ unit: $(STAMP)
 integration: system-deps $(STAMP)
 	$(PY) -m pytest tests/integration
 
+# The example shop under a real worker (examples/django_app/demo.py): embedded
+# defaults, or the servers DATABASE_URL and REDIS_URL name.
 demo: $(STAMP)
-	$(PY) examples/demo.py
+	cd examples/django_app && $(CURDIR)/$(PY) demo.py
 
 # Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
 bench: system-deps $(STAMP)
@@ -109,4 +124,4 @@ bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.history
 
 clean:
-	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/demo-data
+	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/django_app/data

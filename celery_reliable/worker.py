@@ -49,7 +49,12 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
     """Added to ``app.steps['worker']`` when the app's first ReliableTask is bound."""
 
     name = "celery_reliable"
-    requires = ("celery.worker.components:Timer",)
+    # After the pool: its prefork children are forked before our threads start. A
+    # thread running at a fork can hold a lock the child then waits on forever: the
+    # queue-depth sampler's first query on kombu's SQLAlchemy transport holds
+    # SQLAlchemy's mapper-configuration lock, and a child forked meanwhile hung on it
+    # at its first result-backend write (found by `make demo`).
+    requires = ("celery.worker.components:Timer", "celery.worker.components:Pool")
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)

@@ -1,8 +1,10 @@
 """A fake payment gateway with the errors a real one has.
 
-Faults are scripted per order in ``settings.SHOP_GATEWAY_FAULTS`` (``{"email":
+Faults are scripted per customer in ``settings.SHOP_GATEWAY_FAULTS`` (``{"email":
 ["timeout", "rate_limited"]}``: the first call for that customer times out, the second
-is rate-limited, the third succeeds) or chosen by the card: ``declined`` in the email.
+is rate-limited, the third succeeds), or chosen by the customer's address: ``declined``
+in it is a declined card, ``slow`` times out on the first call, ``busy`` is rate-limited
+on the first call.
 Like Stripe's, the gateway takes an idempotency key, so a call repeated after a crash
 takes one charge.
 """
@@ -31,10 +33,8 @@ class CardDeclined(Exception):
 def charge(order: Order, idempotency_key: str) -> str:
     """Charge the order; returns the gateway's charge id."""
     calls = GatewayCall.objects.filter(order_id=order.pk).count()
-    script = settings.SHOP_GATEWAY_FAULTS.get(order.email, [])
+    script = settings.SHOP_GATEWAY_FAULTS.get(order.email) or _script_of(order.email)
     fault = script[calls] if calls < len(script) else None
-    if fault is None and "declined" in order.email:
-        fault = "declined"
     GatewayCall.objects.create(order_id=order.pk, result=fault or "charged")
     if fault == "timeout":
         raise GatewayTimeout(f"no answer for {idempotency_key} within 10 s")
@@ -43,3 +43,13 @@ def charge(order: Order, idempotency_key: str) -> str:
     if fault == "declined":
         raise CardDeclined(f"card of {order.email} declined")
     return f"ch_{idempotency_key}"
+
+
+def _script_of(email: str) -> list[str]:
+    if "declined" in email:
+        return ["declined"] * 100
+    if "slow" in email:
+        return ["timeout"]
+    if "busy" in email:
+        return ["rate_limited"]
+    return []

@@ -44,6 +44,7 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_shop.sqlite3")}
 
 EMAIL_BACKEND = os.environ.get("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_FILE_PATH = os.environ.get("EMAIL_FILE_PATH", str(DATA_DIR / "mail"))
 DEFAULT_FROM_EMAIL = "shop@example.com"
 
 if os.environ.get("SENTRY_DSN"):
@@ -52,17 +53,22 @@ if os.environ.get("SENTRY_DSN"):
 
 # The payment gateway and the warehouse: fakes, so that the example runs anywhere.
 SHOP_GATEWAY_FAULTS: dict[str, list[str]] = {}
-SHOP_WAREHOUSE_BUSY_SECONDS = 0
+SHOP_WAREHOUSE_BUSY_UNTIL = float(os.environ.get("SHOP_WAREHOUSE_BUSY_UNTIL", "0"))
 
 # --- Celery (the CELERY_ namespace of shop/celery.py) -----------------------------
 REDIS_URL = os.environ.get("REDIS_URL")
 CELERY_BROKER_URL = REDIS_URL or f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}"
 CELERY_RESULT_BACKEND = REDIS_URL or f"db+sqlite:///{DATA_DIR / 'results.sqlite3'}"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Redis hands an unacknowledged message to another worker after this long: longer than
+# any task's hard time limit and any retry's countdown (`celery reliable check` says).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600} if REDIS_URL else {}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# One message at a time per process on Redis (acks_late: a long task never holds back
+# others). The embedded SQLite broker is polled once a second, and a poll takes only
+# what the prefetch window allows: a wider window keeps the pool busy.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1 if REDIS_URL else 10
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 # celery_reliable: receipts, dead letters and unique locks in Django's own database.

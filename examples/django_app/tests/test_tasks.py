@@ -5,6 +5,7 @@ connections of their own: these tests commit (``transaction=True``) and the
 ``reliable_db`` fixture empties the store's tables for each test.
 """
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -139,7 +140,7 @@ def test_inventory_sync_is_enqueued_once_per_sku():
 
 
 def test_a_busy_warehouse_snoozes_the_sync(settings):
-    settings.SHOP_WAREHOUSE_BUSY_SECONDS = 30
+    settings.SHOP_WAREHOUSE_BUSY_UNTIL = time.time() + 30
 
     done = perform_task(sync_inventory, args=("pot",))
 
@@ -151,6 +152,13 @@ def test_a_busy_warehouse_snoozes_the_sync(settings):
 def test_inventory_sync_sets_the_stock():
     assert perform_task(sync_inventory, args=("pot",)).result == 3
     assert Stock.objects.get(sku="pot").quantity == 3
+
+
+def test_an_unknown_sku_is_an_error_nobody_declared():
+    done = perform_task(sync_inventory, args=("kettle",))
+
+    assert done.outcome is Outcome.FAILED
+    assert isinstance(done.exc, KeyError)
 
 
 # --- forget_abandoned_orders (celery beat) --------------------------------------------
