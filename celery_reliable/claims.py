@@ -61,11 +61,17 @@ class Busy:
     remaining: float
 
     def retry_in(self, snoozes_done: int, max_snoozes: int) -> float:
-        """When to look again: soon at first (the holder is often nearly done), and
-        spread so that the snoozes left reach past the holder's lease, when a dead
-        holder's key can be taken over."""
+        """When to look again: soon at first (the holder is often nearly done: 1, 2,
+        4 s...), never much past the holder's lease, and never so soon that the snoozes
+        left could not reach past it, when a dead holder's key can be taken over."""
         left = max(max_snoozes - snoozes_done, 1)
-        return max(1.0, min(2.0**snoozes_done, self.remaining / left))
+        reach = self.remaining + 1.0  # a second past the lease's end
+        soon = 2.0**snoozes_done
+        # How far the other snoozes left reach if they keep doubling.
+        rest = 2.0 ** (snoozes_done + left) - 2.0 ** (snoozes_done + 1)
+        if soon + rest >= reach:
+            return max(1.0, min(soon, reach))
+        return max(1.0, reach / left)
 
 
 @dataclass(frozen=True)

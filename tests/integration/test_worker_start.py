@@ -76,3 +76,27 @@ def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> N
         "retry_on/discard_on/cancel_on but are not ReliableTasks, so the declarations "
         "would do nothing: add base=ReliableTask to their @app.task"
     ]
+
+
+def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) -> None:
+    """The worker step's threads start after the pool forked its children: the
+    queue-depth sampler, started earlier, held SQLAlchemy's mapper lock across the fork
+    (its first query on kombu's SQLAlchemy transport) and a child hung on it at its
+    first result write, until the hard time limit (found by `make demo`)."""
+    from celery_reliable.results import wait_for_outcome
+    from celery_reliable.testing.statsd import StatsdLines
+    from tests.worker_process import celery_worker
+
+    statsd = StatsdLines()
+    env = {"RELIABLE_TEST_DATA": str(tmp_path), "RELIABLE_TEST_STATSD_PORT": str(statsd.port)}
+    os.environ.update(env)
+    try:
+        from tests.integration import sqla_broker_app
+
+        with celery_worker("tests.integration.sqla_broker_app", env, concurrency=2) as worker:
+            results = [sqla_broker_app.echo.delay(n) for n in range(6)]
+            states = [wait_for_outcome(r, timeout=15) for r in results]
+            assert states == ["SUCCESS"] * 6, worker.output
+            statsd.wait_for(r"celery\.queue\.celery\.depth:\d+\|g")
+    finally:
+        statsd.close()
