@@ -46,6 +46,14 @@ def test_statsd_lines_and_sentry_events_as_the_docs_show(pytester: Any) -> None:
     result.assert_outcomes(passed=2)
 
 
+def test_an_embedded_worker_with_celery_s_own_plugin_as_the_docs_show(pytester: Any) -> None:
+    pytester.makepyfile(test_embedded=docs_module("testing-embedded-worker-example"))
+    result = pytester.runpytest_subprocess(
+        "-p", "celery.contrib.pytest", "-p", "no:celery", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=1)
+
+
 def test_a_store_url_set_after_first_use_is_refused_until_reset(tmp_path: Path) -> None:
     from celery import Celery
     from celery.exceptions import ImproperlyConfigured
