@@ -7,13 +7,13 @@ unacknowledged, and the worker puts it back on the queue for another child.
 from __future__ import annotations
 
 import os
-import time
 
 import redis
 from celery import Celery
 
 from celery_reliable import ReliableTask
 from tests.integration.effects import effects, metadata
+from tests.integration.kill_points import started, wait_for_the_kill
 from tests.integration.recording import record_outcomes_to
 
 BROKER = os.environ["RELIABLE_TEST_BROKER"]
@@ -37,10 +37,6 @@ record_outcomes_to(BROKER)
 _redis = redis.Redis.from_url(BROKER)
 
 
-def started_key(order_id: str) -> str:
-    return f"crash:started:{order_id}"
-
-
 # time_limit=12: the claim's lease is 12 + 5 = 17 s, so a takeover comes 17 s after
 # the dead child's claim. The limit must outlast the time the worker takes to notice a
 # dead child (its pool checks every few seconds, then waits worker_lost_wait), or the
@@ -53,18 +49,14 @@ def started_key(order_id: str) -> str:
     idempotency_key="charge:{order_id}",
 )
 def charge(self: ReliableTask, order_id: str, kill_point: str) -> str:
-    _redis.rpush(started_key(order_id), os.getpid())
-    first = bool(_redis.set(f"crash:first:{order_id}", 1, nx=True))
-    if kill_point == "before-effect" and first:
-        _redis.set(f"crash:ready:{order_id}", os.getpid())
-        time.sleep(30)  # the test SIGKILLs this process here
+    first = started(_redis, order_id)
+    wait_for_the_kill(_redis, order_id, first and kill_point == "before-effect")
     with self.atomic() as session:
         session.execute(
             effects.insert().values(order_id=order_id, amount=1, task_id=self.request.id)
         )
-    if kill_point == "after-effect" and first:
-        _redis.set(f"crash:ready:{order_id}", os.getpid())
-        time.sleep(30)  # committed, not acked: the test SIGKILLs this process here
+    # committed, not acked:
+    wait_for_the_kill(_redis, order_id, first and kill_point == "after-effect")
     return "charged"
 
 

@@ -3,15 +3,13 @@ point (the crash tests of ``tests/integration/test_crash.py``, on Django's path)
 
 from __future__ import annotations
 
-import os
-import time
-
 import redis
 from celery import shared_task
 from django.conf import settings
 from orders.models import Payment
 
 from celery_reliable import ReliableTask
+from tests.integration.kill_points import started, wait_for_the_kill
 from tests.integration.recording import record_outcomes_to
 
 record_outcomes_to(settings.REDIS_URL)
@@ -27,20 +25,16 @@ _redis = redis.Redis.from_url(settings.REDIS_URL)
     idempotency_key="charge:{order_id}",
 )
 def charge(self: ReliableTask, order_id: int, kill_point: str) -> str:
-    _redis.rpush(f"crash:started:{order_id}", os.getpid())
-    first = bool(_redis.set(f"crash:first:{order_id}", 1, nx=True))
-    if kill_point == "before-effect" and first:
-        _redis.set(f"crash:ready:{order_id}", os.getpid())
-        time.sleep(30)  # the test SIGKILLs this process here
+    first = started(_redis, str(order_id))
+    wait_for_the_kill(_redis, str(order_id), first and kill_point == "before-effect")
     if kill_point == "lease-lost" and first:
         _steal_the_claim(self.name, f"charge:{order_id}")
     with self.atomic():
         Payment.objects.create(
             order_id=order_id, amount_cents=1, gateway_charge_id="ch", task_id=self.request.id
         )
-    if kill_point == "after-effect" and first:
-        _redis.set(f"crash:ready:{order_id}", os.getpid())
-        time.sleep(30)  # committed, not acked: the test SIGKILLs this process here
+    # committed, not acked:
+    wait_for_the_kill(_redis, str(order_id), first and kill_point == "after-effect")
     return "charged"
 
 
