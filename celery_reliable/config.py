@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "reliable_history": True,
     "reliable_history_retention": 7 * 24 * 3600,
     "reliable_history_interval": 5.0,
+    "reliable_orphan_rescue": True,
+    "reliable_rescue_interval": 2.0,
+    "reliable_keepalive": True,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -64,6 +67,13 @@ class ReliableSettings:
     history: bool
     history_retention: float
     history_interval: float
+    #: Redis brokers: a worker re-queues messages whose worker died (their unacked
+    #: entry older than the visibility timeout), every ``rescue_interval`` seconds.
+    orphan_rescue: bool
+    rescue_interval: float
+    #: Redis brokers: a worker keeps the unacked entries of the messages it holds
+    #: fresh, so that no other worker takes them while it lives.
+    keepalive: bool
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
     #: The settings the app set itself (the others are defaults): a feature set on
@@ -107,6 +117,9 @@ class ReliableSettings:
             history=_bool("reliable_history", merged),
             history_retention=_seconds("reliable_history_retention", merged),
             history_interval=_seconds("reliable_history_interval", merged),
+            orphan_rescue=_bool("reliable_orphan_rescue", merged),
+            rescue_interval=_seconds("reliable_rescue_interval", merged),
+            keepalive=_bool("reliable_keepalive", merged),
             unclassified_rule=None,
             explicit=frozenset(values),
         ).with_unclassified_rule()

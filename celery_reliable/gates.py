@@ -28,6 +28,7 @@ from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
 from celery_reliable.policy import RULES_ATTR, RetryRule, RetryStep, Rule, retry_schedule
+from celery_reliable.redelivery import REDIS_TRANSPORTS
 from celery_reliable.task import ReliableTask
 
 #: Brokers that hand an unacknowledged message to another consumer after a timeout,
@@ -423,6 +424,15 @@ def _delivery(
                 "which is lost; set reject_on_worker_lost=True",
             )
     vt = broker.visibility_timeout
+    if vt is not None and settings.keepalive and broker.transport in REDIS_TRANSPORTS:
+        # The worker keeps the messages it holds alive (celery_reliable.redelivery): a
+        # long task or countdown is never handed to a second worker while it lives.
+        return GateResult(
+            "delivery",
+            Status.PASS,
+            f"{_acks(task)}; held messages kept alive past the {broker.transport} "
+            f"visibility_timeout {format_seconds(vt)} (reliable_keepalive)",
+        )
     if vt is not None:
         where = f"visibility_timeout {format_seconds(vt)} ({broker.transport})"
         if acks_late:
@@ -450,13 +460,16 @@ def _delivery(
                 f"than the {where}: a worker holding the countdown hands it to a second "
                 "one, which runs it too; cap the backoff or raise the visibility_timeout",
             )
-    if acks_late:
-        detail = "acks_late, reject_on_worker_lost" if task.reject_on_worker_lost else "acks_late"
-    else:
-        detail = "acks early (not idempotent: a crash loses the message, never runs it twice)"
+    detail = _acks(task)
     if vt is not None and (acks_late or plan.longest_delay is not None):
         detail += f"; within the {broker.transport} visibility_timeout {format_seconds(vt)}"
     return GateResult("delivery", Status.PASS, detail)
+
+
+def _acks(task: Any) -> str:
+    if not task.acks_late:
+        return "acks early (not idempotent: a crash loses the message, never runs it twice)"
+    return "acks_late, reject_on_worker_lost" if task.reject_on_worker_lost else "acks_late"
 
 
 def _metrics(

@@ -14,10 +14,12 @@ import sys
 from typing import Any
 
 from celery import bootsteps
+from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable
+from celery_reliable.redelivery import redelivery_for
 from celery_reliable.store import store_for
 from celery_reliable.wiring import (
     activate_history,
@@ -60,6 +62,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self._timer_entry: Any = None
         self._sampler: Any = None
+        self._redelivery: Any = None
         try:
             self.settings = settings_for(worker.app)  # ImproperlyConfigured on a bad setting
             self.store = store_for(worker.app)
@@ -87,6 +90,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         activate_history(worker.app)
+        self._redelivery = redelivery_for(worker, self.settings)
+        if self._redelivery is not None:
+            worker._reliable_redelivery = self._redelivery
+            self._redelivery.start()
         queues = list(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
         self._sampler = queue_depth_sampler(worker.app, queues)
         if self._sampler is not None:
@@ -106,6 +113,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         # running tasks: write what is counted, and write the rest, and stop, on
         # worker_shutdown (wiring). Each prefork child writes its own as it exits.
         flush_history(worker.app, final=False)
+        if self._redelivery is not None:
+            # The pool may still be running tasks: their messages are kept alive until
+            # worker_shutdown (after the pool), but this worker rescues no more.
+            self._redelivery.stop_rescuing()
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
@@ -118,6 +129,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         # instead of stopping them, and sends no worker_shutdown: the same clean-up,
         # and the history's last write.
         self.stop(worker)
+        stop_redelivery(worker)
         flush_history(worker.app)
 
     def prune(self) -> None:
@@ -141,6 +153,15 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
                 minutes,
                 self.settings.history_retention,
             )
+
+
+def stop_redelivery(sender: Any = None, **_: Any) -> None:
+    """At ``worker_shutdown`` (sender: the worker, its pool finished) or a cold
+    shutdown: stop keeping this worker's messages alive."""
+    redelivery = getattr(sender, "_reliable_redelivery", None)
+    if redelivery is not None:
+        redelivery.stop()
+        sender._reliable_redelivery = None
 
 
 def declarations_without_reliable_task(app: Any) -> list[str]:
@@ -171,3 +192,6 @@ def refuse_ignored_declarations(sender: Any = None, **_: Any) -> None:
                 "base=ReliableTask to their @app.task"
             )
         )
+
+
+celery_signals.worker_shutdown.connect(stop_redelivery, weak=False)

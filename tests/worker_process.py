@@ -40,6 +40,11 @@ class WorkerProcess:
             self.stop()
             raise AssertionError(f"celery worker not ready after {timeout}s:\n{self.output}")
 
+    def kill_group(self) -> None:
+        """SIGKILL the main process and its pool at once, as a lost host would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 20) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -60,6 +65,7 @@ def celery_worker(
     concurrency: int = 2,
     queues: str | None = None,
     extra: list[str] | None = None,
+    new_session: bool = False,
 ) -> Iterator[WorkerProcess]:
     """Start ``celery -A app worker`` and wait until it is ready."""
     command = [
@@ -90,6 +96,8 @@ def celery_worker(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A process group of its own: the test can SIGKILL the whole worker at once.
+        start_new_session=new_session,
     )
     worker = WorkerProcess(proc)
     try:

@@ -18,6 +18,8 @@ app.conf.update(
     reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
     reliable_statsd_host="127.0.0.1",
     broker_transport_options={"visibility_timeout": 300},
+    # Without the keepalive, a task longer than the visibility timeout misses `delivery`.
+    reliable_keepalive=False,
     worker_hijack_root_logger=False,
     reliable_history_interval=3600,
 )

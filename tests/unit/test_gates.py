@@ -239,7 +239,7 @@ def test_delivery_needs_late_acks_for_idempotent_tasks() -> None:
 
 
 def test_delivery_misses_a_time_limit_past_the_visibility_timeout() -> None:
-    app = make_app(broker_transport_options={"visibility_timeout": 20})
+    app = make_app(broker_transport_options={"visibility_timeout": 20}, reliable_keepalive=False)
     good_task(app, "t.long", timeout=60)
     result = gate(app, "t.long", "delivery")
     assert result.status is Status.MISS
@@ -247,13 +247,23 @@ def test_delivery_misses_a_time_limit_past_the_visibility_timeout() -> None:
         result.reason
     )
 
+    kept_alive = make_app(broker_transport_options={"visibility_timeout": 20})
+    good_task(kept_alive, "t.long", timeout=60)
+    result = gate(kept_alive, "t.long", "delivery")
+    assert result.status is Status.PASS
+    assert "kept alive past the redis visibility_timeout 20s (reliable_keepalive)" in result.reason
+
+    on_sqs = make_app(broker="sqs://", broker_transport_options={"visibility_timeout": 20})
+    good_task(on_sqs, "t.long", timeout=60)
+    assert gate(on_sqs, "t.long", "delivery").status is Status.MISS  # no keepalive there
+
     on_rabbitmq = make_app(broker="amqp://127.0.0.1:1//")
     good_task(on_rabbitmq, "t.long", timeout=60)
     assert gate(on_rabbitmq, "t.long", "delivery").status is Status.PASS
 
 
 def test_delivery_misses_a_countdown_past_the_visibility_timeout() -> None:
-    app = make_app(broker_transport_options={"visibility_timeout": 600})
+    app = make_app(broker_transport_options={"visibility_timeout": 600}, reliable_keepalive=False)
 
     @app.task(name="t.patient", **GOOD)
     @retry_on(Transient, wait=exponential(cap=3600), attempts=12)

@@ -1,0 +1,49 @@
+"""The app of the redelivery tests: real prefork workers on Redis with a short
+``visibility_timeout``, so that rescue and keepalive show within seconds."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+from celery_reliable import ReliableTask
+
+BROKER = os.environ["RELIABLE_TEST_BROKER"]
+VISIBILITY_TIMEOUT = 4.0
+RESCUE_INTERVAL = 0.5
+
+app = Celery("redelivery_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    reliable_database_url=None,
+    reliable_rescue_interval=RESCUE_INTERVAL,
+    reliable_keepalive=os.environ.get("RELIABLE_TEST_KEEPALIVE", "1") == "1",
+)
+_redis = redis.Redis.from_url(BROKER)
+
+
+def runs_key(job: str) -> str:
+    return f"redelivery:runs:{job}"
+
+
+@app.task(
+    base=ReliableTask,
+    bind=True,
+    name="redelivery.hold",
+    timeout=60,
+    waive={"idempotency": "the test counts its runs"},
+)
+def hold(self: ReliableTask, job: str, seconds: float) -> str:
+    """Record each run (time, worker), then work ``seconds`` (the first run only)."""
+    _redis.rpush(runs_key(job), f"{time.time()} {self.request.hostname}")
+    if _redis.set(f"redelivery:first:{job}", 1, nx=True):
+        time.sleep(seconds)
+    return "done"

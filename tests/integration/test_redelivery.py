@@ -1,0 +1,114 @@
+"""Orphan rescue and keepalive on Redis, with real prefork workers and a 4 s
+``visibility_timeout``: a whole worker SIGKILLed has its message back within the
+timeout plus the rescue interval (kombu alone: up to about 100 s more); a task that
+runs longer than the timeout, and a countdown longer than it, run once beside an idle
+second worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_reliable.results import wait_for_outcome
+from tests.conftest import new_redis_db
+from tests.worker_process import WorkerProcess, celery_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.prefork]
+
+APP = "tests.integration.redelivery_app"
+VISIBILITY_TIMEOUT = 4.0
+RESCUE_INTERVAL = 0.5
+
+
+def runs(broker: str, job: str) -> list[tuple[float, str]]:
+    items = redis.Redis.from_url(broker).lrange(f"redelivery:runs:{job}", 0, -1)
+    return [(float(at), worker) for at, worker in (x.decode().split() for x in items)]
+
+
+def wait_for_runs(broker: str, job: str, count: int, timeout: float) -> list[tuple[float, str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = runs(broker, job)
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{job}: {len(runs(broker, job))} of {count} runs after {timeout}s")
+
+
+@pytest.fixture
+def broker(redis_url: str) -> str:
+    return new_redis_db(redis_url)
+
+
+@pytest.fixture
+def client(broker: str) -> Celery:
+    return Celery("redelivery-client", broker=broker, backend=broker, set_as_current=False)
+
+
+def test_a_whole_worker_killed_is_rescued_within_the_visibility_timeout(
+    broker: str, client: Celery
+) -> None:
+    env = {"RELIABLE_TEST_BROKER": broker}
+    with celery_worker(APP, env, concurrency=1, new_session=True) as doomed:
+        result = client.send_task("redelivery.hold", ("orphan", 60))
+        [(_, first_worker)] = wait_for_runs(broker, "orphan", 1, timeout=20)
+        with celery_worker(APP, env, concurrency=1) as rescuer:
+            killed_at = time.time()
+            doomed.kill_group()
+            [_, (second_at, second_worker)] = wait_for_runs(broker, "orphan", 2, timeout=60)
+            assert wait_for_outcome(result, timeout=10) == "SUCCESS"
+    waited = second_at - killed_at
+    assert second_worker != first_worker
+    # Back within the visibility timeout plus a rescue interval, and a little for the
+    # worker to fetch and start it (kombu's own cycle alone: up to ~100 s more).
+    assert waited <= VISIBILITY_TIMEOUT + RESCUE_INTERVAL + 2.0, waited
+    assert "rescued 1 message(s)" in rescuer.output
+
+
+@pytest.fixture(scope="module")
+def two_workers(redis_url: str) -> Iterator[tuple[str, WorkerProcess, WorkerProcess]]:
+    broker = new_redis_db(redis_url)
+    env = {"RELIABLE_TEST_BROKER": broker}
+    with (
+        celery_worker(APP, env, concurrency=1) as first,
+        celery_worker(APP, env, concurrency=1) as second,
+    ):
+        yield broker, first, second
+
+
+def test_a_task_longer_than_the_visibility_timeout_runs_once(
+    two_workers: tuple[str, WorkerProcess, WorkerProcess],
+) -> None:
+    broker, first, second = two_workers
+    client = Celery("c", broker=broker, backend=broker, set_as_current=False)
+    result = client.send_task("redelivery.hold", ("long", 3 * VISIBILITY_TIMEOUT))
+    assert wait_for_outcome(result, timeout=40) == "SUCCESS"
+    time.sleep(VISIBILITY_TIMEOUT)  # a second run would have started by now
+    assert len(runs(broker, "long")) == 1, first.output + second.output
+
+
+def test_a_countdown_longer_than_the_visibility_timeout_runs_once(
+    two_workers: tuple[str, WorkerProcess, WorkerProcess],
+) -> None:
+    broker, first, second = two_workers
+    client = Celery("c", broker=broker, backend=broker, set_as_current=False)
+    sent = time.time()
+    result = client.send_task("redelivery.hold", ("eta", 0), countdown=3 * VISIBILITY_TIMEOUT)
+    assert wait_for_outcome(result, timeout=40) == "SUCCESS"
+    time.sleep(VISIBILITY_TIMEOUT)
+    [(started, _)] = runs(broker, "eta")
+    assert started - sent >= 3 * VISIBILITY_TIMEOUT - 0.5
+    assert "rescued" not in first.output + second.output
+
+
+def test_without_the_keepalive_the_long_task_runs_twice(broker: str, client: Celery) -> None:
+    """What the keepalive prevents: the idle worker takes the message over."""
+    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_KEEPALIVE": "0"}
+    with celery_worker(APP, env, concurrency=1), celery_worker(APP, env, concurrency=1):
+        client.send_task("redelivery.hold", ("unkept", 3 * VISIBILITY_TIMEOUT))
+        found = wait_for_runs(broker, "unkept", 2, timeout=30)
+    assert found[1][1] != found[0][1]
