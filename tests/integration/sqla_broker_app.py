@@ -30,3 +30,14 @@ app.conf.update(
 @app.task(base=ReliableTask, name="sqla.echo", timeout=10, waive={"idempotency": "test"})
 def echo(n: int) -> int:
     return n
+
+
+def create_result_tables() -> None:
+    import sqlalchemy as sa
+    from celery.backends.database.models import ResultModelBase
+
+    engine = sa.create_engine(f"sqlite:///{DATA}/results.sqlite3")
+    try:
+        ResultModelBase.metadata.create_all(engine)
+    finally:
+        engine.dispose()

@@ -93,6 +93,9 @@ def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) ->
     try:
         from tests.integration import sqla_broker_app
 
+        # Celery 5.4's database backend creates its tables once per process, for the
+        # first database only: another test's went first.
+        sqla_broker_app.create_result_tables()
         with celery_worker("tests.integration.sqla_broker_app", env, concurrency=2) as worker:
             results = [sqla_broker_app.echo.delay(n) for n in range(6)]
             states = [wait_for_outcome(r, timeout=15) for r in results]
