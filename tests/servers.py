@@ -99,8 +99,11 @@ def _pg_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(durable: bool = False) -> Iterator[str]:
     """A throw-away PostgreSQL cluster; yields a SQLAlchemy URL (psycopg 3).
+
+    Tests run it without waiting for the disk (``fsync=off``); ``durable=True`` keeps
+    PostgreSQL's production defaults (fsync and synchronous commit on), for benchmarks.
 
     PostgreSQL refuses to run as root, so as root the cluster belongs to the
     ``postgres`` user and its data folder is a temporary directory that user owns.
@@ -135,8 +138,10 @@ def postgres_server() -> Iterator[str]:
     )
     options = (
         f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={workdir} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        "-c max_connections=200"
     )
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     subprocess.run(
         [
             *prefix,

@@ -66,6 +66,7 @@ def celery_worker(
     queues: str | None = None,
     extra: list[str] | None = None,
     new_session: bool = False,
+    loglevel: str = "INFO",
 ) -> Iterator[WorkerProcess]:
     """Start ``celery -A app worker`` and wait until it is ready."""
     command = [
@@ -79,7 +80,7 @@ def celery_worker(
         pool,
         "-c",
         str(concurrency),
-        "--loglevel=INFO",
+        f"--loglevel={loglevel}",
         "--without-gossip",
         "--without-mingle",
         "--without-heartbeat",
@@ -101,7 +102,8 @@ def celery_worker(
     )
     worker = WorkerProcess(proc)
     try:
-        worker.wait_ready()
+        if loglevel == "INFO":  # "ready." is logged at INFO
+            worker.wait_ready()
         yield worker
     finally:
         worker.stop()

@@ -167,6 +167,7 @@ class Store:
             yield session
 
     def dispose(self) -> None:
+        self._receipts.close()
         self.engine.dispose()
 
 

@@ -27,6 +27,9 @@ from celery_reliable.store.engine import (
     single_statement_engine,
     unavailable_as,
 )
+from celery_reliable.store.hotpath import HotPath, Statement
+from celery_reliable.store.hotpath import rowcount as hot_rowcount
+from celery_reliable.store.hotpath import rows as hot_rows
 from celery_reliable.store.schema import receipts
 from celery_reliable.store.timeutil import utcnow
 
@@ -171,6 +174,18 @@ class Receipts:
         self._engine = engine
         self._single = single_statement_engine(engine)
         self._claim = _claim_statement(insert)
+        # Claim, complete, release and store_result: every keyed execution's hot path.
+        self._hot = HotPath.for_engine(engine)
+        if self._hot is not None:
+            self._hot_claim = Statement(self._claim, engine)
+            self._hot_complete = Statement(_COMPLETE, engine)
+            self._hot_store_result = Statement(_STORE_RESULT, engine)
+            self._hot_release = Statement(_RELEASE, engine)
+
+    def close(self) -> None:
+        """Close this process's hot-path connections."""
+        if self._hot is not None:
+            self._hot.close()
 
     def claim(  # noqa: PLR0917 - the columns of a claim, in order
         self,
@@ -195,21 +210,32 @@ class Receipts:
             "p_now": now,
         }
         for _ in range(3):
-            row = run_statement(
-                self._single, "claiming idempotency receipt", self._claim, params, first_row
-            )
-            if row is not None:
-                return Claim(task_name, key, token, task_id, row.claims, lease)
+            claims = self._claimed(params)
+            if claims is not None:
+                return Claim(task_name, key, token, task_id, claims, lease)
             existing = self.get(task_name, key)
             if existing is not None:
                 return existing
             # Deleted (released, pruned) between the two statements: claim again.
         raise StoreContention(f"receipt {task_name}/{key} kept vanishing while claimed")
 
+    def _claimed(self, params: dict[str, Any]) -> int | None:
+        """Run the claim statement: the row's claim count if this claim owns it."""
+        what = "claiming idempotency receipt"
+        if self._hot is not None:
+            found = self._hot.run(what, self._hot_claim, params, hot_rows, relaxed=True)
+            return int(found[0][0]) if found else None
+        row = run_statement(self._single, what, self._claim, params, first_row)
+        return int(row.claims) if row is not None else None
+
     def complete(self, claim: Claim, result: str | None) -> bool:
         """Mark the receipt succeeded in its own statement; False if the claim was lost."""
         params = _claim_params(claim, p_result=result, p_now=utcnow())
-        done = run_statement(self._single, "completing receipt", _COMPLETE, params, rowcount) == 1
+        what = "completing receipt"
+        if self._hot is not None:
+            done = self._hot.run(what, self._hot_complete, params, hot_rowcount) == 1
+        else:
+            done = run_statement(self._single, what, _COMPLETE, params, rowcount) == 1
         claim.completed = done
         return done
 
@@ -230,12 +256,22 @@ class Receipts:
     def store_result(self, claim: Claim, result: str) -> None:
         """After ``atomic()`` marked the receipt, record the value the body returned."""
         params = _claim_params(claim, p_result=result)
-        run_statement(self._single, "storing receipt result", _STORE_RESULT, params, rowcount)
+        what = "storing receipt result"
+        if self._hot is not None:
+            self._hot.run(what, self._hot_store_result, params, hot_rowcount)
+            return
+        run_statement(self._single, what, _STORE_RESULT, params, rowcount)
 
     def release(self, claim: Claim) -> None:
-        """Give the key back (the execution did not succeed). A succeeded receipt stays."""
+        """Give the key back (the execution did not succeed). A succeeded receipt stays.
+        (Like a claim, a release need not wait for PostgreSQL's WAL flush: one lost in
+        a crash leaves a claim that its lease frees.)"""
         params = _claim_params(claim)
-        run_statement(self._single, "releasing idempotency receipt", _RELEASE, params, rowcount)
+        what = "releasing idempotency receipt"
+        if self._hot is not None:
+            self._hot.run(what, self._hot_release, params, hot_rowcount, relaxed=True)
+            return
+        run_statement(self._single, what, _RELEASE, params, rowcount)
 
     def get(self, task_name: str, key: str) -> Receipt | None:
         params = {"p_task_name": task_name, "p_key": key}

@@ -1,0 +1,51 @@
+"""The app ``benchmarks.throughput`` runs in a real ``celery worker``: one no-op task,
+as plain Celery or as a ReliableTask, by ``BENCH_VARIANT``."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+from celery_reliable import ReliableTask
+
+VARIANT = os.environ["BENCH_VARIANT"]
+
+app = Celery("bench", broker=os.environ["BENCH_BROKER"])
+app.conf.update(
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=4,
+    reliable_database_url=os.environ.get("BENCH_STORE") or None,
+    reliable_statsd_host="127.0.0.1",
+    reliable_statsd_port=int(os.environ["BENCH_STATSD_PORT"]),
+    reliable_history=VARIANT == "history",
+    reliable_log_outcomes=False,  # Celery's own "succeeded" log line is off too (WARNING)
+)
+
+if VARIANT == "plain":
+
+    @app.task(name="bench.noop")
+    def noop(n: int) -> None:
+        return None
+
+elif VARIANT in ("sqlite", "postgresql"):
+
+    @app.task(
+        base=ReliableTask,
+        name="bench.noop",
+        timeout=30,
+        idempotency_key="noop:{run}:{n}",
+        waive={"classified": "benchmark"},
+    )
+    def noop(n: int, run: str = "") -> None:  # type: ignore[misc]
+        return None
+
+else:
+
+    @app.task(base=ReliableTask, name="bench.noop", timeout=30)
+    def noop(n: int) -> None:  # type: ignore[misc]
+        return None

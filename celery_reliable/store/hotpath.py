@@ -1,0 +1,216 @@
+"""The receipt statements of every keyed execution, on plain DB-API connections.
+
+A keyed execution claims its key before the body and completes (or releases) it
+after: two statements on the hot path of every worker. Through SQLAlchemy each paid
+for a pool checkout, a ``BEGIN``/``COMMIT`` pair on SQLite, and the Core execution
+machinery; measured in situ they cost several times the statement itself. Here the
+same statements, compiled once by SQLAlchemy for the store's dialect (so the SQL
+cannot drift from the schema and the rest of the store), run on one DB-API
+connection per thread, in autocommit: one statement, one round trip, each atomic on
+its own.
+
+On PostgreSQL the claims (and releases) are written on a second connection with
+``synchronous_commit = off``: they do not wait for the WAL flush. That is safe: a
+claim lost in a database crash only lets another execution take the key, which
+``atomic()`` already fences (its receipt update finds the claim gone and raises
+``LeaseLost``); and a completion, which does wait for the flush, also flushes every
+claim written before it.
+
+The atomic() path (``Receipts.complete_in``), reads and maintenance stay on
+SQLAlchemy. An in-memory SQLite store (one connection shared through SQLAlchemy) has
+no hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import Engine
+
+from celery_reliable.errors import StoreUnavailable
+
+logger = logging.getLogger("celery_reliable.store")
+
+_T = TypeVar("_T")
+
+#: How SQLAlchemy stores a DateTime on SQLite (text that sorts as time does).
+SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+class Statement:
+    """One SQLAlchemy statement compiled for a dialect, with its literal binds."""
+
+    __slots__ = ("literals", "names", "positional", "sql", "sqlite")
+
+    def __init__(self, statement: Any, engine: Engine) -> None:
+        compiled = statement.compile(dialect=engine.dialect)
+        self.sql: str = str(compiled)
+        self.literals: dict[str, Any] = {
+            k: v for k, v in compiled.params.items() if not k.startswith("p_")
+        }
+        self.positional = engine.dialect.paramstyle in ("qmark", "numeric", "format")
+        self.names: Sequence[str] = tuple(compiled.positiontup or ())
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    def params(self, values: dict[str, Any]) -> Any:
+        merged = {**self.literals, **values}
+        if self.sqlite:
+            merged = {
+                k: v.strftime(SQLITE_DATETIME) if isinstance(v, datetime) else v
+                for k, v in merged.items()
+            }
+        if self.positional:
+            return [merged[name] for name in self.names]
+        return merged
+
+
+class HotPath:
+    """Per-thread DB-API connections for the receipt statements (see the module)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.dialect = engine.dialect.name
+        self._engine = engine
+        self._local = threading.local()
+        self._connect_args = engine.dialect.create_connect_args(engine.url)
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_engine(cls, engine: Engine) -> HotPath | None:
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database
+            if not database or database == ":memory:" or "mode=memory" in database:
+                return None
+            return cls(engine)
+        if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+            return cls(engine)
+        return None  # another driver: the SQLAlchemy path
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connect(self, relaxed: bool) -> Any:
+        cargs, cparams = self._connect_args
+        if self.dialect == "sqlite":
+            from celery_reliable.store.engine import SQLITE_BUSY_TIMEOUT
+
+            options: dict[str, Any] = {
+                **cparams,
+                "timeout": SQLITE_BUSY_TIMEOUT,
+                "isolation_level": None,  # autocommit: each statement is atomic alone
+                "check_same_thread": False,
+            }
+            connect: Callable[..., Any] = sqlite3.connect
+            connection = connect(*cargs, **options)
+            connection.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+            connection.execute("PRAGMA synchronous=NORMAL")
+        else:
+            import psycopg
+
+            from celery_reliable.store.engine import CONNECT_TIMEOUT
+
+            options = {"connect_timeout": CONNECT_TIMEOUT, **cparams, "autocommit": True}
+            connection = psycopg.connect(*cargs, **options)
+            if relaxed:
+                connection.execute("SET synchronous_commit TO off")
+        with self._lock:
+            self._all.append(connection)
+        return connection
+
+    def _connection(self, relaxed: bool) -> Any:
+        attr = "relaxed" if relaxed and self.dialect == "postgresql" else "durable"
+        held = getattr(self._local, attr, None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        connection = self._connect(relaxed)
+        setattr(self._local, attr, (os.getpid(), connection))
+        return connection
+
+    def _forget(self, relaxed: bool) -> None:
+        attr = "relaxed" if relaxed and self.dialect == "postgresql" else "durable"
+        held = getattr(self._local, attr, None)
+        setattr(self._local, attr, None)
+        if held is not None and held[0] == os.getpid():
+            _close(held[1])
+
+    def close(self) -> None:
+        """Close this process's connections (the store is disposed)."""
+        with self._lock:
+            connections, self._all = self._all, []
+        for connection in connections:
+            _close(connection)
+        self._local = threading.local()
+
+    # -- statements --------------------------------------------------------------------
+
+    def run(
+        self,
+        what: str,
+        statement: Statement,
+        values: dict[str, Any],
+        read: Callable[[Any], _T],
+        *,
+        relaxed: bool = False,
+    ) -> _T:
+        """Execute ``statement`` and ``read`` its cursor. A connection found broken
+        (the server restarted) is replaced and the statement run once more; a database
+        that cannot be reached raises :class:`StoreUnavailable`."""
+        params = statement.params(values)
+        for attempt in (1, 2):
+            try:
+                connection = self._connection(relaxed)
+            except Exception as exc:
+                raise StoreUnavailable(f"{what}: {_first_line(exc)}") from exc
+            try:
+                cursor = connection.execute(statement.sql, params)
+                try:
+                    return read(cursor)
+                finally:
+                    cursor.close()
+            except Exception as exc:
+                if not self._unavailable(exc):
+                    raise
+                broken = self._broken(connection)
+                self._forget(relaxed)
+                if attempt == 1 and broken:
+                    continue
+                raise StoreUnavailable(f"{what}: {_first_line(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unavailable(self, exc: Exception) -> bool:
+        if self.dialect == "sqlite":
+            return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError))
+        import psycopg
+
+        return isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError))
+
+    def _broken(self, connection: Any) -> bool:
+        """True for a connection the server dropped (worth one more try)."""
+        if self.dialect == "sqlite":
+            return False
+        return bool(connection.closed or connection.broken)
+
+
+def _close(connection: Any) -> None:
+    try:
+        connection.close()
+    except Exception:  # already broken: nothing to close
+        logger.debug("celery_reliable: closing a receipt connection failed")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def rows(cursor: Any) -> list[Any]:
+    return list(cursor.fetchall())
+
+
+def rowcount(cursor: Any) -> int:
+    return int(cursor.rowcount)
