@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import redis
 from rich.console import Console
