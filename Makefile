@@ -118,10 +118,13 @@ integration: system-deps $(STAMP)
 demo: $(STAMP)
 	cd examples/django_app && $(CURDIR)/$(PY) demo.py
 
-# Benchmarks print figures; they are not tests. Starts its own PostgreSQL server.
+# Benchmarks print figures; they are not tests. They start their own Redis and
+# PostgreSQL servers. benchmarks.throughput: a real prefork worker, ReliableTask
+# variants against plain Celery (docs/performance.md).
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
+	$(PY) -m benchmarks.throughput
 
 clean:
 	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/django_app/data

@@ -1042,3 +1042,31 @@ def test_a_stale_connection_is_replaced_not_reported(postgres_url: str) -> None:
         assert store.receipts.complete(claim, None)
     finally:
         store.dispose()
+
+
+def test_postgresql_claims_skip_the_wal_flush_and_completions_wait_for_it(
+    postgres_url: str,
+) -> None:
+    """The hot path's two connections: claims with synchronous_commit off (a lost
+    claim is fenced by atomic()), completions durable."""
+    url = fresh_postgres_database(postgres_url)
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:  # the test server defaults to off
+        name = url.rsplit("/", 1)[1]
+        connection.execute(sa.text(f"ALTER DATABASE {name} SET synchronous_commit = on"))
+    admin.dispose()
+    store = new_store(url)
+    migrate.upgrade(store.engine)
+    try:
+        claim = own(store.receipts.claim(TASK, key(), H1, tid(), 30))
+        assert store.receipts.complete(claim, None)
+        hot = store.receipts._hot
+        assert hot is not None
+        settings = {
+            name: held[1].execute("SHOW synchronous_commit").fetchone()[0]
+            for name in ("relaxed", "durable")
+            if (held := getattr(hot._local, name, None)) is not None
+        }
+        assert settings == {"relaxed": "off", "durable": "on"}
+    finally:
+        store.dispose()
