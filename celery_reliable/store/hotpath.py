@@ -71,15 +71,18 @@ class Statement:
 
 
 class HotPath:
-    """Per-thread DB-API connections for the receipt statements (see the module)."""
+    """DB-API connections for the receipt statements (see the module), kept in two
+    small stacks (relaxed, durable): a statement takes one, or opens one, and gives it
+    back; at most ``MAX_IDLE`` of each stay open between statements."""
+
+    MAX_IDLE = 4
 
     def __init__(self, engine: Engine) -> None:
         self.dialect = engine.dialect.name
-        self._engine = engine
-        self._local = threading.local()
         self._connect_args = engine.dialect.create_connect_args(engine.url)
-        self._all: list[Any] = []
+        self._idle: dict[bool, list[Any]] = {True: [], False: []}
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     @classmethod
     def for_engine(cls, engine: Engine) -> HotPath | None:
@@ -109,42 +112,44 @@ class HotPath:
             connection = connect(*cargs, **options)
             connection.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
             connection.execute("PRAGMA synchronous=NORMAL")
-        else:
-            import psycopg
+            return connection
+        import psycopg
 
-            from celery_reliable.store.engine import CONNECT_TIMEOUT
+        from celery_reliable.store.engine import CONNECT_TIMEOUT
 
-            options = {"connect_timeout": CONNECT_TIMEOUT, **cparams, "autocommit": True}
-            connection = psycopg.connect(*cargs, **options)
-            if relaxed:
-                connection.execute("SET synchronous_commit TO off")
+        options = {"connect_timeout": CONNECT_TIMEOUT, **cparams, "autocommit": True}
+        connection = psycopg.connect(*cargs, **options)
+        if relaxed:
+            connection.execute("SET synchronous_commit TO off")
+        return connection
+
+    def _take(self, relaxed: bool) -> Any:
+        relaxed = relaxed and self.dialect == "postgresql"
         with self._lock:
-            self._all.append(connection)
-        return connection
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._idle, self._pid = {True: [], False: []}, os.getpid()
+            idle = self._idle[relaxed]
+            if idle:
+                return idle.pop()
+        return self._connect(relaxed)
 
-    def _connection(self, relaxed: bool) -> Any:
-        attr = "relaxed" if relaxed and self.dialect == "postgresql" else "durable"
-        held = getattr(self._local, attr, None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        connection = self._connect(relaxed)
-        setattr(self._local, attr, (os.getpid(), connection))
-        return connection
-
-    def _forget(self, relaxed: bool) -> None:
-        attr = "relaxed" if relaxed and self.dialect == "postgresql" else "durable"
-        held = getattr(self._local, attr, None)
-        setattr(self._local, attr, None)
-        if held is not None and held[0] == os.getpid():
-            _close(held[1])
+    def _give_back(self, relaxed: bool, connection: Any) -> None:
+        relaxed = relaxed and self.dialect == "postgresql"
+        with self._lock:
+            idle = self._idle[relaxed]
+            if len(idle) < self.MAX_IDLE and self._pid == os.getpid():
+                idle.append(connection)
+                return
+        _close(connection)
 
     def close(self) -> None:
-        """Close this process's connections (the store is disposed)."""
+        """Close the idle connections (the store is disposed)."""
         with self._lock:
-            connections, self._all = self._all, []
-        for connection in connections:
-            _close(connection)
-        self._local = threading.local()
+            idle, self._idle = self._idle, {True: [], False: []}
+            mine = self._pid == os.getpid()
+        if mine:
+            for connection in idle[True] + idle[False]:
+                _close(connection)
 
     # -- statements --------------------------------------------------------------------
 
@@ -163,23 +168,26 @@ class HotPath:
         params = statement.params(values)
         for attempt in (1, 2):
             try:
-                connection = self._connection(relaxed)
+                connection = self._take(relaxed)
             except Exception as exc:
                 raise StoreUnavailable(f"{what}: {_first_line(exc)}") from exc
             try:
                 cursor = connection.execute(statement.sql, params)
                 try:
-                    return read(cursor)
+                    found = read(cursor)
                 finally:
                     cursor.close()
             except Exception as exc:
                 if not self._unavailable(exc):
+                    self._give_back(relaxed, connection)
                     raise
                 broken = self._broken(connection)
-                self._forget(relaxed)
+                _close(connection)
                 if attempt == 1 and broken:
                     continue
                 raise StoreUnavailable(f"{what}: {_first_line(exc)}") from exc
+            self._give_back(relaxed, connection)
+            return found
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _unavailable(self, exc: Exception) -> bool:

@@ -1062,10 +1062,10 @@ def test_postgresql_claims_skip_the_wal_flush_and_completions_wait_for_it(
         assert store.receipts.complete(claim, None)
         hot = store.receipts._hot
         assert hot is not None
+        [relaxed], [durable] = hot._idle[True], hot._idle[False]
         settings = {
-            name: held[1].execute("SHOW synchronous_commit").fetchone()[0]
-            for name in ("relaxed", "durable")
-            if (held := getattr(hot._local, name, None)) is not None
+            "relaxed": relaxed.execute("SHOW synchronous_commit").fetchone()[0],
+            "durable": durable.execute("SHOW synchronous_commit").fetchone()[0],
         }
         assert settings == {"relaxed": "off", "durable": "on"}
     finally:
