@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
-        compat-one bench system-deps clean example-tests docs
+        compat-one bench system-deps clean example-tests docs chaos
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -125,6 +125,12 @@ bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
 	$(PY) -m benchmarks.throughput
+
+# The chaos suite: 2,000 jobs with effects in PostgreSQL on two prefork workers that
+# are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
+# once; with atomic() (exactly once) and without (at least once). Prints its figures.
+chaos: system-deps $(STAMP)
+	$(PY) -m tests.chaos.run --jobs 2000 --mode both
 
 clean:
 	rm -rf $(VENV) .venv-plain .venv-celery* .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/django_app/data

@@ -45,45 +45,75 @@ def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes], wha
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
 
 
+class RedisServer:
+    """A redis-server on a free loopback port that can be stopped and started again
+    on the same port (``persistent``: its data survive, in an fsync'd append-only
+    file, as a production Redis keeps its queues)."""
+
+    def __init__(self, persistent: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServerMissing(
+                "redis-server is not installed; `make test` installs it "
+                "(apt-get install redis-server)"
+            )
+        self.binary = binary
+        self.port = free_port()
+        self.workdir = tempfile.mkdtemp(prefix="reliable-redis-")
+        self.persistent = persistent
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--databases",
+                str(REDIS_DATABASES),
+                "--dir",
+                self.workdir,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(self.port, 10, self.proc, "redis-server")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A throw-away redis-server; yields its base URL ``redis://127.0.0.1:PORT``."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ServerMissing(
-            "redis-server is not installed; `make test` installs it (apt-get install redis-server)"
-        )
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="reliable-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--databases",
-            "64",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = RedisServer()
     try:
-        _wait_for_port(port, 10, proc, "redis-server")
-        yield f"redis://127.0.0.1:{port}"
+        server.start()
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.remove()
 
 
 def _pg_bin(name: str) -> str:
@@ -98,94 +128,103 @@ def _pg_bin(name: str) -> str:
     )
 
 
-@contextlib.contextmanager
-def postgres_server(durable: bool = False) -> Iterator[str]:
-    """A throw-away PostgreSQL cluster; yields a SQLAlchemy URL (psycopg 3).
-
-    Tests run it without waiting for the disk (``fsync=off``); ``durable=True`` keeps
-    PostgreSQL's production defaults (fsync and synchronous commit on), for benchmarks.
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a free loopback port that can be stopped and
+    started again. Tests run it without waiting for the disk (``fsync=off``);
+    ``durable=True`` keeps PostgreSQL's production defaults (fsync and synchronous
+    commit on), for benchmarks and the chaos suite.
 
     PostgreSQL refuses to run as root, so as root the cluster belongs to the
     ``postgres`` user and its data folder is a temporary directory that user owns.
     """
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="reliable-pg-"))
-    data = workdir / "data"
-    as_root = os.geteuid() == 0
-    prefix: list[str] = []
-    if as_root:
-        shutil.chown(workdir, user="postgres", group="postgres")
-        os.chmod(workdir, 0o700)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    subprocess.run(
-        [
-            *prefix,
-            initdb,
-            "-D",
-            str(data),
-            "-U",
-            "reliable",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    options = (
-        f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={workdir} "
-        "-c max_connections=200"
-    )
-    if not durable:
-        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-    subprocess.run(
-        [
-            *prefix,
-            pg_ctl,
-            "-D",
-            str(data),
-            "-o",
-            options,
-            "-l",
-            str(workdir / "log"),
-            "-w",
-            "-t",
-            "30",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    try:
+
+    def __init__(self, durable: bool = False) -> None:
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="reliable-pg-"))
+        self.data = self.workdir / "data"
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, user="postgres", group="postgres")
+            os.chmod(self.workdir, 0o700)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        self.env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        self.durable = durable
+        self.url = f"postgresql+psycopg://reliable@127.0.0.1:{self.port}/reliable"
         subprocess.run(
             [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
+                *self.prefix,
+                self.initdb,
+                "-D",
+                str(self.data),
                 "-U",
                 "reliable",
-                "-d",
-                "postgres",
-                "-c",
-                "CREATE DATABASE reliable",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
             ],
             check=True,
             capture_output=True,
-            env=env,
+            env=self.env,
         )
-        yield f"postgresql+psycopg://reliable@127.0.0.1:{port}/reliable"
-    finally:
+        self._created = False
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.workdir} -c max_connections=200"
+        )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+            [
+                *self.prefix,
+                self.pg_ctl,
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-l",
+                str(self.workdir / "log"),
+                "-w",
+                "-t",
+                "30",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            env=self.env,
+        )
+        if not self._created:
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "reliable", "-d",
+                 "postgres", "-c", "CREATE DATABASE reliable"],
+                check=True,
+                capture_output=True,
+                env=self.env,
+            )  # fmt: skip
+            self._created = True
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"],
             check=False,
             capture_output=True,
-            env=env,
+            env=self.env,
         )
-        shutil.rmtree(workdir, ignore_errors=True)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server(durable: bool = False) -> Iterator[str]:
+    """A throw-away PostgreSQL cluster; yields a SQLAlchemy URL (psycopg 3)."""
+    server = PostgresServer(durable)
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.remove()

@@ -1,0 +1,89 @@
+"""The worker app of the chaos suite: each job writes one effect row to PostgreSQL,
+through ``self.atomic()`` (``CHAOS_MODE=atomic``: exactly once) or with a plain
+write (``CHAOS_MODE=plain``: at least once, for comparison)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+
+from celery_reliable import ReliableTask, retry_on
+from celery_reliable.backoff import exponential
+from tests.chaos.effects import effects
+
+MODE = os.environ["CHAOS_MODE"]
+STORE = os.environ["CHAOS_STORE"]
+VISIBILITY_TIMEOUT = float(os.environ.get("CHAOS_VISIBILITY_TIMEOUT", "5"))
+#: Mean seconds of work per job (uniform between 0 and twice this).
+JOB_SECONDS = float(os.environ.get("CHAOS_JOB_SECONDS", "0.05"))
+
+app = Celery("chaos", broker=os.environ["CHAOS_BROKER"])
+app.conf.update(
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    worker_lost_wait=1.0,
+    reliable_database_url=STORE,
+    reliable_rescue_interval=1.0,
+    reliable_history=False,
+    reliable_log_outcomes=False,
+)
+
+_engine: sa.Engine | None = None
+
+
+def _plain_engine() -> sa.Engine:
+    global _engine
+    if _engine is None:
+        _engine = sa.create_engine(STORE, pool_pre_ping=True)
+    return _engine
+
+
+def _effect(job_id: int, task_id: str, published_at: float) -> dict[str, object]:
+    return {
+        "job_id": job_id,
+        "task_id": task_id,
+        "published_at": published_at,
+        "done_at": time.time(),
+    }
+
+
+RETRY = {"wait": exponential(factor=0.5, cap=3), "attempts": 60}
+
+if MODE == "atomic":
+
+    @app.task(
+        base=ReliableTask, bind=True, name="chaos.job", timeout=5, idempotency_key="job:{job_id}"
+    )
+    @retry_on(OperationalError, **RETRY)  # the database dropped out mid-transaction
+    def job(self: ReliableTask, job_id: int, published_at: float) -> None:
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))
+        with self.atomic() as session:
+            session.execute(effects.insert().values(_effect(job_id, self.request.id, published_at)))
+
+else:
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="chaos.job",
+        timeout=5,
+        waive={"idempotency": "the chaos suite's at-least-once comparison"},
+    )
+    @retry_on(OperationalError, **RETRY)
+    def job(self: ReliableTask, job_id: int, published_at: float) -> None:
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))
+        with _plain_engine().begin() as connection:
+            connection.execute(
+                effects.insert().values(_effect(job_id, self.request.id, published_at))
+            )

@@ -1,0 +1,340 @@
+"""The chaos run: jobs whose effects go to PostgreSQL, on real prefork workers that are
+SIGKILLed (whole process group) and restarted while Redis restarts and PostgreSQL
+crashes.
+
+    python -m tests.chaos.run [--jobs 2000] [--workers 2] [--kill-every 3]
+                              [--mode atomic|plain|both]
+
+Both servers run as production ones would: Redis with an fsync'd append-only file
+(its queues survive a restart), PostgreSQL with fsync and synchronous commit on, and
+stopped with ``-m immediate`` (a crash: what was not flushed is lost). It prints, per
+mode, the figures the docs quote: jobs lost (no effect), effects duplicated, receipts
+left in progress, wall time, and the longest a job waited from publish to its effect.
+Exit status 1 when the ``atomic`` run lost a job or duplicated an effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+
+import sqlalchemy as sa
+
+from tests.servers import PostgresServer, RedisServer
+from tests.worker_process import WorkerProcess, celery_worker
+
+APP = "tests.chaos.app"
+
+
+@dataclass
+class Plan:
+    jobs: int = 2000
+    workers: int = 2
+    concurrency: int = 2
+    kill_every: float = 3.0
+    #: Seconds of faults (worker kills); then the run drains in calm.
+    chaos_for: float = 40.0
+    redis_restart_at: float = 8.0
+    postgres_crash_at: float = 15.0
+    postgres_down_for: float = 5.0
+    visibility_timeout: float = 5.0
+    job_seconds: float = 0.05
+    deadline: float = 600.0
+    mode: str = "atomic"
+    seed: int = 7
+
+
+@dataclass
+class Figures:
+    mode: str
+    jobs: int
+    lost: int
+    duplicated: int
+    in_progress: int
+    wall_time: float
+    longest_wait: float
+    kills: int
+    events: list[str] = field(default_factory=list)
+    #: Jobs that ended in a dead letter, by outcome (not lost: kept to be retried).
+    dead_letters: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        return [
+            f"chaos ({self.mode}): {self.jobs} jobs, {self.kills} worker kills, "
+            f"{', '.join(self.events)}",
+            f"  jobs lost:                  {self.lost}",
+            f"  effects duplicated:         {self.duplicated}",
+            f"  dead letters:               {self.dead_letters or 0}",
+            f"  receipts left in progress:  {self.in_progress}",
+            f"  wall time:                  {self.wall_time:.1f} s",
+            f"  longest wait for an effect: {self.longest_wait:.1f} s",
+        ]
+
+
+def prepare_database(url: str) -> None:
+    from celery_reliable.store import migrate
+    from celery_reliable.store.engine import create_store_engine
+    from tests.chaos.effects import metadata
+
+    engine = create_store_engine(url)
+    try:
+        migrate.upgrade(engine)
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+
+
+def publish(broker: str, jobs: int) -> None:
+    from celery import Celery
+
+    client = Celery("chaos-client", broker=broker, set_as_current=False)
+    with client.producer_or_acquire() as producer:
+        for job_id in range(jobs):
+            client.send_task(
+                "chaos.job", (job_id, time.time()), producer=producer, ignore_result=True
+            )
+
+
+def effect_counts(url: str) -> dict[int, int] | None:
+    """Effects per job, or None while PostgreSQL is down."""
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text("SELECT job_id, count(*) FROM chaos_effects GROUP BY job_id")
+            )
+            return {int(job): int(n) for job, n in rows}
+    except sa.exc.OperationalError:
+        return None
+    finally:
+        engine.dispose()
+
+
+class Workers:
+    """``plan.workers`` prefork workers, each in its own process group."""
+
+    def __init__(self, env: dict[str, str], plan: Plan, stack: ExitStack) -> None:
+        self.env, self.plan, self.stack = env, plan, stack
+        self.running: list[WorkerProcess] = []
+        self.kills = 0
+
+    def start_one(self) -> None:
+        worker = self.stack.enter_context(
+            celery_worker(APP, self.env, concurrency=self.plan.concurrency, new_session=True)
+        )
+        self.running.append(worker)
+
+    def kill_one(self, rng: random.Random) -> None:
+        victim = rng.choice(self.running)
+        self.running.remove(victim)
+        victim.kill_group()
+        self.kills += 1
+        self.start_one()
+
+
+@contextmanager
+def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
+    redis_server = RedisServer(persistent=True)
+    postgres = PostgresServer(durable=True)
+    try:
+        redis_server.start()
+        postgres.start()
+        yield redis_server, postgres
+    finally:
+        redis_server.remove()
+        postgres.remove()
+
+
+def run(plan: Plan) -> Figures:
+    rng = random.Random(plan.seed)
+    with servers() as (redis_server, postgres), ExitStack() as stack:
+        broker = f"{redis_server.url}/0"
+        prepare_database(postgres.url)
+        env = {
+            "CHAOS_MODE": plan.mode,
+            "CHAOS_BROKER": broker,
+            "CHAOS_STORE": postgres.url,
+            "CHAOS_VISIBILITY_TIMEOUT": str(plan.visibility_timeout),
+            "CHAOS_JOB_SECONDS": str(plan.job_seconds),
+        }
+        publish(broker, plan.jobs)
+        started = time.monotonic()
+        workers = Workers(env, plan, stack)
+        for _ in range(plan.workers):
+            workers.start_one()
+        events: list[str] = []
+        faults = Faults(plan, redis_server, postgres, events)
+        faults.start()
+        next_kill = time.monotonic() + plan.kill_every
+        counts: dict[int, int] = {}
+        last_progress, progress = time.monotonic(), -1
+        while time.monotonic() - started < plan.deadline:
+            now = time.monotonic()
+            chaos = now - started < plan.chaos_for
+            if chaos and now >= next_kill and not faults.busy.is_set():
+                workers.kill_one(rng)
+                next_kill = now + plan.kill_every
+            found = effect_counts(postgres.url)
+            if found is not None:
+                counts = found
+                ended = set().union(*dead_letters(postgres.url).values())
+                done = len(set(counts) | ended)
+                if done != progress:
+                    progress, last_progress = done, now
+                if done >= plan.jobs and faults.done.is_set():
+                    break
+                if not chaos and faults.done.is_set() and now - last_progress > quiet(plan):
+                    break  # nothing moves any more: what is missing is lost
+            time.sleep(0.5)
+        wall = time.monotonic() - started
+        # A late duplicate would show within a visibility timeout and a rescue.
+        time.sleep(plan.visibility_timeout + 2)
+        counts = effect_counts(postgres.url) or counts
+        faults.join()
+        for worker in list(workers.running):
+            worker.stop()
+        letters = dead_letters(postgres.url)
+        return Figures(
+            mode=plan.mode,
+            jobs=plan.jobs,
+            lost=plan.jobs - len(set(counts) | set().union(*letters.values())),
+            duplicated=sum(n - 1 for n in counts.values() if n > 1),
+            in_progress=in_progress_receipts(postgres.url),
+            wall_time=wall,
+            longest_wait=longest_wait(postgres.url),
+            kills=workers.kills,
+            events=events,
+            dead_letters={outcome: len(jobs) for outcome, jobs in letters.items()},
+        )
+
+
+class Faults(threading.Thread):
+    """Redis restarted once, PostgreSQL crashed and down for a while once."""
+
+    def __init__(
+        self, plan: Plan, redis_server: RedisServer, postgres: PostgresServer, events: list[str]
+    ) -> None:
+        super().__init__(daemon=True)
+        self.plan, self.redis_server, self.postgres, self.events = (
+            plan,
+            redis_server,
+            postgres,
+            events,
+        )
+        self.busy = threading.Event()  # no worker kill while a server restarts
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        began = time.monotonic()
+        schedule = sorted(
+            [(self.plan.redis_restart_at, self.restart_redis),
+             (self.plan.postgres_crash_at, self.crash_postgres)]
+        )  # fmt: skip
+        for at, fault in schedule:
+            time.sleep(max(0.0, began + at - time.monotonic()))
+            self.busy.set()
+            try:
+                fault()
+            finally:
+                self.busy.clear()
+        self.done.set()
+
+    def restart_redis(self) -> None:
+        self.redis_server.stop()
+        time.sleep(1.0)
+        self.redis_server.start()
+        self.events.append("Redis restarted")
+
+    def crash_postgres(self) -> None:
+        self.postgres.stop("immediate")
+        time.sleep(self.plan.postgres_down_for)
+        self.postgres.start()
+        self.events.append(f"PostgreSQL crashed and down {self.plan.postgres_down_for:g} s")
+
+
+def quiet(plan: Plan) -> float:
+    """Seconds without progress after which a job still missing is lost: a lease
+    (hard limit 10 s + 5 s), a visibility timeout and a rescue, and some margin."""
+    return 15.0 + plan.visibility_timeout + 10.0
+
+
+def dead_letters(url: str) -> dict[str, set[int]]:
+    """The jobs that ended in a dead letter, by outcome."""
+    import json
+
+    engine = sa.create_engine(url)
+    found: dict[str, set[int]] = {}
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text(
+                    "SELECT outcome, args FROM reliable_dead_letters WHERE task_name = 'chaos.job'"
+                )
+            )
+            for outcome, args in rows:
+                found.setdefault(str(outcome), set()).add(int(json.loads(args)[0]))
+    except sa.exc.SQLAlchemyError:
+        return {}
+    finally:
+        engine.dispose()
+    return found
+
+
+def in_progress_receipts(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.text("SELECT count(*) FROM reliable_receipts WHERE state = 'in_progress'")
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def longest_wait(url: str) -> float:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            value = connection.execute(
+                sa.text(
+                    "SELECT max(first_done - published_at) FROM (SELECT job_id, "
+                    "min(done_at) AS first_done, min(published_at) AS published_at "
+                    "FROM chaos_effects GROUP BY job_id) AS firsts"
+                )
+            ).scalar_one()
+            return float(value or 0.0)
+    finally:
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--kill-every", type=float, default=3.0)
+    parser.add_argument("--mode", choices=["atomic", "plain", "both"], default="both")
+    args = parser.parse_args(argv)
+    modes = ["atomic", "plain"] if args.mode == "both" else [args.mode]
+    failed = False
+    for mode in modes:
+        plan = Plan(jobs=args.jobs, workers=args.workers, kill_every=args.kill_every, mode=mode)
+        figures = run(plan)
+        print("\n".join(figures.lines()), flush=True)
+        print(f"  figures: {asdict(figures)}", file=sys.stderr)
+        if mode == "atomic" and (figures.lost or figures.duplicated or figures.in_progress):
+            failed = True
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
