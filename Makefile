@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`.
-# Both create .venv on first use; `make test` also installs redis-server and
-# PostgreSQL with apt when they are missing and we are root (CI, fresh machines).
+# Both create .venv on first use; `make test` also installs redis-server, PostgreSQL
+# and RabbitMQ with apt when they are missing and we are root (CI, fresh machines).
 # `make compat` runs the version matrix (Celery 5.4 to 5.7), each in its own venv.
 
 PYTHON ?= python3
@@ -27,6 +27,7 @@ system-deps:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
+	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \

@@ -112,6 +112,24 @@ def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
 
 
 @pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """A real RabbitMQ node for the session (started on first use)."""
+    with servers.rabbitmq_server() as url:
+        yield url
+
+
+def new_amqp_app(rabbitmq_url: str, redis_url: str, name: str, **conf: Any) -> Celery:
+    """Like :func:`new_app`, with RabbitMQ as the broker (results stay on Redis): its
+    own queue, so that test modules never share one."""
+    app = new_app(redis_url, name, **conf)
+    db = app.conf.broker_url.rsplit("/", 1)[1]
+    app.conf.broker_url = rabbitmq_url
+    app.conf.broker_transport_options = {}
+    app.conf.task_default_queue = f"{name}-{db}"
+    return app
+
+
+@pytest.fixture(scope="session")
 def make_app(redis_url: str) -> Callable[..., Celery]:
     def factory(name: str, **conf: Any) -> Celery:
         return new_app(redis_url, name, **conf)

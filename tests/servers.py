@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -109,6 +110,84 @@ class RedisServer:
 def redis_server() -> Iterator[str]:
     """A throw-away redis-server; yields its base URL ``redis://127.0.0.1:PORT``."""
     server = RedisServer()
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.remove()
+
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+
+
+class RabbitMQServer:
+    """A throw-away RabbitMQ node (Debian's ``rabbitmq-server``) on free loopback
+    ports, with its own Erlang port mapper, data and logs in a temporary folder."""
+
+    def __init__(self) -> None:
+        if not os.path.exists(RABBITMQ_SERVER):
+            raise ServerMissing(
+                "rabbitmq-server is not installed; `make test` installs it "
+                "(apt-get install rabbitmq-server)"
+            )
+        self.port, self.dist_port, self.epmd_port = free_port(), free_port(), free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="reliable-rabbitmq-"))
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(self.workdir),  # the Erlang cookie
+            "RABBITMQ_NODENAME": f"reliable{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.workdir / "pid"),
+        }
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [RABBITMQ_SERVER],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait_for_port(self.port, 90, self.proc, "rabbitmq-server")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+        # The node started a port mapper of its own, detached: stop it too.
+        subprocess.run(
+            ["epmd", "-port", str(self.epmd_port), "-kill"],
+            env=self.env,
+            check=False,
+            capture_output=True,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def rabbitmq_server() -> Iterator[str]:
+    """A throw-away RabbitMQ node; yields its AMQP URL."""
+    server = RabbitMQServer()
     try:
         server.start()
         yield server.url

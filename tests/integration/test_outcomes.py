@@ -26,6 +26,7 @@ from celery_reliable import (
 )
 from celery_reliable.backoff import fixed
 from celery_reliable.results import wait_for_outcome
+from tests.conftest import new_amqp_app
 from tests.helpers import Calls, app_with_worker, new_key, tasks_in
 
 pytestmark = pytest.mark.integration
@@ -75,11 +76,11 @@ callbacks: list[tuple[str, Any, BaseException]] = []
 
 
 def define(app: Any) -> SimpleNamespace:
-    @app.task(base=ReliableTask, name="t.succeed")
+    @app.task(shared=False, base=ReliableTask, name="t.succeed")
     def succeed(x: int) -> int:
         return x * 2
 
-    @app.task(base=ReliableTask, name="t.flaky")
+    @app.task(shared=False, base=ReliableTask, name="t.flaky")
     @retry_on(TransientError, wait=fixed(0.1), attempts=5)
     def flaky(key: str, failures: int) -> str:
         if bump(key) <= failures:
@@ -90,13 +91,13 @@ def define(app: Any) -> SimpleNamespace:
         callbacks.append(("exhausted", task.name, exc))
         raise RuntimeError("a broken callback must not change the outcome")
 
-    @app.task(base=ReliableTask, name="t.always_transient")
+    @app.task(shared=False, base=ReliableTask, name="t.always_transient")
     @retry_on(TransientError, wait=fixed(0.1), attempts=3, on_exhausted=exhausted_callback)
     def always_transient(key: str) -> None:
         bump(key)
         raise TransientError("still down")
 
-    @app.task(base=ReliableTask, name="t.five_attempts")
+    @app.task(shared=False, base=ReliableTask, name="t.five_attempts")
     @retry_on(TransientError, wait=fixed(0.05), attempts=5)
     def five_attempts(key: str) -> None:
         bump(key)
@@ -105,19 +106,19 @@ def define(app: Any) -> SimpleNamespace:
     def discard_callback(task: Any, exc: BaseException) -> None:
         callbacks.append(("discard", task.name, exc))
 
-    @app.task(base=ReliableTask, name="t.invalid", bind=True)
+    @app.task(shared=False, base=ReliableTask, name="t.invalid", bind=True)
     @discard_on(InvalidEmail, on_discard=discard_callback)
     def invalid(self: ReliableTask, key: str) -> None:
         bump(key)
         raise InvalidEmail("no @ in 'bob'")
 
-    @app.task(base=ReliableTask, name="t.missing")
+    @app.task(shared=False, base=ReliableTask, name="t.missing")
     @cancel_on(OrderNotFound)
     def missing(key: str) -> None:
         bump(key)
         raise OrderNotFound("order 42")
 
-    @app.task(base=ReliableTask, name="t.explicit")
+    @app.task(shared=False, base=ReliableTask, name="t.explicit")
     def explicit(kind: str) -> Any:
         if kind == "return-cancel":
             return Cancel("customer deleted")
@@ -127,12 +128,12 @@ def define(app: Any) -> SimpleNamespace:
             return Discard("payload is garbage")
         raise Discard("payload is garbage")
 
-    @app.task(base=ReliableTask, name="t.unclassified")
+    @app.task(shared=False, base=ReliableTask, name="t.unclassified")
     def unclassified(key: str) -> None:
         bump(key)
         raise KeyError("surprise")
 
-    @app.task(base=ReliableTask, name="t.snoozer")
+    @app.task(shared=False, base=ReliableTask, name="t.snoozer")
     @retry_on(TransientError, wait=fixed(0.05), attempts=2)
     def snoozer(key: str, snoozes: int) -> str:
         n = bump(key)
@@ -142,12 +143,12 @@ def define(app: Any) -> SimpleNamespace:
             raise TransientError("one real failure after the snoozes")
         return "done"
 
-    @app.task(base=ReliableTask, name="t.always_snooze", max_snoozes=2)
+    @app.task(shared=False, base=ReliableTask, name="t.always_snooze", max_snoozes=2)
     def always_snooze(key: str) -> None:
         bump(key)
         raise Snooze(0.05, "waiting for the warehouse")
 
-    @app.task(base=ReliableTask, name="t.two_rules")
+    @app.task(shared=False, base=ReliableTask, name="t.two_rules")
     @retry_on(TransientError, wait=fixed(0.05), attempts=2)
     @retry_on(OtherTransient, wait=fixed(0.05), attempts=2)
     def two_rules(key: str) -> str:
@@ -158,21 +159,21 @@ def define(app: Any) -> SimpleNamespace:
             raise OtherTransient("second rule, once")
         return "survived"
 
-    @app.task(base=ReliableTask, name="t.mro")
+    @app.task(shared=False, base=ReliableTask, name="t.mro")
     @retry_on(Base, wait=fixed(0.05), attempts=2)
     @discard_on(Child)
     def mro(kind: str, key: str) -> None:
         bump(key)
         raise {"child": Child, "grandchild": GrandChild, "sibling": Sibling}[kind](kind)
 
-    @app.task(base=ReliableTask, name="t.rate_limited")
+    @app.task(shared=False, base=ReliableTask, name="t.rate_limited")
     @retry_on(RateLimited, wait=fixed(0.05), attempts=2)
     def rate_limited(key: str) -> str:
         if bump(key) == 1:
             raise RateLimited(retry_after=1.0)
         return "ok"
 
-    @app.task(base=ReliableTask, name="t.soft_limit")
+    @app.task(shared=False, base=ReliableTask, name="t.soft_limit")
     @discard_on(SoftTimeLimitExceeded)
     def soft_limit() -> None:
         # Raised by hand here: the threads pool has no time limits; the prefork
@@ -182,9 +183,14 @@ def define(app: Any) -> SimpleNamespace:
     return tasks_in(locals())
 
 
-@pytest.fixture(scope="module")
-def env(make_app: Any) -> Any:
-    app = make_app("outcomes")
+@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
+def env(request: pytest.FixtureRequest, make_app: Any, redis_url: str) -> Any:
+    """The suite runs on both brokers: re-publishing, acks, delayed delivery differ."""
+    if request.param == "rabbitmq":
+        rabbitmq_url = request.getfixturevalue("rabbitmq_url")
+        app = new_amqp_app(rabbitmq_url, redis_url, "outcomes-amqp")
+    else:
+        app = make_app("outcomes")
     with app_with_worker(app, define(app)) as env:
         yield env
 
@@ -407,7 +413,7 @@ def test_one_structured_log_line_per_execution_end(env: Any, outcomes: Any, capl
     assert retried.levelno == logging.INFO
     assert retried.task_name == "t.flaky"
     assert retried.attempt == 1 and succeeded.attempt == 2
-    assert retried.queue == "celery"
+    assert retried.queue == env.app.conf.task_default_queue
     assert retried.reason == "TransientError: call 1 (attempt 1/5)"
     assert 0.1 <= retried.retry_in <= 0.115
     assert isinstance(succeeded.duration, float) and succeeded.retry_in is None

@@ -181,3 +181,24 @@ def test_depth_counts_waiting_messages_and_priority_sub_queues(env: Any) -> None
         env.ok.apply_async(queue="parked", priority=priority)
     sampler = QueueDepthSampler(env.app, ["parked", "never-used"], 1.0, lambda d: None)
     assert sampler.sample() == [("parked", 4), ("never-used", 0)]
+
+
+def test_depth_on_rabbitmq_counts_the_messages_waiting(rabbitmq_url: str, redis_url: str) -> None:
+    """AMQP answers a passive declare with the queue's message count; a queue never
+    declared is a 404 that closes the channel, and counts as empty."""
+    from celery_reliable.queue_depth import QueueDepthSampler
+    from tests.conftest import new_amqp_app
+
+    app = new_amqp_app(rabbitmq_url, redis_url, "depth-amqp")
+    parked = f"parked-{new_key()}"
+
+    @app.task(base=ReliableTask, shared=False, name="m.amqp_ok")
+    def ok() -> str:
+        return "ok"
+
+    for _ in range(3):
+        ok.apply_async(queue=parked)
+    sampler = QueueDepthSampler(app, [parked, "never-declared"], 1.0, lambda d: None)
+    assert sampler.sample() == [(parked, 3), ("never-declared", 0)]
+    ok.apply_async(queue=parked)
+    assert sampler.sample() == [(parked, 4), ("never-declared", 0)]
