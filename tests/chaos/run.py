@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -41,8 +42,9 @@ class Plan:
     kill_every: float = 3.0
     #: Seconds of faults (worker kills); then the run drains in calm.
     chaos_for: float = 40.0
-    redis_restart_at: float = 8.0
-    postgres_crash_at: float = 15.0
+    #: Seconds into the run of each server fault (None: not this run).
+    redis_restart_at: float | None = 8.0
+    postgres_crash_at: float | None = 15.0
     postgres_down_for: float = 5.0
     visibility_timeout: float = 5.0
     job_seconds: float = 0.05
@@ -64,6 +66,10 @@ class Figures:
     events: list[str] = field(default_factory=list)
     #: Jobs that ended in a dead letter, by outcome (not lost: kept to be retried).
     dead_letters: dict[str, int] = field(default_factory=dict)
+    #: The lost jobs, and what Redis still holds at the end (queued, unacknowledged).
+    missing: list[int] = field(default_factory=list)
+    missing_ids: list[str] = field(default_factory=list)
+    broker_left: dict[str, int] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         return [
@@ -75,6 +81,14 @@ class Figures:
             f"  receipts left in progress:  {self.in_progress}",
             f"  wall time:                  {self.wall_time:.1f} s",
             f"  longest wait for an effect: {self.longest_wait:.1f} s",
+            *(
+                [
+                    f"  lost: {self.missing[:20]} {self.missing_ids[:20]}; "
+                    f"broker holds {self.broker_left}"
+                ]
+                if self.lost
+                else []
+            ),
         ]
 
 
@@ -91,15 +105,19 @@ def prepare_database(url: str) -> None:
         engine.dispose()
 
 
-def publish(broker: str, jobs: int) -> None:
+def publish(broker: str, jobs: int) -> list[str]:
+    """Publish the jobs; returns their task ids, by job."""
     from celery import Celery
 
     client = Celery("chaos-client", broker=broker, set_as_current=False)
+    ids = []
     with client.producer_or_acquire() as producer:
         for job_id in range(jobs):
-            client.send_task(
+            sent = client.send_task(
                 "chaos.job", (job_id, time.time()), producer=producer, ignore_result=True
             )
+            ids.append(sent.id)
+    return ids
 
 
 def effect_counts(url: str) -> dict[int, int] | None:
@@ -123,6 +141,7 @@ class Workers:
     def __init__(self, env: dict[str, str], plan: Plan, stack: ExitStack) -> None:
         self.env, self.plan, self.stack = env, plan, stack
         self.running: list[WorkerProcess] = []
+        self.all: list[WorkerProcess] = []
         self.kills = 0
 
     def start_one(self) -> None:
@@ -130,6 +149,7 @@ class Workers:
             celery_worker(APP, self.env, concurrency=self.plan.concurrency, new_session=True)
         )
         self.running.append(worker)
+        self.all.append(worker)
 
     def kill_one(self, rng: random.Random) -> None:
         victim = rng.choice(self.running)
@@ -164,7 +184,7 @@ def run(plan: Plan) -> Figures:
             "CHAOS_VISIBILITY_TIMEOUT": str(plan.visibility_timeout),
             "CHAOS_JOB_SECONDS": str(plan.job_seconds),
         }
-        publish(broker, plan.jobs)
+        task_ids = publish(broker, plan.jobs)
         started = time.monotonic()
         workers = Workers(env, plan, stack)
         for _ in range(plan.workers):
@@ -200,7 +220,20 @@ def run(plan: Plan) -> Figures:
         faults.join()
         for worker in list(workers.running):
             worker.stop()
+        logs = os.environ.get("CHAOS_LOG_DIR")
+        if logs:  # every worker's log, for a run that lost something
+            for n, worker in enumerate(workers.all):
+                (Path(logs) / f"worker-{n}.log").write_text(worker.output)
         letters = dead_letters(postgres.url)
+        ended = set(counts) | set().union(*letters.values())
+        import redis as redis_client
+
+        held = redis_client.Redis.from_url(broker)
+        left = {
+            "queued": int(held.llen("celery")),
+            "unacked": int(held.hlen("unacked")),
+            "unacked_index": int(held.zcard("unacked_index")),
+        }
         return Figures(
             mode=plan.mode,
             jobs=plan.jobs,
@@ -212,6 +245,9 @@ def run(plan: Plan) -> Figures:
             kills=workers.kills,
             events=events,
             dead_letters={outcome: len(jobs) for outcome, jobs in letters.items()},
+            missing=sorted(set(range(plan.jobs)) - ended),
+            missing_ids=[task_ids[j] for j in sorted(set(range(plan.jobs)) - ended)],
+            broker_left=left,
         )
 
 
@@ -233,10 +269,11 @@ class Faults(threading.Thread):
 
     def run(self) -> None:
         began = time.monotonic()
-        schedule = sorted(
-            [(self.plan.redis_restart_at, self.restart_redis),
-             (self.plan.postgres_crash_at, self.crash_postgres)]
-        )  # fmt: skip
+        planned = [
+            (self.plan.redis_restart_at, self.restart_redis),
+            (self.plan.postgres_crash_at, self.crash_postgres),
+        ]
+        schedule = sorted(((at, f) for at, f in planned if at is not None), key=lambda x: x[0])
         for at, fault in schedule:
             time.sleep(max(0.0, began + at - time.monotonic()))
             self.busy.set()
