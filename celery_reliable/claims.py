@@ -66,9 +66,10 @@ class Busy:
         left could not reach past it, when a dead holder's key can be taken over."""
         left = max(max_snoozes - snoozes_done, 1)
         reach = self.remaining + 1.0  # a second past the lease's end
-        soon = 2.0**snoozes_done
+        soon = 2.0 ** min(snoozes_done, 60)
         # How far the other snoozes left reach if they keep doubling.
-        rest = 2.0 ** (snoozes_done + left) - 2.0 ** (snoozes_done + 1)
+        # (capped: 2**60 s is past any lease, and a large max_snoozes must not overflow)
+        rest = 2.0 ** min(snoozes_done + left, 60) - 2.0 ** min(snoozes_done + 1, 60)
         if soon + rest >= reach:
             return max(1.0, min(soon, reach))
         return max(1.0, reach / left)

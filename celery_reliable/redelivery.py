@@ -45,7 +45,7 @@ logger = logging.getLogger("celery_reliable.redelivery")
 #: kombu transports whose unacknowledged messages live in Redis's ``unacked_index``.
 REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 #: Messages re-queued per rescue scan; more wait for the next scan.
-RESCUE_BATCH = 500
+RESCUE_BATCH = 100
 
 
 def keepalive_interval(visibility_timeout: float) -> float:
@@ -122,21 +122,40 @@ class Redelivery:
         _close(connection)
 
     def held_tags(self) -> list[str]:
-        """Delivery tags of the messages this worker holds, not acked yet."""
+        """Delivery tags of the messages this worker holds, not acked yet: those its
+        consumer's channel delivered, and those of the requests it is running or
+        waiting to run (after a reconnect, the running ones came on an older channel
+        that the consumer no longer has)."""
+        tags: set[str] = set()
         consumer = getattr(self.worker, "consumer", None)
         task_consumer = getattr(consumer, "task_consumer", None)
         qos = getattr(getattr(task_consumer, "channel", None), "qos", None)
         delivered = getattr(qos, "_delivered", None)
-        if not delivered:
-            return []
-        dirty: set[str] = getattr(qos, "_dirty", set())
-        for _ in range(10):
-            try:  # the event loop's thread changes both while we copy
-                tags, done = list(delivered), set(dirty)
-            except RuntimeError:
-                continue
-            return [tag for tag in tags if tag not in done]
-        return []
+        if delivered:
+            dirty: set[str] = getattr(qos, "_dirty", set())
+            for _ in range(10):
+                try:  # the event loop's thread changes both while we copy
+                    tags.update(tag for tag in list(delivered) if tag not in set(dirty))
+                    break
+                except RuntimeError:
+                    continue
+        from celery.worker import state
+
+        for requests in (state.active_requests, state.reserved_requests):
+            for _ in range(10):
+                try:
+                    held = list(requests)
+                    break
+                except RuntimeError:
+                    continue
+            else:
+                held = []
+            for request in held:
+                message = getattr(request, "_message", None)
+                tag = getattr(message, "delivery_tag", None)
+                if tag is not None and not getattr(message, "acknowledged", False):
+                    tags.add(str(tag))
+        return sorted(tags)
 
     def keep_alive(self, channel: Any) -> int:
         """Refresh this worker's entries in ``unacked_index``; returns how many."""
@@ -153,13 +172,18 @@ class Redelivery:
 
         qos = channel.qos
         ceiling = time.time() - self.visibility_timeout
+        # Held briefly, and expiring soon: a rescuer killed while holding kombu's mutex
+        # (300 s by default) would stop every worker's rescue for that long.
+        expire = int(max(10, 5 * self.rescue_every))
         with channel.conn_or_acquire() as client:
             try:
-                with Mutex(client, qos.unacked_mutex_key, qos.unacked_mutex_expire):
+                with Mutex(client, qos.unacked_mutex_key, expire):
                     tags = client.zrange(
                         qos.unacked_index_key, 0, ceiling, byscore=True, offset=0, num=RESCUE_BATCH
                     )
                     for tag in tags:
+                        if self._stop.is_set():
+                            break
                         qos.restore_by_tag(tag, client)
             except MutexHeld:
                 return 0

@@ -25,6 +25,13 @@ _COMPLETE = (
     'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
 )
 
+#: Django ``OPTIONS`` that are libpq connection parameters, passed on to the store's
+#: own connections (``options`` carries a ``search_path``, for one).
+_LIBPQ_OPTIONS = (
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "options", "service",
+    "passfile", "target_session_attrs", "application_name", "connect_timeout",
+)  # fmt: skip
+
 #: How SQLAlchemy stores a DateTime on SQLite (text that sorts as time does).
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -59,13 +66,16 @@ def engine_url(alias: str) -> str:
     if "postgresql" in engine or "postgis" in engine:
         port = settings.get("PORT")
         options = settings.get("OPTIONS") or {}
-        tls = ("sslmode", "sslrootcert", "sslcert", "sslkey")
-        query = {key: str(options[key]) for key in tls if key in options}
+        query = {key: str(options[key]) for key in _LIBPQ_OPTIONS if key in options}
+        host = settings.get("HOST") or None
+        if host and str(host).startswith("/"):
+            # A Unix socket's folder: libpq's host parameter, not the URL's host part.
+            query["host"], host = str(host), None
         return URL.create(
             "postgresql",
             username=settings.get("USER") or None,
             password=settings.get("PASSWORD") or None,
-            host=settings.get("HOST") or None,
+            host=host,
             port=int(port) if port else None,
             database=str(name),
             query=query,
@@ -143,6 +153,8 @@ def atomic(alias: str, claim: Claim | None) -> Iterator[Any]:
                 cursor.execute(_COMPLETE, _complete_params(connection.vendor, claim))
                 if cursor.rowcount != 1:
                     raise lease_lost(claim)
-    if marking:
-        assert claim is not None
-        claim.completed = True
+            # Completed once it commits: inside an outer atomic() block this is only a
+            # savepoint, and an outer rollback takes the receipt update with it (the
+            # claim is then released, not left in progress until its lease ends).
+            done = claim
+            transaction.on_commit(lambda: setattr(done, "completed", True), using=alias)

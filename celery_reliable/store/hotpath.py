@@ -76,11 +76,16 @@ class HotPath:
     back; at most ``MAX_IDLE`` of each stay open between statements."""
 
     MAX_IDLE = 4
+    #: Connections of each stack open at once (like the engine's pool: 5 + 10); a
+    #: statement beyond waits up to ``WAIT`` seconds for one.
+    MAX_OPEN = 15
+    WAIT = 30.0
 
     def __init__(self, engine: Engine) -> None:
         self.dialect = engine.dialect.name
         self._connect_args = engine.dialect.create_connect_args(engine.url)
         self._idle: dict[bool, list[Any]] = {True: [], False: []}
+        self._open = {flag: threading.BoundedSemaphore(self.MAX_OPEN) for flag in (True, False)}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -128,19 +133,48 @@ class HotPath:
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's sockets are not ours
                 self._idle, self._pid = {True: [], False: []}, os.getpid()
+                self._open = {
+                    flag: threading.BoundedSemaphore(self.MAX_OPEN) for flag in (True, False)
+                }
+            opened = self._open[relaxed]
+        if not opened.acquire(timeout=self.WAIT):
+            raise StoreUnavailable(
+                f"all {self.MAX_OPEN} receipt connections busy for {self.WAIT:g} s"
+            )
+        with self._lock:
             idle = self._idle[relaxed]
             if idle:
                 return idle.pop()
-        return self._connect(relaxed)
+        try:
+            return self._connect(relaxed)
+        except BaseException:
+            opened.release()
+            raise
 
     def _give_back(self, relaxed: bool, connection: Any) -> None:
         relaxed = relaxed and self.dialect == "postgresql"
         with self._lock:
             idle = self._idle[relaxed]
-            if len(idle) < self.MAX_IDLE and self._pid == os.getpid():
+            mine = self._pid == os.getpid()
+            if mine and len(idle) < self.MAX_IDLE:
                 idle.append(connection)
+                self._open[relaxed].release()
                 return
         _close(connection)
+        if mine:
+            self._open[relaxed].release()
+
+    def _discard(self, relaxed: bool, connection: Any) -> None:
+        """A broken connection: close it and every idle one of its stack (a server
+        that restarted dropped them all)."""
+        relaxed = relaxed and self.dialect == "postgresql"
+        with self._lock:
+            idle, self._idle[relaxed] = self._idle[relaxed], []
+            mine = self._pid == os.getpid()
+        for other in [connection, *idle]:
+            _close(other)
+        if mine:
+            self._open[relaxed].release()
 
     def close(self) -> None:
         """Close the idle connections (the store is disposed)."""
@@ -182,7 +216,7 @@ class HotPath:
                     self._give_back(relaxed, connection)
                     raise
                 broken = self._broken(connection)
-                _close(connection)
+                self._discard(relaxed, connection)
                 if attempt == 1 and broken:
                     continue
                 raise StoreUnavailable(f"{what}: {_first_line(exc)}") from exc
@@ -192,7 +226,7 @@ class HotPath:
 
     def _unavailable(self, exc: Exception) -> bool:
         if self.dialect == "sqlite":
-            return isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError))
+            return isinstance(exc, (sqlite3.OperationalError, sqlite3.ProgrammingError))
         import psycopg
 
         return isinstance(exc, (psycopg.OperationalError, psycopg.ProgrammingError))

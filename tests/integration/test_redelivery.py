@@ -112,3 +112,29 @@ def test_without_the_keepalive_the_long_task_runs_twice(broker: str, client: Cel
         client.send_task("redelivery.hold", ("unkept", 3 * VISIBILITY_TIMEOUT))
         found = wait_for_runs(broker, "unkept", 2, timeout=30)
     assert found[1][1] != found[0][1]
+
+
+def test_a_long_task_still_runs_once_after_the_broker_reconnects() -> None:
+    """Redis restarts while a task longer than the visibility timeout runs: the
+    worker's consumer reconnects on a new channel, and the running task's message
+    (delivered on the old one) must still be kept alive, or the idle worker's rescue
+    would run it a second time."""
+    from tests.servers import RedisServer
+
+    server = RedisServer(persistent=True)
+    server.start()
+    try:
+        broker = f"{server.url}/0"
+        env = {"RELIABLE_TEST_BROKER": broker}
+        client = Celery("c", broker=broker, backend=broker, set_as_current=False)
+        with celery_worker(APP, env, concurrency=1), celery_worker(APP, env, concurrency=1):
+            client.send_task("redelivery.hold", ("reconnect", 4 * VISIBILITY_TIMEOUT))
+            wait_for_runs(broker, "reconnect", 1, timeout=20)
+            server.stop()
+            time.sleep(1.0)
+            server.start()
+            time.sleep(5 * VISIBILITY_TIMEOUT)  # past the task's end and a rescue
+            found = runs(broker, "reconnect")
+        assert len(found) == 1, found
+    finally:
+        server.remove()

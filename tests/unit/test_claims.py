@@ -49,3 +49,8 @@ def test_a_long_lease_is_spread_over_the_snoozes_left() -> None:
     assert len(times) == 10
     assert times[0] == pytest.approx(360.6)
     assert times[-1] == pytest.approx(3606)
+
+
+def test_a_large_max_snoozes_does_not_overflow() -> None:
+    assert _busy(100).retry_in(0, 2000) == 1.0
+    assert _busy(100).retry_in(1500, 2000) == pytest.approx(101.0)

@@ -54,3 +54,35 @@ def test_on_commit_callbacks_are_left_alone_without_django() -> None:
 
         assert not settings.configured
     assert run_on_commit_callbacks() == 0
+
+
+def test_the_store_url_of_a_django_postgresql_database() -> None:
+    """A Unix-socket folder is libpq's host parameter, and libpq OPTIONS (a
+    search_path in ``options``) reach the store's own connections. Run in a process of
+    its own: Django's settings are configured once per process."""
+    import subprocess
+    import sys
+
+    code = """
+import django
+from django.conf import settings
+settings.configure(DATABASES={
+    "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop", "USER": "app",
+                "PASSWORD": "p@ss", "HOST": "/var/run/postgresql", "PORT": "5433",
+                "OPTIONS": {"options": "-c search_path=shop", "sslmode": "require",
+                            "pool": True}},
+})
+django.setup()
+from sqlalchemy.engine import make_url
+from celery_reliable.django.database import engine_url
+url = make_url(engine_url("default"))
+print(url.host, url.port, url.database, url.username, url.password, sorted(url.query.items()))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "None 5433 shop app p@ss [('host', '/var/run/postgresql'), "
+        "('options', '-c search_path=shop'), ('sslmode', 'require')]"
+    )
