@@ -78,9 +78,7 @@ from celery_reliable.django.database import engine_url
 url = make_url(engine_url("default"))
 print(url.host, url.port, url.database, url.username, url.password, sorted(url.query.items()))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         "None 5433 shop app p@ss [('host', '/var/run/postgresql'), "
