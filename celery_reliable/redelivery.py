@@ -135,7 +135,8 @@ class Redelivery:
             dirty: set[str] = getattr(qos, "_dirty", set())
             for _ in range(10):
                 try:  # the event loop's thread changes both while we copy
-                    tags.update(tag for tag in list(delivered) if tag not in set(dirty))
+                    held, done = list(delivered), set(dirty)
+                    tags.update(tag for tag in held if tag not in done)
                     break
                 except RuntimeError:
                     continue
