@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_orphan_rescue": True,
     "reliable_rescue_interval": 2.0,
     "reliable_keepalive": True,
+    "reliable_atomic_fetch": True,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -74,6 +75,7 @@ class ReliableSettings:
     #: Redis brokers: a worker keeps the unacked entries of the messages it holds
     #: fresh, so that no other worker takes them while it lives.
     keepalive: bool
+    atomic_fetch: bool
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
     #: The settings the app set itself (the others are defaults): a feature set on
@@ -120,6 +122,7 @@ class ReliableSettings:
             orphan_rescue=_bool("reliable_orphan_rescue", merged),
             rescue_interval=_seconds("reliable_rescue_interval", merged),
             keepalive=_bool("reliable_keepalive", merged),
+            atomic_fetch=_bool("reliable_atomic_fetch", merged),
             unclassified_rule=None,
             explicit=frozenset(values),
         ).with_unclassified_rule()

@@ -17,6 +17,7 @@ from celery import bootsteps
 from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured
 
+from celery_reliable.atomic_fetch import install as install_atomic_fetch
 from celery_reliable.config import settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.redelivery import redelivery_for
@@ -69,6 +70,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             self._check_store(worker.app)
             # A feature set on purpose whose library is missing stops the worker here.
             observers_for(worker.app, strict=True)
+            # Before the consumer connects (Consumer's Connection step, at start).
+            self.fetch_transport = install_atomic_fetch(worker.app, self.settings)
         except (ImproperlyConfigured, MissingDependency) as exc:
             # One line saying what is wrong and how to fix it, instead of a traceback
             # through Celery's start-up code that ends in it.

@@ -367,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = run(plan)
         print("\n".join(figures.lines()), flush=True)
         print(f"  figures: {asdict(figures)}", file=sys.stderr)
-        if mode == "atomic" and (figures.lost or figures.duplicated or figures.in_progress):
+        # Both modes must lose nothing (delivery); only atomic() promises no duplicate.
+        if figures.lost or figures.in_progress or (mode == "atomic" and figures.duplicated):
             failed = True
     return 1 if failed else 0
 
