@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
-        compat-one bench system-deps clean example-tests docs chaos
+        compat-one bench system-deps clean example-tests docs chaos metrics statsd-daemon
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -28,6 +28,11 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
 	  || missing="$$missing postgresql"; \
 	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	[ -x /usr/bin/carbon-cache ] || missing="$$missing graphite-carbon"; \
+	[ -f /usr/lib/python3/dist-packages/graphite/settings.py ] || missing="$$missing graphite-web"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -45,7 +50,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: system-deps $(STAMP) lint typecheck
+# The reference StatsD daemon (npm), for the metrics pipeline tests.
+STATSD_DAEMON := .cache/statsd-daemon/node_modules/statsd/stats.js
+$(STATSD_DAEMON):
+	npm install --no-audit --no-fund --silent --prefix .cache/statsd-daemon statsd@0.9.0
+
+statsd-daemon: $(STATSD_DAEMON)
+
+test: system-deps $(STAMP) $(STATSD_DAEMON) lint typecheck
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory example-tests
 	$(MAKE) --no-print-directory docs
@@ -130,6 +142,13 @@ bench: system-deps $(STAMP)
 # The chaos suite: 2,000 jobs with effects in PostgreSQL on two prefork workers that
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
 # once; with atomic() (exactly once) and without (at least once). Prints its figures.
+# The dashboards and alerts against real servers: StatsD daemon -> carbon ->
+# graphite-web's render API, promtool's rule tests, and the mapping's unit tests.
+# About 20 s, so `make test` runs all of it too; this target is for dashboard work.
+metrics: system-deps $(STAMP) $(STATSD_DAEMON)
+	$(PY) -m pytest -q tests/integration/test_metrics_pipeline.py \
+	  tests/integration/test_prometheus_rules.py tests/unit/test_dashboards.py
+
 chaos: system-deps $(STAMP)
 	$(PY) -m tests.chaos.run --jobs 2000 --mode both
 
