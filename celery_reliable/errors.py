@@ -33,6 +33,18 @@ class IdempotencyKeyError(ReliableError):
     """The idempotency key could not be computed from the arguments: DISCARDED."""
 
 
+class WrongArguments(ReliableError, TypeError):
+    """A message's arguments do not fit the task's signature (too many, too few, an
+    unknown keyword): the body cannot run with them, now or on any retry. DISCARDED,
+    reported, with a dead letter to re-publish once the task or the publisher is fixed.
+    """
+
+
+class ResultNotSerializable(ReliableError):
+    """The task returned a value its result backend cannot serialize: the body ran,
+    but Celery would store a FAILURE in its place. FAILED, with a dead letter."""
+
+
 class LeaseLost(ReliableError):
     """This execution's claim was taken over (its lease expired while it ran).
 

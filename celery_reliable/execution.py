@@ -21,6 +21,7 @@ Deciding is in ``decisions.py`` (pure); this module runs the body and acts.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -29,12 +30,14 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from celery.app.task import Context
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 
 from celery_reliable import decisions
 from celery_reliable.celery_internals import actual_ignore_result
 from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
+from celery_reliable.errors import ResultNotSerializable, WrongArguments
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
@@ -52,6 +55,10 @@ _NOT_TERMINAL = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
 
 #: ``Execution._claim`` found the key free: run the body.
 _OWNED = object()
+
+#: Results every serializer stores: not tried before they are returned (the common
+#: case costs nothing).
+_PLAIN_RESULTS = frozenset({type(None), str, int, float, bool})
 
 
 class _Local(threading.local):
@@ -174,13 +181,54 @@ class Execution:
             # Celery's own retry budget (self.retry + max_retries) ran out.
             decision = Decision(Outcome.EXHAUSTED, describe_exc(exc), exc)
         except Exception as exc:
-            decision = self.decide_exception(exc)
+            wrong = _wrong_arguments(self.task, exc, self.args, self.kwargs)
+            if wrong is None:
+                decision = self.decide_exception(exc)
+            else:
+                # No rule applies: no retry can make these arguments fit. Reported, as
+                # it is a publisher's (or a deploy's) bug.
+                decision = Decision(Outcome.DISCARDED, describe_exc(wrong), wrong, report=True)
         else:
-            if not isinstance(retval, OutcomeRequest):
-                self._succeeded(retval)
-                return retval
-            decision = self.decide_request(retval)
+            if isinstance(retval, OutcomeRequest):
+                decision = self.decide_request(retval)
+            else:
+                unstorable = self._unstorable(retval)
+                if unstorable is None:
+                    self._succeeded(retval)
+                    return retval
+                decision = Decision(
+                    Outcome.FAILED, describe_exc(unstorable), unstorable, report=True
+                )
         return self.act(decision)
+
+    def _unstorable(self, retval: Any) -> ResultNotSerializable | None:
+        """The error the result backend would meet storing ``retval``, found before
+        the outcome is told: else this execution would be SUCCEEDED to its metrics
+        and receipt while Celery stores FAILURE (EncodeError) as its state."""
+        if type(retval) in _PLAIN_RESULTS:
+            return None
+        task, request = self.task, self.request
+        backend = task.backend
+        if (
+            isinstance(backend, DisabledBackend)
+            or (request.is_eager and not task.store_eager_result)
+            or actual_ignore_result(task, request)
+            or getattr(request, "ignore_result", False)
+        ):
+            return None  # nothing is stored
+        try:
+            backend.encode(backend.prepare_value(retval))
+        except Exception as exc:  # kombu's EncodeError, or a serializer's own error
+            serializer = getattr(backend, "serializer", None)
+            error = ResultNotSerializable(
+                f"the body returned a value of type {type(retval).__qualname__!r} that the "
+                f"result backend cannot serialize as {serializer} ({exc}); the body ran, its "
+                "result is lost: return plain data (str, numbers, lists, dicts), or set "
+                "ignore_result=True if nobody reads it"
+            )
+            error.__cause__ = exc
+            return error
+        return None
 
     def _claim(self) -> Any:
         """Take the idempotency receipt; ``_OWNED`` to run the body, else the result."""
@@ -450,6 +498,32 @@ class Execution:
             queue=self.queue,
             request=self.request,
         )
+
+
+def _wrong_arguments(
+    task: ReliableTask, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> WrongArguments | None:
+    """``exc`` is the TypeError of calling the body with arguments that do not fit it
+    (not one raised inside it): then the error, saying which and how to fix it."""
+    traceback = exc.__traceback__
+    if not isinstance(exc, TypeError) or traceback is None or traceback.tb_next is not None:
+        # A frame below ours: the body started, and the TypeError is its own.
+        return None
+    try:
+        # Not through functools.wraps: a decorator may change the parameters.
+        signature = inspect.signature(task.run, follow_wrapped=False)
+    except (TypeError, ValueError):  # no signature to read
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as misfit:
+        error = WrongArguments(
+            f"the message's arguments do not fit {task.name}{signature}: {misfit}; fix "
+            "the publisher (or make the task accept them), then retry the dead letter"
+        )
+        error.__cause__ = exc
+        return error
+    return None
 
 
 def outcome_meta(decision: Decision, attempt: int) -> dict[str, Any]:

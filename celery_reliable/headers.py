@@ -8,6 +8,7 @@ names here, so that none of them depends on another.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,28 +45,48 @@ class Counters:
     history: list[list[Any]] = field(default_factory=list)
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, Any] | None, task_id: str | None) -> Counters:
+    def from_headers(
+        cls, headers: Mapping[str, Any] | None, task_id: str | None, *, quiet: bool = False
+    ) -> Counters:
+        """The counters in ``headers``. A malformed header gives fresh counters and one
+        warning; ``quiet``: no warning (an observer reading the header the execution
+        already read, and warned about).
+        """
         raw = headers.get(HEADER) if headers else None
         if raw is None:
             return cls()
         try:
-            attempts = raw.get("attempts") or {}
-            snoozes = raw.get("snoozes") or 0
-            parsed = {str(key): int(value) for key, value in attempts.items()}
-            if any(value < 0 for value in parsed.values()) or int(snoozes) < 0:
-                raise ValueError("negative counter")
-            history = [[int(n), float(at), str(text)] for n, at, text in raw.get("history") or ()]
-            return cls(attempts=parsed, snoozes=int(snoozes), history=history)
-        except (AttributeError, TypeError, ValueError):
+            return cls._parse(raw)
+        # OverflowError: JSON carries Infinity, and int(inf) raises it.
+        except (AttributeError, TypeError, ValueError, OverflowError):
             # A malformed header must not stop the job: start the counters afresh and
             # say so, rather than crash or guess.
-            logger.warning(
-                "task %s: ignoring malformed %r header %r; attempt counters start afresh",
-                task_id,
-                HEADER,
-                raw,
-            )
+            if not quiet:
+                logger.warning(
+                    "task %s: ignoring malformed %r header %.200r; attempt counters start "
+                    "afresh (it is written only by celery_reliable: do not set it when "
+                    "publishing)",
+                    task_id,
+                    HEADER,
+                    raw,
+                )
             return cls()
+
+    @classmethod
+    def _parse(cls, raw: Any) -> Counters:
+        attempts = raw.get("attempts") or {}
+        snoozes = int(raw.get("snoozes") or 0)
+        parsed = {str(key): int(value) for key, value in attempts.items()}
+        if any(value < 0 for value in parsed.values()) or snoozes < 0:
+            raise ValueError("negative counter")
+        history: list[list[Any]] = []
+        for n, at, text in raw.get("history") or ():
+            when = float(at)
+            # A retry's time becomes a datetime in error reports: it must be one.
+            if not (math.isfinite(when) and 0 <= when < 1e11):
+                raise ValueError(f"retry time {at!r} out of range")
+            history.append([int(n), when, str(text)])
+        return cls(attempts=parsed, snoozes=snoozes, history=history)
 
     def with_failure(self, rule_id: str) -> Counters:
         attempts = dict(self.attempts)

@@ -46,7 +46,10 @@ def bind_arguments(
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise IdempotencyKeyError(f"arguments do not fit {signature}: {exc}") from exc
+        raise IdempotencyKeyError(
+            f"arguments do not fit {signature}: {exc}; fix the publisher, then retry the "
+            "dead letter"
+        ) from exc
     bound.apply_defaults()
     return dict(bound.arguments)
 
@@ -120,14 +123,18 @@ class KeySpec:
                 key = self.source.format_map(arguments)
             except (KeyError, AttributeError, IndexError, ValueError, TypeError) as exc:
                 raise IdempotencyKeyError(
-                    f"idempotency key {self.source!r}: {type(exc).__name__}: {exc}"
+                    f"idempotency key {self.source!r}: {type(exc).__name__}: {exc}; publish "
+                    "the arguments the template names, or change the template, then retry "
+                    "the dead letter"
                 ) from exc
         else:
             try:
                 key = self.source(*args, **kwargs)
             except Exception as exc:
                 raise IdempotencyKeyError(
-                    f"idempotency key callable raised {type(exc).__name__}: {exc}"
+                    f"idempotency key callable raised {type(exc).__name__}: {exc}; make it "
+                    "return a str for every argument the task accepts, then retry the dead "
+                    "letter"
                 ) from exc
             if not isinstance(key, str) or not key:
                 raise IdempotencyKeyError(

@@ -17,6 +17,7 @@ from celery.exceptions import ImproperlyConfigured
 from celery.result import EagerResult
 from celery.states import IGNORED
 from celery.utils import uuid
+from kombu.exceptions import EncodeError
 
 from celery_reliable import options as task_options
 from celery_reliable import wiring  # connects its signal receivers on import
@@ -159,6 +160,27 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         **options: Any,
     ) -> Any:
         """Celery's ``apply_async``; with ``unique=``, a held key returns its holder."""
+        try:
+            return self._publish(args, kwargs, task_id, *more, **options)
+        except EncodeError as exc:
+            # kombu says only "Object of type X is not JSON serializable": name the
+            # task, the serializer and the way out. Still an EncodeError, so that code
+            # catching kombu's error keeps working.
+            serializer = options.get("serializer") or self.serializer
+            raise EncodeError(
+                f"task {self.name}: its arguments cannot be serialized as {serializer} "
+                f"({exc}); nothing was published: pass plain data (ids, strings, numbers, "
+                "lists, dicts) and load objects inside the task"
+            ) from exc
+
+    def _publish(
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
         if (
             self._reliable_unique is not None
             and not _is_republish(options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,15 +31,17 @@ _lock = threading.Lock()
 
 
 def install(app: Celery) -> None:
-    """Once per app: the worker bootstep and the lazy observer set-up."""
+    """Once per app: the worker bootsteps and the lazy observer set-up."""
     if app.__dict__.get(_INSTALLED_ATTR):
         return
     with _lock:
         if app.__dict__.get(_INSTALLED_ATTR):
             return
+        from celery_reliable.bad_messages import BadMessages
         from celery_reliable.worker import ReliableWorkerStep
 
         app.steps["worker"].add(ReliableWorkerStep)
+        app.steps["consumer"].add(BadMessages)
         setattr(app, _INSTALLED_ATTR, True)
 
 
@@ -109,9 +112,10 @@ def _build_observers(app: Celery) -> list[Any]:
 
             built.append(HistoryObserver(app, settings.history_interval))
     if settings.statsd_host is not None:
-        built.extend(_optional("statsd", lambda: _statsd(app)))
+        setting = f"reliable_statsd_host {settings.statsd_host!r}"
+        built.extend(_optional("statsd", lambda: _statsd(app), setting))
     if settings.sentry:
-        built.extend(_optional("sentry_sdk", lambda: _sentry(app)))
+        built.extend(_optional("sentry_sdk", lambda: _sentry(app), "reliable_sentry"))
     for observer in built:
         observer.connect()
     return built
@@ -129,10 +133,11 @@ def _sentry(app: Celery) -> Any:
     return SentryObserver(app)
 
 
-def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
+def _optional(library: str, build: Callable[[], Any], setting: str) -> list[Any]:
     """An observer of an optional library: none if it is not installed (a default
-    feature: say so at DEBUG; one set on purpose was refused above); none, and a
-    warning, if it cannot start (a StatsD host that does not resolve)."""
+    feature: say so at DEBUG; one set on purpose was refused above); none, and one
+    warning naming ``setting``, if it cannot start (a StatsD host that does not
+    resolve): the tasks run on, without it."""
     try:
         return [build()]
     except ImportError as exc:
@@ -141,7 +146,15 @@ def _optional(library: str, build: Callable[[], Any]) -> list[Any]:
             return []
         raise
     except OSError as exc:
-        logger.warning("%s observer off: %s", library, exc)
+        what = "does not resolve" if isinstance(exc, socket.gaierror) else "cannot be used"
+        logger.warning(
+            "%s observer off: %s %s (%s); this process reports nothing through it until "
+            "the setting is fixed and the worker restarted",
+            library,
+            setting,
+            what,
+            exc,
+        )
         return []
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from celery_reliable.cli.common import as_json, parse_age, store_errors, store_of, table, when
 from celery_reliable.errors import DeadLetterError
+from celery_reliable.store.dead_letters import DeadLetter
 
 
 @click.group()
@@ -76,8 +79,8 @@ def show(ctx: click.Context, dead_letter_id: int, as_json_: bool) -> None:
         ("reason", letter.reason),
         ("exception", f"{letter.exc_type}: {letter.exc_message}"),
         ("queue", letter.queue),
-        ("args", "(redacted)" if letter.redacted else letter.args),
-        ("kwargs", "(redacted)" if letter.redacted else letter.kwargs),
+        ("args", _shown(letter, letter.args, letter.args_repr)),
+        ("kwargs", _shown(letter, letter.kwargs, letter.kwargs_repr)),
         (
             "retried",
             f"{when(letter.retried_at)} as {letter.retried_task_id}" if letter.retried_at else "no",
@@ -86,6 +89,13 @@ def show(ctx: click.Context, dead_letter_id: int, as_json_: bool) -> None:
         click.echo(f"{label:>10}: {value}")
     if letter.traceback:
         click.echo("\n" + letter.traceback.rstrip())
+
+
+def _shown(letter: DeadLetter, value: Any, text: str | None) -> Any:
+    if letter.redacted:
+        return "(redacted)"
+    # Arguments JSON could not hold are kept as text: shown, marked as such.
+    return value if text is None else f"{text} (not JSON: cannot be re-published)"
 
 
 @dead.command()

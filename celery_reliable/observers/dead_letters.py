@@ -15,37 +15,12 @@ from typing import Any
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.headers import OWN_HEADERS
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store import Store
-from celery_reliable.store.dead_letters import DeadLetters
+from celery_reliable.store.dead_letters import DeadLetters, queue_of, republish_options
 
 logger = logging.getLogger("celery_reliable.dead_letters")
-
-
-def republish_options(request: Any) -> dict[str, Any]:
-    """What ``DeadLetters.retry`` needs to publish the job where it came from."""
-    if request is None:
-        return {}
-    delivery = request.delivery_info or {}
-    headers = {k: v for k, v in (request.headers or {}).items() if k not in OWN_HEADERS}
-    return {
-        "exchange": delivery.get("exchange"),
-        "routing_key": delivery.get("routing_key"),
-        "priority": delivery.get("priority"),
-        "headers": headers,
-        "root_id": request.root_id,
-        "parent_id": request.parent_id,
-    }
-
-
-def _queue(options: dict[str, Any]) -> str | None:
-    # Published to the default exchange, the routing key is the queue's name.
-    if options.get("exchange") in ("", None):
-        key = options.get("routing_key")
-        return str(key) if key else None
-    return None
 
 
 def _traceback(exc: BaseException | None) -> str | None:
@@ -77,7 +52,7 @@ class DeadLetterObserver(Observer):
         row = {
             "task_id": fields.get("task_id") or "",
             "task_name": task.name,
-            "queue": _queue(options),
+            "queue": queue_of(options),
             "args": getattr(request, "args", None),
             "kwargs": getattr(request, "kwargs", None),
             "options": options,

@@ -79,7 +79,7 @@ def retry_breadcrumbs(request: Any) -> list[dict[str, Any]]:
     executions are gone (each ran in its own scope, perhaps its own process)."""
     from celery_reliable.headers import Counters
 
-    history = Counters.from_headers(getattr(request, "headers", None), None).history
+    history = Counters.from_headers(getattr(request, "headers", None), None, quiet=True).history
     return [
         {
             "category": "celery_reliable",

@@ -20,6 +20,7 @@ from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from celery_reliable.errors import DeadLetterError
+from celery_reliable.headers import OWN_HEADERS
 from celery_reliable.store.engine import (
     first_row,
     run_statement,
@@ -52,10 +53,41 @@ class DeadLetter:
     created_at: datetime
     retried_at: datetime | None
     retried_task_id: str | None
+    #: When the arguments could not be stored as JSON (``args`` and ``kwargs`` are
+    #: None): their text, as kept for reading (a pickled job's repr, an undecodable
+    #: message's body).
+    args_repr: str | None = None
+    kwargs_repr: str | None = None
 
     @property
     def retryable(self) -> bool:
         return not self.redacted and not self.options.get("args_unserializable", False)
+
+
+def republish_options(request: Any) -> dict[str, Any]:
+    """What :meth:`DeadLetters.retry` needs to publish the job where it came from,
+    from a Celery request (or a ``Context`` built from a message's headers)."""
+    if request is None:
+        return {}
+    delivery = request.delivery_info or {}
+    headers = {k: v for k, v in (request.headers or {}).items() if k not in OWN_HEADERS}
+    return {
+        "exchange": delivery.get("exchange"),
+        "routing_key": delivery.get("routing_key"),
+        "priority": delivery.get("priority"),
+        "headers": headers,
+        "root_id": request.root_id,
+        "parent_id": request.parent_id,
+    }
+
+
+def queue_of(options: Mapping[str, Any]) -> str | None:
+    """The queue of :func:`republish_options`, when the message names it."""
+    # Published to the default exchange, the routing key is the queue's name.
+    if options.get("exchange") in ("", None):
+        key = options.get("routing_key")
+        return str(key) if key else None
+    return None
 
 
 def encode_arguments(args: Any, kwargs: Any) -> tuple[str, str, bool]:
@@ -72,6 +104,16 @@ def encode_arguments(args: Any, kwargs: Any) -> tuple[str, str, bool]:
             json.dumps({"repr": repr(kwargs)}),
             False,
         )
+
+
+def _repr_of(column: str | None) -> str | None:
+    if column is None:
+        return None
+    try:
+        text = json.loads(column).get("repr")
+    except (ValueError, AttributeError):
+        return column
+    return text if isinstance(text, str) else column
 
 
 def _row(row: Any) -> DeadLetter:
@@ -95,6 +137,8 @@ def _row(row: Any) -> DeadLetter:
         created_at=row.created_at,
         retried_at=row.retried_at,
         retried_task_id=row.retried_task_id,
+        args_repr=_repr_of(row.args) if unserializable else None,
+        kwargs_repr=_repr_of(row.kwargs) if unserializable else None,
     )
 
 

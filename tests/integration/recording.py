@@ -26,7 +26,9 @@ def execution_place(fields: dict[str, Any]) -> int | None:
     request = fields.get("request")
     if request is None:
         return None
-    snoozes = Counters.from_headers(getattr(request, "headers", None), fields["task_id"]).snoozes
+    headers = getattr(request, "headers", None)
+    # quiet: the execution itself warns about a malformed header, once.
+    snoozes = Counters.from_headers(headers, fields["task_id"], quiet=True).snoozes
     return int(getattr(request, "retries", 0) or 0) + snoozes
 
 
