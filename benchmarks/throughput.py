@@ -2,11 +2,15 @@
 
     python -m benchmarks.throughput [--jobs N] [--rounds R] [--variants a,b,...]
 
-One no-op task on one ``celery worker -P prefork -c 2`` and a real Redis broker, five
-ways: ``plain`` (``celery.Task``); ``reliable`` (ReliableTask, StatsD on, no store);
+One no-op task on one ``celery worker -P prefork -c 2`` and a real Redis broker:
+``plain`` (``celery.Task``); ``reliable`` (ReliableTask, StatsD on, no store);
 ``sqlite`` and ``postgresql`` (ReliableTask with an idempotency key per job: a claim
 and a completion per execution, PostgreSQL at its production defaults, fsync and
 synchronous commit on); ``history`` (ReliableTask, the outcome history on, SQLite).
+A ReliableTask's worker fetches atomically (one Lua script per message, instead of
+kombu's BRPOP and a second round trip to record it): ``-kombu`` variants turn that
+off, and ``plain-atomic`` gives it to plain Celery, so that the table can show the
+task's own cost (ratio to plain on the same fetch) apart from the fetch's gain.
 All variants share Celery's options (``acks_late``, prefetch 4, no results) and send
 StatsD to a local socket.
 
@@ -39,7 +43,31 @@ from rich.table import Table
 from tests import servers
 from tests.worker_process import celery_worker
 
-VARIANTS = ("plain", "reliable", "sqlite", "postgresql", "history")
+VARIANTS = (
+    "plain",
+    "plain-atomic",
+    "reliable",
+    "reliable-kombu",
+    "sqlite",
+    "sqlite-kombu",
+    "postgresql",
+    "postgresql-kombu",
+    "history",
+)
+
+
+def fetch_of(variant: str) -> str:
+    """Which fetch a variant's worker uses: kombu's BRPOP or the atomic fetch."""
+    if variant == "plain" or variant.endswith("-kombu"):
+        return "kombu"
+    return "atomic"
+
+
+def baseline_of(variant: str) -> str:
+    """Plain Celery on the same fetch: the ratio that is the task's own cost."""
+    return "plain" if fetch_of(variant) == "kombu" else "plain-atomic"
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,7 +75,7 @@ def publish(broker: str, jobs: int, run: str, variant: str) -> None:
     from celery import Celery
 
     client = Celery("bench-client", broker=broker, set_as_current=False)
-    kwargs = {"run": run} if variant in ("sqlite", "postgresql") else {}
+    kwargs = {"run": run} if variant.partition("-")[0] in ("sqlite", "postgresql") else {}
     with client.producer_or_acquire() as producer:
         for n in range(jobs):
             client.send_task("bench.noop", (n,), kwargs, producer=producer, ignore_result=True)
@@ -125,21 +153,34 @@ def main() -> int:
     with servers.redis_server() as redis_url, stores(variants, folder) as urls:
         broker = f"{redis_url}/0"
         for variant in variants:
-            prepare(urls.get(variant))
+            prepare(urls.get(variant.partition("-")[0]))
         for round_ in range(1, args.rounds + 1):
             for variant in variants:
-                rate = one_run(variant, broker, urls.get(variant), sink.getsockname()[1], args.jobs)
+                store = urls.get(variant.partition("-")[0])
+                rate = one_run(variant, broker, store, sink.getsockname()[1], args.jobs)
                 figures[variant].append(rate)
                 console.print(f"round {round_}: {variant:<10} {rate:8.0f} jobs/s")
     medians = {v: statistics.median(r) for v, r in figures.items()}
     base = medians.get("plain")
     table = Table(title=f"{args.jobs} no-op jobs, prefork -c 2, Redis; median of {args.rounds}")
-    for column in ("variant", "jobs/s", "ratio to plain", "rounds (jobs/s)"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
+    columns = ("variant", "fetch", "jobs/s", "ratio to plain", "ratio to plain, same fetch")
+    for column in (*columns, "rounds (jobs/s)"):
+        table.add_column(column, justify="left" if column in ("variant", "fetch") else "right")
+    same_fetch: dict[str, float] = {}
     for variant in variants:
         ratio = f"{medians[variant] / base:.2f}" if base else "-"
+        like = medians.get(baseline_of(variant))
+        if like:
+            same_fetch[variant] = medians[variant] / like
         rounds = " ".join(f"{r:.0f}" for r in figures[variant])
-        table.add_row(variant, f"{medians[variant]:.0f}", ratio, rounds)
+        table.add_row(
+            variant,
+            fetch_of(variant),
+            f"{medians[variant]:.0f}",
+            ratio,
+            f"{same_fetch[variant]:.2f}" if variant in same_fetch else "-",
+            rounds,
+        )
     console.print(table)
     result = {
         "jobs": args.jobs,
@@ -149,6 +190,7 @@ def main() -> int:
         "jobs_per_second": figures,
         "median": medians,
         "ratio_to_plain": {v: medians[v] / base for v in variants} if base else {},
+        "ratio_to_plain_same_fetch": same_fetch,
     }
     out = ROOT / ".cache" / "bench-throughput.json"
     out.parent.mkdir(exist_ok=True)

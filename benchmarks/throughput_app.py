@@ -9,7 +9,10 @@ from celery import Celery
 
 from celery_reliable import ReliableTask
 
-VARIANT = os.environ["BENCH_VARIANT"]
+VARIANT, _, FETCH = os.environ["BENCH_VARIANT"].partition("-")
+#: "-kombu": kombu's BRPOP fetch for a ReliableTask (reliable_atomic_fetch off);
+#: "-atomic": the atomic fetch for plain Celery (broker_transport set by hand). The
+#: others take the default: plain Celery kombu's, a ReliableTask the atomic fetch.
 
 app = Celery("bench", broker=os.environ["BENCH_BROKER"])
 app.conf.update(
@@ -24,7 +27,12 @@ app.conf.update(
     reliable_statsd_port=int(os.environ["BENCH_STATSD_PORT"]),
     reliable_history=VARIANT == "history",
     reliable_log_outcomes=False,  # Celery's own "succeeded" log line is off too (WARNING)
+    reliable_atomic_fetch=FETCH != "kombu",
 )
+if FETCH == "atomic":
+    import celery_reliable.atomic_fetch  # noqa: F401  (registers the transport's name)
+
+    app.conf.broker_transport = "reliable-redis"
 
 if VARIANT == "plain":
 
