@@ -13,16 +13,18 @@ already written and skips its second round trip.
 
 Redis scripts cannot block, so an idle worker waits with ``BLMOVE key key RIGHT
 RIGHT``: moving a list's last element onto its own tail changes nothing, but blocks
-until the list has one (Redis ≥ 6.2). It watches one queue's unprioritised key at a
-time, in turn, for at most kombu's ``brpop_timeout`` (1 s), and fetches after every
-wake-up or timeout: a message published to that key is taken at once, one on another
-key (another queue, or a ``priority``) within ``brpop_timeout`` on an idle worker. A
-busy worker never waits: the script finds the next message at once.
+until the list has one (Redis ≥ 6.2). It watches the key most of its messages came
+from (a queue's, at the priority they are sent with) for at most a second, and fetches
+from every key after each wake-up or timeout: a message on another key (another
+queue, another priority) is taken within a second on an idle worker. A busy worker
+never waits: the script finds the next message at once.
 
 Consumers with ``no_ack`` (Celery's mingle and control replies) are fetched as kombu
-does, without a record, since nobody would ever ack it. The worker bootstep installs
-this transport on ``redis://``, ``rediss://`` and ``sentinel://`` brokers unless
-``reliable_atomic_fetch = False`` (:func:`install`).
+does, without a record, since nobody would ever ack it. In a worker, :func:`install`
+points kombu's ``redis``, ``rediss`` and ``sentinel`` transport names at the classes
+here (``reliable_atomic_fetch``); anything Redis refuses to do for it (an old server,
+an ACL without ``INFO`` or scripting) leaves that channel on kombu's ``BRPOP``, with a
+warning.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from time import monotonic, time
 from typing import Any
 
 from celery import Celery
+from kombu import transport as kombu_transport
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
@@ -73,14 +77,38 @@ return false
 """
 FETCH_SHA = hashlib.sha1(FETCH_SCRIPT.encode()).hexdigest()
 
+#: A reply read long after it was sent (kombu held it while the worker had no credit):
+#: still ours only if no rescue has taken the entry back; then its time is renewed.
+CONFIRM_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 #: The oldest Redis with BLMOVE, which the idle wait needs.
 MINIMUM_REDIS = (6, 2)
+#: Longest idle wait on one key: a message on another key waits at most this.
+WAIT_SECONDS = 1.0
+#: A reply read this much later than its wait could last was held back by kombu.
+LATE_SECONDS = 2.0
+#: After a failed BLMOVE (Redis out of memory refuses it), idle waits sleep on a key
+#: that never exists, for this long, instead of spinning.
+WAIT_FALLBACK_SECONDS = 60.0
+#: Where a payload that cannot be decoded goes (with the global key prefix).
+UNREADABLE_KEY = "celery_reliable:unreadable"
 
-#: ``broker_transport`` names the worker bootstep sets (registered with kombu below).
-TRANSPORT_NAMES = {
-    "redis": "reliable-redis",
-    "rediss": "reliable-redis",
-    "sentinel": "reliable-sentinel",
+#: The classes kombu's names resolve to in a worker with the atomic fetch.
+ALIASES = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+#: Names that always mean the atomic fetch (``broker_transport``, benchmarks).
+EXTRA_ALIASES = {
+    "reliable-redis": f"{__name__}:Transport",
+    "reliable-sentinel": f"{__name__}:SentinelTransport",
 }
 
 
@@ -110,8 +138,8 @@ class AtomicFetchQoS(kombu_redis.QoS):
 class AtomicFetchMixin:
     """Replaces the channel's ``BRPOP`` with the fetch script (see the module).
 
-    Overrides the two methods kombu's poller calls, ``_brpop_start`` (send) and
-    ``_brpop_read`` (the socket is readable), identical from kombu 5.3 to 5.7.
+    Overrides what kombu's poller calls: ``_brpop_start`` (send), ``_brpop_read`` (the
+    socket is readable) and ``_poll_error``, the same from kombu 5.3 to 5.7.
     """
 
     QoS: Any = AtomicFetchQoS
@@ -126,10 +154,12 @@ class AtomicFetchMixin:
     global_keyprefix: str
     unacked_key: str
     unacked_index_key: str
+    connection_errors: tuple[type[BaseException], ...]
     _queue_cycle: Any
     _in_poll: Any
     _q_for_pri: Any
     _tag_to_queue: dict[str, str]
+    _brpop_sent_at: float | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         #: Delivery tags the script recorded, until kombu's QoS.append sees them.
@@ -139,8 +169,11 @@ class AtomicFetchMixin:
         #: None until the first fetch asks Redis (version, script loaded).
         self._atomic: bool | None = None
         self._idle = False
-        self._wait_turn = 0
-        self._pending_replies = 0
+        #: Replies owed for the commands of the last _brpop_start: ("wait", "fetch").
+        self._pending: tuple[str, ...] = ()
+        #: Keys messages came from: the idle wait watches the busiest.
+        self._arrivals: Counter[str] = Counter()
+        self._wait_fallback_until = 0.0
         super().__init__(*args, **kwargs)
 
     # -- consumers ----------------------------------------------------------------
@@ -159,7 +192,18 @@ class AtomicFetchMixin:
             self._unrecorded_queues.discard(queue)
         return result
 
-    # -- the fetch ----------------------------------------------------------------
+    # -- talking to Redis on the fetch connection ------------------------------------
+
+    def _call(self, *args: Any) -> Any:
+        """One command on the connection kombu's poller watches, without redis-py's
+        retry (a retry would reconnect a socket the poller does not know about)."""
+        connection = self.client.connection
+        try:
+            connection.send_command(*args)
+            return self.client.parse_response(connection, str(args[0]))
+        except self.connection_errors:
+            connection.disconnect()
+            raise
 
     def _atomic_enabled(self) -> bool:
         if self._atomic is None:
@@ -167,30 +211,38 @@ class AtomicFetchMixin:
         return self._atomic
 
     def _probe(self) -> bool:
-        # Once per channel, before its first fetch, while nothing is in flight on the
-        # connection kombu keeps for fetching.
+        # Once per channel, before its first fetch, while nothing is in flight.
+        from redis.exceptions import ResponseError
+
         if not self.ack_emulation:
             return False  # no unacked hash at all: nothing to record into
-        version = redis_version(str(self.client.info("server").get("redis_version", "0")))
-        if version < MINIMUM_REDIS:
+        try:
+            info = self._call("INFO", "server")
+            version = redis_version(str(info.get("redis_version", "0")))
+            if version < MINIMUM_REDIS:
+                logger.warning(
+                    "celery_reliable: Redis %s has no BLMOVE (6.2+), so this worker "
+                    "fetches with kombu's BRPOP: a worker killed while fetching can lose "
+                    "that message",
+                    ".".join(map(str, version)),
+                )
+                return False
+            self._call("SCRIPT", "LOAD", FETCH_SCRIPT)
+        except ResponseError as exc:
             logger.warning(
-                "celery_reliable: Redis %s has no BLMOVE (6.2+), so this worker fetches "
-                "with kombu's BRPOP: a worker killed while fetching can lose that message",
-                ".".join(map(str, version)),
+                "celery_reliable: Redis refused what the atomic fetch needs (%s), so "
+                "this worker fetches with kombu's BRPOP: allow INFO, SCRIPT, EVALSHA and "
+                "BLMOVE to the worker's Redis user, or set reliable_atomic_fetch = False",
+                exc,
             )
             return False
-        self._load_script()
         return True
-
-    def _load_script(self) -> None:
-        import redis
-
-        # Unprefixed: SCRIPT takes no key.
-        redis.Redis.execute_command(self.client, "SCRIPT", "LOAD", FETCH_SCRIPT)
 
     def _key(self, name: str) -> str:
         prefix = self.global_keyprefix
         return prefix + name if prefix else name
+
+    # -- the fetch ----------------------------------------------------------------
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._atomic_enabled():
@@ -208,22 +260,36 @@ class AtomicFetchMixin:
             for queue in queues:
                 keys.append(self._key(self._q_for_pri(queue, pri)))
                 flags.append("0" if queue in unrecorded else "1")
+        # At most a second, whatever brpop_timeout (0 would block on one key forever).
+        wait = min(timeout, WAIT_SECONDS) if timeout and timeout > 0 else WAIT_SECONDS
         commands: list[tuple[Any, ...]] = []
+        pending: list[str] = []
         if self._idle:
-            # Nothing was there last time: wait for one queue (in turn) to have a
-            # message, then fetch from all of them. BLMOVE k k RIGHT RIGHT moves nothing.
-            watch = keys[self._wait_turn % len(queues)]
-            self._wait_turn += 1
-            commands.append(("BLMOVE", watch, watch, "RIGHT", "RIGHT", timeout or 0))
+            # Nothing was there last time: wait for a message, then fetch from every key.
+            if monotonic() < self._wait_fallback_until:
+                commands.append(("BLPOP", self._key(UNREADABLE_KEY + ":never"), wait))
+            else:
+                watch = self._watched(keys)
+                # BLMOVE k k RIGHT RIGHT moves nothing: it only returns once k has one.
+                commands.append(("BLMOVE", watch, watch, "RIGHT", "RIGHT", wait))
+            pending.append("wait")
         fetch_keys = [self._key(self.unacked_key), self._key(self.unacked_index_key), *keys]
         # The delivery time is taken here, up to one wait before the script runs: an
-        # entry is at most brpop_timeout older than kombu's own would be.
+        # entry is at most a second older than kombu's own would be.
         commands.append(("EVALSHA", FETCH_SHA, len(fetch_keys), *fetch_keys, repr(time()), *flags))
+        pending.append("fetch")
         connection = self.client.connection
         self._in_poll = connection
         self._brpop_sent_at = monotonic()  # kombu 5.7's health check reads it
-        self._pending_replies = len(commands)
+        self._pending = tuple(pending)
         connection.send_packed_command(connection.pack_commands(commands))
+
+    def _watched(self, keys: list[str]) -> str:
+        """The key most messages came from; the first one until any came."""
+        for key, _ in self._arrivals.most_common():
+            if key in keys:
+                return key
+        return keys[0]
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self._atomic:
@@ -231,49 +297,102 @@ class AtomicFetchMixin:
             return result
         from redis.exceptions import NoScriptError, ResponseError
 
+        connection = self.client.connection
+        pending, self._pending = self._pending, ()
         try:
-            connection = self.client.connection
-            reply: Any = None
-            error: Exception | None = None
-            pending, self._pending_replies = self._pending_replies, 0
-            for _ in range(pending):
-                # Every reply is read, even after an error, or the next would be
-                # taken for this one's.
+            if not pending:
+                # Readable with nothing asked: the server closed the connection (kombu
+                # reads the EOF as a ConnectionError and reconnects), or sent what
+                # nobody expects; either way the connection is not to be trusted.
+                from redis.exceptions import ConnectionError as RedisConnectionError
+
+                connection.disconnect()
+                raise RedisConnectionError("readable with no command pending: reconnecting")
+            fetched: Any = None
+            failures: dict[str, Exception] = {}
+            for what in pending:
+                # Every reply is read, even after an error, or the next would be taken
+                # for this one's.
                 try:
                     reply = self.client.parse_response(connection, "EVALSHA", **options)
-                except self.connection_errors:  # type: ignore[attr-defined]
-                    connection.disconnect()
-                    raise
                 except ResponseError as exc:
-                    error, reply = exc, None
-            if isinstance(error, NoScriptError):
-                self._load_script()  # Redis restarted: its script cache is empty
-                self._idle = False
-                raise virtual.Empty()
-            if error is not None:
-                raise error
-            if not reply:
-                self._idle = True
-                raise virtual.Empty()
-            self._idle = False
-            return self._deliver_fetched(reply)
+                    failures[what] = exc
+                    continue
+                if what == "fetch":
+                    fetched = reply
+        except BaseException:
+            if connection is not None and pending:
+                connection.disconnect()  # a reply may be left unread: start afresh
+            raise
         finally:
             self._in_poll = None
             flush = getattr(self, "_flush_brpop_reauth", None)
             if flush is not None:  # kombu 5.7: the connection is idle now
                 flush()
+        wait_failure = failures.get("wait")
+        if wait_failure is not None:
+            self._wait_fallback_until = monotonic() + WAIT_FALLBACK_SECONDS
+            logger.warning(
+                "celery_reliable: Redis refused the idle wait (%s); for %gs this worker "
+                "polls its queues every second instead",
+                wait_failure,
+                WAIT_FALLBACK_SECONDS,
+            )
+        fetch_failure = failures.get("fetch")
+        if isinstance(fetch_failure, NoScriptError):
+            self._call("SCRIPT", "LOAD", FETCH_SCRIPT)  # Redis restarted: no scripts
+            self._idle = False
+            raise virtual.Empty()
+        if fetch_failure is not None:
+            raise fetch_failure
+        if not fetched:
+            self._idle = True
+            raise virtual.Empty()
+        self._idle = False
+        return self._deliver_fetched(fetched)
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        if type == "BRPOP" and self._atomic:
+            # kombu reads one reply; ours may owe two.
+            try:
+                return self._brpop_read(**options)
+            except virtual.Empty:
+                return None
+        return super()._poll_error(type, **options)  # type: ignore[misc]
 
     def _deliver_fetched(self, reply: Any) -> bool:
         key, payload, recorded = reply
         key = bytes_to_str(key)
+        self._arrivals[key] += 1
+        if self._arrivals[key] > 1_000_000:  # recent arrivals weigh more
+            self._arrivals = Counter({k: n // 2 for k, n in self._arrivals.items()})
         prefix = self.global_keyprefix
-        if prefix and key.startswith(prefix):
-            key = key[len(prefix) :]
-        queue = key.rsplit(self.sep, 1)[0]
+        bare = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+        queue = bare.rsplit(self.sep, 1)[0]
         self._queue_cycle.rotate(queue)
-        message = loads(bytes_to_str(payload))
-        tag = message["properties"]["delivery_tag"] if recorded else None
+        try:
+            message = loads(bytes_to_str(payload))
+            tag = message["properties"]["delivery_tag"] if recorded else None
+        except Exception as exc:  # a payload Lua's cjson read and Python cannot
+            self._set_aside(payload, recorded, exc)
+            raise virtual.Empty() from None
         if tag is not None:
+            sent_at = self._brpop_sent_at
+            if sent_at is not None and monotonic() - sent_at > WAIT_SECONDS + LATE_SECONDS:
+                # kombu held this reply while the worker had no credit (an ETA came
+                # due, a rate limit): a rescue may have put the message back on its
+                # queue meanwhile, and it is not ours any more.
+                confirmed = self._call(
+                    "EVAL", CONFIRM_SCRIPT, 2, self._key(self.unacked_key),
+                    self._key(self.unacked_index_key), tag, repr(time()),
+                )  # fmt: skip
+                if not confirmed:
+                    logger.info(
+                        "celery_reliable: message %s was fetched while the worker had no "
+                        "credit and rescued before it was read; left to its new delivery",
+                        tag,
+                    )
+                    raise virtual.Empty()
             self._recorded_tags.add(tag)
         try:
             self.connection._deliver(message, queue)
@@ -283,6 +402,29 @@ class AtomicFetchMixin:
                 # entry stays in Redis and the rescue brings the message back.
                 self._recorded_tags.discard(tag)
         return True
+
+    def _set_aside(self, payload: Any, recorded: Any, exc: Exception) -> None:
+        """Keep a payload nobody can decode where it is seen, not in the unacked hash
+        (from where every worker would take it, and fail, again)."""
+        tag = None
+        raw = payload if isinstance(payload, bytes) else str(payload).encode()
+        if recorded:
+            match = re.search(rb'"delivery_tag"\s*:\s*"([^"]+)"', raw)
+            tag = match.group(1).decode(errors="replace") if match else None
+        commands: list[tuple[Any, ...]] = [("LPUSH", self._key(UNREADABLE_KEY), raw)]
+        if tag is not None:
+            commands += [
+                ("HDEL", self._key(self.unacked_key), tag),
+                ("ZREM", self._key(self.unacked_index_key), tag),
+            ]
+        for command in commands:
+            self._call(*command)
+        logger.error(
+            "celery_reliable: a message on Redis cannot be decoded (%s); it is kept in "
+            "the list %r for you to read, not delivered",
+            exc,
+            self._key(UNREADABLE_KEY),
+        )
 
 
 class AtomicFetchChannel(AtomicFetchMixin, kombu_redis.Channel):
@@ -305,45 +447,56 @@ class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = AtomicFetchSentinelChannel
 
 
-# New names only: kombu's own "redis" and "sentinel" are left as they are, for every
-# other connection in the process.
-TRANSPORT_ALIASES.setdefault("reliable-redis", f"{__name__}:Transport")
-TRANSPORT_ALIASES.setdefault("reliable-sentinel", f"{__name__}:SentinelTransport")
+for _name, _target in EXTRA_ALIASES.items():
+    TRANSPORT_ALIASES.setdefault(_name, _target)
+
+#: kombu's own targets for the names :func:`install` repoints, to put back.
+_KOMBU_ALIASES = {name: TRANSPORT_ALIASES.get(name) for name in ALIASES}
 
 
-def _schemes(app: Celery) -> set[str]:
-    schemes = set()
-    for setting in ("broker_url", "broker_read_url", "broker_write_url"):
-        url = app.conf.get(setting)
-        urls = url if isinstance(url, (list, tuple)) else [url] if url else []
-        for one in urls:
-            for part in str(one).split(";"):
-                schemes.add(part.split("://", 1)[0].lower() if "://" in part else part.lower())
-    return schemes
+def _forget(name: str) -> None:
+    """Drop kombu's cached class for ``name``: the next connection resolves it again."""
+    cache: dict[Any, Any] = vars(kombu_transport).get("_transport_cache", {})
+    cache.pop(name, None)
 
 
-def install(app: Celery, settings: ReliableSettings) -> str | None:
+def install(app: Celery, settings: ReliableSettings) -> bool:
     """In a worker, before its consumer connects: fetch atomically from Redis.
 
-    Sets ``broker_transport`` to ``reliable-redis`` (or ``reliable-sentinel``) when
-    every broker URL of the app is ``redis://``, ``rediss://`` or ``sentinel://`` and
-    ``broker_transport`` names no other transport. Returns the name set, or None.
+    Points kombu's ``redis``, ``rediss`` and ``sentinel`` names at the classes above,
+    for every connection this process makes from now on (its producers publish
+    exactly as kombu's do), so URLs, TLS (``rediss://``) and failover between broker
+    URLs work unchanged. Returns whether it did; not when a broker URL names none of
+    them, the setting is off, or ``broker_transport`` names another transport.
     """
-    if not settings.atomic_fetch:
-        return None
-    schemes = _schemes(app)
-    names = {TRANSPORT_NAMES.get(scheme) for scheme in schemes}
-    if len(names) != 1 or None in names:
-        return None  # not Redis, a mix, or kombu's redis+socket:// form
-    name = names.pop()
-    assert name is not None
-    current = app.conf.broker_transport
-    if current not in (None, "", name, *schemes):
+    from celery_reliable.redelivery import uses_redis
+
+    if not settings.atomic_fetch or not uses_redis(app):
+        return False
+    chosen = app.conf.broker_transport
+    if chosen not in (None, "", *ALIASES, *EXTRA_ALIASES):
         logger.warning(
             "celery_reliable: broker_transport is %r, so this worker fetches with it and "
             "not atomically (set reliable_atomic_fetch = False to silence this)",
-            current,
+            chosen,
         )
-        return None
-    app.conf.broker_transport = name
-    return name
+        return False
+    for name, target in ALIASES.items():
+        TRANSPORT_ALIASES[name] = target
+        _forget(name)
+    return True
+
+
+def uninstall() -> None:
+    """Give kombu's names back their own classes (tests, embedded workers)."""
+    for name, target in _KOMBU_ALIASES.items():
+        if target is None:
+            TRANSPORT_ALIASES.pop(name, None)
+        else:
+            TRANSPORT_ALIASES[name] = target
+        _forget(name)
+
+
+def installed() -> bool:
+    """Whether kombu's ``redis`` name resolves to the atomic fetch in this process."""
+    return TRANSPORT_ALIASES.get("redis") == ALIASES["redis"]

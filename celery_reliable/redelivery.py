@@ -206,6 +206,19 @@ def _close(connection: Any) -> None:
             logger.debug("celery_reliable redelivery: closing the connection failed")
 
 
+def uses_redis(app: Celery) -> bool:
+    """Whether any of the app's broker URLs is a Redis one (read, write or failover)."""
+    conf = app.conf
+    # The properties, not conf.get(): they read CELERY_BROKER_URL and broker_host too.
+    for url in (conf.broker_url, conf.broker_read_url, conf.broker_write_url):
+        for one in url if isinstance(url, (list, tuple)) else [url] if url else []:
+            for part in str(one).split(";"):
+                scheme = part.split("://", 1)[0] if "://" in part else part
+                if scheme.split("+", 1)[0].lower() in REDIS_TRANSPORTS:
+                    return True
+    return False
+
+
 def redelivery_for(worker: Any, settings: ReliableSettings) -> Redelivery | None:
     """The worker's keepalive and rescue thread on a Redis broker, when either is on."""
     from celery_reliable.gates import BrokerFacts

@@ -17,10 +17,9 @@ from celery import bootsteps
 from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured
 
-from celery_reliable.atomic_fetch import install as install_atomic_fetch
 from celery_reliable.config import settings_for
 from celery_reliable.errors import MissingDependency, StoreUnavailable
-from celery_reliable.redelivery import redelivery_for
+from celery_reliable.redelivery import redelivery_for, uses_redis
 from celery_reliable.store import store_for
 from celery_reliable.wiring import (
     activate_history,
@@ -71,7 +70,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             # A feature set on purpose whose library is missing stops the worker here.
             observers_for(worker.app, strict=True)
             # Before the consumer connects (Consumer's Connection step, at start).
-            self.fetch_transport = install_atomic_fetch(worker.app, self.settings)
+            self.atomic_fetch = install_atomic_fetch(worker.app, self.settings)
         except (ImproperlyConfigured, MissingDependency) as exc:
             # One line saying what is wrong and how to fix it, instead of a traceback
             # through Celery's start-up code that ends in it.
@@ -156,6 +155,16 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
                 minutes,
                 self.settings.history_retention,
             )
+
+
+def install_atomic_fetch(app: Any, settings: Any) -> bool:
+    """The atomic fetch on a Redis broker (celery_reliable.atomic_fetch); imported only
+    then, as it imports kombu's Redis transport, which needs the redis extra."""
+    if not settings.atomic_fetch or not uses_redis(app):
+        return False
+    from celery_reliable.atomic_fetch import install
+
+    return install(app, settings)
 
 
 def stop_redelivery(sender: Any = None, **_: Any) -> None:

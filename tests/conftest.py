@@ -168,6 +168,11 @@ def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterato
         ) as worker:
             yield worker
     finally:
+        # The worker pointed kombu's "redis" at the atomic fetch for this process: give
+        # the name back, so that what runs next sees kombu as its settings say.
+        from celery_reliable import atomic_fetch
+
+        atomic_fetch.uninstall()
         _worker_running.release()
 
 

@@ -16,10 +16,14 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-import celery_reliable.atomic_fetch  # noqa: F401  (registers reliable-redis with kombu)
+import celery_reliable.atomic_fetch
 from tests.conftest import new_redis_db
 
 pytestmark = pytest.mark.integration
+
+#: kombu's own Redis transport, by class (an embedded worker earlier in this process
+#: may have pointed the name "redis" at ours).
+KOMBU = "kombu.transport.redis:Transport"
 
 
 @pytest.fixture
@@ -64,7 +68,7 @@ def fetch_and_die(connection: Connection, q: Queue) -> None:
 
 @pytest.mark.parametrize(
     ("transport", "kept"),
-    [("reliable-redis", True), ("redis", False)],
+    [("reliable-redis", True), (KOMBU, False)],
     ids=["atomic-fetch", "kombu-brpop"],
 )
 def test_a_consumer_dead_right_after_its_fetch_loses_nothing(
@@ -81,7 +85,7 @@ def test_a_consumer_dead_right_after_its_fetch_loses_nothing(
     [tag] = db.hkeys("unacked")
     assert db.zscore("unacked_index", tag) is not None
     # Its entry is kombu's own: kombu's restore puts it back on its queue.
-    with consumer_connection(url, "redis", visibility_timeout=0) as rescuer:
+    with consumer_connection(url, KOMBU, visibility_timeout=0) as rescuer:
         rescuer.default_channel.qos.restore_visible()
     assert db.llen("jobs") == 1
     assert db.hlen("unacked") == 0
@@ -137,6 +141,13 @@ def test_a_no_ack_consumer_leaves_no_entry(url: str, db: redis.Redis) -> None:
     assert db.hlen("unacked") == 0
 
 
+@pytest.fixture
+def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idle waits of 30 s instead of 1 s: a message taken within 10 s woke the wait."""
+    monkeypatch.setattr(celery_reliable.atomic_fetch, "WAIT_SECONDS", 30.0)
+
+
+@pytest.mark.usefixtures("long_waits")
 def test_an_idle_consumer_wakes_when_a_message_is_published(url: str) -> None:
     """The idle wait (BLMOVE on the queue's key) returns at the publish, not at the
     end of its 30 s timeout."""
@@ -225,6 +236,193 @@ def test_a_worker_with_a_reliable_task_fetches_atomically(redis_url: str) -> Non
     with embedded_worker(app, concurrency=1) as worker:
         assert type(worker.consumer.connection.transport) is Transport
         assert held.delay().get(timeout=20) is True
-    assert app.conf.broker_transport == "reliable-redis"
+        assert celery_reliable.atomic_fetch.installed()
     assert broker.hlen("unacked") == 0
     broker.close()
+
+
+@pytest.mark.usefixtures("long_waits")
+def test_the_idle_wait_watches_the_key_messages_came_from(url: str) -> None:
+    """Messages sent with a priority land on the priority's own key: after one came
+    from there, the idle wait watches that key, and the next is taken at its publish."""
+    with consumer_connection(url, "reliable-redis", polling_interval=30) as connection:
+        got: list[Any] = []
+        with Consumer(
+            connection, [queue("prio")], accept=["json"],
+            callbacks=[lambda b, m: (got.append(b), m.ack())],
+        ):  # fmt: skip
+            publish(url, "prio", {"n": 1}, priority=5)
+            drain_until(connection, got, 1)
+            with pytest.raises(TimeoutError):
+                connection.drain_events(timeout=0.5)  # idle now, watching prio's key 5
+            publish(url, "prio", {"n": 2}, priority=5)
+            connection.drain_events(timeout=10)
+    assert got == [{"n": 1}, {"n": 2}]
+
+
+def test_polling_interval_zero_does_not_block_on_one_key(url: str) -> None:
+    """kombu takes polling_interval 0 as "block forever": on one key of several that
+    would starve the others (and hang the channel's close)."""
+    with consumer_connection(url, "reliable-redis", polling_interval=0) as connection:
+        got: list[Any] = []
+        with Consumer(
+            connection, [queue("first"), queue("second")], accept=["json"],
+            callbacks=[lambda b, m: (got.append(b), m.ack())],
+        ):  # fmt: skip
+            with pytest.raises(TimeoutError):
+                connection.drain_events(timeout=0.5)
+            publish(url, "second", {"n": 1})
+            drain_until(connection, got, 1, timeout=10)
+    assert got == [{"n": 1}]
+
+
+def held_back_fetch(connection: Connection, q: Queue) -> tuple[Any, Any, Any]:
+    """Send a fetch and let Redis answer it, without reading the answer: what kombu
+    does while the worker has no credit (an ETA came due, a rate limit)."""
+    consumer = Consumer(connection, [q], accept=["json"])
+    consumer.consume()
+    channel = connection.default_channel
+    connection.transport.cycle.on_poll_start()
+    sock = channel.client.connection._sock
+    assert select.select([sock], [], [], 5)[0], "Redis did not answer the fetch"
+    return consumer, channel, sock
+
+
+def test_a_reply_read_late_after_a_rescue_is_not_delivered_twice(url: str, db: redis.Redis) -> None:
+    publish(url, "jobs", {"n": 1})
+    got: list[Any] = []
+    with consumer_connection(url, "reliable-redis") as connection:
+        consumer, channel, _ = held_back_fetch(connection, queue("jobs"))
+        consumer.register_callback(lambda b, m: got.append(b))
+        time.sleep(celery_reliable.atomic_fetch.WAIT_SECONDS + 2.5)
+        # The worker renewed nothing it had not read; another worker's rescue:
+        with consumer_connection(url, KOMBU, visibility_timeout=2) as rescuer:
+            rescuer.default_channel.qos.restore_visible()
+        assert db.llen("jobs") == 1
+        with pytest.raises(virtual_empty()):
+            channel._brpop_read()  # credit is back: the held reply is read now
+        consumer.cancel()
+    assert got == []
+    with consumer_connection(url, "reliable-redis") as other:
+        assert drain_one(other, queue("jobs"))[0] == {"n": 1}
+    assert db.hlen("unacked") == 0
+
+
+def test_a_reply_read_late_and_not_rescued_is_delivered_and_renewed(
+    url: str, db: redis.Redis
+) -> None:
+    publish(url, "jobs", {"n": 2})
+    got: list[Any] = []
+    with consumer_connection(url, "reliable-redis") as connection:
+        consumer, channel, _ = held_back_fetch(connection, queue("jobs"))
+        consumer.register_callback(lambda b, m: (got.append(b), m.ack()))
+        [tag] = db.hkeys("unacked")
+        fetched_at = db.zscore("unacked_index", tag)
+        time.sleep(celery_reliable.atomic_fetch.WAIT_SECONDS + 2.5)
+        assert channel._brpop_read() is True
+        consumer.cancel()
+    assert got == [{"n": 2}]
+    assert fetched_at is not None
+
+
+def virtual_empty() -> type[Exception]:
+    from kombu.transport.virtual import Empty
+
+    return Empty
+
+
+def test_a_readable_connection_with_nothing_asked_reconnects(url: str) -> None:
+    """The server closed the idle connection (a Redis timeout, a proxy): kombu reads
+    EOF as a connection error and reconnects; so does the atomic fetch, instead of
+    answering "empty" to a readable socket for ever."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    with consumer_connection(url, "reliable-redis") as connection:
+        publish(url, "jobs", {"n": 3})
+        assert drain_one(connection, queue("jobs"))[0] == {"n": 3}
+        channel = connection.default_channel
+        with pytest.raises(RedisConnectionError):
+            channel._brpop_read()
+        assert channel.client.connection._sock is None
+
+
+@pytest.fixture
+def restricted_user(redis_url: str) -> Iterator[Any]:
+    """A Redis ACL user per test, with what `rules` leave it, and its own URL."""
+    admin = redis.Redis.from_url(redis_url)
+    made: list[str] = []
+
+    def make(*rules: str) -> str:
+        name = f"app{len(made)}-{time.monotonic_ns()}"
+        admin.acl_setuser(name, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                          commands=list(rules))  # fmt: skip
+        made.append(name)
+        host, port = redis_url.split("//", 1)[1].split(":")
+        return f"redis://{name}:pw@{host}:{port}"
+
+    yield make
+    for name in made:
+        admin.acl_deluser(name)
+    admin.close()
+
+
+@pytest.mark.parametrize(
+    ("rules", "warning"),
+    [
+        (("+@all", "-@dangerous"), "refused what the atomic fetch needs"),  # no INFO
+        (("+@all", "-evalsha", "-eval", "-script"), "refused what the atomic fetch needs"),
+    ],
+    ids=["no-info", "no-scripts"],
+)
+def test_a_redis_user_without_info_or_scripts_fetches_with_brpop(
+    url: str, restricted_user: Any, rules: tuple[str, ...], warning: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    db_number = url.rsplit("/", 1)[1]
+    user_url = f"{restricted_user(*rules)}/{db_number}"
+    publish(url, "jobs", {"n": 4})
+    with consumer_connection(user_url, "reliable-redis") as connection:
+        assert drain_one(connection, queue("jobs"))[0] == {"n": 4}
+    assert warning in caplog.text
+
+
+def test_a_refused_idle_wait_falls_back_to_polling(
+    url: str, restricted_user: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BLMOVE refused (an ACL here; a Redis out of memory refuses it too): the worker
+    polls every second instead, and still gets its messages."""
+    user_url = f"{restricted_user('+@all', '-blmove')}/{url.rsplit('/', 1)[1]}"
+    with consumer_connection(user_url, "reliable-redis") as connection:
+        got: list[Any] = []
+        with Consumer(
+            connection, [queue("jobs")], accept=["json"],
+            callbacks=[lambda b, m: (got.append(b), m.ack())],
+        ):  # fmt: skip
+            with pytest.raises(TimeoutError):
+                connection.drain_events(timeout=0.5)  # the wait is refused here
+            publish(url, "jobs", {"n": 5})
+            drain_until(connection, got, 1, timeout=10)
+    assert got == [{"n": 5}]
+    assert "refused the idle wait" in caplog.text
+
+
+def test_a_payload_python_cannot_decode_is_set_aside(url: str, db: redis.Redis) -> None:
+    """Lua's cjson reads JSON that Python refuses (here a control character in a
+    string): kept in a list for a human, not left in the unacked hash for every
+    worker to fail on in turn."""
+    bad = (
+        b'{"body": "x\x10", "properties": {"delivery_tag": "t-1", '
+        b'"delivery_info": {"exchange": "jobs", "routing_key": "jobs"}}, "headers": {}}'
+    )
+    db.lpush("jobs", bad)
+    publish(url, "jobs", {"n": 6})
+    with consumer_connection(url, "reliable-redis") as connection:
+        got: list[Any] = []
+        with Consumer(
+            connection, [queue("jobs")], accept=["json"],
+            callbacks=[lambda b, m: (got.append(b), m.ack())],
+        ):  # fmt: skip
+            drain_until(connection, got, 1, timeout=10)
+    assert got == [{"n": 6}]
+    assert db.lrange("celery_reliable:unreadable", 0, -1) == [bad]
+    assert db.hlen("unacked") == 0
