@@ -93,15 +93,18 @@ def ran(make_app: Any, pipeline: Pipeline) -> Iterator[SimpleNamespace]:
     def ok() -> str:
         return "ok"
 
+    # Retries wait 1 s, not less: Celery stores RETRY after the retry is published,
+    # so a retry that ends within a few milliseconds can see its FAILURE overwritten
+    # by the RETRY of the run before it (Celery's own race, any task class).
     @app.task(base=ReliableTask, shared=False, name="p.flaky")
-    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
+    @retry_on(Flaky, wait=fixed(1), attempts=2)
     def flaky(key: str) -> str:
         if calls.bump(key) == 1:
             raise Flaky("once")
         return "ok"
 
     @app.task(base=ReliableTask, shared=False, name="p.exhausts")
-    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
+    @retry_on(Flaky, wait=fixed(1), attempts=2)
     def exhausts() -> None:
         raise Flaky("always")
 
@@ -112,7 +115,7 @@ def ran(make_app: Any, pipeline: Pipeline) -> Iterator[SimpleNamespace]:
         if kind == "discard":
             return Discard("bad input")
         if kind == "snooze" and calls.bump(key) == 1:
-            return Snooze(0.05)
+            return Snooze(1)
         if kind == "fail":
             raise LookupError("nobody declared me")
         return kind
