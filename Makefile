@@ -99,7 +99,7 @@ plain-install: $(PLAIN_VENV)/.installed
 # minor), a venv of its own runs the whole suite and the Celery-suite comparison.
 CELERY_MINORS ?= 5.4 5.5 5.6 5.7
 COMPAT_FIGURES := .cache/compat
-compat: system-deps $(STAMP)
+compat: system-deps $(STAMP) $(STATSD_DAEMON)
 	@rm -rf $(COMPAT_FIGURES); status=0; \
 	for minor in $(CELERY_MINORS); do \
 	  $(MAKE) --no-print-directory compat-one MINOR=$$minor || status=1; \
@@ -107,7 +107,7 @@ compat: system-deps $(STAMP)
 	$(PY) -m tests.compat.summary $(CELERY_MINORS) || status=1; \
 	exit $$status
 
-compat-one: $(STAMP)
+compat-one: $(STAMP) $(STATSD_DAEMON)
 	@echo "== Celery $(MINOR).x"
 	@[ -x .venv-celery$(MINOR)/bin/python ] || $(PYTHON) -m venv .venv-celery$(MINOR)
 	.venv-celery$(MINOR)/bin/python -m pip install -q --upgrade pip

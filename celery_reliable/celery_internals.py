@@ -12,7 +12,12 @@ from typing import Any
 
 from celery import Task, _state
 
-__all__ = ["actual_ignore_result", "task_stack", "time_limits"]
+__all__ = [
+    "actual_ignore_result",
+    "task_stack",
+    "time_limits",
+    "tracer_reads_request_ignore_result",
+]
 
 #: The stack behind ``celery.current_task`` (a ``LocalStack``; the tracer pushes the
 #: running task on it). Unchanged from Celery 3 to 5.7; not in the type stubs.
@@ -42,6 +47,10 @@ def _lookup_actual_ignore_result() -> Callable[[Any, Any], bool]:
 
 #: ``actual_ignore_result(task, request) -> bool``, as this Celery's tracer decides it.
 actual_ignore_result: Callable[[Any, Any], bool] = _lookup_actual_ignore_result()
+
+#: Celery 5.6+: the tracer stores no RETRY or FAILURE for a request whose
+#: ``ignore_result`` is set (5.4 and 5.5 read only the task's option there).
+tracer_reads_request_ignore_result: bool = actual_ignore_result is not _task_ignore_result
 
 
 def time_limits(task: Any, app: Any) -> tuple[float | None, float | None]:

@@ -3,8 +3,9 @@
 The ways an execution ends, and what Celery is told:
 
 * SUCCEEDED / DUPLICATE: the value is returned; Celery stores SUCCESS and runs links.
-* RETRIED: the message is re-published with backoff and the per-rule counters in its
-  headers, then ``Retry`` is raised; Celery stores RETRY and acks.
+* RETRIED: RETRY is stored, the message is re-published with backoff and the
+  per-rule counters in its headers, then ``Retry`` is raised; Celery acks (and, on 5.4
+  and 5.5, stores RETRY again: a retry that already ended can be overwritten there).
 * SNOOZED / CANCELLED / DISCARDED: our own state is stored, then ``Ignore`` is
   raised, so Celery's tracer stores nothing over it and acks the message.
 * EXHAUSTED / FAILED: the exception is re-raised; Celery stores FAILURE, runs
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
 from time import monotonic
+from traceback import format_exception
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from celery.app.task import Context
@@ -34,7 +36,10 @@ from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 
 from celery_reliable import decisions
-from celery_reliable.celery_internals import actual_ignore_result
+from celery_reliable.celery_internals import (
+    actual_ignore_result,
+    tracer_reads_request_ignore_result,
+)
 from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
 from celery_reliable.errors import ResultNotSerializable, WrongArguments
@@ -318,7 +323,12 @@ class Execution:
         outcome = decision.outcome
         self._give_back(outcome)
         if outcome is Outcome.RETRIED:
+            stored_first = self._store_retry_first(decision)
             self._republish_or_fall_back(decision, retries=self.attempt)
+            if stored_first:
+                # After the re-publish (whose options copy the request's ignore_result):
+                # the tracer's own RETRY store is skipped.
+                self.request.ignore_result = True
             self.emit(decision)
             raise Retry(
                 exc=cast(Exception, decision.exc),
@@ -345,6 +355,35 @@ class Execution:
         exc = decision.exc
         assert exc is not None
         raise exc
+
+    def _store_retry_first(self, decision: Decision) -> bool:
+        """Store RETRY before the retry message exists, where Celery can then be told
+        not to store it again (5.6+). Celery stores it after the re-publish: a retry
+        that ended within its few milliseconds had its FAILURE or SUCCESS overwritten
+        by this run's RETRY, and the job looked stuck in RETRY for good."""
+        task, request = self.task, self.request
+        if (
+            request.is_eager
+            or not tracer_reads_request_ignore_result
+            or actual_ignore_result(task, request)  # nothing stored either way
+            or task.store_errors_even_if_ignored  # Celery would store it anyway
+        ):
+            return False
+        exc = decision.exc
+        if not isinstance(exc, Exception) or request.id is None:
+            return False
+        try:
+            task.backend.mark_as_retry(
+                request.id, exc, "".join(format_exception(exc)), request=request
+            )
+        except Exception:
+            logger.exception(
+                "task %s[%s]: could not store state RETRY in the result backend",
+                task.name,
+                request.id,
+            )
+            return False
+        return True
 
     def _republish_or_fall_back(self, decision: Decision, retries: int) -> None:
         """Re-publish the message for a retry or a snooze; what if the broker says no.

@@ -64,3 +64,56 @@ def ready_store(app: Celery) -> Any:
     else:
         migrate.upgrade(store.engine)
     return store
+
+
+class Flaky(Exception):
+    """What the shared tasks below raise to be retried."""
+
+
+def every_outcome_tasks(app: Celery, prefix: str, wait: float) -> SimpleNamespace:
+    """Tasks that reach every outcome between them, named ``{prefix}.ok`` and so on:
+    ``ok``; ``flaky(key)`` (RETRIED once, then SUCCEEDED); ``exhausts`` (RETRIED,
+    EXHAUSTED); ``explicit(kind, key)`` (cancel, discard, snooze then succeed, fail,
+    or return ``kind``); ``charge(order)`` (keyed: a second call is DUPLICATE).
+    Retries and the snooze wait ``wait`` seconds."""
+    from celery_reliable import Cancel, Discard, ReliableTask, Snooze, retry_on
+    from celery_reliable.backoff import fixed
+
+    calls = Calls()
+
+    @app.task(base=ReliableTask, shared=False, name=f"{prefix}.ok")
+    def ok() -> str:
+        return "ok"
+
+    @app.task(base=ReliableTask, shared=False, name=f"{prefix}.flaky")
+    @retry_on(Flaky, wait=fixed(wait), attempts=2)
+    def flaky(key: str) -> str:
+        if calls.bump(key) == 1:
+            raise Flaky("once")
+        return "ok"
+
+    @app.task(base=ReliableTask, shared=False, name=f"{prefix}.exhausts")
+    @retry_on(Flaky, wait=fixed(wait), attempts=2)
+    def exhausts() -> None:
+        raise Flaky("always")
+
+    @app.task(base=ReliableTask, shared=False, name=f"{prefix}.explicit")
+    def explicit(kind: str, key: str) -> Any:
+        if kind == "cancel":
+            return Cancel("not needed")
+        if kind == "discard":
+            return Discard("bad input")
+        if kind == "snooze" and calls.bump(key) == 1:
+            return Snooze(wait)
+        if kind == "fail":
+            raise LookupError("nobody declared me")
+        return kind
+
+    @app.task(
+        base=ReliableTask, shared=False, name=f"{prefix}.charge", timeout=10,
+        idempotency_key="{order}",
+    )  # fmt: skip
+    def charge(order: str) -> str:
+        return order
+
+    return tasks_in(locals())

@@ -18,11 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from celery_reliable import Cancel, Discard, ReliableTask, Snooze, retry_on
-from celery_reliable.backoff import fixed
+from celery_reliable import ReliableTask
 from celery_reliable.results import wait_for_outcome
 from tests.conftest import embedded_worker
-from tests.helpers import Calls, new_key
+from tests.helpers import every_outcome_tasks, new_key
 from tests.metrics_pipeline import FLUSH_SECONDS, Pipeline, graphite_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
@@ -40,13 +39,6 @@ OUTCOMES = (
     "exhausted",
     "failed",
 )
-
-
-class Flaky(Exception):
-    pass
-
-
-calls = Calls()
 
 
 def dashboard_targets() -> list[str]:
@@ -89,42 +81,12 @@ def ran(make_app: Any, pipeline: Pipeline) -> Iterator[SimpleNamespace]:
     )
     release = threading.Event()
 
-    @app.task(base=ReliableTask, shared=False, name="p.ok")
-    def ok() -> str:
-        return "ok"
-
     # Retries wait 1 s, not less: Celery stores RETRY after the retry is published,
     # so a retry that ends within a few milliseconds can see its FAILURE overwritten
     # by the RETRY of the run before it (Celery's own race, any task class).
-    @app.task(base=ReliableTask, shared=False, name="p.flaky")
-    @retry_on(Flaky, wait=fixed(1), attempts=2)
-    def flaky(key: str) -> str:
-        if calls.bump(key) == 1:
-            raise Flaky("once")
-        return "ok"
-
-    @app.task(base=ReliableTask, shared=False, name="p.exhausts")
-    @retry_on(Flaky, wait=fixed(1), attempts=2)
-    def exhausts() -> None:
-        raise Flaky("always")
-
-    @app.task(base=ReliableTask, shared=False, name="p.explicit")
-    def explicit(kind: str, key: str) -> Any:
-        if kind == "cancel":
-            return Cancel("not needed")
-        if kind == "discard":
-            return Discard("bad input")
-        if kind == "snooze" and calls.bump(key) == 1:
-            return Snooze(1)
-        if kind == "fail":
-            raise LookupError("nobody declared me")
-        return kind
-
-    @app.task(
-        base=ReliableTask, shared=False, name="p.charge", timeout=10, idempotency_key="{order}"
-    )
-    def charge(order: str) -> str:
-        return order
+    tasks = every_outcome_tasks(app, "p", wait=1)
+    ok, flaky, exhausts = tasks.ok, tasks.flaky, tasks.exhausts
+    explicit, charge = tasks.explicit, tasks.charge
 
     @app.task(base=ReliableTask, shared=False, name="p.held")
     def held() -> str:

@@ -9,17 +9,9 @@ from typing import Any
 
 import pytest
 
-from celery_reliable import (
-    Cancel,
-    Discard,
-    Outcome,
-    ReliableTask,
-    Snooze,
-    retry_on,
-)
-from celery_reliable.backoff import fixed
+from celery_reliable import Outcome, ReliableTask
 from tests.conftest import embedded_worker
-from tests.helpers import Calls, new_key, tasks_in
+from tests.helpers import every_outcome_tasks, new_key
 from tests.integration.udp import NUMBER, StatsdServer, running_statsd_server
 
 pytestmark = pytest.mark.integration
@@ -31,53 +23,15 @@ def statsd_server() -> Iterator[StatsdServer]:
         yield server
 
 
-class Flaky(Exception):
-    pass
-
-
-calls = Calls()
-
-
 def define(app: Any) -> SimpleNamespace:
-    @app.task(base=ReliableTask, shared=False, name="m.ok")
-    def ok() -> str:
-        return "ok"
-
-    @app.task(base=ReliableTask, shared=False, name="m.flaky")
-    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
-    def flaky(key: str) -> str:
-        if calls.bump(key) == 1:
-            raise Flaky("once")
-        return "ok"
-
-    @app.task(base=ReliableTask, shared=False, name="m.exhausts")
-    @retry_on(Flaky, wait=fixed(0.05), attempts=2)
-    def exhausts() -> None:
-        raise Flaky("always")
-
-    @app.task(base=ReliableTask, shared=False, name="m.explicit")
-    def explicit(kind: str, key: str) -> Any:
-        if kind == "cancel":
-            return Cancel("not needed")
-        if kind == "discard":
-            return Discard("bad input")
-        if kind == "snooze" and calls.bump(key) == 1:
-            return Snooze(0.05)
-        if kind == "fail":
-            raise LookupError("nobody declared me")
-        return kind
+    tasks = every_outcome_tasks(app, "m", wait=0.05)
 
     @app.task(base=ReliableTask, shared=False, name="m.packets")
     def packets() -> str:
         return "only the packet test runs me"
 
-    @app.task(
-        base=ReliableTask, shared=False, name="m.charge", timeout=10, idempotency_key="{order}"
-    )
-    def charge(order: str) -> str:
-        return order
-
-    return tasks_in(locals())
+    tasks.packets = packets
+    return tasks
 
 
 @pytest.fixture(scope="module")
