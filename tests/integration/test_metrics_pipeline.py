@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from celery_reliable import ReliableTask
+from celery_reliable import Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
 from tests.conftest import embedded_worker
 from tests.helpers import every_outcome_tasks, new_key
@@ -29,16 +29,7 @@ pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).resolve().parents[2] / "docs" / "grafana"
 DASHBOARD = json.loads((GRAFANA / "celery-reliable-graphite.json").read_text())
 ALERTS = yaml.safe_load((GRAFANA / "graphite-alerts.yaml").read_text())
-OUTCOMES = (
-    "succeeded",
-    "duplicate",
-    "retried",
-    "snoozed",
-    "cancelled",
-    "discarded",
-    "exhausted",
-    "failed",
-)
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 
 def dashboard_targets() -> list[str]:
