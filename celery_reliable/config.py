@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "reliable_rescue_interval": 2.0,
     "reliable_keepalive": True,
     "reliable_atomic_fetch": True,
+    "reliable_web_auth": None,
+    "reliable_web_read_only_auth": None,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -76,6 +78,10 @@ class ReliableSettings:
     #: fresh, so that no other worker takes them while it lives.
     keepalive: bool
     atomic_fetch: bool
+    #: The web view's HTTP basic credentials, ``(user, password)`` pairs: those who may
+    #: act (retry, purge, release), and those who may only look.
+    web_auth: tuple[tuple[str, str], ...]
+    web_read_only_auth: tuple[tuple[str, str], ...]
     #: The rule unclassified exceptions follow; None under "fail".
     unclassified_rule: RetryRule | None
     #: The settings the app set itself (the others are defaults): a feature set on
@@ -123,6 +129,8 @@ class ReliableSettings:
             rescue_interval=_seconds("reliable_rescue_interval", merged),
             keepalive=_bool("reliable_keepalive", merged),
             atomic_fetch=_bool("reliable_atomic_fetch", merged),
+            web_auth=_credentials("reliable_web_auth", merged),
+            web_read_only_auth=_credentials("reliable_web_read_only_auth", merged),
             unclassified_rule=None,
             explicit=frozenset(values),
         ).with_unclassified_rule()
@@ -270,6 +278,28 @@ def _redact(name: str, values: Mapping[str, Any]) -> bool | frozenset[str]:
     ):
         return frozenset(value)
     raise ImproperlyConfigured(f"{name} must be True, False or a list of task names, got {value!r}")
+
+
+def _credentials(name: str, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``"user:password"``, or a list of them, as ``(user, password)`` pairs (the
+    password may hold colons; the user may not)."""
+    value = values[name]
+    if value is None or value == "":
+        return ()
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, (list, tuple)):
+        raise ImproperlyConfigured(
+            f"{name} must be 'user:password' or a list of them, got {type(value).__name__}"
+        )
+    pairs = []
+    for entry in entries:
+        user, colon, password = entry.partition(":") if isinstance(entry, str) else ("", "", "")
+        if not (user and colon and password):
+            raise ImproperlyConfigured(
+                f"{name}: each entry must be 'user:password' with both parts non-empty"
+            )
+        pairs.append((user, password))
+    return tuple(pairs)
 
 
 def _bool(name: str, values: Mapping[str, Any]) -> bool:

@@ -170,6 +170,12 @@ def reliable_task(app: Celery, name: str) -> Any:
     raise UnknownTask(unknown_task_message(name, reliable, [*plain, *audited]))
 
 
+def reliable_task_names(app: Celery) -> list[str]:
+    """The names of the app's ReliableTasks."""
+    app.finalize(auto=True)
+    return sorted(name for name, task in app.tasks.items() if isinstance(task, ReliableTask))
+
+
 def _tasks_of(app: Celery) -> tuple[dict[str, Any], list[str]]:
     """(tasks to audit by name, the app's own plain Celery tasks)."""
     audited: dict[str, Any] = {}

@@ -61,6 +61,14 @@ class QueueDepthSampler:
         return depths
 
 
+def read_depths(app: Any, queues: list[str]) -> list[tuple[str, int]]:
+    """Each queue's depth now, on a connection of its own that gives up after one
+    retry (the web view asks while a page waits)."""
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+        return [(queue, _depth(connection, queue)) for queue in queues]
+
+
 def _depth(connection: Any, queue: str) -> int:
     """Messages waiting in ``queue``: a passive declare, as AMQP brokers answer it and
     kombu's Redis transport emulates it (priority sub-queues included)."""

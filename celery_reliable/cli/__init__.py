@@ -12,12 +12,14 @@ from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
 from celery_reliable.cli.receipts import receipts
 from celery_reliable.cli.report import report_command
+from celery_reliable.cli.web import web_command
 
 
 @click.group(name="reliable")
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
-    """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters."""
+    """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters,
+    the web view."""
 
 
 def app_of(ctx: click.Context) -> Any:
@@ -36,3 +38,4 @@ reliable.add_command(db)
 reliable.add_command(dead)
 reliable.add_command(receipts)
 reliable.add_command(report_command)
+reliable.add_command(web_command)

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
+from celery_reliable.headers import Counters
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store import Store
@@ -49,6 +50,11 @@ class DeadLetterObserver(Observer):
         request = fields.get("request")
         exc: BaseException | None = fields.get("exc")
         options = republish_options(request)
+        # The reasons of the retries before this end, as the message carried them: the
+        # web view and `dead show --json` show the way to the dead letter.
+        history = Counters.from_headers(getattr(request, "headers", None), None, quiet=True)
+        if history.history:
+            options["retry_history"] = history.history
         row = {
             "task_id": fields.get("task_id") or "",
             "task_name": task.name,

@@ -8,9 +8,10 @@ attempt budget; ``purge`` deletes rows.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -142,6 +143,56 @@ def _row(row: Any) -> DeadLetter:
     )
 
 
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters a listing or a bulk action covers (every field given must
+    match). ``state``: "pending" (not retried yet), "retried", or None for both."""
+
+    task_name: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    #: Text the reason or the exception message contains (case-insensitive on SQLite
+    #: and PostgreSQL alike).
+    text: str | None = None
+    state: str | None = None
+
+    def where(self) -> list[Any]:
+        column = dead_letters.c
+        where: list[Any] = []
+        if self.task_name:
+            where.append(column.task_name == self.task_name)
+        if self.outcome:
+            where.append(column.outcome == self.outcome)
+        if self.since is not None:
+            where.append(column.created_at >= self.since)
+        if self.until is not None:
+            where.append(column.created_at < self.until)
+        if self.text:
+            pattern = "%" + _escape_like(self.text.lower()) + "%"
+            where.append(
+                func.lower(column.reason).like(pattern, escape="\\")
+                | func.lower(func.coalesce(column.exc_message, "")).like(pattern, escape="\\")
+            )
+        if self.state == "pending":
+            where.append(column.retried_at.is_(None))
+        elif self.state == "retried":
+            where.append(column.retried_at.is_not(None))
+        return where
+
+    def pending(self) -> DeadLetterFilter:
+        """The same set without the rows retried already (what a bulk retry covers)."""
+        return replace(self, state="pending")
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+#: Rows per statement when a bulk action walks the rows a filter matches.
+BULK_CHUNK = 500
+
+
 class DeadLetters:
     def __init__(self, engine: Engine, app: Any) -> None:
         self._engine = engine
@@ -226,6 +277,70 @@ class DeadLetters:
             query = query.where(dead_letters.c.retried_at.is_(None))
         with unavailable_as("listing dead letters"), self._engine.connect() as connection:
             return [_row(row) for row in connection.execute(query)]
+
+    def page(
+        self,
+        where: DeadLetterFilter,
+        limit: int = 50,
+        before_id: int | None = None,
+        after_id: int | None = None,
+    ) -> builtins.list[DeadLetter]:
+        """One page of matching rows, newest first, by keyset on the id: the rows
+        older than ``before_id``, or the ``limit`` just newer than ``after_id``. The
+        cost of a page does not grow with how far back it is."""
+        column = dead_letters.c
+        query = select(dead_letters).where(*where.where())
+        if after_id is not None:
+            query = query.where(column.id > after_id).order_by(column.id.asc())
+        else:
+            if before_id is not None:
+                query = query.where(column.id < before_id)
+            query = query.order_by(column.id.desc())
+        with unavailable_as("listing dead letters"), self._engine.connect() as connection:
+            rows = [_row(row) for row in connection.execute(query.limit(limit))]
+        return rows[::-1] if after_id is not None else rows
+
+    def count_where(self, where: DeadLetterFilter) -> int:
+        query = select(func.count()).select_from(dead_letters).where(*where.where())
+        with unavailable_as("counting dead letters"), self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    def ids_where(
+        self, where: DeadLetterFilter, after_id: int = 0, limit: int = BULK_CHUNK
+    ) -> builtins.list[int]:
+        """The ids of matching rows above ``after_id``, ascending (a bulk action's walk)."""
+        column = dead_letters.c
+        query = (
+            select(column.id)
+            .where(*where.where(), column.id > after_id)
+            .order_by(column.id)
+            .limit(limit)
+        )
+        with unavailable_as("listing dead letters"), self._engine.connect() as connection:
+            return [int(found) for found in connection.execute(query).scalars()]
+
+    def purge_where(self, where: DeadLetterFilter) -> int:
+        """Delete every matching row; returns how many."""
+        with unavailable_as("purging dead letters"), self._engine.begin() as connection:
+            statement = delete(dead_letters).where(*where.where())
+            return int(connection.execute(statement).rowcount)
+
+    def pending_by_task(self) -> dict[str, int]:
+        """``task -> dead letters not retried yet``."""
+        column = dead_letters.c
+        query = (
+            select(column.task_name, func.count())
+            .where(column.retried_at.is_(None))
+            .group_by(column.task_name)
+        )
+        with unavailable_as("counting dead letters"), self._engine.connect() as connection:
+            return {str(name): int(count) for name, count in connection.execute(query)}
+
+    def task_names(self) -> builtins.list[str]:
+        """The tasks that have dead letters (for a filter's choices)."""
+        query = select(dead_letters.c.task_name).distinct().order_by(dead_letters.c.task_name)
+        with unavailable_as("listing dead letters"), self._engine.connect() as connection:
+            return [str(name) for name in connection.execute(query).scalars()]
 
     def count(self, task_name: str | None = None) -> int:
         query = select(func.count()).select_from(dead_letters)

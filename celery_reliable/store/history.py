@@ -186,6 +186,20 @@ class OutcomeHistory:
             buckets = [a + int(b or 0) for a, b in zip(buckets, bucket_sums, strict=True)]
         return HistorySummary(since, counts, duration_count, duration_sum, duration_max, buckets)
 
+    def counts_by_task(self, since: datetime) -> dict[str, dict[str, int]]:
+        """``task -> outcome -> executions`` since ``since`` (every queue summed)."""
+        table = outcome_history.c
+        query = (
+            select(table.task_name, table.outcome, func.sum(table.count))
+            .where(table.minute >= since)
+            .group_by(table.task_name, table.outcome)
+        )
+        rows = run_statement(self._engine, "reading the outcome history", query, None, _all)
+        found: dict[str, dict[str, int]] = {}
+        for task_name, outcome, count in rows:
+            found.setdefault(task_name, {})[outcome] = int(count or 0)
+        return found
+
     def minutes(
         self, task_name: str | None = None, since: datetime | None = None, hours: float = 1
     ) -> list[tuple[datetime, str, str, str, int]]:

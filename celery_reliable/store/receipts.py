@@ -9,12 +9,13 @@ statement needed, to read why.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -291,6 +292,48 @@ class Receipts:
             query = query.where(receipts.c.state == state)
         with unavailable_as("listing receipts"), self._engine.connect() as connection:
             return [_receipt(row) for row in connection.execute(query)]
+
+    def page(  # noqa: PLR0917 - a listing's filters and its cursor
+        self,
+        task_name: str | None = None,
+        key_prefix: str | None = None,
+        state: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+        now: datetime | None = None,
+    ) -> builtins.list[Receipt]:
+        """One page in primary-key order, from the ``(task, key)`` ``after``. ``state``
+        is ``in_progress``, ``succeeded`` or ``abandoned`` (in progress, lease run out)."""
+        column = receipts.c
+        query = select(receipts)
+        if task_name:
+            query = query.where(column.task_name == task_name)
+        if key_prefix:
+            query = query.where(column.key.startswith(key_prefix, autoescape=True))
+        if state == "abandoned":
+            query = query.where(
+                column.state == IN_PROGRESS, column.lease_expires_at < (now or utcnow())
+            )
+        elif state:
+            query = query.where(column.state == state)
+        if after is not None:
+            query = query.where(tuple_(column.task_name, column.key) > tuple_(*after))
+        query = query.order_by(column.task_name, column.key).limit(limit)
+        with unavailable_as("listing receipts"), self._engine.connect() as connection:
+            return [_receipt(row) for row in connection.execute(query)]
+
+    def release_claim(self, task_name: str, key: str, task_id: str) -> bool:
+        """Delete an in-progress claim by hand (its worker is gone): the next
+        execution with the key runs. False if it is no longer that claim (completed,
+        released, or taken over by another task id)."""
+        statement = delete(receipts).where(
+            receipts.c.task_name == task_name,
+            receipts.c.key == key,
+            receipts.c.task_id == task_id,
+            receipts.c.state == IN_PROGRESS,
+        )
+        with unavailable_as("releasing a claim"), self._engine.begin() as connection:
+            return int(connection.execute(statement).rowcount) == 1
 
     def counts(self, task_name: str | None = None, now: datetime | None = None) -> dict[str, int]:
         """Receipts held: ``succeeded``, ``in_progress`` and, of those, ``abandoned``

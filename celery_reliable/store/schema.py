@@ -43,6 +43,8 @@ receipts = Table(
     Column("completed_at", DateTime, nullable=True),
     Index("ix_reliable_receipts_completed_at", "completed_at"),
     Index("ix_reliable_receipts_lease_expires_at", "lease_expires_at"),
+    # The web view's listing by state (0003).
+    Index("ix_reliable_receipts_state_task_name_key", "state", "task_name", "key"),
 )
 
 #: One row per DISCARDED / EXHAUSTED / FAILED execution: enough to read what went
@@ -69,6 +71,9 @@ dead_letters = Table(
     Column("retried_task_id", String(255), nullable=True),
     Index("ix_reliable_dead_letters_task_name_created_at", "task_name", "created_at"),
     Index("ix_reliable_dead_letters_created_at", "created_at"),
+    # The web view's pages, newest id first, filtered by task or outcome (0003).
+    Index("ix_reliable_dead_letters_task_name_id", "task_name", "id"),
+    Index("ix_reliable_dead_letters_outcome_id", "outcome", "id"),
 )
 
 #: One row per held unique-enqueue key. The primary key is what makes acquiring it

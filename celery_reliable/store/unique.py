@@ -7,10 +7,11 @@ publishers, exactly one insert wins; the others read the holder's task id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select
+from sqlalchemy import bindparam, delete, or_, select, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import BindParameter
 
@@ -52,6 +53,19 @@ _HOLDER = select(unique_locks.c.task_id).where(
     unique_locks.c.task_name == bindparam("p_task_name"),
     unique_locks.c.key == bindparam("p_key"),
 )
+
+
+@dataclass(frozen=True)
+class UniqueLock:
+    task_name: str
+    key: str
+    #: The job holding the key: new publishes with the key are skipped until it ends.
+    task_id: str
+    expires_at: datetime
+    created_at: datetime
+
+    def held(self, now: datetime) -> bool:
+        return self.expires_at > now
 
 
 class UniqueLocks:
@@ -106,6 +120,29 @@ class UniqueLocks:
         with unavailable_as("reading unique lock"), self._engine.connect() as connection:
             holder = connection.execute(query).scalar()
         return None if holder is None else str(holder)
+
+    def page(
+        self,
+        task_name: str | None = None,
+        key_prefix: str | None = None,
+        after: tuple[str, str] | None = None,
+        limit: int = 50,
+    ) -> list[UniqueLock]:
+        """One page of locks (expired ones included, until pruned), in key order."""
+        column = unique_locks.c
+        query = select(unique_locks)
+        if task_name:
+            query = query.where(column.task_name == task_name)
+        if key_prefix:
+            query = query.where(column.key.startswith(key_prefix, autoescape=True))
+        if after is not None:
+            query = query.where(tuple_(column.task_name, column.key) > tuple_(*after))
+        query = query.order_by(column.task_name, column.key).limit(limit)
+        with unavailable_as("listing unique locks"), self._engine.connect() as connection:
+            return [
+                UniqueLock(row.task_name, row.key, row.task_id, row.expires_at, row.created_at)
+                for row in connection.execute(query)
+            ]
 
     def prune(self, now: datetime | None = None) -> int:
         statement = delete(unique_locks).where(unique_locks.c.expires_at <= (now or utcnow()))

@@ -1,0 +1,107 @@
+"""The overview: per task, the outcomes of the last hour and day (from the outcome
+history the workers write), a per-minute chart, the error rate and the dead letters
+waiting; the depth of each queue, from the broker."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from celery_reliable.gates import reliable_task_names
+from celery_reliable.outcomes import Outcome
+from celery_reliable.queue_depth import read_depths
+from celery_reliable.store.timeutil import utcnow
+from celery_reliable.web import chart
+from celery_reliable.web.common import celery_app, render, store
+
+logger = logging.getLogger("celery_reliable.web")
+
+#: Seconds between the overview's reloads; ``?refresh=0`` stops them.
+REFRESH_SECONDS = 5
+#: Longest wait for the broker's queue depths before the page is shown without them.
+DEPTH_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    name: str
+    hour: dict[str, int]
+    day: dict[str, int]
+    chart: chart.Chart
+    error_rate_hour: float | None
+    error_rate_day: float | None
+    dead_pending: int
+
+    @property
+    def executions_hour(self) -> int:
+        return sum(self.hour.values())
+
+    @property
+    def executions_day(self) -> int:
+        return sum(self.day.values())
+
+
+async def overview(request: Request) -> Response:
+    refresh = request.query_params.get("refresh", str(REFRESH_SECONDS))
+    refresh_seconds = int(refresh) if refresh.isdigit() else REFRESH_SECONDS
+    depths, depth_error = await _queue_depths(request)
+    rows, total, last_minute = await anyio.to_thread.run_sync(_task_rows, request)
+    return render(
+        request,
+        "overview.html",
+        page="overview",
+        refresh=refresh_seconds,
+        tasks=rows,
+        total=total,
+        total_chart=chart.chart(total, last_minute, width=720, height=90),
+        depths=depths,
+        depth_error=depth_error,
+        outcomes=[outcome.value for outcome in Outcome],
+        now=utcnow(),
+    )
+
+
+def _task_rows(request: Request) -> tuple[list[TaskRow], dict[datetime, dict[str, int]], datetime]:
+    found = store(request)
+    now = utcnow()
+    last_minute = now.replace(second=0, microsecond=0)
+    history = found.history
+    hour = history.counts_by_task(now - timedelta(hours=1))
+    day = history.counts_by_task(now - timedelta(hours=24))
+    minutes = chart.per_minute(history.minutes(since=last_minute - timedelta(minutes=59)))
+    pending = found.dead_letters.pending_by_task()
+    names = sorted(set(day) | set(pending) | set(reliable_task_names(celery_app(request))))
+    rows = [
+        TaskRow(
+            name=name,
+            hour=hour.get(name, {}),
+            day=day.get(name, {}),
+            chart=chart.chart(minutes.get(name, {}), last_minute),
+            error_rate_hour=chart.error_rate(hour.get(name, {})),
+            error_rate_day=chart.error_rate(day.get(name, {})),
+            dead_pending=pending.get(name, 0),
+        )
+        for name in names
+    ]
+    return rows, chart.all_tasks(minutes), last_minute
+
+
+async def _queue_depths(request: Request) -> tuple[list[tuple[str, int]], str | None]:
+    app = celery_app(request)
+    queues = sorted(app.amqp.queues.keys())
+    try:
+        with anyio.fail_after(DEPTH_TIMEOUT):
+            depths = await anyio.to_thread.run_sync(
+                read_depths, app, queues, abandon_on_cancel=True
+            )
+    except TimeoutError:
+        return [], f"the broker did not answer within {DEPTH_TIMEOUT:g} s"
+    except Exception as exc:  # a broker down must not take the page with it
+        logger.warning("queue depths not read: %s", exc)
+        return [], f"the broker could not be read: {exc}"
+    return depths, None

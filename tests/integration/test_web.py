@@ -1,0 +1,348 @@
+"""The web view over HTTP, served by ``celery -A ... reliable web`` in a process of its
+own against a real Redis and SQLite store: pages, security (CSRF, basic auth, roles,
+loopback-only, headers), keyset pagination, releases, a store or broker that is down."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from celery_reliable.store.timeutil import utcnow
+from tests.conftest import new_redis_db
+from tests.helpers import ready_store
+from tests.servers import free_port
+from tests.web_support import ROOT, Client, form_token, web_server
+
+APP = "tests.integration.web_app"
+PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/static/style.css"]
+
+
+def load_app(env: dict[str, str]) -> ModuleType:
+    """The test app as the server imports it, with the same environment."""
+    os.environ.update(env)
+    import tests.integration.web_app as module
+
+    return importlib.reload(module)
+
+
+@pytest.fixture(scope="module")
+def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("web")
+    return {
+        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_STORE": f"sqlite:///{folder}/store.sqlite3",
+        "WEB_TEST_AUTH": "",
+        "WEB_TEST_READ_ONLY_AUTH": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def store(env: dict[str, str]) -> Any:
+    return ready_store(load_app(env).app)
+
+
+@pytest.fixture(scope="module")
+def server(env: dict[str, str], store: Any) -> Iterator[str]:
+    with web_server(APP, env) as running:
+        yield running.url
+
+
+def dead_letter(store: Any, task_name: str = "web.charge", **fields: Any) -> int:
+    row = {
+        "task_id": "t-" + os.urandom(4).hex(),
+        "task_name": task_name,
+        "queue": "celery",
+        "args": [1],
+        "kwargs": {},
+        "options": {"exchange": "", "routing_key": "celery", "headers": {}},
+        "redact": False,
+        "outcome": "discarded",
+        "exc_type": "tests.integration.web_app.GatewayRefused",
+        "exc_message": "card declined",
+        "traceback": "Traceback (most recent call last):\nGatewayRefused: card declined",
+        "reason": "GatewayRefused: card declined (discard_on GatewayRefused)",
+        "attempts": 1,
+    }
+    row.update(fields)
+    return int(store.dead_letters.write(**row))
+
+
+def test_every_page_answers_with_the_security_headers_and_a_csrf_cookie(server: str) -> None:
+    client = Client(server)
+    for path in PAGES:
+        answer = client.get(path)
+        assert answer.status == 200, (path, answer.text[:500])
+        csp = answer.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+        assert answer.headers["Referrer-Policy"] == "same-origin"
+        assert answer.headers["Cache-Control"] == "no-store"
+    cookie = Client(server).get("/").headers["Set-Cookie"]
+    assert "reliable_csrf=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_a_redacted_dead_letter_never_shows_its_arguments(server: str, store: Any) -> None:
+    secret = "4111111111111111"
+    letter = dead_letter(store, "web.store_card", args=[secret], redact=True)
+    client = Client(server)
+    for path in (f"/dead-letters/{letter}", "/dead-letters", "/dead-letters?task=web.store_card"):
+        answer = client.get(path)
+        assert answer.status == 200
+        assert secret not in answer.text
+    assert "Redacted" in client.get(f"/dead-letters/{letter}").text
+
+
+def test_a_post_without_the_csrf_token_changes_nothing(server: str, store: Any) -> None:
+    letter = dead_letter(store)
+    client = Client(server)
+    page = client.get(f"/dead-letters/{letter}")
+    token = form_token(page.text)
+    act = {"do": "purge-one", "id": letter, "confirmed": "1"}
+
+    refused = [
+        client.post("/dead-letters/act", act),  # no token
+        client.post("/dead-letters/act", {**act, "csrf_token": "x" * 43}),  # wrong token
+        # Right token, but the request comes from another site.
+        client.post(
+            "/dead-letters/act",
+            {**act, "csrf_token": token},
+            headers={"Origin": "http://evil.example"},
+        ),
+        # Right token without the cookie (another browser, a forged form).
+        Client(server).post("/dead-letters/act", {**act, "csrf_token": token}),
+    ]
+    for answer in refused:
+        assert answer.status == 403, answer.text
+    assert "CSRF token missing or wrong" in refused[0].text
+    assert "cross-origin" in refused[2].text
+    assert store.dead_letters.get(letter) is not None
+    # A GET never acts.
+    assert client.get(f"/dead-letters/act?do=purge-one&id={letter}&confirmed=1").status == 405
+    assert store.dead_letters.get(letter) is not None
+
+    # The same form, with its token: asks first, then acts.
+    asked = client.post("/dead-letters/act", {**act, "confirmed": "", "csrf_token": token})
+    assert asked.status == 200 and "Purge 1 dead letter?" in asked.text
+    assert store.dead_letters.get(letter) is not None
+    purged = client.post(
+        "/dead-letters/act", {**act, "csrf_token": token}, headers={"Origin": server}
+    )
+    assert purged.status == 303 and purged.headers["Location"].endswith("/dead-letters")
+    assert store.dead_letters.get(letter) is None
+    assert "purged 1 dead letter" in client.get("/dead-letters").text
+
+
+def test_dead_letters_page_by_keyset_and_filter(server: str, store: Any) -> None:
+    ids = [
+        dead_letter(store, "web.paged", args=[n], reason=f"slow gateway {n}") for n in range(120)
+    ]
+    client = Client(server)
+    seen: list[int] = []
+    path = "/dead-letters?task=web.paged"
+    pages = 0
+    while path:
+        answer = client.get(path)
+        assert answer.status == 200
+        pages += 1
+        seen += [int(i) for i in re.findall(r'<tr id="dead-(\d+)">', answer.text)]
+        older = re.search(r'href="([^"]+)" id="older"', answer.text)
+        path = older.group(1).replace("&amp;", "&") if older else ""
+    assert pages == 3
+    assert seen == sorted(ids, reverse=True)
+    # Newer goes back to the page before.
+    second = client.get(f"/dead-letters?task=web.paged&before={ids[-50]}")
+    newer = re.search(r'href="([^"]+)" id="newer"', second.text)
+    assert newer is not None
+    back = client.get(newer.group(1).replace("&amp;", "&"))
+    assert [int(i) for i in re.findall(r'<tr id="dead-(\d+)">', back.text)] == ids[-50:][::-1]
+    # Text in the reason, case-insensitive; an outcome; a bad value is one line.
+    found = client.get("/dead-letters?task=web.paged&q=GATEWAY+7")
+    assert '<span id="matching">11</span>' in found.text  # 7, 70..79
+    assert client.get("/dead-letters?task=web.paged&outcome=failed").text.count('id="dead-') == 0
+    bad = client.get("/dead-letters?outcome=lost")
+    assert bad.status == 400 and "outcome must be one of discarded, exhausted, failed" in bad.text
+
+
+def test_purge_every_dead_letter_a_filter_matches(server: str, store: Any) -> None:
+    for n in range(7):
+        dead_letter(store, "web.bulk_purge", reason=f"number {n}")
+    keep = dead_letter(store, "web.bulk_purge_other")
+    client = Client(server)
+    token = form_token(client.get("/dead-letters?task=web.bulk_purge").text)
+    form = {"do": "purge-matching", "task": "web.bulk_purge", "csrf_token": token}
+    asked = client.post("/dead-letters/act", form)
+    assert "Purge 7 dead letters?" in asked.text
+    done = client.post("/dead-letters/act", {**form, "confirmed": "1"})
+    assert done.status == 303
+    assert "purged 7 dead letters" in client.get("/dead-letters").text
+    assert store.dead_letters.count("web.bulk_purge") == 0
+    assert store.dead_letters.get(keep) is not None
+
+
+def test_release_an_abandoned_claim_and_a_unique_lock(server: str, store: Any) -> None:
+    store.receipts.claim("web.charge", "order-77", "hash", "task-77", lease_seconds=-5)
+    store.unique.acquire("web.ship", "order-78", "task-78", period=600)
+    client = Client(server)
+    listing = client.get("/receipts?state=abandoned")
+    assert "order-77" in listing.text and "abandoned" in listing.text
+    token = form_token(listing.text)
+    claim = {"task": "web.charge", "key": "order-77", "task_id": "task-77", "csrf_token": token}
+    asked = client.post("/receipts/release", claim)
+    assert "Its lease ran out" in asked.text
+    assert client.post("/receipts/release", {**claim, "confirmed": "1"}).status == 303
+    assert store.receipts.get("web.charge", "order-77") is None
+
+    assert "order-78" in client.get("/locks?task=web.ship").text
+    lock = {"task": "web.ship", "key": "order-78", "task_id": "task-78", "csrf_token": token}
+    assert "Release the unique lock" in client.post("/locks/release", lock).text
+    assert client.post("/locks/release", {**lock, "confirmed": "1"}).status == 303
+    assert store.unique.holder("web.ship", "order-78") is None
+
+
+def test_receipts_page_by_keyset(server: str, store: Any) -> None:
+    for n in range(60):
+        store.receipts.claim("web.keys", f"k-{n:03d}", "hash", f"task-{n}", lease_seconds=60)
+    client = Client(server)
+    first = client.get("/receipts?task=web.keys")
+    keys = re.findall(r'<td class="mono">(k-\d+)</td>', first.text)
+    assert keys == [f"k-{n:03d}" for n in range(50)]
+    after = re.search(r'href="([^"]+)" id="next"', first.text)
+    assert after is not None
+    rest = client.get(after.group(1).replace("&amp;", "&"))
+    assert re.findall(r'<td class="mono">(k-\d+)</td>', rest.text) == [
+        f"k-{n:03d}" for n in range(50, 60)
+    ]
+    assert 'id="next"' not in rest.text
+    prefix = client.get("/receipts?task=web.keys&key=k-05")
+    assert re.findall(r'<td class="mono">(k-\d+)</td>', prefix.text) == [
+        f"k-{n:03d}" for n in range(50, 60)
+    ]
+
+
+def test_gates_page_shows_each_task_and_its_waivers(server: str) -> None:
+    text = Client(server).get("/gates").text
+    for task in ("web.charge", "web.ship", "web.store_card"):
+        assert f'<td class="name">{task}</td>' in text
+    assert "a test" in text  # the idempotency waiver's reason
+    assert "reliable_statsd_host is not set" in text
+
+
+def test_without_credentials_a_non_loopback_bind_refuses_to_start(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            APP,
+            "reliable",
+            "web",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "Error: refusing to serve the web view on 0.0.0.0: without credentials it binds only "
+        "to a loopback address (127.0.0.1, ::1); set reliable_web_auth = 'user:password' to "
+        "serve it on other addresses"
+    ]
+
+
+def test_with_credentials_every_page_needs_them_and_viewers_cannot_act(
+    env: dict[str, str], store: Any
+) -> None:
+    letter = dead_letter(store)
+    secured = {
+        **env,
+        "WEB_TEST_AUTH": "admin:s3cret:with:colons",
+        "WEB_TEST_READ_ONLY_AUTH": "viewer:look",
+    }
+    with web_server(APP, secured, host="0.0.0.0") as running:
+        anonymous = Client(running.url)
+        for path in [*PAGES, f"/dead-letters/{letter}"]:
+            answer = anonymous.get(path)
+            assert answer.status == 401, path
+            assert answer.headers["WWW-Authenticate"].startswith('Basic realm="celery_reliable"')
+            assert anonymous.get(path, auth=("admin", "wrong")).status == 401
+            assert anonymous.get(path, auth=("viewer", "s3cret:with:colons")).status == 401
+        assert anonymous.post("/dead-letters/act", {"do": "purge-one"}).status == 401
+
+        admin = Client(running.url, auth=("admin", "s3cret:with:colons"))
+        viewer = Client(running.url, auth=("viewer", "look"))
+        for path in PAGES:
+            assert admin.get(path).status == 200
+            assert viewer.get(path).status == 200
+        page = viewer.get(f"/dead-letters/{letter}")
+        assert "read-only" in page.text and 'id="purge-one"' not in page.text
+        assert 'id="purge-one"' in admin.get(f"/dead-letters/{letter}").text
+        token = viewer.csrf()
+        refused = viewer.post(
+            "/dead-letters/act",
+            {"do": "purge-one", "id": letter, "confirmed": "1", "csrf_token": token},
+        )
+        assert refused.status == 403 and "read-only credentials" in refused.text
+        assert store.dead_letters.get(letter) is not None
+
+
+def test_a_store_that_is_down_is_one_line_on_every_page(env: dict[str, str]) -> None:
+    down = {**env, "RELIABLE_TEST_STORE": f"postgresql+psycopg://u:p@127.0.0.1:{free_port()}/x"}
+    with web_server(APP, down) as running:
+        client = Client(running.url)
+        for path in ["/", "/dead-letters", "/dead-letters/1", "/receipts", "/locks"]:
+            answer = client.get(path)
+            assert answer.status == 503, path
+            message = re.search(r'<p class="error" id="error-message">(.*?)</p>', answer.text, re.S)
+            assert message is not None
+            assert message.group(1).startswith("the store is unavailable: ")
+            assert "\n" not in message.group(1)
+        # The gates need no store.
+        assert client.get("/gates").status == 200
+
+
+def test_a_broker_that_is_down_leaves_the_overview_readable(env: dict[str, str]) -> None:
+    down = {**env, "RELIABLE_TEST_BROKER": f"redis://127.0.0.1:{free_port()}/0"}
+    with web_server(APP, down) as running:
+        answer = Client(running.url).get("/")
+        assert answer.status == 200
+        assert "the broker could not be read" in answer.text
+        assert "web.charge" in answer.text
+
+
+def test_overview_counts_from_the_history(server: str, store: Any) -> None:
+    from celery_reliable.store.history import MinuteCounts
+
+    minute = utcnow().replace(second=0, microsecond=0)
+    counts = {}
+    for outcome, n in (("succeeded", 40), ("retried", 6), ("failed", 2)):
+        c = MinuteCounts()
+        for _ in range(n):
+            c.add(0.02)
+        counts[("web.ship", minute, "celery", outcome)] = c
+    store.history.add(counts)
+    text = Client(server).get("/?refresh=0").text
+    row = re.search(r'<td class="name">web.ship</td>(.*?)</tr>', text, re.S)
+    assert row is not None
+    cells = row.group(1)
+    assert "40 succeeded" in cells and "6 retried" in cells and "2 failed" in cells
+    assert "4.8 %" in cells  # 2 of the 42 that ended their job
+    assert 'http-equiv="refresh"' not in text
+    assert 'http-equiv="refresh" content="5"' in Client(server).get("/").text

@@ -1,0 +1,233 @@
+"""The web view in a real browser (Debian's headless Chromium, driven by Selenium)
+against ``celery reliable web``, a real worker, Redis and the SQLite store: a task that
+fails leaves a dead letter that is found, inspected, retried (the task runs again) and
+purged through the pages; a filtered set is retried in bulk. Each page is photographed
+at laptop width (``.cache/web-screenshots``; docs/web.md shows them)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import embedded_worker
+from tests.integration.test_web import load_app
+from tests.web_support import chromium, screenshot, web_server
+
+APP = "tests.integration.web_app"
+
+
+@pytest.fixture(scope="module")
+def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from tests.conftest import new_redis_db
+
+    folder = tmp_path_factory.mktemp("web-browser")
+    return {
+        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_STORE": f"sqlite:///{folder}/store.sqlite3",
+        "WEB_TEST_AUTH": "",
+        "WEB_TEST_READ_ONLY_AUTH": "",
+    }
+
+
+@pytest.fixture(scope="module")
+def shop(env: dict[str, str]) -> Iterator[Any]:
+    from tests.helpers import ready_store
+
+    module = load_app(env)
+    ready_store(module.app)
+    with embedded_worker(module.app):
+        yield module
+
+
+@pytest.fixture(scope="module")
+def site(env: dict[str, str], shop: Any) -> Iterator[str]:
+    with web_server(APP, env) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def broker(shop: Any) -> redis.Redis:
+    return redis.Redis.from_url(shop.BROKER, decode_responses=True)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"waited {timeout}s for {what}")
+
+
+def letters_of(shop: Any, task_name: str) -> list[Any]:
+    from celery_reliable.store import store_for
+    from celery_reliable.store.dead_letters import DeadLetterFilter
+
+    store = store_for(shop.app)
+    return store.dead_letters.page(DeadLetterFilter(task_name=task_name), 100)
+
+
+def click(browser: Any, element_id: str, *, navigates: bool = True) -> None:
+    """Click, and wait for the page it leads to (a form posted, a link followed)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, element_id).click()
+    if navigates:
+        WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+
+
+def text_of(browser: Any, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(browser.find_element(By.ID, element_id).text)
+
+
+def test_a_dead_letter_is_found_inspected_retried_and_purged(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    broker.sadd(shop.REFUSED, "charge:101")
+    shop.charge.delay(101)
+    [letter] = wait_for("the dead letter", lambda: letters_of(shop, "web.charge"))
+
+    browser.get(f"{site}/dead-letters")
+    row = browser.find_element(By.ID, f"dead-{letter.id}")
+    assert "web.charge" in row.text and "discarded" in row.text
+    assert "card declined for order 101" in row.text
+    screenshot(browser, "dead-letters")
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    row.find_element(By.LINK_TEXT, str(letter.id)).click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    assert text_of(browser, "args").replace(" ", "").replace("\n", "") == "[101]"
+    assert "GatewayRefused: card declined for order 101" in text_of(browser, "exception")
+    assert "raise GatewayRefused" in text_of(browser, "traceback")
+    assert text_of(browser, "retried") == "no"
+    screenshot(browser, "dead-letter")
+
+    # The gateway takes the card now: retry it from the page.
+    broker.srem(shop.REFUSED, "charge:101")
+    click(browser, "retry-one")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Retry 1 dead letter?"
+    screenshot(browser, "confirm-retry")
+    click(browser, "confirm")
+    assert "retried 1 dead letter" in browser.find_element(By.CLASS_NAME, "notice").text
+    wait_for("the retried charge to run", lambda: "101" in broker.lrange(shop.CHARGED, 0, -1))
+    retried = letters_of(shop, "web.charge")[0]
+    assert retried.retried_task_id is not None
+    assert retried.retried_task_id in text_of(browser, "retried")
+
+    click(browser, "purge-one")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Purge 1 dead letter?"
+    click(browser, "confirm")
+    assert "purged 1 dead letter" in browser.find_element(By.CLASS_NAME, "notice").text
+    assert browser.find_elements(By.ID, f"dead-{letter.id}") == []
+    assert letters_of(shop, "web.charge") == []
+
+
+def test_a_filtered_set_is_retried_in_bulk_and_a_selection_purged(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    charges, shipments = [201, 202, 203, 204, 205], [301, 302, 303]
+    broker.sadd(shop.REFUSED, *(f"charge:{n}" for n in charges))
+    broker.sadd(shop.REFUSED, *(f"ship:{n}" for n in shipments))
+    for n in charges:
+        shop.charge.delay(n)
+    for n in shipments:
+        shop.ship.delay(n)
+    wait_for(
+        "8 dead letters",
+        lambda: len(letters_of(shop, "web.charge")) == 5 and len(letters_of(shop, "web.ship")) == 3,
+    )
+
+    browser.get(f"{site}/dead-letters")
+    Select(browser.find_element(By.NAME, "task")).select_by_visible_text("web.charge")
+    browser.find_element(By.NAME, "q").send_keys("card declined")
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    assert text_of(browser, "matching") == "5"
+    broker.srem(shop.REFUSED, *(f"charge:{n}" for n in charges))
+    click(browser, "retry-matching")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Retry 5 dead letters?"
+    assert "task = web.charge" in browser.find_element(By.CLASS_NAME, "confirm").text
+    click(browser, "confirm")
+    assert "retried 5 dead letters" in browser.find_element(By.CLASS_NAME, "notice").text
+    # Back on the same filter.
+    assert text_of(browser, "matching") == "5"
+    wait_for(
+        "the 5 retried charges to run",
+        lambda: {str(n) for n in charges} <= set(broker.lrange(shop.CHARGED, 0, -1)),
+    )
+    assert all(d.retried_at is not None for d in letters_of(shop, "web.charge"))
+    assert all(d.retried_at is None for d in letters_of(shop, "web.ship"))
+
+    # Two of the shipments, ticked by hand, purged.
+    browser.get(f"{site}/dead-letters?task=web.ship")
+    ship_letters = letters_of(shop, "web.ship")
+    for letter in ship_letters[:2]:
+        browser.find_element(By.CSS_SELECTOR, f'#dead-{letter.id} input[name="id"]').click()
+    click(browser, "purge-selected")
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Purge 2 dead letters?"
+    click(browser, "confirm")
+    assert "purged 2 dead letters" in browser.find_element(By.CLASS_NAME, "notice").text
+    assert [d.id for d in letters_of(shop, "web.ship")] == [ship_letters[2].id]
+
+    # "Select all" ticks every row shown (the page's only script).
+    browser.get(f"{site}/dead-letters")
+    click(browser, "select-all", navigates=False)
+    boxes = browser.find_elements(By.CSS_SELECTOR, '#letters input[name="id"]')
+    assert boxes and all(box.is_selected() for box in boxes)
+
+
+def test_every_page_at_laptop_width(shop: Any, site: str, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    shop.ship.delay(401)
+    wait_for(
+        "the overview to count web.ship",
+        lambda: _overview_counts(browser, site),
+        timeout=30,
+    )
+    screenshot(browser, "overview")
+    depths = browser.find_element(By.CSS_SELECTOR, "table.queues").text
+    assert "celery" in depths
+    for path, name in (("/receipts", "receipts"), ("/locks", "locks"), ("/gates", "gates")):
+        browser.get(site + path)
+        # Nothing wider than the window: no horizontal scrolling at 1366 px.
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 1366, (path, width)
+        screenshot(browser, name)
+    assert "web.charge" in browser.find_element(By.CSS_SELECTOR, "table.gates").text
+
+
+def _overview_counts(browser: Any, site: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{site}/?refresh=0")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")
+    return any("web.ship" in row.text and "succeeded" in row.text for row in rows)

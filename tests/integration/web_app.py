@@ -1,0 +1,80 @@
+"""The app the web-view tests serve with ``celery -A tests.integration.web_app reliable
+web`` and run in an embedded worker: charges and shipments a Redis flag makes fail."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+from celery_reliable import ReliableTask, discard_on
+
+BROKER = os.environ["RELIABLE_TEST_BROKER"]
+
+app = Celery("web_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
+    reliable_history_interval=0.5,
+    reliable_web_auth=os.environ.get("WEB_TEST_AUTH") or None,
+    reliable_web_read_only_auth=os.environ.get("WEB_TEST_READ_ONLY_AUTH") or None,
+    broker_connection_retry_on_startup=False,
+    broker_connection_max_retries=1,
+    worker_hijack_root_logger=False,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+)
+
+#: Orders whose charge (or shipment) is refused while this set holds them.
+REFUSED = "web:refused"
+#: Orders charged and shipped, in the order it happened.
+CHARGED = "web:charged"
+SHIPPED = "web:shipped"
+
+
+class GatewayRefused(Exception):
+    """The payment gateway says no: permanent, so discarded."""
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(BROKER)
+
+
+@app.task(
+    base=ReliableTask,
+    shared=False,
+    name="web.charge",
+    timeout=10,
+    idempotency_key="charge:{order_id}",
+)
+@discard_on(GatewayRefused)
+def charge(order_id: int) -> str:
+    client = _redis()
+    if client.sismember(REFUSED, f"charge:{order_id}"):
+        raise GatewayRefused(f"card declined for order {order_id}")
+    client.rpush(CHARGED, order_id)
+    return f"ch_{order_id}"
+
+
+@app.task(
+    base=ReliableTask, shared=False, name="web.ship", timeout=10, waive={"idempotency": "a test"}
+)
+@discard_on(GatewayRefused)
+def ship(order_id: int) -> None:
+    client = _redis()
+    if client.sismember(REFUSED, f"ship:{order_id}"):
+        raise GatewayRefused(f"carrier refused order {order_id}")
+    client.rpush(SHIPPED, order_id)
+
+
+@app.task(
+    base=ReliableTask,
+    shared=False,
+    name="web.store_card",
+    timeout=10,
+    dead_letter_redact=True,
+    waive={"idempotency": "a test"},
+)
+@discard_on(GatewayRefused)
+def store_card(card_number: str) -> None:
+    raise GatewayRefused("vault refused the card")

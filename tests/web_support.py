@@ -1,0 +1,178 @@
+"""The web view as its users run it (``celery -A app reliable web`` in a process of its
+own), an HTTP client that keeps its cookies, and a headless Chromium driven by Selenium."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.cookiejar
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.servers import _wait_for_port, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Where the browser tests leave their screenshots (docs/web.md shows copies).
+SCREENSHOTS = Path(os.environ.get("WEB_SCREENSHOTS", ROOT / ".cache" / "web-screenshots"))
+
+
+@dataclass
+class WebServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def output(self) -> str:
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+
+
+@contextlib.contextmanager
+def web_server(
+    app: str, env: dict[str, str], host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[WebServer]:
+    """``celery -A app reliable web --host HOST --port PORT``, until the block ends."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "reliable",
+            "web",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, 30, proc, "celery reliable web")
+        yield WebServer(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    text: str
+    url: str
+
+
+class Client:
+    """urllib with a cookie jar, no redirect following (a test sees the 303), and
+    optional basic credentials."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None = None) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.auth = auth
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect()
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, Any] | list[tuple[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> Answer:
+        data = urllib.parse.urlencode(form, doseq=True).encode() if form is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        credentials = auth or self.auth
+        if credentials:
+            token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with self.opener.open(request, timeout=30) as response:
+                return Answer(
+                    response.status, response.headers, response.read().decode(), response.url
+                )
+        except urllib.error.HTTPError as error:
+            return Answer(error.code, error.headers, error.read().decode(), self.base + path)
+
+    def get(self, path: str, **kwargs: Any) -> Answer:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, form: Any, **kwargs: Any) -> Answer:
+        return self.request("POST", path, form=form, **kwargs)
+
+    def csrf(self) -> str:
+        for cookie in self.jar:
+            if cookie.name == "reliable_csrf":
+                return str(cookie.value)
+        raise AssertionError("no CSRF cookie: GET a page first")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def form_token(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def chromium() -> Any:
+    """Debian's headless Chromium under Selenium, with its own empty profile and no
+    background traffic (this machine's network is closed)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        if not Path(path).exists():
+            raise RuntimeError(f"{path} is missing: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1366,900",
+    ):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def screenshot(driver: Any, name: str) -> Path:
+    """The whole page at laptop width (1366 px), as a PNG under ``SCREENSHOTS``."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+    driver.set_window_size(1366, min(max(height + 120, 700), 2400))
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1366, 900)
+    return path
