@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
-        compat-one bench system-deps clean example-tests docs chaos metrics statsd-daemon
+        compat-one bench system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -33,6 +33,8 @@ system-deps:
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -x /usr/bin/chromedriver ] || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing:$$missing"; \
@@ -130,6 +132,15 @@ integration: system-deps $(STAMP)
 # defaults, or the servers DATABASE_URL and REDIS_URL name.
 demo: $(STAMP)
 	cd examples/django_app && $(CURDIR)/$(PY) demo.py
+
+# docs/web.md's screenshots, of the demo shop's web view in headless Chromium.
+screenshots: system-deps demo
+	$(PY) -m tests.web_docs_screenshots
+
+# The web view on the demo's shop (run `make demo` first): http://127.0.0.1:5580/
+web: $(STAMP)
+	cd examples/django_app && SHOP_DATA_DIR=$(CURDIR)/examples/django_app/data/demo \
+	  $(CURDIR)/$(VENV)/bin/celery -A shop reliable web
 
 # Benchmarks print figures; they are not tests. They start their own Redis and
 # PostgreSQL servers. benchmarks.throughput: a real prefork worker, ReliableTask

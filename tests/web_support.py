@@ -36,7 +36,11 @@ class WebServer:
 
 @contextlib.contextmanager
 def web_server(
-    app: str, env: dict[str, str], host: str = "127.0.0.1", port: int | None = None
+    app: str,
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[WebServer]:
     """``celery -A app reliable web --host HOST --port PORT``, until the block ends."""
     port = port or free_port()
@@ -56,7 +60,7 @@ def web_server(
             "--log-level",
             "warning",
         ],
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -167,12 +171,13 @@ def chromium() -> Any:
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
-def screenshot(driver: Any, name: str) -> Path:
-    """The whole page at laptop width (1366 px), as a PNG under ``SCREENSHOTS``."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def screenshot(driver: Any, name: str, folder: Path = SCREENSHOTS, max_height: int = 2400) -> Path:
+    """The page at laptop width (1366 px), as a PNG under ``folder``: all of it, up to
+    ``max_height`` pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
     height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(1366, min(max(height + 120, 700), 2400))
-    path = SCREENSHOTS / f"{name}.png"
+    driver.set_window_size(1366, min(max(height + 120, 700), max_height))
+    path = folder / f"{name}.png"
     driver.save_screenshot(str(path))
     driver.set_window_size(1366, 900)
     return path

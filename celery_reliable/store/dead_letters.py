@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import case, delete, false, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from celery_reliable.errors import DeadLetterError
@@ -156,6 +156,9 @@ class DeadLetterFilter:
     #: and PostgreSQL alike).
     text: str | None = None
     state: str | None = None
+    #: Only rows up to this id: a bulk action covers what its confirmation counted,
+    #: not the rows that arrived since.
+    max_id: int | None = None
 
     def where(self) -> list[Any]:
         column = dead_letters.c
@@ -178,11 +181,16 @@ class DeadLetterFilter:
             where.append(column.retried_at.is_(None))
         elif self.state == "retried":
             where.append(column.retried_at.is_not(None))
+        elif self.state == "none":
+            where.append(false())
+        if self.max_id is not None:
+            where.append(column.id <= self.max_id)
         return where
 
     def pending(self) -> DeadLetterFilter:
-        """The same set without the rows retried already (what a bulk retry covers)."""
-        return replace(self, state="pending")
+        """The same set without the rows retried already (what a bulk retry covers):
+        nothing, when the set is the retried ones."""
+        return replace(self, state="none" if self.state == "retried" else "pending")
 
 
 def _escape_like(text: str) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Celery
@@ -52,6 +53,7 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
         },
     )
     app.state.celery_app = celery_app
+    app.state.depth_read = threading.Lock()
     return app
 
 

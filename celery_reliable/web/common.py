@@ -16,13 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from celery_reliable.store import Store, store_for
-from celery_reliable.web.security import (
-    ACT,
-    CSRF_COOKIE,
-    CSRF_FIELD,
-    csrf_matches,
-    same_origin,
-)
+from celery_reliable.web.security import ACT, CSRF_FIELD, csrf_matches, same_origin
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -84,7 +78,7 @@ async def action_form(request: Request) -> FormData:
     form = await request.form()
     if request.state.role != ACT:
         raise HTTPException(403, "read-only credentials: this user may look but not act")
-    if not csrf_matches(form.get(CSRF_FIELD), request.cookies.get(CSRF_COOKIE)):
+    if not csrf_matches(form.get(CSRF_FIELD), request.state.csrf_token):
         raise HTTPException(
             403, "CSRF token missing or wrong: reload the page and submit the form again"
         )

@@ -4,8 +4,11 @@ one the filter matches, each after a confirmation that says how many."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,10 +17,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celery_reliable.errors import DeadLetterError
+from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetterFilter
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.web.common import PAGE_ROWS, action_form, done, plural, render, store
+
+logger = logging.getLogger("celery_reliable.web")
 
 OUTCOMES = ("discarded", "exhausted", "failed")
 STATES = ("pending", "retried")
@@ -28,13 +33,18 @@ PERIODS = {
     "30d": timedelta(days=30),
 }
 FILTER_FIELDS = ("task", "outcome", "period", "from", "to", "q", "state")
+#: An id: ASCII digits that fit the column (``isdigit`` takes "²").
+ID = re.compile(r"[0-9]{1,18}")
 #: Rows shown on a confirmation page, as a sample of what the action covers.
 SAMPLE_ROWS = 10
 
 
-def parse_filter(values: Mapping[str, Any]) -> tuple[DeadLetterFilter, dict[str, str]]:
+def parse_filter(
+    values: Mapping[str, Any], now: datetime | None = None
+) -> tuple[DeadLetterFilter, dict[str, str]]:
     """The filter of a query string or a form, and its fields as given (for links and
-    hidden inputs). A value that makes no sense is a 400 naming it."""
+    hidden inputs); a ``period`` counts back from ``now``. A value that makes no sense
+    is a 400 naming it."""
     given = {name: str(values.get(name) or "").strip() for name in FILTER_FIELDS}
     if given["outcome"] and given["outcome"] not in OUTCOMES:
         raise HTTPException(400, f"outcome must be one of {', '.join(OUTCOMES)}")
@@ -42,16 +52,19 @@ def parse_filter(values: Mapping[str, Any]) -> tuple[DeadLetterFilter, dict[str,
         raise HTTPException(400, f"state must be one of {', '.join(STATES)}")
     if given["period"] and given["period"] not in PERIODS:
         raise HTTPException(400, f"period must be one of {', '.join(PERIODS)}")
-    since = utcnow() - PERIODS[given["period"]] if given["period"] else None
+    since = (now or utcnow()) - PERIODS[given["period"]] if given["period"] else None
     start = _moment("from", given["from"])
     if start is not None:
         since = max(since, start) if since else start
+    until = _moment("to", given["to"])
+    if until is not None and len(given["to"]) == len("2026-11-24T09:30"):
+        until += timedelta(minutes=1)  # "to 09:30" includes 09:30:59
     return (
         DeadLetterFilter(
             task_name=given["task"] or None,
             outcome=given["outcome"] or None,
             since=since,
-            until=_moment("to", given["to"]),
+            until=until,
             text=given["q"] or None,
             state=given["state"] or None,
         ),
@@ -60,23 +73,32 @@ def parse_filter(values: Mapping[str, Any]) -> tuple[DeadLetterFilter, dict[str,
 
 
 def _moment(name: str, text: str) -> datetime | None:
+    """A time as UTC without a zone (the store's columns); one with an offset is
+    turned to UTC, one without is taken as UTC."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         raise HTTPException(
             400, f"{name}: {text!r} is not a date and time (2026-11-24T09:30)"
         ) from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
+def row_id(value: str, name: str) -> int | None:
+    """A dead letter id from a form or query string; None when empty."""
+    if not value:
+        return None
+    if not ID.fullmatch(value):
+        raise HTTPException(400, f"{name} must be a dead letter id (a number)")
+    return int(value)
 
 
 def _page_cursor(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name, "")
-    if not value:
-        return None
-    if not value.isdigit():
-        raise HTTPException(400, f"{name} must be a dead letter id")
-    return int(value)
+    return row_id(request.query_params.get(name, ""), name)
 
 
 async def listing(request: Request) -> Response:
@@ -114,7 +136,9 @@ async def listing(request: Request) -> Response:
 
 async def detail(request: Request) -> Response:
     dead_letter_id = int(request.path_params["dead_letter_id"])
-    letter = await anyio.to_thread.run_sync(store(request).dead_letters.get, dead_letter_id)
+    letter = None
+    if dead_letter_id < 2**63:  # larger ids exist in no column (and overflow SQLite)
+        letter = await anyio.to_thread.run_sync(store(request).dead_letters.get, dead_letter_id)
     if letter is None:
         raise HTTPException(404, f"no dead letter {dead_letter_id}")
     history = letter.options.get("retry_history") or []
@@ -140,23 +164,30 @@ async def detail(request: Request) -> Response:
 def _pretty(value: Any, text: str | None) -> str:
     if text is not None:
         return text
-    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    short = json.dumps(value, default=str, ensure_ascii=False)
+    return (
+        short if len(short) <= 100 else json.dumps(value, indent=2, default=str, ensure_ascii=False)
+    )
 
 
 async def act(request: Request) -> Response:
     """POST: ``do`` is ``retry-`` or ``purge-`` and ``one``, ``selected`` or
-    ``matching`` (every row the filter matches)."""
+    ``matching`` (every row the filter matches). Without ``confirmed`` it only asks;
+    the confirmation carries what it counted (the highest id, the time a period
+    counted back from), so the action covers that set, not rows that came since."""
     form = await action_form(request)
     do, _, scope = str(form.get("do") or "").partition("-")
     if do not in ("retry", "purge") or scope not in ("one", "selected", "matching"):
         raise HTTPException(400, "do must be retry-/purge- and one, selected or matching")
-    where, given = parse_filter(form)
+    asked_at = _moment("at", str(form.get("at") or "")) or utcnow()
+    where, given = parse_filter(form, now=asked_at)
     ids = _ids(form.getlist("id"))
     if scope in ("one", "selected") and not ids:
         raise HTTPException(400, "no dead letter selected: tick at least one")
     force = scope == "one" and form.get("force") == "1"
     letters = store(request).dead_letters
     covered = where.pending() if do == "retry" else where
+    upto = row_id(str(form.get("upto") or ""), "upto")
     if form.get("confirmed") != "1":
 
         def preview() -> tuple[int, list[DeadLetter]]:
@@ -178,18 +209,21 @@ async def act(request: Request) -> Response:
             force=force,
             given=given,
             query=urlencode(given),
+            at=asked_at.isoformat(),
+            upto=sample[0].id if scope == "matching" and sample else 0,
         )
+    covered = replace(covered, max_id=upto if upto is not None else 0)
     if do == "purge":
 
         def purge() -> int:
             if scope == "matching":
-                return letters.purge_where(where)
+                return letters.purge_where(covered)
             return letters.purge(ids=ids)
 
         purged = await anyio.to_thread.run_sync(purge)
         notice = f"purged {plural(purged, 'dead letter')}"
         return done(request, "/dead-letters" + _query(given if scope == "matching" else {}), notice)
-    retried, refused = await anyio.to_thread.run_sync(
+    retried, refused, stopped = await anyio.to_thread.run_sync(
         _retry, letters, ids if scope != "matching" else None, covered, force
     )
     notice = f"retried {plural(retried, 'dead letter')}"
@@ -197,40 +231,45 @@ async def act(request: Request) -> Response:
         notice += f"; {len(refused)} not retried: " + "; ".join(refused[:3])
         if len(refused) > 3:
             notice += f"; and {len(refused) - 3} more"
+    if stopped:
+        notice += f"; stopped there, the rest not retried: {stopped}"
     target = f"/dead-letters/{ids[0]}" if scope == "one" else "/dead-letters" + _query(given)
     return done(request, target, notice)
 
 
 def _retry(
     letters: Any, ids: list[int] | None, where: DeadLetterFilter, force: bool
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], str | None]:
+    """Retry the ids, or every row ``where`` matches; ``(retried, refusals, why it
+    stopped)``. A row refused (redacted, retried meanwhile) is counted and skipped;
+    a broker that cannot take a publish stops the walk (that row stays as it was)."""
     retried, refused = 0, []
 
-    def one(dead_letter_id: int) -> None:
-        nonlocal retried
+    def walk() -> Iterator[int]:
+        if ids is not None:
+            yield from ids
+            return
+        after = 0
+        while chunk := letters.ids_where(where, after_id=after):
+            yield from chunk
+            after = chunk[-1]
+
+    for dead_letter_id in walk():
         try:
             letters.retry(dead_letter_id, force=force)
             retried += 1
         except DeadLetterError as exc:
             refused.append(str(exc))
-
-    if ids is not None:
-        for dead_letter_id in ids:
-            one(dead_letter_id)
-        return retried, refused
-    after = 0
-    while chunk := letters.ids_where(where, after_id=after):
-        for dead_letter_id in chunk:
-            one(dead_letter_id)
-        after = chunk[-1]
-    return retried, refused
+        except StoreUnavailable:
+            raise
+        except Exception as exc:  # the broker: connection refused, timeout, ...
+            logger.warning("dead letter %s not retried: %s", dead_letter_id, exc)
+            return retried, refused, f"publishing dead letter {dead_letter_id}: {exc}"
+    return retried, refused, None
 
 
 def _ids(values: list[Any]) -> list[int]:
-    try:
-        return sorted({int(value) for value in values})
-    except ValueError:
-        raise HTTPException(400, "id must be a dead letter id (a number)") from None
+    return sorted({found for value in values if (found := row_id(str(value), "id")) is not None})
 
 
 def _query(given: Mapping[str, str]) -> str:

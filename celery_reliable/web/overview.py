@@ -5,6 +5,8 @@ waiting; the depth of each queue, from the broker."""
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -47,8 +49,8 @@ class TaskRow:
 
 
 async def overview(request: Request) -> Response:
-    refresh = request.query_params.get("refresh", str(REFRESH_SECONDS))
-    refresh_seconds = int(refresh) if refresh.isdigit() else REFRESH_SECONDS
+    refresh = request.query_params.get("refresh", "")
+    refresh_seconds = int(refresh) if re.fullmatch("[0-9]{1,4}", refresh) else REFRESH_SECONDS
     depths, depth_error = await _queue_depths(request)
     rows, total, last_minute = await anyio.to_thread.run_sync(_task_rows, request)
     return render(
@@ -94,11 +96,21 @@ def _task_rows(request: Request) -> tuple[list[TaskRow], dict[datetime, dict[str
 async def _queue_depths(request: Request) -> tuple[list[tuple[str, int]], str | None]:
     app = celery_app(request)
     queues = sorted(app.amqp.queues.keys())
+    reading: threading.Lock = request.app.state.depth_read
+    # One read at a time: a broker that never answers holds one thread, not one per
+    # page load.
+    if not reading.acquire(blocking=False):
+        return [], "the broker has not answered the previous read yet"
+
+    def read() -> list[tuple[str, int]]:
+        try:
+            return read_depths(app, queues)
+        finally:
+            reading.release()
+
     try:
         with anyio.fail_after(DEPTH_TIMEOUT):
-            depths = await anyio.to_thread.run_sync(
-                read_depths, app, queues, abandon_on_cancel=True
-            )
+            depths = await anyio.to_thread.run_sync(read, abandon_on_cancel=True)
     except TimeoutError:
         return [], f"the broker did not answer within {DEPTH_TIMEOUT:g} s"
     except Exception as exc:  # a broker down must not take the page with it

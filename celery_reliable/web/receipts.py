@@ -24,9 +24,11 @@ def _cursor(text: str) -> tuple[str, str] | None:
         return None
     try:
         task_name, key = json.loads(base64.urlsafe_b64decode(text.encode()))
-    except ValueError:
-        raise HTTPException(400, "after: not a cursor this page made") from None
-    return str(task_name), str(key)
+    except (ValueError, TypeError):
+        task_name = key = None
+    if not (isinstance(task_name, str) and isinstance(key, str)):
+        raise HTTPException(400, "after: not a cursor this page made")
+    return task_name, key
 
 
 def _next(task_name: str, key: str) -> str:

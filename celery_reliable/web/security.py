@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -116,23 +117,45 @@ class Guard:
         self.credentials = credentials
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            # No page speaks websocket: refuse rather than pass one by unguarded.
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = Headers(scope=scope)
         role, refusal = self._role(scope, headers)
         if refusal is not None:
             await refusal(scope, receive, _with_headers(send, ()))
             return
-        token = _cookie(headers, CSRF_COOKIE)
+        name = csrf_cookie_name(scope)
+        token = _cookie(headers, name)
         extra: tuple[tuple[bytes, bytes], ...] = ()
         if token is None or len(token) != 43:
             token = secrets.token_urlsafe(32)
-            extra = ((b"set-cookie", _csrf_cookie(token, scope)),)
+            extra = ((b"set-cookie", _csrf_cookie(name, token, scope)),)
         state = scope.setdefault("state", {})
         state["role"] = role
         state["csrf_token"] = token
-        await self.app(scope, receive, _with_headers(send, extra))
+        started = False
+        sending = _with_headers(send, extra)
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await sending(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            # An error no page handled: a plain 500 that still carries the headers
+            # (the traceback goes to the server's log, not to the browser).
+            if not started:
+                await PlainTextResponse("internal error\n", status_code=500)(
+                    scope, receive, sending
+                )
+            raise
 
     def _role(self, scope: Scope, headers: Headers) -> tuple[str, PlainTextResponse | None]:
         if self.credentials.required:
@@ -146,7 +169,15 @@ class Guard:
             )
         client = scope.get("client")
         if is_loopback(client[0] if client else None):
-            return ACT, None
+            if is_loopback(_host_name(headers.get("host", ""))):
+                return ACT, None
+            # A loopback client asking for another name: a page whose DNS now points
+            # here (DNS rebinding) would be same-origin with the view.
+            return LOOK, PlainTextResponse(
+                "without credentials the web view answers only to localhost, 127.0.0.1 or "
+                "[::1] in the Host header: set reliable_web_auth = 'user:password'\n",
+                status_code=403,
+            )
         return LOOK, PlainTextResponse(
             "the web view serves only loopback clients without credentials: set "
             "reliable_web_auth = 'user:password'\n",
@@ -169,6 +200,22 @@ def _with_headers(send: Send, extra: tuple[tuple[bytes, bytes], ...]) -> Send:
     return sending
 
 
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header, without its port (``[::1]:80`` -> ``::1``)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    return host.rsplit(":", 1)[0]
+
+
+def csrf_cookie_name(scope: Scope) -> str:
+    """One cookie per mount point: two views on one host (served alone, and mounted
+    under a prefix) keep their tokens apart."""
+    root = str(scope.get("root_path") or "")
+    if not root:
+        return CSRF_COOKIE
+    return f"{CSRF_COOKIE}_{hashlib.sha256(root.encode()).hexdigest()[:8]}"
+
+
 def _cookie(headers: Headers, name: str) -> str | None:
     for header in headers.getlist("cookie"):
         for part in header.split(";"):
@@ -178,15 +225,15 @@ def _cookie(headers: Headers, name: str) -> str | None:
     return None
 
 
-def _csrf_cookie(token: str, scope: Scope) -> bytes:
+def _csrf_cookie(name: str, token: str, scope: Scope) -> bytes:
     path = scope.get("root_path") or "/"
     secure = "; Secure" if scope.get("scheme") == "https" else ""
-    return f"{CSRF_COOKIE}={token}; Path={path}; HttpOnly; SameSite=Strict{secure}".encode()
+    return f"{name}={token}; Path={path}; HttpOnly; SameSite=Strict{secure}".encode()
 
 
 def csrf_matches(form_token: Any, cookie_token: str | None) -> bool:
     """The double-submit check: the form's token is the cookie's (which another site
-    can neither read nor set)."""
+    can neither read nor set), as the guard read it for this request."""
     if not isinstance(form_token, str) or not cookie_token or len(form_token) != 43:
         return False
     return hmac.compare_digest(form_token.encode(), cookie_token.encode())

@@ -193,6 +193,7 @@ def main() -> int:
     for problem in problems:
         console.print(f"[bold red]FAILED:[/] {problem}")
     console.print(f"demo done in {time.monotonic() - started:.0f} s")
+    console.print("see it in the web view: make web, then http://127.0.0.1:5580/")
     return 1 if problems else 0
 
 

@@ -30,7 +30,13 @@ from pathlib import Path
 #: The worker runs here: a folder with only ``tests/`` in it (``make plain-install``),
 #: so that ``celery_reliable`` is the installed wheel, not the source tree.
 ROOT = Path.cwd()
-OPTIONAL = {"sentry_sdk": "sentry", "psycopg": "postgres", "redis": "redis", "django": "django"}
+OPTIONAL = {
+    "sentry_sdk": "sentry",
+    "psycopg": "postgres",
+    "redis": "redis",
+    "django": "django",
+    "starlette": "web",
+}
 OUTCOMES = (
     "succeeded",
     "duplicate",
@@ -144,6 +150,26 @@ def refuses_to_start(data: str, setting: str, env: dict[str, str], wanted: str) 
         print(output[-3000:])
 
 
+def web_without_extra(data: str) -> None:
+    """``reliable web`` without the web extra: one line naming it, no traceback."""
+    run = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.compat.plain_app", "reliable", "web"],
+        cwd=ROOT,
+        env={**os.environ, "PLAIN_DIR": data},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = (run.stdout + run.stderr).strip()
+    check(
+        run.returncode == 1
+        and "pip install 'celery-reliable[web]'" in output
+        and len(output.splitlines()) == 1,
+        f"reliable web without the web extra exits ({run.returncode}) with one line: {output}",
+    )
+
+
 def main() -> int:
     print("no optional library is installed:")
     for module, extra in OPTIONAL.items():
@@ -180,6 +206,7 @@ def main() -> int:
             {"PLAIN_DATABASE_URL": "mysql://reliable@127.0.0.1:9/reliable"},
             "celery_reliable stores to SQLite or PostgreSQL, not mysql",
         )
+        web_without_extra(data)
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

@@ -1070,3 +1070,75 @@ def test_postgresql_claims_skip_the_wal_flush_and_completions_wait_for_it(
         assert settings == {"relaxed": "off", "durable": "on"}
     finally:
         store.dispose()
+
+
+# --- What the web view reads and changes -------------------------------------------
+
+
+def test_dead_letter_filter_pages_and_bulk_walks(store: Store) -> None:
+    from celery_reliable.store.dead_letters import DeadLetterFilter
+
+    letters = store.dead_letters
+    ids = [
+        letters.write(**letter(task_name="web.a", reason=f"Gateway 50%_{n} down")) for n in range(7)
+    ]
+    other = letters.write(**letter(task_name="web.b", outcome="discarded", exc_message="TiMeOut"))
+    everything = DeadLetterFilter()
+    assert [d.id for d in letters.page(everything, 3)] == [other, ids[6], ids[5]]
+    assert [d.id for d in letters.page(everything, 3, before_id=ids[5])] == ids[4:1:-1]
+    assert [d.id for d in letters.page(everything, 3, after_id=ids[1])] == ids[4:1:-1]
+    # The text matches the reason or the message, case-insensitively; % and _ are text.
+    assert letters.count_where(DeadLetterFilter(text="gateway 50%_3")) == 1
+    assert letters.count_where(DeadLetterFilter(text="50%")) == 7
+    assert letters.count_where(DeadLetterFilter(text="5_%")) == 0
+    assert [d.id for d in letters.page(DeadLetterFilter(text="timeout"), 10)] == [other]
+    assert letters.count_where(DeadLetterFilter(task_name="web.a", outcome="discarded")) == 0
+    now = utcnow()
+    assert letters.count_where(DeadLetterFilter(since=now - timedelta(minutes=5))) == 8
+    assert letters.count_where(DeadLetterFilter(until=now - timedelta(minutes=5))) == 0
+    assert letters.task_names() == ["web.a", "web.b"]
+    assert letters.pending_by_task() == {"web.a": 7, "web.b": 1}
+    # A bulk walk: ascending, in chunks, after a given id.
+    walked, after = [], 0
+    while chunk := letters.ids_where(DeadLetterFilter(task_name="web.a"), after_id=after, limit=3):
+        walked += chunk
+        after = chunk[-1]
+    assert walked == ids
+    with store.engine.begin() as connection:
+        connection.execute(
+            sa.update(dead_letters).where(dead_letters.c.id == ids[0]).values(retried_at=now)
+        )
+    assert letters.count_where(DeadLetterFilter(state="retried")) == 1
+    assert letters.count_where(DeadLetterFilter(task_name="web.a").pending()) == 6
+    assert letters.purge_where(DeadLetterFilter(task_name="web.a", state="pending")) == 6
+    assert [d.id for d in letters.page(everything, 10)] == [other, ids[0]]
+
+
+def test_receipt_and_lock_pages_and_releases(store: Store) -> None:
+    now = utcnow()
+    for n in range(5):
+        store.receipts.claim("web.r", f"k{n}", "h", f"t{n}", lease_seconds=60)
+    store.receipts.claim("web.r", "k_old", "h", "t-old", lease_seconds=-1)
+    done = store.receipts.claim("web.s", "k%", "h", "t-done", lease_seconds=60)
+    assert isinstance(done, Claim)
+    store.receipts.complete(done, '"ok"')
+    page = store.receipts.page("web.r", limit=3)
+    assert [r.key for r in page] == ["k0", "k1", "k2"]
+    rest = store.receipts.page("web.r", after=("web.r", "k2"), limit=10)
+    assert [r.key for r in rest] == ["k3", "k4", "k_old"]
+    assert [r.key for r in store.receipts.page(state="abandoned")] == ["k_old"]
+    assert [r.key for r in store.receipts.page(state="succeeded")] == ["k%"]
+    assert [r.key for r in store.receipts.page(key_prefix="k%")] == ["k%"]
+    assert [r.key for r in store.receipts.page("web.r", key_prefix="k_")] == ["k_old"]
+    # A release names the claim: a stale page cannot free a later claim of the key.
+    assert not store.receipts.release_claim("web.r", "k_old", "t-someone-else")
+    assert store.receipts.release_claim("web.r", "k_old", "t-old")
+    assert store.receipts.get("web.r", "k_old") is None
+    assert not store.receipts.release_claim("web.s", "k%", "t-done")  # succeeded stays
+    assert store.receipts.get("web.s", "k%") is not None
+
+    store.unique.acquire("web.u", "a", "t-a", period=60)
+    store.unique.acquire("web.u", "b", "t-b", period=-1)
+    locks = store.unique.page("web.u")
+    assert [(lock.key, lock.held(now)) for lock in locks] == [("a", True), ("b", False)]
+    assert [lock.key for lock in store.unique.page(after=("web.u", "a"))] == ["b"]

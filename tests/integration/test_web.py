@@ -4,6 +4,7 @@ loopback-only, headers), keyset pagination, releases, a store or broker that is 
 
 from __future__ import annotations
 
+import html
 import importlib
 import os
 import re
@@ -181,11 +182,77 @@ def test_purge_every_dead_letter_a_filter_matches(server: str, store: Any) -> No
     form = {"do": "purge-matching", "task": "web.bulk_purge", "csrf_token": token}
     asked = client.post("/dead-letters/act", form)
     assert "Purge 7 dead letters?" in asked.text
-    done = client.post("/dead-letters/act", {**form, "confirmed": "1"})
+    # One more arrives while the operator reads the confirmation: it is not covered.
+    late = dead_letter(store, "web.bulk_purge", reason="arrived after the question")
+    done = client.post("/dead-letters/act", confirmation(asked.text))
     assert done.status == 303
     assert "purged 7 dead letters" in client.get("/dead-letters").text
-    assert store.dead_letters.count("web.bulk_purge") == 0
+    assert [d.id for d in store.dead_letters.list(task_name="web.bulk_purge")] == [late]
     assert store.dead_letters.get(keep) is not None
+    # A confirmed form that does not say what it counted covers nothing.
+    bare = client.post("/dead-letters/act", {**form, "confirmed": "1"})
+    assert bare.status == 303 and store.dead_letters.get(late) is not None
+
+
+def confirmation(html: str) -> list[tuple[str, str]]:
+    """The hidden fields of a confirmation page's form: what "Yes" posts."""
+    form = html[html.index('class="confirm-form"') :]
+    return re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form)
+
+
+def test_retrying_all_retried_ones_retries_nothing(server: str, store: Any) -> None:
+    letter = dead_letter(store, "web.retried_set")
+    waiting = dead_letter(store, "web.retried_set")
+    with store.engine.begin() as connection:
+        from sqlalchemy import update
+
+        from celery_reliable.store.schema import dead_letters
+
+        connection.execute(
+            update(dead_letters).where(dead_letters.c.id == letter).values(retried_at=utcnow())
+        )
+    client = Client(server)
+    token = form_token(client.get("/dead-letters").text)
+    form = {
+        "do": "retry-matching",
+        "task": "web.retried_set",
+        "state": "retried",
+        "csrf_token": token,
+    }
+    asked = client.post("/dead-letters/act", form)
+    assert "Retry 0 dead letters?" in asked.text
+    client.post("/dead-letters/act", confirmation(asked.text))
+    assert store.dead_letters.get(waiting).retried_at is None
+
+
+def test_bad_parameters_are_a_400_or_404_with_the_headers(server: str) -> None:
+    client = Client(server)
+    for path, status, words in [
+        ("/dead-letters?before=%C2%B2", 400, "before must be a dead letter id"),
+        ("/dead-letters?after=-1", 400, "after must be a dead letter id"),
+        ("/dead-letters/99999999999999999999999", 404, "no dead letter"),
+        ("/dead-letters?from=yesterday", 400, "from: 'yesterday' is not a date and time"),
+        ("/receipts?after=NQ==", 400, "after: not a cursor this page made"),
+        ("/locks?after=%%%", 400, "after: not a cursor this page made"),
+        ("/receipts?state=lost", 400, "state must be one of"),
+    ]:
+        answer = client.get(path)
+        assert (answer.status, path) == (status, path)
+        assert words in html.unescape(answer.text), path
+        assert answer.headers["X-Frame-Options"] == "DENY"
+    assert client.get("/?refresh=%C2%B2").status == 200
+    # A time with an offset is taken in UTC.
+    assert client.get("/dead-letters?period=1h&from=2026-11-24T05:04%2B02:00").status == 200
+
+
+def test_another_host_name_is_refused_without_credentials(server: str) -> None:
+    """DNS rebinding: a page whose name now points at 127.0.0.1 is refused."""
+    client = Client(server)
+    port = server.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+        assert client.get("/gates", headers={"Host": host}).status == 200, host
+    refused = client.get("/gates", headers={"Host": f"rebind.attacker.example:{port}"})
+    assert refused.status == 403 and "Host header" in refused.text
 
 
 def test_release_an_abandoned_claim_and_a_unique_lock(server: str, store: Any) -> None:
@@ -318,13 +385,32 @@ def test_a_store_that_is_down_is_one_line_on_every_page(env: dict[str, str]) -> 
         assert client.get("/gates").status == 200
 
 
-def test_a_broker_that_is_down_leaves_the_overview_readable(env: dict[str, str]) -> None:
-    down = {**env, "RELIABLE_TEST_BROKER": f"redis://127.0.0.1:{free_port()}/0"}
+def test_a_broker_that_is_down_leaves_the_overview_readable(
+    env: dict[str, str], store: Any
+) -> None:
+    # The broker down, the result backend (another Redis) up.
+    down = {
+        **env,
+        "RELIABLE_TEST_BROKER": f"redis://127.0.0.1:{free_port()}/0",
+        "RELIABLE_TEST_BACKEND": env["RELIABLE_TEST_BROKER"],
+    }
+    letters = [dead_letter(store, "web.no_broker") for _ in range(3)]
     with web_server(APP, down) as running:
-        answer = Client(running.url).get("/")
+        client = Client(running.url)
+        answer = client.get("/")
         assert answer.status == 200
         assert "the broker could not be read" in answer.text
         assert "web.charge" in answer.text
+        # A bulk retry stops at the first publish the broker refuses, and says so.
+        token = form_token(client.get("/dead-letters").text)
+        asked = client.post(
+            "/dead-letters/act",
+            {"do": "retry-matching", "task": "web.no_broker", "csrf_token": token},
+        )
+        assert client.post("/dead-letters/act", confirmation(asked.text)).status == 303
+        notice = client.get("/dead-letters?task=web.no_broker").text
+        assert "retried 0 dead letters; stopped there, the rest not retried: publishing" in notice
+    assert all(store.dead_letters.get(i).retried_at is None for i in letters)
 
 
 def test_overview_counts_from_the_history(server: str, store: Any) -> None:
@@ -346,3 +432,36 @@ def test_overview_counts_from_the_history(server: str, store: Any) -> None:
     assert "4.8 %" in cells  # 2 of the 42 that ended their job
     assert 'http-equiv="refresh"' not in text
     assert 'http-equiv="refresh" content="5"' in Client(server).get("/").text
+
+
+def test_the_mount_example_of_the_docs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/web.md's mount example, served by uvicorn as written."""
+    import threading
+
+    import uvicorn
+
+    from tests.docs_blocks import DOCS, marked_block
+
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(compile(marked_block(DOCS / "web.md", "web-mount-example"), "web.md", "exec"), scope)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(scope["application"], host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            threading.Event().wait(0.05)
+        client = Client(f"http://127.0.0.1:{port}")
+        page = client.get("/reliable/dead-letters")
+        assert page.status == 200
+        assert 'href="/reliable/static/style.css"' in page.text
+        assert client.get("/reliable/static/style.css").status == 200
+        assert client.get("/dead-letters").status == 404
+        assert (tmp_path / "reliable.sqlite3").exists()
+    finally:
+        server.should_exit = True
+        thread.join(10)

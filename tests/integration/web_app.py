@@ -12,7 +12,7 @@ from celery_reliable import ReliableTask, discard_on
 
 BROKER = os.environ["RELIABLE_TEST_BROKER"]
 
-app = Celery("web_app", broker=BROKER, backend=BROKER)
+app = Celery("web_app", broker=BROKER, backend=os.environ.get("RELIABLE_TEST_BACKEND") or BROKER)
 app.conf.update(
     reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
     reliable_history_interval=0.5,

@@ -76,6 +76,9 @@ CELERY_RELIABLE_DATABASE_URL = "django"
 CELERY_RELIABLE_STATSD_HOST = os.environ.get("STATSD_HOST", "127.0.0.1")
 CELERY_RELIABLE_STATSD_PORT = int(os.environ.get("STATSD_PORT", "8125"))
 CELERY_RELIABLE_STATSD_PREFIX = "shop"
+# The web view (shop/asgi.py mounts it at /reliable/): "user:password" for basic auth;
+# unset, it answers loopback clients only.
+CELERY_RELIABLE_WEB_AUTH = os.environ.get("RELIABLE_WEB_AUTH") or None
 CELERY_BEAT_SCHEDULE = {
     "forget-abandoned-orders": {
         "task": "orders.tasks.forget_abandoned_orders",
