@@ -241,6 +241,10 @@ def test_dead_letter_holds_what_went_wrong_and_can_be_retried(env: Any, outcomes
     assert "TransientError: still broken" in letter.traceback
     assert "attempts exhausted: 2/2" in letter.reason
     assert letter.options["headers"] == {"tenant": "acme"}, "our own header is not kept"
+    # The retry that led here, as the message's header carried it (the web view shows it).
+    [(attempt, at, reason)] = letter.options["retry_history"]
+    assert attempt == 1 and abs(at - time.time()) < 30
+    assert reason.startswith("TransientError: still broken")
 
     again = env.store.dead_letters.retry(letter.id)
     assert again.id != result.id
