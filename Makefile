@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
-        compat-one bench system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
+        compat-one bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -149,6 +149,12 @@ bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
 	$(PY) -m benchmarks.throughput
+
+# The web view's pages over HTTP with a large store (100,000 dead letters, 1,000,000
+# receipts) on SQLite and PostgreSQL: median and p95 ms per page, as a Markdown table
+# (about 2 minutes; figures in .cache/bench-web-pages.json).
+bench-web: system-deps $(STAMP)
+	$(PY) -m benchmarks.web_pages
 
 # The chaos suite: 2,000 jobs with effects in PostgreSQL on two prefork workers that
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed

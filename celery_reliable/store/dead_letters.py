@@ -296,22 +296,61 @@ class DeadLetters:
         """One page of matching rows, newest first, by keyset on the id: the rows
         older than ``before_id``, or the ``limit`` just newer than ``after_id``. The
         cost of a page does not grow with how far back it is."""
-        column = dead_letters.c
-        query = select(dead_letters).where(*where.where())
-        if after_id is not None:
-            query = query.where(column.id > after_id).order_by(column.id.asc())
-        else:
-            if before_id is not None:
-                query = query.where(column.id < before_id)
-            query = query.order_by(column.id.desc())
         with unavailable_as("listing dead letters"), self._engine.connect() as connection:
-            rows = [_row(row) for row in connection.execute(query.limit(limit))]
-        return rows[::-1] if after_id is not None else rows
+            return _page(connection, where, limit, before_id, after_id)
 
-    def count_where(self, where: DeadLetterFilter) -> int:
-        query = select(func.count()).select_from(dead_letters).where(*where.where())
+    def count_where(self, where: DeadLetterFilter, cap: int | None = None) -> int:
+        """How many rows match; with ``cap``, counted up to ``cap + 1`` only (a count
+        above ``cap`` means "more than cap"): at most that many index entries are read,
+        instead of every matching row."""
+        if cap is None:
+            query = select(func.count()).select_from(dead_letters).where(*where.where())
+        else:
+            matching = select(dead_letters.c.id).where(*where.where()).limit(cap + 1)
+            query = select(func.count()).select_from(matching.subquery())
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+    def page_and_count(
+        self,
+        where: DeadLetterFilter,
+        limit: int = 50,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        cap: int = 10_000,
+    ) -> tuple[builtins.list[DeadLetter], int]:
+        """:meth:`page` and :meth:`count_where` with ``cap``, as a listing shows them.
+
+        A text filter is served by no index: its page and its count would each read
+        every row (all of them when the text is rare). So with one, the ids of the
+        newest ``cap + 1`` matches are read in one pass: they give the count, and the
+        page when it lies among them (the first pages; any page when they are all the
+        matches). Other filters are served by indexes: their page and capped count are
+        two short reads."""
+        column = dead_letters.c
+        with unavailable_as("listing dead letters"), self._engine.connect() as connection:
+            if not where.text:
+                rows = _page(connection, where, limit, before_id, after_id)
+                matching = select(column.id).where(*where.where()).limit(cap + 1)
+                count = select(func.count()).select_from(matching.subquery())
+                return rows, int(connection.execute(count).scalar_one())
+            newest = select(column.id).where(*where.where()).order_by(column.id.desc())
+            ids = [int(found) for found in connection.execute(newest.limit(cap + 1)).scalars()]
+            # ids holds every match from its lowest id up.
+            every = len(ids) <= cap
+            if after_id is not None:
+                chosen = [found for found in ids if found > after_id][-limit:]
+                found_here = every or after_id >= ids[-1]
+            else:
+                chosen = [found for found in ids if before_id is None or found < before_id]
+                chosen = chosen[:limit]
+                found_here = every or len(chosen) == limit
+            if not found_here:
+                return _page(connection, where, limit, before_id, after_id), len(ids)
+            if not chosen:
+                return [], len(ids)
+            query = select(dead_letters).where(column.id.in_(chosen)).order_by(column.id.desc())
+            return [_row(row) for row in connection.execute(query)], len(ids)
 
     def ids_where(
         self, where: DeadLetterFilter, after_id: int = 0, limit: int = BULK_CHUNK
@@ -345,8 +384,20 @@ class DeadLetters:
             return {str(name): int(count) for name, count in connection.execute(query)}
 
     def task_names(self) -> builtins.list[str]:
-        """The tasks that have dead letters (for a filter's choices)."""
-        query = select(dead_letters.c.task_name).distinct().order_by(dead_letters.c.task_name)
+        """The tasks that have dead letters (for a filter's choices).
+
+        One index seek per task (the next name after the last one found, a recursive
+        query) instead of a DISTINCT over every row, which PostgreSQL has no skip scan for.
+        """
+        later = dead_letters.alias("later")
+        names = select(func.min(dead_letters.c.task_name).label("name")).cte(
+            "task_names", recursive=True
+        )
+        following = (
+            select(func.min(later.c.task_name)).where(later.c.task_name > names.c.name)
+        ).scalar_subquery()
+        names = names.union_all(select(following).where(names.c.name.is_not(None)))
+        query = select(names.c.name).where(names.c.name.is_not(None)).order_by(names.c.name)
         with unavailable_as("listing dead letters"), self._engine.connect() as connection:
             return [str(name) for name in connection.execute(query).scalars()]
 
@@ -464,6 +515,26 @@ class DeadLetters:
         query = select(func.count()).select_from(dead_letters).where(*where)
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+def _page(
+    connection: Any,
+    where: DeadLetterFilter,
+    limit: int,
+    before_id: int | None,
+    after_id: int | None,
+) -> list[DeadLetter]:
+    """:meth:`DeadLetters.page` on a connection."""
+    column = dead_letters.c
+    query = select(dead_letters).where(*where.where())
+    if after_id is not None:
+        query = query.where(column.id > after_id).order_by(column.id.asc())
+    else:
+        if before_id is not None:
+            query = query.where(column.id < before_id)
+        query = query.order_by(column.id.desc())
+    rows = [_row(row) for row in connection.execute(query.limit(limit))]
+    return rows[::-1] if after_id is not None else rows
 
 
 def _purge_filter(

@@ -335,10 +335,18 @@ class Receipts:
         with unavailable_as("releasing a claim"), self._engine.begin() as connection:
             return int(connection.execute(statement).rowcount) == 1
 
-    def counts(self, task_name: str | None = None, now: datetime | None = None) -> dict[str, int]:
+    def counts(
+        self, task_name: str | None = None, now: datetime | None = None, cap: int | None = None
+    ) -> dict[str, int]:
         """Receipts held: ``succeeded``, ``in_progress`` and, of those, ``abandoned``
-        (their lease ran out: the next execution with that key takes it over)."""
+        (their lease ran out: the next execution with that key takes it over).
+
+        With ``cap``, each is counted up to ``cap + 1`` only (a count above ``cap`` means
+        "more than cap"): at most that many index entries are read for each, where the
+        exact counts read every receipt (of the task)."""
         now = now or utcnow()
+        if cap is not None:
+            return self._capped_counts(task_name, now, cap)
         abandoned = func.sum(case((receipts.c.lease_expires_at < now, 1), else_=0))
         query = select(receipts.c.state, func.count(), abandoned).group_by(receipts.c.state)
         if task_name is not None:
@@ -350,6 +358,24 @@ class Receipts:
                 if state == IN_PROGRESS:
                     found["abandoned"] = int(expired or 0)
         return found
+
+    def _capped_counts(self, task_name: str | None, now: datetime, cap: int) -> dict[str, int]:
+        column = receipts.c
+
+        def up_to_cap(*where: Any) -> Any:
+            if task_name is not None:
+                where = (*where, column.task_name == task_name)
+            matching = select(column.state).where(*where).limit(cap + 1).subquery()
+            return select(func.count()).select_from(matching).scalar_subquery()
+
+        query = select(
+            up_to_cap(column.state == SUCCEEDED),
+            up_to_cap(column.state == IN_PROGRESS),
+            up_to_cap(column.state == IN_PROGRESS, column.lease_expires_at < now),
+        )
+        with unavailable_as("counting receipts"), self._engine.connect() as connection:
+            succeeded, in_progress, abandoned = connection.execute(query).one()
+        return {SUCCEEDED: succeeded, IN_PROGRESS: in_progress, "abandoned": abandoned}
 
     def prune(self, ttl_seconds: float, now: datetime | None = None) -> int:
         """Delete succeeded receipts older than the TTL, and claims abandoned that long."""

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -74,6 +75,15 @@ dead_letters = Table(
     # The web view's pages, newest id first, filtered by task or outcome (0003).
     Index("ix_reliable_dead_letters_task_name_id", "task_name", "id"),
     Index("ix_reliable_dead_letters_outcome_id", "outcome", "id"),
+    # The rows not retried yet, by task (partial: retried rows are not in it): the
+    # overview's per-task counts and the "not retried" listings and bulk retries (0003).
+    Index(
+        "ix_reliable_dead_letters_pending_task_name_id",
+        "task_name",
+        "id",
+        sqlite_where=text("retried_at IS NULL"),
+        postgresql_where=text("retried_at IS NULL"),
+    ),
 )
 
 #: One row per held unique-enqueue key. The primary key is what makes acquiring it

@@ -25,13 +25,22 @@ NOTICE_COOKIE = "reliable_notice"
 
 #: Rows per page of every listing.
 PAGE_ROWS = 50
+#: Listings count the rows they match up to this many, and show "10,000+" beyond: an
+#: exact count would read every row on each page load.
+COUNT_CAP = 10_000
 
 
 def when(value: datetime | None) -> str:
     return "-" if value is None else f"{value:%Y-%m-%d %H:%M:%S}"
 
 
+def capped(count: int) -> str:
+    """A count read with ``cap=COUNT_CAP``: "10,000+" when it went past the cap."""
+    return f"{COUNT_CAP:,}+" if count > COUNT_CAP else str(count)
+
+
 templates.env.filters["when"] = when
+templates.env.filters["capped"] = capped
 
 
 def celery_app(request: Request) -> Celery:

@@ -20,7 +20,15 @@ from starlette.responses import Response
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetterFilter
 from celery_reliable.store.timeutil import utcnow
-from celery_reliable.web.common import PAGE_ROWS, action_form, done, plural, render, store
+from celery_reliable.web.common import (
+    COUNT_CAP,
+    PAGE_ROWS,
+    action_form,
+    done,
+    plural,
+    render,
+    store,
+)
 
 logger = logging.getLogger("celery_reliable.web")
 
@@ -108,13 +116,15 @@ async def listing(request: Request) -> Response:
     letters = store(request).dead_letters
 
     def read() -> tuple[list[DeadLetter], int, list[str], bool, bool]:
-        rows = letters.page(where, PAGE_ROWS + 1, before_id=before, after_id=after)
+        rows, matching = letters.page_and_count(
+            where, PAGE_ROWS + 1, before_id=before, after_id=after, cap=COUNT_CAP
+        )
         more = len(rows) > PAGE_ROWS
         if after is not None:
             rows, newer, older = rows[-PAGE_ROWS:], more, True
         else:
             rows, newer, older = rows[:PAGE_ROWS], before is not None, more
-        return rows, letters.count_where(where), letters.task_names(), newer, older
+        return rows, matching, letters.task_names(), newer, older
 
     rows, matching, tasks, newer, older = await anyio.to_thread.run_sync(read)
     query = urlencode(given)

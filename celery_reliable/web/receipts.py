@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from celery_reliable.store.timeutil import utcnow
-from celery_reliable.web.common import PAGE_ROWS, action_form, done, render, store
+from celery_reliable.web.common import COUNT_CAP, PAGE_ROWS, action_form, done, render, store
 
 RECEIPT_STATES = ("in_progress", "abandoned", "succeeded")
 
@@ -50,7 +50,7 @@ async def receipts(request: Request) -> Response:
 
     def read() -> tuple[list[Any], dict[str, int]]:
         rows = found.page(given.get("task"), given.get("key"), state, after, PAGE_ROWS + 1, now=now)
-        return rows, found.counts(given.get("task"), now=now)
+        return rows, found.counts(given.get("task"), now=now, cap=COUNT_CAP)
 
     rows, counts = await anyio.to_thread.run_sync(read)
     more = len(rows) > PAGE_ROWS

@@ -1142,3 +1142,40 @@ def test_receipt_and_lock_pages_and_releases(store: Store) -> None:
     locks = store.unique.page("web.u")
     assert [(lock.key, lock.held(now)) for lock in locks] == [("a", True), ("b", False)]
     assert [lock.key for lock in store.unique.page(after=("web.u", "a"))] == ["b"]
+
+
+def test_a_listing_page_and_its_capped_count_in_one_pass(store: Store) -> None:
+    """``page_and_count`` gives what ``page`` and a capped ``count_where`` give, for a
+    text filter (one pass over the newest matches) and others, on every page."""
+    from celery_reliable.store.dead_letters import DeadLetterFilter
+
+    letters = store.dead_letters
+    ids = [
+        letters.write(
+            **letter(task_name=f"web.p{n % 2}", reason=f"{'slow' if n % 3 else 'odd'} {n}")
+        )
+        for n in range(30)
+    ]
+    for where in (
+        DeadLetterFilter(text="slow"),
+        DeadLetterFilter(task_name="web.p1"),
+        DeadLetterFilter(text="ODD"),
+        DeadLetterFilter(text="none such"),
+    ):
+        exact = letters.count_where(where)
+        for cap in (3, 1000):
+            for before, after in [
+                (None, None),
+                (ids[20], None),
+                (ids[2], None),
+                (None, ids[5]),
+                (None, ids[25]),
+                (None, 0),
+            ]:
+                rows, count = letters.page_and_count(where, 4, before, after, cap=cap)
+                assert [d.id for d in rows] == [
+                    d.id for d in letters.page(where, 4, before_id=before, after_id=after)
+                ], (where, cap, before, after)
+                assert count == min(exact, cap + 1)
+    assert letters.count_where(DeadLetterFilter(text="slow"), cap=5) == 6
+    assert letters.task_names() == ["web.p0", "web.p1"]
