@@ -25,6 +25,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("WEB_SCREENSHOTS", ROOT / ".cache" / "web-screenshots"))
 
 
+def web_env(redis_url: str, folder: Path) -> dict[str, str]:
+    """The environment ``tests.integration.web_app`` reads: a Redis database of its own,
+    a SQLite store in ``folder``, no credentials."""
+    from tests.conftest import new_redis_db
+
+    return {
+        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_STORE": f"sqlite:///{folder}/store.sqlite3",
+        "WEB_TEST_AUTH": "",
+        "WEB_TEST_READ_ONLY_AUTH": "",
+    }
+
+
 @dataclass
 class WebServer:
     url: str

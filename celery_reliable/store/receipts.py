@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter
@@ -31,6 +31,7 @@ from celery_reliable.store.engine import (
 from celery_reliable.store.hotpath import HotPath, Statement
 from celery_reliable.store.hotpath import rowcount as hot_rowcount
 from celery_reliable.store.hotpath import rows as hot_rows
+from celery_reliable.store.keyset import by_task_and_key
 from celery_reliable.store.schema import receipts
 from celery_reliable.store.timeutil import utcnow
 
@@ -305,20 +306,12 @@ class Receipts:
         """One page in primary-key order, from the ``(task, key)`` ``after``. ``state``
         is ``in_progress``, ``succeeded`` or ``abandoned`` (in progress, lease run out)."""
         column = receipts.c
-        query = select(receipts)
-        if task_name:
-            query = query.where(column.task_name == task_name)
-        if key_prefix:
-            query = query.where(column.key.startswith(key_prefix, autoescape=True))
+        where: list[Any] = []
         if state == "abandoned":
-            query = query.where(
-                column.state == IN_PROGRESS, column.lease_expires_at < (now or utcnow())
-            )
+            where += [column.state == IN_PROGRESS, column.lease_expires_at < (now or utcnow())]
         elif state:
-            query = query.where(column.state == state)
-        if after is not None:
-            query = query.where(tuple_(column.task_name, column.key) > tuple_(*after))
-        query = query.order_by(column.task_name, column.key).limit(limit)
+            where.append(column.state == state)
+        query = by_task_and_key(receipts, task_name, key_prefix, after, limit, *where)
         with unavailable_as("listing receipts"), self._engine.connect() as connection:
             return [_receipt(row) for row in connection.execute(query)]
 

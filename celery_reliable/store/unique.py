@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, tuple_
+from sqlalchemy import bindparam, delete, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import BindParameter
 
@@ -22,6 +22,7 @@ from celery_reliable.store.engine import (
     single_statement_engine,
     unavailable_as,
 )
+from celery_reliable.store.keyset import by_task_and_key
 from celery_reliable.store.schema import unique_locks
 from celery_reliable.store.timeutil import utcnow
 
@@ -129,15 +130,7 @@ class UniqueLocks:
         limit: int = 50,
     ) -> list[UniqueLock]:
         """One page of locks (expired ones included, until pruned), in key order."""
-        column = unique_locks.c
-        query = select(unique_locks)
-        if task_name:
-            query = query.where(column.task_name == task_name)
-        if key_prefix:
-            query = query.where(column.key.startswith(key_prefix, autoescape=True))
-        if after is not None:
-            query = query.where(tuple_(column.task_name, column.key) > tuple_(*after))
-        query = query.order_by(column.task_name, column.key).limit(limit)
+        query = by_task_and_key(unique_locks, task_name, key_prefix, after, limit)
         with unavailable_as("listing unique locks"), self._engine.connect() as connection:
             return [
                 UniqueLock(row.task_name, row.key, row.task_id, row.expires_at, row.created_at)

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 
 from celery_reliable.store.timeutil import utcnow
-from tests.conftest import new_redis_db
 from tests.helpers import ready_store
 from tests.servers import free_port
-from tests.web_support import ROOT, Client, form_token, web_server
+from tests.web_support import ROOT, Client, form_token, web_env, web_server
 
 APP = "tests.integration.web_app"
 PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/static/style.css"]
@@ -36,13 +35,7 @@ def load_app(env: dict[str, str]) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("web")
-    return {
-        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
-        "RELIABLE_TEST_STORE": f"sqlite:///{folder}/store.sqlite3",
-        "WEB_TEST_AUTH": "",
-        "WEB_TEST_READ_ONLY_AUTH": "",
-    }
+    return web_env(redis_url, tmp_path_factory.mktemp("web"))
 
 
 @pytest.fixture(scope="module")

@@ -15,22 +15,14 @@ import redis
 
 from tests.conftest import embedded_worker
 from tests.integration.test_web import load_app
-from tests.web_support import chromium, screenshot, web_server
+from tests.web_support import chromium, screenshot, web_env, web_server
 
 APP = "tests.integration.web_app"
 
 
 @pytest.fixture(scope="module")
 def env(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from tests.conftest import new_redis_db
-
-    folder = tmp_path_factory.mktemp("web-browser")
-    return {
-        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
-        "RELIABLE_TEST_STORE": f"sqlite:///{folder}/store.sqlite3",
-        "WEB_TEST_AUTH": "",
-        "WEB_TEST_READ_ONLY_AUTH": "",
-    }
+    return web_env(redis_url, tmp_path_factory.mktemp("web-browser"))
 
 
 @pytest.fixture(scope="module")
