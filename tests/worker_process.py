@@ -107,3 +107,30 @@ def celery_worker(
         yield worker
     finally:
         worker.stop()
+
+
+def run_worker_to_exit(app: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``celery -A app worker`` (solo pool) that is expected to stop on its own (a
+    worker that refuses to start): its exit status and whole output."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            app,
+            "worker",
+            "--pool",
+            "solo",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return run.returncode, run.stdout + run.stderr

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -39,7 +37,7 @@ from tests.helpers import Calls, new_key, ready_store, tasks_in
 from tests.integration.recording import recorded
 from tests.integration.udp import StatsdServer, running_statsd_server
 from tests.servers import free_port
-from tests.worker_process import ROOT, WorkerProcess, celery_worker
+from tests.worker_process import WorkerProcess, celery_worker, run_worker_to_exit
 
 pytestmark = pytest.mark.integration
 
@@ -599,34 +597,11 @@ def test_exceptions_that_cannot_be_pickled(
 def test_wrong_database_url(worker_app: Any, broker: str, url: str, says: str) -> None:
     """The worker refuses to start, with one line; the messages wait in the queue."""
     waiting = worker_app.ok.delay()
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.integration.bad_input_app",
-            "worker",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RELIABLE_TEST_BROKER": broker,
-            "RELIABLE_TEST_STORE": url,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    returncode, output = run_worker_to_exit(
+        "tests.integration.bad_input_app",
+        {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": url},
     )
-    output = run.stdout + run.stderr
-    assert run.returncode == 1, output
+    assert returncode == 1, output
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if "celery_reliable" in line]
     assert len(lines) == 1, output

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -13,7 +11,7 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.worker import WorkerMisconfigured, declarations_without_reliable_task
 from tests.conftest import embedded_worker, new_redis_db
-from tests.worker_process import ROOT
+from tests.worker_process import run_worker_to_exit
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +19,12 @@ pytestmark = pytest.mark.integration
 def test_declarations_on_a_plain_task_stop_an_embedded_worker(make_app: Any) -> None:
     app = make_app("ignored_embedded")
 
-    @app.task(name="ie.plain")
+    @app.task(name="ie.plain", shared=False)
     @retry_on(ConnectionError, attempts=3)
     def plain() -> None:
         return None
 
-    @app.task(base=ReliableTask, name="ie.reliable")
+    @app.task(base=ReliableTask, shared=False, name="ie.reliable")
     @retry_on(ConnectionError, attempts=3)
     def reliable() -> None:
         return None
@@ -42,33 +40,11 @@ def test_declarations_on_a_plain_task_stop_an_embedded_worker(make_app: Any) -> 
 
 def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> None:
     """The app has no ReliableTask at all: the check still runs (worker_init)."""
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.integration.ignored_declarations_app",
-            "worker",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    returncode, output = run_worker_to_exit(
+        "tests.integration.ignored_declarations_app",
+        {"RELIABLE_TEST_BROKER": new_redis_db(redis_url)},
     )
-    output = run.stdout + run.stderr
-    assert run.returncode == 1, output
+    assert returncode == 1, output
     assert "Traceback" not in output
     lines = [line for line in output.splitlines() if "base=ReliableTask" in line]
     assert lines == [
