@@ -18,6 +18,8 @@ IMAGES = ROOT / "docs" / "images"
 
 
 def main() -> int:
+    from selenium.webdriver.support.ui import WebDriverWait
+
     env = {"SHOP_DATA_DIR": str(SHOP / "data" / "demo"), "DJANGO_SETTINGS_MODULE": "shop.settings"}
     with web_server("shop", env, cwd=SHOP) as server:
         with urllib.request.urlopen(server.url + "/dead-letters", timeout=30) as page:
@@ -42,6 +44,9 @@ def main() -> int:
                 print(screenshot(driver, name, IMAGES, max_height=1100).relative_to(ROOT))
             driver.get(server.url + "/dead-letters")
             driver.find_element("id", "retry-matching").click()
+            WebDriverWait(driver, 20).until(
+                lambda d: d.find_element("tag name", "h1").text.startswith("Retry")
+            )
             print(screenshot(driver, "web-confirm", IMAGES, max_height=1100).relative_to(ROOT))
         finally:
             driver.quit()

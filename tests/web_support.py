@@ -186,11 +186,14 @@ def chromium() -> Any:
 
 def screenshot(driver: Any, name: str, folder: Path = SCREENSHOTS, max_height: int = 2400) -> Path:
     """The page at laptop width (1366 px), as a PNG under ``folder``: all of it, up to
-    ``max_height`` pixels."""
+    ``max_height`` pixels. Taken through the DevTools protocol, beyond the viewport:
+    resizing the window instead left chromedriver clicking nodes of a stale layout."""
     folder.mkdir(parents=True, exist_ok=True)
-    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(1366, min(max(height + 120, 700), max_height))
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": 1366, "height": min(size["height"], max_height), "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
     path = folder / f"{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1366, 900)
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path

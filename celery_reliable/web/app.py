@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.web import dead_letters, gates, overview, receipts
+from celery_reliable.web import dead_letters, gates, overview, receipts, workers
 from celery_reliable.web.common import HERE, render
 from celery_reliable.web.security import Credentials, Guard
 
@@ -42,6 +42,7 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
         Route("/locks", receipts.locks, name="locks"),
         Route("/locks/release", receipts.release_lock, methods=["POST"]),
         Route("/gates", gates.gates_page, name="gates"),
+        Route("/workers", workers.workers_page, name="workers"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(

@@ -22,7 +22,7 @@ from tests.servers import free_port
 from tests.web_support import ROOT, Client, form_token, web_env, web_server
 
 APP = "tests.integration.web_app"
-PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/static/style.css"]
+PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/workers", "/static/style.css"]
 
 
 def load_app(env: dict[str, str]) -> ModuleType:
@@ -394,6 +394,8 @@ def test_a_broker_that_is_down_leaves_the_overview_readable(
         assert answer.status == 200
         assert "the broker could not be read" in answer.text
         assert "web.charge" in answer.text
+        workers = client.get("/workers")
+        assert workers.status == 200 and "the workers could not be asked" in workers.text
         # A bulk retry stops at the first publish the broker refuses, and says so.
         token = form_token(client.get("/dead-letters").text)
         asked = client.post(

@@ -80,9 +80,22 @@ def click(browser: Any, element_id: str, *, navigates: bool = True) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.ID, element_id).click()
+    WebDriverWait(browser, 20).until(
+        expected_conditions.element_to_be_clickable((By.ID, element_id))
+    ).click()
     if navigates:
         WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+        loaded(browser)
+
+
+def loaded(browser: Any) -> None:
+    """Wait until the page the browser is on has loaded: an element found while the
+    next document is still being committed can be gone when it is clicked."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 20).until(
+        lambda driver: driver.execute_script("return document.readyState") == "complete"
+    )
 
 
 def text_of(browser: Any, element_id: str) -> str:
@@ -111,6 +124,7 @@ def test_a_dead_letter_is_found_inspected_retried_and_purged(
     page = browser.find_element(By.TAG_NAME, "html")
     row.find_element(By.LINK_TEXT, str(letter.id)).click()
     WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    loaded(browser)
     assert text_of(browser, "args").replace(" ", "").replace("\n", "") == "[101]"
     assert "GatewayRefused: card declined for order 101" in text_of(browser, "exception")
     assert "raise GatewayRefused" in text_of(browser, "traceback")
@@ -162,6 +176,7 @@ def test_a_filtered_set_is_retried_in_bulk_and_a_selection_purged(
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
     WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    loaded(browser)
     assert text_of(browser, "matching") == "5"
     broker.srem(shop.REFUSED, *(f"charge:{n}" for n in charges))
     click(browser, "retry-matching")
@@ -223,3 +238,48 @@ def _overview_counts(browser: Any, site: str) -> bool:
     browser.get(f"{site}/?refresh=0")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")
     return any("web.ship" in row.text and "succeeded" in row.text for row in rows)
+
+
+def test_workers_show_what_runs_and_what_is_scheduled(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    running = shop.slow.delay(601)
+    later = shop.ship.apply_async((602,), countdown=300)
+    secret = shop.store_card.apply_async(("4111111111111111",), countdown=300)
+    try:
+        wait_for(
+            "the slow task on the workers page",
+            lambda: _running_on_page(browser, site, running.id),
+            timeout=20,
+        )
+        page = browser.find_element(By.CSS_SELECTOR, "section.worker").text
+        assert "1 running" in page and "2 scheduled" in page
+        rows = {
+            row.find_element(By.CSS_SELECTOR, "td.mono").text: row
+            for row in browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr")
+        }
+        assert "web.slow" in rows[running.id].text and "[601]" in rows[running.id].text
+        assert rows[running.id].get_attribute("class") == "running"
+        assert (
+            "web.ship" in rows[later.id].text
+            and rows[later.id].get_attribute("class") == "scheduled"
+        )
+        assert "redacted" in rows[secret.id].text
+        assert "4111111111111111" not in browser.page_source
+        screenshot(browser, "workers")
+    finally:
+        broker.set("web:release:601", 1)
+        for result in (later, secret):
+            result.revoke()
+
+
+def _running_on_page(browser: Any, site: str, task_id: str) -> bool:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{site}/workers")
+    return any(
+        task_id in row.text and row.get_attribute("class") == "running"
+        for row in browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr")
+    )

@@ -4,6 +4,7 @@ web`` and run in an embedded worker: charges and shipments a Redis flag makes fa
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 from celery import Celery
@@ -78,3 +79,15 @@ def ship(order_id: int) -> None:
 @discard_on(GatewayRefused)
 def store_card(card_number: str) -> None:
     raise GatewayRefused("vault refused the card")
+
+
+@app.task(
+    base=ReliableTask, shared=False, name="web.slow", timeout=30, waive={"idempotency": "a test"}
+)
+def slow(order_id: int) -> None:
+    """Runs until the test lets it end (``web:release:{order_id}``), at most 20 s."""
+    client = _redis()
+    for _ in range(200):
+        if client.exists(f"web:release:{order_id}"):
+            return
+        time.sleep(0.1)

@@ -1,0 +1,143 @@
+"""Workers: what each worker runs now, holds reserved and keeps scheduled (ETA and
+countdown), asked with Celery's own remote control (``inspect``), as Sidekiq's Busy
+and Scheduled pages show them."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+from celery import Celery
+from starlette.requests import Request
+from starlette.responses import Response
+
+from celery_reliable.config import settings_for
+from celery_reliable.store.timeutil import utcnow
+from celery_reliable.web.common import celery_app, render
+
+logger = logging.getLogger("celery_reliable.web")
+
+#: How long workers have to answer: the page waits this long (all three questions are
+#: asked at once).
+INSPECT_TIMEOUT = 1.0
+#: Longest the page waits for the broker before it says so.
+BROKER_TIMEOUT = 5.0
+QUESTIONS = ("active", "reserved", "scheduled")
+
+
+@dataclass(frozen=True)
+class Job:
+    task_name: str
+    task_id: str
+    #: The arguments as Celery reports them; None when the task's are redacted.
+    arguments: str | None
+    started: datetime | None = None
+    eta: datetime | None = None
+    pid: int | None = None
+
+
+@dataclass
+class Worker:
+    name: str
+    running: list[Job] = field(default_factory=list)
+    reserved: list[Job] = field(default_factory=list)
+    scheduled: list[Job] = field(default_factory=list)
+
+
+async def workers_page(request: Request) -> Response:
+    app = celery_app(request)
+    error = None
+    workers: list[Worker] = []
+    try:
+        with anyio.fail_after(BROKER_TIMEOUT):
+            answers = await anyio.to_thread.run_sync(_ask, app, abandon_on_cancel=True)
+        workers = _workers(app, answers)
+    except TimeoutError:
+        error = f"the broker did not answer within {BROKER_TIMEOUT:g} s"
+    except Exception as exc:  # a broker down must not take the page with it
+        logger.warning("workers not inspected: %s", exc)
+        error = f"the workers could not be asked: {exc}"
+    return render(
+        request,
+        "workers.html",
+        page="workers",
+        workers=workers,
+        error=error,
+        now=utcnow(),
+        timeout=INSPECT_TIMEOUT,
+    )
+
+
+def _ask(app: Celery) -> dict[str, dict[str, Any]]:
+    """``question -> worker -> answer``, the three questions asked at once."""
+
+    def ask(question: str) -> dict[str, Any]:
+        with app.connection_for_write() as connection:
+            # A broker that is down: one quick retry, not Celery's publish retries.
+            connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+            inspect = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
+            return getattr(inspect, question)() or {}
+
+    with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+        return dict(zip(QUESTIONS, pool.map(ask, QUESTIONS), strict=True))
+
+
+def _workers(app: Celery, answers: dict[str, dict[str, Any]]) -> list[Worker]:
+    settings = settings_for(app)
+    names = sorted({name for answer in answers.values() for name in answer})
+    workers = []
+    for name in names:
+        worker = Worker(name)
+        for info in answers["active"].get(name) or []:
+            worker.running.append(_job(app, settings, info))
+        for info in answers["reserved"].get(name) or []:
+            worker.reserved.append(_job(app, settings, info))
+        for entry in answers["scheduled"].get(name) or []:
+            eta = _moment(entry.get("eta"))
+            worker.scheduled.append(_job(app, settings, entry.get("request") or {}, eta=eta))
+        worker.scheduled.sort(key=lambda job: job.eta or datetime.max)
+        workers.append(worker)
+    return workers
+
+
+def _job(app: Celery, settings: Any, info: dict[str, Any], eta: datetime | None = None) -> Job:
+    name = str(info.get("name") or "?")
+    task = app.tasks.get(name)
+    redacted = bool(getattr(task, "dead_letter_redact", False)) or settings.redacts(name)
+    started = info.get("time_start")
+    return Job(
+        task_name=name,
+        task_id=str(info.get("id") or ""),
+        arguments=None if redacted else _arguments(info),
+        started=(
+            datetime.fromtimestamp(started, timezone.utc).replace(tzinfo=None)
+            if isinstance(started, (int, float))
+            else None
+        ),
+        eta=eta,
+        pid=info.get("worker_pid"),
+    )
+
+
+def _arguments(info: dict[str, Any]) -> str:
+    args, kwargs = info.get("args"), info.get("kwargs")
+    text = f"{args!s}" if not isinstance(args, str) else args
+    if kwargs:
+        text += f" {kwargs!s}" if not isinstance(kwargs, str) else f" {kwargs}"
+    return text
+
+
+def _moment(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
