@@ -78,7 +78,7 @@ def _ask(app: Celery) -> dict[str, dict[str, Any]]:
     def ask(question: str) -> dict[str, Any]:
         with app.connection_for_write() as connection:
             # A broker that is down: one quick retry, not Celery's publish retries.
-            connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2)
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=1)
             inspect = app.control.inspect(timeout=INSPECT_TIMEOUT, connection=connection)
             return getattr(inspect, question)() or {}
 
