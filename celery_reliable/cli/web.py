@@ -18,7 +18,7 @@ from celery_reliable.errors import MissingDependency
 )
 @click.pass_context
 def web_command(ctx: click.Context, host: str, port: int, log_level: str) -> None:
-    """Serve the web view: outcomes, dead letters, receipts, locks, queues, gates.
+    """Serve the web view: outcomes, queues, dead letters, workers, receipts, gates.
 
     Without reliable_web_auth it binds only to a loopback address."""
     from celery_reliable.cli import app_of
