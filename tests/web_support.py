@@ -43,9 +43,6 @@ class WebServer:
     url: str
     proc: subprocess.Popen[bytes]
 
-    def output(self) -> str:
-        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-
 
 @contextlib.contextmanager
 def web_server(
@@ -95,7 +92,6 @@ class Answer:
     status: int
     headers: Any
     text: str
-    url: str
 
 
 class Client:
@@ -128,11 +124,9 @@ class Client:
             request.add_header(name, value)
         try:
             with self.opener.open(request, timeout=30) as response:
-                return Answer(
-                    response.status, response.headers, response.read().decode(), response.url
-                )
+                return Answer(response.status, response.headers, response.read().decode())
         except urllib.error.HTTPError as error:
-            return Answer(error.code, error.headers, error.read().decode(), self.base + path)
+            return Answer(error.code, error.headers, error.read().decode())
 
     def get(self, path: str, **kwargs: Any) -> Answer:
         return self.request("GET", path, **kwargs)

@@ -306,8 +306,7 @@ class DeadLetters:
         if cap is None:
             query = select(func.count()).select_from(dead_letters).where(*where.where())
         else:
-            matching = select(dead_letters.c.id).where(*where.where()).limit(cap + 1)
-            query = select(func.count()).select_from(matching.subquery())
+            query = _capped_count(where, cap)
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
@@ -331,9 +330,8 @@ class DeadLetters:
         with unavailable_as("listing dead letters"), self._engine.connect() as connection:
             if not where.text:
                 rows = _page(connection, where, limit, before_id, after_id)
-                matching = select(column.id).where(*where.where()).limit(cap + 1)
-                count = select(func.count()).select_from(matching.subquery())
-                return rows, int(connection.execute(count).scalar_one())
+                count = connection.execute(_capped_count(where, cap)).scalar_one()
+                return rows, int(count)
             newest = select(column.id).where(*where.where()).order_by(column.id.desc())
             ids = [int(found) for found in connection.execute(newest.limit(cap + 1)).scalars()]
             # ids holds every match from its lowest id up.
@@ -515,6 +513,12 @@ class DeadLetters:
         query = select(func.count()).select_from(dead_letters).where(*where)
         with unavailable_as("counting dead letters"), self._engine.connect() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+def _capped_count(where: DeadLetterFilter, cap: int) -> Any:
+    """``COUNT`` of the matching rows, reading at most ``cap + 1`` of them."""
+    matching = select(dead_letters.c.id).where(*where.where()).limit(cap + 1)
+    return select(func.count()).select_from(matching.subquery())
 
 
 def _page(

@@ -39,14 +39,6 @@ class TaskRow:
     error_rate_day: float | None
     dead_pending: int
 
-    @property
-    def executions_hour(self) -> int:
-        return sum(self.hour.values())
-
-    @property
-    def executions_day(self) -> int:
-        return sum(self.day.values())
-
 
 async def overview(request: Request) -> Response:
     refresh = request.query_params.get("refresh", "")

@@ -37,7 +37,6 @@ class Job:
     arguments: str | None
     started: datetime | None = None
     eta: datetime | None = None
-    pid: int | None = None
 
 
 @dataclass
@@ -119,7 +118,6 @@ def _job(app: Celery, settings: Any, info: dict[str, Any], eta: datetime | None 
             else None
         ),
         eta=eta,
-        pid=info.get("worker_pid"),
     )
 
 
