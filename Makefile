@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration celery-suite plain-install compat \
+.PHONY: demo test lint typecheck unit integration celery-suite celery-integration plain-install compat \
         compat-one bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
 $(PY):
@@ -82,6 +82,14 @@ docs: $(STAMP)
 celery-suite: $(STAMP)
 	$(PY) -m tests.compat.celery_suite
 
+# Celery's own integration suite (t/integration: tasks, canvas, inspect, the Redis
+# backend) plain and with ReliableTask as every app's task class, against a Redis of
+# its own and Celery's prefork session worker; reruns what differs and fails on a test
+# that passes plain only. About 40 minutes on 2 cores: not part of `make test`.
+celery-integration: system-deps $(STAMP)
+	$(PY) -m pip install -q 'pydantic>=2'
+	$(PY) -m tests.compat.celery_integration --json .cache/celery-integration/figures.json
+
 # `pip install celery-reliable` with no extras, as a wheel in a venv of its own: a real
 # worker reaches every outcome; a configured feature without its library stops it.
 PLAIN_VENV := .venv-plain
@@ -133,8 +141,10 @@ integration: system-deps $(STAMP)
 demo: $(STAMP)
 	cd examples/django_app && $(CURDIR)/$(PY) demo.py
 
-# docs/web.md's screenshots, of the demo shop's web view in headless Chromium.
-screenshots: system-deps demo
+# docs/web.md's screenshots, of the demo shop's web view in headless Chromium: the demo
+# runs first in a directory of its own (/srv/shop, else /tmp/shop; SCREENSHOTS_ROOT),
+# so that no traceback in them names this checkout.
+screenshots: system-deps $(STAMP)
 	$(PY) -m tests.web_docs_screenshots
 
 # The web view on the demo's shop (run `make demo` first): http://127.0.0.1:5580/

@@ -29,10 +29,11 @@ from celery.exceptions import NotRegistered
 from celery.utils.objects import Bunch
 from kombu.exceptions import ContentDisallowed
 
-from celery_reliable.config import settings_for
+from celery_reliable.config import as_written, settings_for
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.store import store_for
 from celery_reliable.store.dead_letters import DeadLetters, queue_of, republish_options
+from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
 
 logger = logging.getLogger("celery_reliable.messages")
 
@@ -242,14 +243,17 @@ class _Handlers:
         the whole row (to re-publish it by hand), for the one line."""
         store = store_for(self.app)
         if store is None:
-            problem = "reliable_database_url is None"
+            problem = f"{as_written(self.app, 'reliable_database_url')} is None"
         else:
             try:
                 return store.dead_letters.write(**row)
             except StoreUnavailable as error:
                 problem = str(error)
         whole = json.dumps(DeadLetters.build_row(**row), default=str)
-        return f"its dead letter was not stored ({problem}); it is here instead: {whole}"
+        return (
+            f"its dead letter was not stored ({problem}); `celery reliable dead import` "
+            f"reads it back from this line: {LOGGED_MARKER}{whole}"
+        )
 
     def _store_failure(
         self, message: Any, headers: dict[str, Any], task_id: str, name: str, exc: BaseException

@@ -108,7 +108,12 @@ class ReceiptHolder:
         except IdempotencyKeyError as exc:
             return Refused(exc)
         store = _store(task)
-        got = store.receipts.claim(task.name, key, payload, task_id, task._reliable_lease)
+        try:
+            got = store.receipts.claim(task.name, key, payload, task_id, task._reliable_lease)
+        except StoreUnavailable as exc:
+            store.outage.failed(exc)
+            raise
+        store.outage.answered()
         if isinstance(got, Claim):
             if got.took_over:
                 logger.warning(

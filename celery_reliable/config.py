@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
+from celery_reliable.docs import docs_url
+from celery_reliable.options import check_waive
 from celery_reliable.policy import RetryRule, default_retry_rule
 
 #: Every setting, with its default. Documented in docs/configuration.md.
@@ -42,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_atomic_fetch": True,
     "reliable_web_auth": None,
     "reliable_web_read_only_auth": None,
+    "reliable_waive": None,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -87,6 +90,9 @@ class ReliableSettings:
     #: The settings the app set itself (the others are defaults): a feature set on
     #: purpose whose library is missing stops the worker, a default one is just off.
     explicit: frozenset[str] = frozenset()
+    #: ``reliable_waive``: gates of ``celery reliable check`` waived for every task,
+    #: gate -> reason; a task's own ``waive=`` wins for that task.
+    waive: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_mapping(
@@ -94,19 +100,21 @@ class ReliableSettings:
     ) -> ReliableSettings:
         """``values`` by our lowercase names; ``spelled``: how the user wrote each one
         (``CELERY_RELIABLE_...`` under Django's namespace), for error messages."""
-        merged = {**DEFAULTS, **values}
+        merged = _Values({**DEFAULTS, **values}, spelled or {})
         unknown = set(values) - set(DEFAULTS)
         if unknown:
             raise ImproperlyConfigured(_unknown_message(sorted(unknown), spelled or {}))
         unclassified = merged["reliable_unclassified"]
         if unclassified not in UNCLASSIFIED_MODES:
             raise ImproperlyConfigured(
-                f"reliable_unclassified must be one of {UNCLASSIFIED_MODES}, got {unclassified!r}"
+                f"{merged.written('reliable_unclassified')} must be one of "
+                f"{UNCLASSIFIED_MODES}, got {unclassified!r}"
             )
         tags = merged["reliable_statsd_tags"]
         if tags not in STATSD_TAG_STYLES:
             raise ImproperlyConfigured(
-                f"reliable_statsd_tags must be None or 'dogstatsd', got {tags!r}"
+                f"{merged.written('reliable_statsd_tags')} must be None or 'dogstatsd', "
+                f"got {tags!r}"
             )
         return cls(
             database_url=_optional_str("reliable_database_url", merged),
@@ -133,6 +141,7 @@ class ReliableSettings:
             web_read_only_auth=_credentials("reliable_web_read_only_auth", merged),
             unclassified_rule=None,
             explicit=frozenset(values),
+            waive=_waive("reliable_waive", merged),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:
@@ -165,16 +174,28 @@ def refuse_a_changed_database_url(app: Celery) -> None:
     cached: ReliableSettings | None = app.__dict__.get(_CACHE_ATTR)
     if cached is None:
         return
-    values, _ = _reliable_keys(app)
+    values, spelled = _reliable_keys(app)
     now = {**DEFAULTS, **values}["reliable_database_url"]
     now = None if now in (None, "") else now
     if now != cached.database_url:
+        name = spelled.get("reliable_database_url", "reliable_database_url")
         raise ImproperlyConfigured(
-            f"reliable_database_url changed from {cached.database_url!r} to {now!r} after "
+            f"{name} changed from {cached.database_url!r} to {now!r} after "
             "the app first used its settings; celery_reliable reads them once per app: "
             "set it before the first use, or call celery_reliable.testing.reset(app) "
             "after changing it (the reliable_db fixture does)"
         )
+
+
+def as_written(app: Celery, name: str) -> str:
+    """Our setting ``name`` (``reliable_database_url``) as the app's configuration
+    writes it, for messages: ``CELERY_RELIABLE_DATABASE_URL`` under Django's namespace,
+    whether the app set it or left it at its default."""
+    _, spelled = _reliable_keys(app)
+    if name in spelled:
+        return spelled[name]
+    prefix = app.conf.prefix
+    return f"{prefix}{name}".upper() if prefix else name
 
 
 def forget_settings(app: Celery) -> None:
@@ -204,6 +225,104 @@ def _reliable_keys(app: Celery) -> tuple[dict[str, Any], dict[str, str]]:
     return found, spelled
 
 
+#: How far a key's start may be from ``reliable_`` (or ``CELERY_RELIABLE_`` under
+#: Django's namespace), in edits (a letter added, dropped or changed, two letters
+#: swapped), to be taken for a misspelling of it: ``RELAIBLE_`` is one edit away,
+#: ``RELEASE_`` three.
+_NEAR_MISS_EDITS = 2
+#: How close the rest of such a key must be to one of our settings (difflib ratio).
+_NEAR_MISS_SETTING = 0.8
+_OURS = "reliable_"
+
+
+def misspelt_keys(app: Celery) -> list[tuple[str, str]]:
+    """Keys meant as ours that are never read, because their prefix is misspelt
+    (``CELERY_RELAIBLE_UNCLASSIFIED``, ``reliabel_statsd_host``) or Django's namespace
+    is missing (``RELIABLE_DATABASE_URL``): ``(key as written, key meant)`` pairs.
+
+    Such a key is no error (it is not ours: the host may have settings of its own), but
+    the feature it sets silently stays off. Only a near miss whose rest is one of our
+    settings counts, so that the host's own settings (``CELERY_RESULT_BACKEND``,
+    ``RELIABLE_API_TOKEN``) never do.
+    """
+    conf = app.conf
+    conf.finalize()
+    namespace = (conf.prefix or "").lower()
+    _, spelled = _reliable_keys(app)
+    read = set(spelled.values())
+    found = []
+    for key in list(conf.keys()):
+        if isinstance(key, str) and key not in read:
+            meant = _meant(key, namespace)
+            if meant is not None:
+                found.append((key, meant))
+    return sorted(found)
+
+
+def _meant(key: str, namespace: str) -> str | None:
+    """The key ``key`` was meant to be, as ``_reliable_keys`` would read it, or None."""
+    name = key.lower()
+    if namespace and name.startswith(namespace):
+        # CELERY_RELAIBLE_...: the namespace is right, our prefix is not.
+        kept, rest, prefix = key[: len(namespace)], name[len(namespace) :], _OURS
+    elif namespace and key != name:
+        if name in DEFAULTS:
+            # RELIABLE_DATABASE_URL beside CELERY_BROKER_URL: the namespace is missing.
+            return _cased(key, namespace + name)
+        # CELERYRELIABLE_..., CELERY_RELAIBLE_... under another namespace's spelling.
+        kept, rest, prefix = "", name, namespace + _OURS
+    else:
+        kept, rest, prefix = "", name, _OURS
+    if rest.startswith(prefix):
+        return None  # ours: read, or an unknown-setting error with a did-you-mean
+    suffixes = [setting[len(_OURS) :] for setting in DEFAULTS]
+    best: tuple[int, float, str] | None = None
+    for cut in range(len(prefix) - _NEAR_MISS_EDITS, len(prefix) + _NEAR_MISS_EDITS + 1):
+        edits = _edits(rest[:cut], prefix)
+        close = difflib.get_close_matches(rest[cut:], suffixes, n=1, cutoff=_NEAR_MISS_SETTING)
+        if edits == 0 or edits > _NEAR_MISS_EDITS or not close:
+            continue
+        similarity = difflib.SequenceMatcher(None, rest[cut:], close[0]).ratio()
+        if best is None or (edits, -similarity) < (best[0], -best[1]):
+            best = (edits, similarity, prefix + close[0])
+    return None if best is None else kept + _cased(key, best[2])
+
+
+def _cased(written: str, name: str) -> str:
+    return name.upper() if written.isupper() else name
+
+
+def _edits(a: str, b: str) -> int:
+    """Edit distance with adjacent transpositions (optimal string alignment): the
+    typos of a hand on a keyboard, where ``RELAIBLE`` is one edit from ``RELIABLE``."""
+    previous: list[int] = []
+    row = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        before, previous, row = previous, row, [i] + [0] * len(b)
+        for j, other in enumerate(b, 1):
+            row[j] = min(
+                previous[j] + 1,
+                row[j - 1] + 1,
+                previous[j - 1] + (char != other),
+            )
+            if i > 1 and j > 1 and char == b[j - 2] and a[i - 2] == other:
+                row[j] = min(row[j], before[j - 2] + 1)
+    return row[-1]
+
+
+class _Values(dict[str, Any]):
+    """The settings by our names, and how the user wrote each one: an error names the
+    setting as it is written in the user's own file (``CELERY_RELIABLE_STATSD_PORT``
+    under Django's namespace), whether its key or its value is wrong."""
+
+    def __init__(self, values: Mapping[str, Any], spelled: Mapping[str, str]) -> None:
+        super().__init__(values)
+        self._spelled = dict(spelled)
+
+    def written(self, name: str) -> str:
+        return self._spelled.get(name, name)
+
+
 def _unknown_message(names: list[str], spelled: Mapping[str, str]) -> str:
     parts = []
     for name in names:
@@ -214,7 +333,7 @@ def _unknown_message(names: list[str], spelled: Mapping[str, str]) -> str:
     return (
         "unknown celery_reliable setting "
         + ", ".join(parts)
-        + ("; the settings are listed in docs/configuration.md")
+        + f"; the settings are listed at {docs_url('configuration')}"
     )
 
 
@@ -225,23 +344,23 @@ def _as_written(suggestion: str, name: str, written: str) -> str:
     return prefix + (suggestion.upper() if written.isupper() else suggestion)
 
 
-def _optional_str(name: str, values: Mapping[str, Any]) -> str | None:
+def _optional_str(name: str, values: _Values) -> str | None:
     value = values[name]
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ImproperlyConfigured(f"{name} must be a string, got {value!r}")
+        raise ImproperlyConfigured(f"{values.written(name)} must be a string, got {value!r}")
     return value
 
 
-def _str(name: str, values: Mapping[str, Any]) -> str:
+def _str(name: str, values: _Values) -> str:
     value = values[name]
     if not isinstance(value, str):
-        raise ImproperlyConfigured(f"{name} must be a string, got {value!r}")
+        raise ImproperlyConfigured(f"{values.written(name)} must be a string, got {value!r}")
     return value
 
 
-def _int(name: str, values: Mapping[str, Any], low: int, high: int | None = None) -> int:
+def _int(name: str, values: _Values, low: int, high: int | None = None) -> int:
     value = values[name]
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
@@ -252,11 +371,11 @@ def _int(name: str, values: Mapping[str, Any], low: int, high: int | None = None
         or (high is not None and value > high)
     ):
         bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise ImproperlyConfigured(f"{name} must be an int {bounds}, got {value!r}")
+        raise ImproperlyConfigured(f"{values.written(name)} must be an int {bounds}, got {value!r}")
     return value
 
 
-def _seconds(name: str, values: Mapping[str, Any]) -> float:
+def _seconds(name: str, values: _Values) -> float:
     value = values[name]
     if hasattr(value, "total_seconds"):
         value = value.total_seconds()
@@ -265,11 +384,13 @@ def _seconds(name: str, values: Mapping[str, Any]) -> float:
         or not isinstance(value, (int, float))
         or not (math.isfinite(value) and value > 0)
     ):
-        raise ImproperlyConfigured(f"{name} must be a number of seconds > 0, got {value!r}")
+        raise ImproperlyConfigured(
+            f"{values.written(name)} must be a number of seconds > 0, got {value!r}"
+        )
     return float(value)
 
 
-def _redact(name: str, values: Mapping[str, Any]) -> bool | frozenset[str]:
+def _redact(name: str, values: _Values) -> bool | frozenset[str]:
     value = values[name]
     if isinstance(value, bool):
         return value
@@ -277,10 +398,12 @@ def _redact(name: str, values: Mapping[str, Any]) -> bool | frozenset[str]:
         isinstance(item, str) for item in value
     ):
         return frozenset(value)
-    raise ImproperlyConfigured(f"{name} must be True, False or a list of task names, got {value!r}")
+    raise ImproperlyConfigured(
+        f"{values.written(name)} must be True, False or a list of task names, got {value!r}"
+    )
 
 
-def _credentials(name: str, values: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+def _credentials(name: str, values: _Values) -> tuple[tuple[str, str], ...]:
     """``"user:password"``, or a list of them, as ``(user, password)`` pairs (the
     password may hold colons; the user may not)."""
     value = values[name]
@@ -289,21 +412,31 @@ def _credentials(name: str, values: Mapping[str, Any]) -> tuple[tuple[str, str],
     entries = [value] if isinstance(value, str) else value
     if not isinstance(entries, (list, tuple)):
         raise ImproperlyConfigured(
-            f"{name} must be 'user:password' or a list of them, got {type(value).__name__}"
+            f"{values.written(name)} must be 'user:password' or a list of them, "
+            f"got {type(value).__name__}"
         )
     pairs = []
     for entry in entries:
         user, colon, password = entry.partition(":") if isinstance(entry, str) else ("", "", "")
         if not (user and colon and password):
             raise ImproperlyConfigured(
-                f"{name}: each entry must be 'user:password' with both parts non-empty"
+                f"{values.written(name)}: each entry must be 'user:password' with both "
+                "parts non-empty"
             )
         pairs.append((user, password))
     return tuple(pairs)
 
 
-def _bool(name: str, values: Mapping[str, Any]) -> bool:
+def _waive(name: str, values: _Values) -> dict[str, str]:
+    """Checked as a task's ``waive=`` is: known gates, a reason each."""
+    try:
+        return check_waive("", values[name], option=values.written(name))
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(str(exc)) from exc
+
+
+def _bool(name: str, values: _Values) -> bool:
     value = values[name]
     if not isinstance(value, bool):
-        raise ImproperlyConfigured(f"{name} must be True or False, got {value!r}")
+        raise ImproperlyConfigured(f"{values.written(name)} must be True or False, got {value!r}")
     return value

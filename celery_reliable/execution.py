@@ -32,10 +32,12 @@ from traceback import format_exception
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from celery.app.task import Context
-from celery.backends.base import DisabledBackend
+from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
 from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+from celery.states import SUCCESS
 
 from celery_reliable import decisions
+from celery_reliable.autoretry import Autoretry
 from celery_reliable.celery_internals import (
     actual_ignore_result,
     tracer_reads_request_ignore_result,
@@ -44,8 +46,9 @@ from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
 from celery_reliable.errors import ResultNotSerializable, WrongArguments
 from celery_reliable.headers import HEADER, Counters
-from celery_reliable.outcomes import Outcome, OutcomeRequest
+from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
+from celery_reliable.results import DUPLICATE_OF
 from celery_reliable.signals import execution_started, task_outcome
 from celery_reliable.wiring import ensure_observers
 
@@ -58,6 +61,9 @@ logger = logging.getLogger("celery_reliable.execution")
 #: Outcomes after which the job runs again (a unique lock stays held).
 _NOT_TERMINAL = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
 
+#: Set on a request once its execution has ended.
+ENDED_ATTR = "reliable_ended"
+
 #: ``Execution._claim`` found the key free: run the body.
 _OWNED = object()
 
@@ -68,7 +74,8 @@ _PLAIN_RESULTS = frozenset({type(None), str, int, float, bool})
 
 class _Local(threading.local):
     execution: Execution | None = None
-    eager_outcomes: dict[str, tuple[str, dict[str, Any]]]
+    #: task id -> (state, value): the outcome dict, or a DISCARDED job's exception.
+    eager_outcomes: dict[str, tuple[str, Any]]
 
     def __init__(self) -> None:
         self.eager_outcomes = {}
@@ -82,7 +89,7 @@ def current_execution() -> Execution | None:
     return _local.execution
 
 
-def pop_eager_outcome(task_id: str) -> tuple[str, dict[str, Any]] | None:
+def pop_eager_outcome(task_id: str) -> tuple[str, Any] | None:
     """The custom state an eager execution stored, for ``ReliableTask.apply``."""
     return _local.eager_outcomes.pop(task_id, None)
 
@@ -154,6 +161,9 @@ class Execution:
             return self._run(body)
         finally:
             _local.execution = previous
+            # One request, one execution (task.py reads it): what calls the task while
+            # this request is still on the stack is a function call.
+            setattr(self.request, ENDED_ATTR, True)
 
     def _run(self, body: Callable[..., Any]) -> Any:
         if self.task._reliable_key is not None:
@@ -257,6 +267,7 @@ class Execution:
                 )
             )
             self._release_unique(Outcome.DUPLICATE)
+            self._store_duplicate(got.value, receipt.task_id)
             return got.value
         if isinstance(got, claims.Busy):
             receipt = got.receipt
@@ -266,6 +277,44 @@ class Execution:
                 decisions.snooze(retry_in, reason, None, self.counters, self.task.max_snoozes)
             )
         return self.act(Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc))
+
+    def _store_duplicate(self, value: Any, done_by: str) -> None:
+        """Store SUCCESS with the stored result and, in the meta, the task id that did
+        the work (``results.duplicate_of``): a caller can tell a DUPLICATE apart while
+        ``get()`` returns the same value. Key-value backends only (Redis, ...): the
+        others keep Celery's own fields. The tracer's own store is then skipped (5.6+)
+        or refused by the backend, which never overwrites a SUCCESS."""
+        task, request = self.task, self.request
+        if (
+            request.is_eager
+            or not isinstance(task.backend, BaseKeyValueStoreBackend)
+            or actual_ignore_result(task, request)
+            or getattr(request, "ignore_result", False)
+        ):
+            return
+        task_id = cast(str, request.id)
+        backend: Any = task.backend  # Celery's stubs lack the key-value internals
+        try:
+            meta = backend._get_result_meta(
+                result=backend.encode_result(value, SUCCESS),
+                state=SUCCESS,
+                traceback=None,
+                request=request,
+            )
+            meta["task_id"] = task_id
+            meta[DUPLICATE_OF] = done_by
+            backend._set_with_state(
+                backend.get_key_for_task(task_id), backend.encode(meta), SUCCESS
+            )
+        except Exception:
+            # The tracer stores SUCCESS as for any task: only the mark is lost.
+            logger.exception(
+                "task %s[%s]: could not store the DUPLICATE result", task.name, task_id
+            )
+            return
+        if tracer_reads_request_ignore_result:
+            # Like a retry stored first: mark_as_done still counts a chord part.
+            request.ignore_result = True
 
     def _succeeded(self, retval: Any) -> None:
         if self.receipt is not None:
@@ -305,14 +354,17 @@ class Execution:
         )
 
     def _autoretry_gave_up(self, exc: Exception) -> str | None:
-        """Celery's ``autoretry_for`` re-raises the error once ``max_retries`` is spent."""
-        task = self.task
-        autoretry_for = tuple(getattr(task, "autoretry_for", ()) or ())
-        if not autoretry_for or not isinstance(exc, autoretry_for):
+        """Celery's ``autoretry_for`` re-raises the error once its budget is spent
+        (``retry_kwargs["max_retries"]``, else ``max_retries``: read as the audit
+        reads it, autoretry.py). Only on the exception path."""
+        autoretry = Autoretry.of(self.task)
+        if (
+            autoretry is None
+            or not isinstance(exc, autoretry.exc_types)
+            or isinstance(exc, autoretry.excluded)
+        ):
             return None
-        if isinstance(exc, tuple(getattr(task, "dont_autoretry_for", ()) or ())):
-            return None
-        max_retries = task.max_retries
+        max_retries = autoretry.max_retries
         if max_retries is None or (self.request.retries or 0) < max_retries:
             return None
         return f"autoretry_for: max_retries={max_retries} exhausted"
@@ -451,8 +503,14 @@ class Execution:
         task_id = cast(str, request.id)
         state = decision.outcome.state
         meta = outcome_meta(decision, self.attempt)
+        eager_value: Any = meta
+        if decision.outcome is Outcome.DISCARDED:
+            # Celery's own exception fields (results.py makes DISCARDED an exception
+            # state): get() raises the recorded exception on every backend.
+            eager_value = recorded_exception(decision)
+            meta.update(task.backend.prepare_exception(eager_value, serializer="json"))
         if request.is_eager:
-            _local.eager_outcomes[task_id] = (state, meta)
+            _local.eager_outcomes[task_id] = (state, eager_value)
         if actual_ignore_result(task, request):
             store = False
         else:
@@ -557,16 +615,30 @@ def _wrong_arguments(
         signature.bind(*args, **kwargs)
     except TypeError as misfit:
         error = WrongArguments(
-            f"the message's arguments do not fit {task.name}{signature}: {misfit}; fix "
-            "the publisher (or make the task accept them), then retry the dead letter"
+            f"the message's arguments do not fit {task.name}{signature}: {misfit}; a "
+            "retry replays the same arguments: change the task to accept them, then retry "
+            "the dead letter, or purge it (and fix the publisher)"
         )
         error.__cause__ = exc
         return error
     return None
 
 
+def recorded_exception(decision: Decision) -> BaseException:
+    """What ``get()`` of a DISCARDED job raises: the exception that decided it (a
+    ``discard_on`` match, ``WrongArguments``, ``Discard(...)`` itself), or a
+    ``Discard`` carrying the reason when none did (``max_snoozes`` used up)."""
+    exc = decision.exc
+    if isinstance(exc, BaseException) and (
+        not isinstance(exc, OutcomeRequest) or isinstance(exc, Discard)
+    ):
+        return exc
+    return Discard(decision.reason)
+
+
 def outcome_meta(decision: Decision, attempt: int) -> dict[str, Any]:
-    """What ``AsyncResult.info`` holds for our own states."""
+    """What the result backend stores for our own states: ``AsyncResult.info`` of a
+    SNOOZED or CANCELLED job; for DISCARDED, Celery's exception fields are added."""
     exc = decision.exc
     meta: dict[str, Any] = {
         "outcome": decision.outcome.value,

@@ -9,6 +9,11 @@ them and the CLI and web view only render them::
     from celery_reliable.gates import check
     assert check(app).passed, check(app).misses()
 
+Facts of the whole app (``PROJECT_GATES``: StatsD configured, Sentry set up) are
+found once, in :attr:`Findings.project`, not once per task; a task lists them among
+its own only when it waives one itself. ``reliable_waive`` waives a gate app-wide, and
+a task's own ``waive=`` wins over it.
+
 Reads the app's configuration and task classes only: no broker, no store.
 """
 
@@ -18,11 +23,12 @@ import difflib
 import enum
 import importlib.util
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Celery
 
+from celery_reliable.autoretry import Autoretry
 from celery_reliable.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import UnknownTask
@@ -40,6 +46,15 @@ VISIBILITY_TIMEOUT_BROKERS = {
     "sqs": 1800.0,
     "pgmq": 1800.0,
 }
+
+#: Gates that read only the app's settings: the same finding for every task, found
+#: and shown once for the project.
+PROJECT_GATES = ("metrics", "sentry")
+#: The ``task`` of a project-level finding in ``Findings.misses()`` and piped output.
+PROJECT = "(project)"
+#: Who waived a gate: the task's own ``waive=`` option, or the app's ``reliable_waive``.
+TASK_WAIVER = "waive"
+APP_WAIVER = "reliable_waive"
 
 
 class Status(str, enum.Enum):
@@ -63,13 +78,25 @@ class GateResult:
     status: Status
     #: Why the task misses (or passes) the gate, in one line.
     reason: str
+    #: ``WAIVED`` only: ``"waive"`` (the task's option) or ``"reliable_waive"`` (the app's).
+    waived_by: str | None = None
+    #: ``"project"``: the app's finding, shared by every task that does not waive the
+    #: gate itself; ``"task"``: this task's own.
+    scope: str = "task"
 
     @property
     def failed(self) -> bool:
         return self.status is Status.MISS
 
+    def entry(self) -> dict[str, str]:
+        """``{"status", "reason"}`` (and ``"waived_by"`` when waived), for JSON."""
+        entry = {"status": self.status.value, "reason": self.reason}
+        if self.waived_by is not None:
+            entry["waived_by"] = self.waived_by
+        return entry
+
     def to_dict(self) -> dict[str, str]:
-        return {"gate": self.gate, "status": self.status.value, "reason": self.reason}
+        return {"gate": self.gate, **self.entry()}
 
 
 @dataclass(frozen=True)
@@ -86,25 +113,36 @@ class TaskAudit:
     retry_window: float | None = None
 
     @property
+    def own(self) -> tuple[GateResult, ...]:
+        """The findings about this task: every gate but the project's shared ones."""
+        return tuple(result for result in self.gates if result.scope != "project")
+
+    @property
     def passed(self) -> bool:
-        return not any(result.failed for result in self.gates)
+        """The task meets every gate of its own (the project's: ``Findings.project``)."""
+        return not any(result.failed for result in self.own)
 
     def gate(self, name: str) -> GateResult:
+        """The task at gate ``name``: its own finding, or the project's it shares."""
         for result in self.gates:
             if result.gate == name:
                 return result
         raise KeyError(f"no gate {name!r}; the gates are {', '.join(GATES)}")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_project: bool = False) -> dict[str, Any]:
+        """Its own gates; ``with_project`` adds the project's, marked ``"scope"``."""
+        gates = {result.gate: result.entry() for result in self.own}
+        if with_project:
+            gates = {
+                result.gate: gates.get(result.gate) or {**result.entry(), "scope": "project"}
+                for result in self.gates
+            }
         return {
             "task": self.task,
             "reliable_task": self.reliable,
             "passed": self.passed,
             "retry_window": self.retry_window,
-            "gates": {
-                result.gate: {"status": result.status.value, "reason": result.reason}
-                for result in self.gates
-            },
+            "gates": gates,
         }
 
 
@@ -115,14 +153,21 @@ class Findings:
     tasks: tuple[TaskAudit, ...]
     #: The app's own tasks that are plain Celery tasks (not audited).
     not_reliable: tuple[str, ...] = field(default=())
+    #: The project-level gates some task shares (``PROJECT_GATES``), once for the app.
+    project: tuple[GateResult, ...] = field(default=())
+    #: ``reliable_waive``: the gates the app waives for every task, with the reasons.
+    waivers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return all(audit.passed for audit in self.tasks)
+        return not self.misses()
 
     def misses(self) -> list[tuple[str, GateResult]]:
-        """``(task, result)`` for every unwaived miss: what makes ``check`` exit 1."""
-        return [(a.task, r) for a in self.tasks for r in a.gates if r.failed]
+        """``(task, result)`` for every unwaived miss: what makes ``check`` exit 1. A
+        project-level miss comes once, as ``(PROJECT, result)``."""
+        return [(PROJECT, r) for r in self.project if r.failed] + [
+            (a.task, r) for a in self.tasks for r in a.own if r.failed
+        ]
 
     def task(self, name: str) -> TaskAudit:
         for audit in self.tasks:
@@ -134,6 +179,10 @@ class Findings:
         return {
             "passed": self.passed,
             "gates": list(GATES),
+            "project": {
+                "gates": {result.gate: result.entry() for result in self.project},
+                "waivers": dict(self.waivers),
+            },
             "tasks": [audit.to_dict() for audit in self.tasks],
             "not_reliable_tasks": list(self.not_reliable),
         }
@@ -153,10 +202,18 @@ def check(app: Celery, task: str | None = None) -> Findings:
         if task not in audited:
             raise UnknownTask(unknown_task_message(task, audited, plain))
         audited = {task: audited[task]}
+    project = audit_project(settings)
     audits = tuple(
-        audit_task(instance, settings, broker) for _, instance in sorted(audited.items())
+        audit_task(instance, settings, broker, project) for _, instance in sorted(audited.items())
     )
-    return Findings(tasks=audits, not_reliable=tuple(sorted(plain)) if task is None else ())
+    # A project finding every task waives itself concerns no task: no line for it.
+    shared = tuple(r for r in project if any(a.gate(r.gate) is r for a in audits))
+    return Findings(
+        tasks=audits,
+        not_reliable=tuple(sorted(plain)) if task is None else (),
+        project=shared,
+        waivers=dict(settings.waive),
+    )
 
 
 def reliable_task(app: Celery, name: str) -> Any:
@@ -227,53 +284,145 @@ class BrokerFacts:
         return cls(transport, seconds)
 
 
-def audit_task(task: Any, settings: ReliableSettings, broker: BrokerFacts) -> TaskAudit:
-    """One task against every gate, its waivers applied."""
+def audit_project(settings: ReliableSettings) -> tuple[GateResult, ...]:
+    """The project-level gates, once for the app, ``reliable_waive`` applied."""
+    results = []
+    for gate in PROJECT_GATES:
+        result = _PROJECT_GATES[gate](settings)
+        waiver = settings.waive.get(gate)
+        if waiver is not None and result.status is Status.PASS:
+            # Said once, for the project: the app's waiver can go.
+            result = replace(result, reason=f"{result.reason} ({APP_WAIVER} not needed)")
+        elif waiver is not None:
+            result = _app_waived(result, waiver)
+        results.append(replace(result, scope="project"))
+    return tuple(results)
+
+
+def audit_task(
+    task: Any,
+    settings: ReliableSettings,
+    broker: BrokerFacts,
+    project: tuple[GateResult, ...] | None = None,
+) -> TaskAudit:
+    """One task against every gate, its waivers applied. A project-level gate the task
+    does not waive itself is the project's finding (``audit_project``), shared."""
     reliable = isinstance(task, ReliableTask)
-    plan = RetryPlan.of(task, settings) if reliable else RetryPlan((), (), None, None)
+    plan = RetryPlan.of(task, settings) if reliable else RetryPlan((), None, None)
     waivers: Mapping[str, str] = getattr(task, "_reliable_waivers", {}) if reliable else {}
+    shared = {r.gate: r for r in (audit_project(settings) if project is None else project)}
     results = []
     for gate in GATES:
-        result = _GATES[gate](task, settings, broker, plan)
-        waiver = waivers.get(gate)
-        if waiver is not None:
-            if result.status is Status.PASS:
-                result = GateResult(gate, Status.PASS, f"{result.reason} (waiver not needed)")
-            else:
-                result = GateResult(gate, Status.WAIVED, waiver)
-        results.append(result)
+        own_waiver = waivers.get(gate)
+        if gate in shared and own_waiver is None:
+            results.append(shared[gate])
+            continue
+        if gate in _PROJECT_GATES:
+            result = _PROJECT_GATES[gate](settings)
+        else:
+            result = _TASK_GATES[gate](task, settings, broker, plan)
+        results.append(_waive(result, own_waiver, settings.waive.get(gate)))
     return TaskAudit(
         task=task.name, reliable=reliable, gates=tuple(results), retry_window=plan.window
     )
 
 
+def _waive(result: GateResult, own: str | None, app_wide: str | None) -> GateResult:
+    """The task's own waiver wins over the app's; a task that meets the gate says
+    nothing of the app's waiver (every such task would repeat it)."""
+    if own is not None:
+        if result.status is Status.PASS:
+            return replace(result, reason=f"{result.reason} (waiver not needed)")
+        return GateResult(result.gate, Status.WAIVED, own, waived_by=TASK_WAIVER)
+    if app_wide is not None and result.status is not Status.PASS:
+        return _app_waived(result, app_wide)
+    return result
+
+
+def _app_waived(result: GateResult, reason: str) -> GateResult:
+    return GateResult(
+        result.gate,
+        Status.WAIVED,
+        f"{APP_WAIVER} (app-wide): {reason}",
+        waived_by=APP_WAIVER,
+    )
+
+
+@dataclass(frozen=True)
+class Retries:
+    """One source of a task's retries: a retry rule, or Celery's ``autoretry_for``."""
+
+    #: The source as declared: ``retry_on(...)`` or ``autoretry_for(...)``.
+    source: str
+    #: Its budget in the ``bounded`` gate's line: ``5``, ``4 (autoretry_for, ...)``.
+    attempts: str
+    steps: tuple[RetryStep, ...]
+    #: Each retry's delay before jitter: what the ``bounded`` gate asks to grow.
+    base_delays: tuple[float, ...]
+    #: How to make a delay that does not grow grow.
+    advice: str
+
+    @classmethod
+    def of_rule(cls, rule: RetryRule) -> Retries:
+        steps = tuple(retry_schedule(rule))
+        return cls(
+            source=rule.describe(),
+            attempts=str(rule.attempts),
+            steps=steps,
+            # Our jitter only adds: the least delay is the strategy's.
+            base_delays=tuple(step.min_delay for step in steps),
+            advice="use exponential() or polynomial()",
+        )
+
+    @classmethod
+    def of_autoretry(cls, autoretry: Autoretry) -> Retries:
+        steps = tuple(autoretry.schedule())
+        return cls(
+            source=autoretry.describe(),
+            attempts=f"{autoretry.attempts} (autoretry_for, max_retries={autoretry.max_retries})",
+            steps=steps,
+            # Celery's full jitter draws below its backoff: the most is the backoff.
+            base_delays=tuple(step.max_delay for step in steps),
+            advice="set retry_backoff=True, or move to retry_on(..., wait=exponential())",
+        )
+
+
 @dataclass(frozen=True)
 class RetryPlan:
-    """The retry rules of a task and the delays they can produce."""
+    """The retries of a task (its rules', Celery's ``autoretry_for``) and the delays
+    they can produce."""
 
-    rules: tuple[RetryRule, ...]
-    #: Each rule's delays (``retry_schedule``), in the order of ``rules``.
-    steps: tuple[tuple[RetryStep, ...], ...]
-    #: Sum of every retry's longest delay; None if a wait cannot be computed ahead.
+    sources: tuple[Retries, ...]
+    #: Sum of every retry's longest delay; None if a wait cannot be computed ahead,
+    #: or Celery retries without end.
     window: float | None
     #: The longest single delay (the largest countdown a retry publishes).
     longest_delay: float | None
     #: Why the delays are unknown, when they are.
     unknown: str | None = None
+    #: Celery's own ``autoretry_for``: it retries its errors before any rule sees them.
+    autoretry: Autoretry | None = None
 
     @classmethod
     def of(cls, task: Any, settings: ReliableSettings) -> RetryPlan:
         rules = tuple(
             r for r in declared_rules(task) if isinstance(r, RetryRule)
         ) + _unclassified_rules(settings)
-        if not rules:
-            return cls((), (), None, None)
+        autoretry = Autoretry.of(task)
+        if autoretry is not None and autoretry.max_retries is None:
+            return cls((), None, None, autoretry=autoretry)  # the bounded gate says why
         try:
-            steps = tuple(tuple(retry_schedule(rule)) for rule in rules)
+            sources = tuple(Retries.of_rule(rule) for rule in rules)
+            if autoretry is not None:
+                sources += (Retries.of_autoretry(autoretry),)
         except ValueError as exc:
-            return cls(rules, (), None, None, unknown=str(exc))
-        delays = [step.max_delay for rule_steps in steps for step in rule_steps]
-        return cls(rules, steps, sum(delays), max(delays, default=0.0))
+            return cls((), None, None, unknown=str(exc), autoretry=autoretry)
+        if not sources:
+            return cls((), None, None)
+        # Worst case: every budget used up. Celery's retries come before a rule's for
+        # the same error, and counted apart from them.
+        delays = [step.max_delay for source in sources for step in source.steps]
+        return cls(sources, sum(delays), max(delays, default=0.0), autoretry=autoretry)
 
 
 def declared_rules(task: Any) -> list[Rule]:
@@ -296,7 +445,9 @@ _Gate = Callable[[Any, ReliableSettings, BrokerFacts, RetryPlan], GateResult]
 def _classified(
     task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
 ) -> GateResult:
-    rules = declared_rules(task)
+    rules: list[Rule | Autoretry] = [*declared_rules(task)]
+    if plan.autoretry is not None:
+        rules.append(plan.autoretry)  # retried by Celery, then EXHAUSTED
     if not isinstance(task, ReliableTask):
         return GateResult(
             "classified",
@@ -305,7 +456,7 @@ def _classified(
             "nothing: add base=ReliableTask (a worker refuses to start like this)",
         )
     if rules:
-        kinds = sorted({f"{rule.kind}_on" for rule in rules})
+        kinds = sorted({_kind(rule) for rule in rules})
         count = f"{len(rules)} rule{'s' if len(rules) > 1 else ''}"
         return GateResult("classified", Status.PASS, f"{count} ({', '.join(kinds)})")
     if settings.unclassified == "retry":
@@ -323,21 +474,35 @@ def _classified(
     )
 
 
+def _kind(rule: Rule | Autoretry) -> str:
+    return rule.kind if isinstance(rule, Autoretry) else f"{rule.kind}_on"
+
+
 def _bounded(
     task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
 ) -> GateResult:
+    autoretry = plan.autoretry
+    if autoretry is not None and autoretry.max_retries is None:
+        return GateResult(
+            "bounded",
+            Status.MISS,
+            f"{autoretry.describe()}: max_retries=None, so Celery retries these errors "
+            "forever; set max_retries=N (N retries, then EXHAUSTED) or move to "
+            "retry_on(..., attempts=N+1)",
+        )
     if plan.unknown is not None:
         return GateResult("bounded", Status.MISS, f"retry window unknown: {plan.unknown}")
-    if not plan.rules:
+    if not plan.sources:
         return GateResult("bounded", Status.PASS, "no retry rules: nothing is retried")
-    for rule, steps in zip(plan.rules, plan.steps, strict=True):
-        if len(steps) >= 2 and steps[-1].min_delay <= steps[0].min_delay:
+    for source in plan.sources:
+        delays = source.base_delays
+        if len(delays) >= 2 and delays[-1] <= delays[0]:
             return GateResult(
                 "bounded",
                 Status.MISS,
-                f"{rule.describe()}: the delay does not grow ({len(steps)} retries "
-                f"{format_seconds(steps[0].min_delay)} apart keep hitting what is down); "
-                "use exponential() or polynomial()" + _window_note(plan),
+                f"{source.source}: the delay does not grow ({len(delays)} retries "
+                f"{format_seconds(delays[0])} apart keep hitting what is down); "
+                f"{source.advice}" + _window_note(plan),
             )
     assert plan.window is not None
     expires = _expires_seconds(task)
@@ -348,7 +513,7 @@ def _bounded(
             f"retry window {format_seconds(plan.window)} is longer than expires="
             f"{format_seconds(expires)}: the last retries would be revoked as expired",
         )
-    attempts = "+".join(str(rule.attempts) for rule in plan.rules)
+    attempts = "+".join(source.attempts for source in plan.sources)
     return GateResult(
         "bounded",
         Status.PASS,
@@ -369,11 +534,11 @@ def _expires_seconds(task: Any) -> float | None:
     return None  # none, or an absolute datetime (not a per-message lifetime)
 
 
-def is_idempotent(task: Any) -> bool:
-    """Declared idempotent: a key, or the ``idempotency`` gate waived as safe."""
-    return getattr(task, "_reliable_key", None) is not None or "idempotency" in getattr(
-        task, "_reliable_waivers", {}
-    )
+def is_idempotent(task: Any, app_waivers: Mapping[str, str] | None = None) -> bool:
+    """Declared idempotent: a key, or the ``idempotency`` gate waived as safe, by the
+    task or app-wide (``reliable_waive``, ``app_waivers``)."""
+    waived = {*getattr(task, "_reliable_waivers", {}), *(app_waivers or {})}
+    return getattr(task, "_reliable_key", None) is not None or "idempotency" in waived
 
 
 def _idempotency(
@@ -414,7 +579,7 @@ def _delivery(
     task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
 ) -> GateResult:
     acks_late = bool(task.acks_late)
-    if is_idempotent(task):
+    if is_idempotent(task, settings.waive):
         if not acks_late:
             return GateResult(
                 "delivery",
@@ -478,9 +643,7 @@ def _acks(task: Any) -> str:
     return "acks_late, reject_on_worker_lost" if task.reject_on_worker_lost else "acks_late"
 
 
-def _metrics(
-    task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
-) -> GateResult:
+def _metrics(settings: ReliableSettings) -> GateResult:
     if settings.statsd_host:
         return GateResult(
             "metrics",
@@ -495,9 +658,7 @@ def _metrics(
     )
 
 
-def _sentry(
-    task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
-) -> GateResult:
+def _sentry(settings: ReliableSettings) -> GateResult:
     if not settings.sentry:
         return GateResult("sentry", Status.WARN, "reliable_sentry is False: no error reports")
     if importlib.util.find_spec("sentry_sdk") is None:
@@ -518,16 +679,19 @@ def _sentry(
     return GateResult("sentry", Status.PASS, "the Sentry SDK is initialised")
 
 
-_GATES: dict[str, _Gate] = {
+_TASK_GATES: dict[str, _Gate] = {
     "classified": _classified,
     "bounded": _bounded,
     "idempotency": _idempotency,
     "timeout": _timeout,
     "delivery": _delivery,
+}
+_PROJECT_GATES: dict[str, Callable[[ReliableSettings], GateResult]] = {
     "metrics": _metrics,
     "sentry": _sentry,
 }
-assert tuple(_GATES) == GATES
+assert tuple(_PROJECT_GATES) == PROJECT_GATES
+assert (*_TASK_GATES, *_PROJECT_GATES) == GATES
 
 
 def format_seconds(seconds: float) -> str:

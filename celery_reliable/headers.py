@@ -29,8 +29,12 @@ SENT_AT_HEADER = "reliable_sent_at"
 #: ``{"attempts": {rule_id: failed executions}, "snoozes": n, "history": [...]}``.
 HEADER = "reliable"
 
+#: The message header of a job published by retrying a dead letter: that dead letter's
+#: id, so that the dead letter the job may end in links back to the one it came from.
+RETRY_OF_HEADER = "reliable_retry_of"
+
 #: Headers of ours, never copied into what a dead letter re-publishes.
-OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER})
+OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER})
 
 
 @dataclass

@@ -47,8 +47,9 @@ def bind_arguments(
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise IdempotencyKeyError(
-            f"arguments do not fit {signature}: {exc}; fix the publisher, then retry the "
-            "dead letter"
+            f"arguments do not fit {signature}: {exc}; a retry replays the same arguments: "
+            "change the task to accept them, then retry the dead letter, or purge it (and "
+            "fix the publisher)"
         ) from exc
     bound.apply_defaults()
     return dict(bound.arguments)

@@ -124,13 +124,18 @@ def check_max_snoozes(owner: str, value: object) -> int:
     return int(number)
 
 
-def check_waive(owner: str, value: object) -> dict[str, str]:
-    """``waive={"idempotency": "why it is safe to run twice"}``: known gates, real reasons."""
+def check_waive(owner: str, value: object, *, option: str = "waive") -> dict[str, str]:
+    """``waive={"idempotency": "why it is safe to run twice"}``: known gates, real reasons.
+
+    The app-wide ``reliable_waive`` setting is checked here too (``option``, with no
+    ``owner``), so both say the same of the same mistake.
+    """
+    name = f"{owner}: {option}" if owner else option
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise TypeError(
-            f"{owner}: waive must be a dict of gate -> reason, like "
+            f"{name} must be a dict of gate -> reason, like "
             f"{{'idempotency': 'why it is safe to run twice'}}; got {value!r}"
         )
     waived: dict[str, str] = {}
@@ -139,12 +144,11 @@ def check_waive(owner: str, value: object) -> dict[str, str]:
             close = difflib.get_close_matches(str(gate), GATES, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(
-                f"{owner}: waive names an unknown gate {gate!r}; {hint}"
-                f"the gates are {', '.join(GATES)}"
+                f"{name} names an unknown gate {gate!r}; {hint}the gates are {', '.join(GATES)}"
             )
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError(
-                f"{owner}: waive[{gate!r}] needs a reason (a non-empty string saying why "
+                f"{name}[{gate!r}] needs a reason (a non-empty string saying why "
                 f"the gate does not apply), got {reason!r}"
             )
         waived[gate] = reason.strip()

@@ -44,8 +44,8 @@ class Outcome(str, enum.Enum):
         return self.value
 
 
-#: Celery states of our own. They are not in ``celery.states.READY_STATES``: see
-#: ``celery_reliable.results`` for waiting on them.
+#: Celery states of our own. ``celery_reliable.results`` makes CANCELLED and DISCARDED
+#: ready states to Celery (SNOOZED is not: the job runs again).
 SNOOZED_STATE = "SNOOZED"
 CANCELLED_STATE = "CANCELLED"
 DISCARDED_STATE = "DISCARDED"

@@ -1,9 +1,10 @@
 """A task's reliability report: ``celery reliable report TASK``.
 
 What the task declares (queue, limits, idempotency, unique enqueue, each rule with its
-delay schedule, the unclassified policy, metrics and error reports), how it stands at
-the gates, and what the store saw of it lately (outcomes of the last 24 hours, dead
-letters, receipts held, the median duration). :func:`build_report` returns the data;
+delay schedule, Celery's own ``autoretry_for`` if it kept it, the unclassified policy,
+metrics and error reports), how it stands at the gates, and what the store saw of it
+lately (outcomes of the last 24 hours, dead letters, receipts held, the median
+duration). :func:`build_report` returns the data;
 :meth:`Report.markdown` renders it for a pull request, :meth:`Report.to_dict` as JSON.
 """
 
@@ -17,10 +18,13 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import metrics
+from celery_reliable.autoretry import Autoretry
 from celery_reliable.celery_internals import time_limits
-from celery_reliable.config import ReliableSettings, settings_for
+from celery_reliable.config import ReliableSettings, as_written, settings_for
+from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.gates import (
+    APP_WAIVER,
     BrokerFacts,
     TaskAudit,
     audit_task,
@@ -57,7 +61,7 @@ class Report:
             "rules": self.rules,
             "unclassified": self.unclassified,
             "monitoring": self.monitoring,
-            "gates": self.audit.to_dict(),
+            "gates": self.audit.to_dict(with_project=True),
             "last_24h": self.recent,
             "store_error": self.store_error,
         }
@@ -71,10 +75,13 @@ def build_report(app: Celery, task_name: str, *, with_store: bool = True) -> Rep
     task = reliable_task(app, task_name)
     settings = settings_for(app)
     broker = BrokerFacts.of(app)
+    autoretry = Autoretry.of(task)
     report = Report(
         task=task_name,
-        design=_design(app, task, broker),
-        rules=[_rule(rule) for rule in declared_rules(task)],
+        design=_design(app, task, broker, settings),
+        # Celery's autoretry_for first: its wrapper retries before any rule sees the error.
+        rules=([] if autoretry is None else [_autoretry_rule(autoretry)])
+        + [_rule(rule) for rule in declared_rules(task)],
         unclassified=_unclassified(settings),
         monitoring=_monitoring(task, settings),
         audit=audit_task(task, settings, broker),
@@ -96,7 +103,9 @@ def queue_of(app: Celery, task: Any) -> str:
         return str(own or app.conf.task_default_queue)
 
 
-def _design(app: Celery, task: ReliableTask, broker: BrokerFacts) -> dict[str, Any]:
+def _design(
+    app: Celery, task: ReliableTask, broker: BrokerFacts, settings: ReliableSettings
+) -> dict[str, Any]:
     key = task._reliable_key
     unique = task._reliable_unique
     waivers = task._reliable_waivers
@@ -105,6 +114,8 @@ def _design(app: Celery, task: ReliableTask, broker: BrokerFacts) -> dict[str, A
         idempotency = f"idempotency_key {source!r}: a receipt per key in the store"
     elif "idempotency" in waivers:
         idempotency = f"none, waived: {waivers['idempotency']}"
+    elif "idempotency" in settings.waive:
+        idempotency = f"none, waived app-wide ({APP_WAIVER}): {settings.waive['idempotency']}"
     else:
         idempotency = "none declared"
     return {
@@ -153,6 +164,27 @@ def _rule(rule: Any) -> dict[str, Any]:
         return {"kind": "discard_on", "classes": classes, "report": rule.report}
     assert isinstance(rule, CancelRule)
     return {"kind": "cancel_on", "classes": classes}
+
+
+def _autoretry_rule(autoretry: Autoretry) -> dict[str, Any]:
+    try:
+        schedule: list[dict[str, float]] | None = [
+            {"attempt": s.attempt, "min": s.min_delay, "max": s.max_delay}
+            for s in autoretry.schedule()
+        ]
+    except ValueError:  # no max_retries, or an eta
+        schedule = None
+    return {
+        "kind": autoretry.kind,
+        "classes": [t.__qualname__ for t in autoretry.exc_types],
+        "excluded": [t.__qualname__ for t in autoretry.excluded],
+        "attempts": autoretry.attempts,
+        "max_retries": autoretry.max_retries,
+        "wait": autoretry.wait_description(),
+        "jitter": autoretry.jitter,
+        "report": False,
+        "schedule": schedule,
+    }
 
 
 def _unclassified(settings: ReliableSettings) -> str:
@@ -207,7 +239,8 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         report.store_error = str(exc)
         return
     if store is None:
-        report.store_error = "reliable_database_url is None: there is no store"
+        setting = as_written(app, "reliable_database_url")
+        report.store_error = f"{setting} is None: there is no store"
         return
     since = utcnow() - timedelta(hours=HISTORY_HOURS)
     try:
@@ -281,10 +314,12 @@ def _markdown(report: Report) -> list[str]:
         "",
     ]
     for rule in report.rules:
-        if rule["kind"] != "retry_on":
+        if rule["kind"] not in ("retry_on", "autoretry_for"):
             continue
-        lines.append(f"`{', '.join(rule['classes'])}`: {rule['attempts']} attempts, {rule['wait']}")
-        lines.append("")
+        lines += [_retry_heading(rule), ""]
+        if rule["attempts"] is None:
+            lines += ["(max_retries=None: Celery retries without end)", ""]
+            continue
         if rule["schedule"] is None:
             lines += ["(the delays depend on the exception: not known ahead)", ""]
             continue
@@ -298,20 +333,43 @@ def _markdown(report: Report) -> list[str]:
     lines += ["## Gates", "", "| gate | status | reason |", "|---|---|---|"]
     for result in report.audit.gates:
         lines.append(f"| {result.gate} | {result.status.value} | {_cell(result.reason)} |")
-    verdict = "passes every gate" if report.audit.passed else "misses a gate: `check` fails"
+    # The project's gates count here: the report is the task's whole standing.
+    passed = not any(result.failed for result in report.audit.gates)
+    verdict = "passes every gate" if passed else "misses a gate: `check` fails"
     lines += ["", f"The task {verdict}.", ""]
     lines += _recent_markdown(report)
     return lines
 
 
+def _retry_heading(rule: dict[str, Any]) -> str:
+    classes = ", ".join(rule["classes"])
+    if rule["kind"] == "autoretry_for":
+        attempts = "unbounded" if rule["attempts"] is None else f"{rule['attempts']} attempts"
+        return f"`{classes}` (autoretry_for): {attempts}, {rule['wait']}"
+    return f"`{classes}`: {rule['attempts']} attempts, {rule['wait']}"
+
+
+def _autoretry_markdown(rule: dict[str, Any]) -> str:
+    text = (
+        f"- Retried by Celery first (autoretry_for, max_retries={rule['max_retries']}), "
+        "then EXHAUSTED unless a rule takes over: " + ", ".join(f"`{c}`" for c in rule["classes"])
+    )
+    if rule["excluded"]:
+        text += " (not " + ", ".join(f"`{c}`" for c in rule["excluded"]) + ")"
+    return text
+
+
 def _rules_markdown(rules: list[dict[str, Any]]) -> list[str]:
     by_kind: dict[str, list[str]] = {"retry_on": [], "discard_on": [], "cancel_on": []}
     for rule in rules:
+        if rule["kind"] == "autoretry_for":
+            continue
         text = ", ".join(f"`{c}`" for c in rule["classes"])
         if rule.get("report"):
             text += " (reported to Sentry)"
         by_kind[rule["kind"]].append(text)
     return [
+        *(_autoretry_markdown(rule) for rule in rules if rule["kind"] == "autoretry_for"),
         f"- Transient, retried (retry_on): {'; '.join(by_kind['retry_on']) or 'none'}",
         f"- Permanent, discarded (discard_on): {'; '.join(by_kind['discard_on']) or 'none'}",
         f"- Expected, cancelled (cancel_on): {'; '.join(by_kind['cancel_on']) or 'none'}",
@@ -335,7 +393,7 @@ def _monitoring_markdown(monitoring: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Queue depth: the gauge `{depth['metric']}`, sampled every "
             f"{_seconds(depth['interval'])} by the workers consuming the queue (alert "
-            "rules: docs/grafana)"
+            f"rules: {docs_url('grafana/README.md')})"
         )
     else:
         lines.append("- Metrics: off (reliable_statsd_host is not set)")

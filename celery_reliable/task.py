@@ -21,14 +21,22 @@ from kombu.exceptions import EncodeError
 
 from celery_reliable import options as task_options
 from celery_reliable import wiring  # connects its signal receivers on import
+from celery_reliable.app_task_class import with_app_task_class
 from celery_reliable.backoff import exponential
 from celery_reliable.celery_internals import task_stack
 from celery_reliable.config import refuse_a_changed_database_url, settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.execution import Execution, current_execution, pop_eager_outcome
+from celery_reliable.execution import (
+    ENDED_ATTR,
+    Execution,
+    current_execution,
+    pop_eager_outcome,
+)
 from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
+from celery_reliable.outcomes import CANCELLED_STATE
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
+from celery_reliable.results import make_our_states_terminal
 
 
 def _own_function_rules(cls: type) -> list[Rule]:
@@ -88,6 +96,15 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
     #: The effective declarations of this task class (inherited and own).
     _reliable_policy: ClassVar[Policy] = Policy()
+
+    #: The app's task class defines ``__call__``: the body runs through it.
+    _reliable_app_call: ClassVar[bool] = False
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Celery instantiates each task class once: that instance is also of the app's
+        # own task class (DjangoTask's delay_on_commit, a project's base), see
+        # app_task_class.py.
+        return super().__new__(with_app_task_class(cls, ReliableTask))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -223,8 +240,12 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.called_directly:
-            # task(...) called as a plain function: Celery runs the body, so do we.
+        if request.called_directly or getattr(request, ENDED_ATTR, False):
+            # task(...) called as a plain function: Celery runs the body, so do we. The
+            # same holds while an ended execution's request is still on the stack: Celery
+            # calls an old-style errback (request, exc, traceback) inline after a failure,
+            # and when the errback is the failing task itself, that call is not a second
+            # execution of the request (which would be a second outcome and dead letter).
             return super().__call__(*args, **kwargs)
         running = current_execution()
         if (
@@ -248,11 +269,25 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         pushed = task_stack.top is not self
         if pushed:
             task_stack.push(self)  # a request pushed by hand, outside the tracer
+        body = self._run_through_app_call if self._reliable_app_call else self.run
         try:
-            return Execution(self, request, args, kwargs).run(self.run)
+            return Execution(self, request, args, kwargs).run(body)
         finally:
             if pushed:
                 task_stack.pop()
+
+    def _run_through_app_call(self, *args: Any, **kwargs: Any) -> Any:
+        """The body, inside the ``__call__`` of the app's task class (which ends in
+        Celery's, pushing a copy of the request: what the body writes to
+        ``self.request`` stays in that copy, as it would under that class alone)."""
+        running = current_execution()
+        assert running is not None  # called by Execution.run only
+        # The body sees that copy: a call of its own task from it is nested, as below.
+        running.nested_calls += 1
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            running.nested_calls -= 1
 
     def on_replace(self, sig: Any) -> Any:
         # self.replace() ends this execution with Ignore; it handed its work on, so
@@ -279,8 +314,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         result = super().apply(args, kwargs, *apply_args, **options)
         stored = pop_eager_outcome(result.id)
         if stored is not None and str(result.state) == IGNORED:
-            state, meta = stored
-            return EagerResult(result.id, meta, state, name=self.name)
+            state, value = stored
+            return OutcomeEagerResult(result.id, value, state, name=self.name)
         return result
 
     @classmethod
@@ -289,10 +324,25 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         return cls._reliable_policy.rules
 
 
+class OutcomeEagerResult(EagerResult):  # type: ignore[type-arg]
+    """An eager job that ended in one of our states: ``get()`` answers as an
+    ``AsyncResult`` does (results.py): a CANCELLED job's outcome dict, a DISCARDED
+    one's exception raised."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self.state == CANCELLED_STATE:
+            return self.result
+        return super().get(*args, **kwargs)
+
+
 def _is_republish(options: dict[str, Any]) -> bool:
     """A retry or snooze of a job already running: its unique lock is its own."""
     return bool(options.get("retries")) or HEADER in (options.get("headers") or {})
 
+
+# CANCELLED and DISCARDED end a job: AsyncResult.get() and ready() must know it, in
+# workers and in the callers that import their tasks (results.py).
+make_our_states_terminal()
 
 # Built in: a store that cannot be reached at claim time is retried (the body never
 # runs without its claim). A task may override it with its own rule for the class.

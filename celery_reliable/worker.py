@@ -17,7 +17,8 @@ from celery import bootsteps
 from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured
 
-from celery_reliable.config import settings_for
+from celery_reliable.config import as_written, misspelt_keys, settings_for
+from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.redelivery import redelivery_for, uses_redis
 from celery_reliable.store import store_for
@@ -63,6 +64,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         self._timer_entry: Any = None
         self._sampler: Any = None
         self._redelivery: Any = None
+        # First: a misspelt prefix may be why a setting below seems to be ignored.
+        warn_of_misspelt_keys(worker.app)
         try:
             self.settings = settings_for(worker.app)  # ImproperlyConfigured on a bad setting
             self.store = store_for(worker.app)
@@ -87,7 +90,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         if needing:
             raise ImproperlyConfigured(
                 f"tasks {sorted(needing)} use idempotency_key/unique, which need a "
-                "store, but reliable_database_url is None"
+                f"store, but {as_written(app, 'reliable_database_url')} is None"
             )
 
     def start(self, worker: Any) -> None:
@@ -155,6 +158,18 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
                 minutes,
                 self.settings.history_retention,
             )
+
+
+def warn_of_misspelt_keys(app: Any) -> None:
+    """One WARNING per key meant as ours that is never read (``CELERY_RELAIBLE_...``):
+    not an error, as the key is not ours, but what it sets stays off."""
+    for key, meant in misspelt_keys(app):
+        logger.warning(
+            "celery_reliable: the setting %r is not read: did you mean %r? (the settings: %s)",
+            key,
+            meant,
+            docs_url("configuration"),
+        )
 
 
 def install_atomic_fetch(app: Any, settings: Any) -> bool:

@@ -117,3 +117,25 @@ def every_outcome_tasks(app: Celery, prefix: str, wait: float) -> SimpleNamespac
         return order
 
     return tasks_in(locals())
+
+
+def dead_letter_fields(**fields: Any) -> dict[str, Any]:
+    """The keywords of ``store.dead_letters.write`` for a plain FAILED dead letter
+    (a fresh task id each time); ``fields`` replace any of them."""
+    row: dict[str, Any] = {
+        "task_id": uuid.uuid4().hex,
+        "task_name": "contract.failing",
+        "queue": "celery",
+        "args": [1, "two"],
+        "kwargs": {"three": 3},
+        "options": {"exchange": "", "routing_key": "celery"},
+        "redact": False,
+        "outcome": "failed",
+        "exc_type": "builtins.ValueError",
+        "exc_message": "boom",
+        "traceback": 'Traceback (most recent call last):\n  File "x.py"\nValueError: boom\n',
+        "reason": "unclassified error",
+        "attempts": 1,
+    }
+    row.update(fields)
+    return row

@@ -51,12 +51,14 @@ def web_server(
     host: str = "127.0.0.1",
     port: int | None = None,
     cwd: Path = ROOT,
+    *,
+    python: str = sys.executable,
 ) -> Iterator[WebServer]:
     """``celery -A app reliable web --host HOST --port PORT``, until the block ends."""
     port = port or free_port()
     proc = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "celery",
             "-A",

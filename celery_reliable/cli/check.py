@@ -1,7 +1,9 @@
 """``celery -A proj reliable check``: every ReliableTask against the production gates.
 
 Exit status 0 when every task meets every gate it does not waive, 1 otherwise, so a CI
-step fails on a task that would ship without a timeout or with unbounded retries.
+step fails on a task that would ship without a timeout or with unbounded retries. A fact
+of the whole app (no StatsD, Sentry not set up) is one ``(project)`` line, not one per
+task.
 """
 
 from __future__ import annotations
@@ -17,8 +19,19 @@ from rich.table import Table
 
 from celery_reliable.cli.common import one_line
 from celery_reliable.errors import UnknownTask
-from celery_reliable.gates import Findings, Status, check, format_seconds
+from celery_reliable.gates import (
+    PROJECT,
+    PROJECT_GATES,
+    Findings,
+    GateResult,
+    Status,
+    check,
+    format_seconds,
+)
 from celery_reliable.options import GATES
+
+#: The table's columns: the gates found per task (the project's are printed once).
+_TASK_GATES = tuple(gate for gate in GATES if gate not in PROJECT_GATES)
 
 _CELLS = {
     Status.PASS: "[green]pass[/]",
@@ -36,7 +49,8 @@ def check_command(ctx: click.Context, task_name: str | None, as_json_: bool) -> 
     """Audit every ReliableTask against the production gates; exit 1 on a miss.
 
     Gates: classified, bounded, idempotency, timeout, delivery, metrics, sentry (a
-    warning only). A task waives one with waive={"gate": "reason"}.
+    warning only); metrics and sentry are the app's, shown once. A task waives one with
+    waive={"gate": "reason"}, the app with reliable_waive = {"gate": "reason"}.
     """
     from celery_reliable.cli import app_of
 
@@ -72,25 +86,33 @@ def _print_table(findings: Findings) -> None:
     console = Console()
     out = Table(title="celery_reliable gates")
     out.add_column("task", overflow="fold")
-    for gate in GATES:
+    for gate in _TASK_GATES:
         out.add_column(gate, justify="center")
     out.add_column("retry window", justify="right")
     for audit in findings.tasks:
         out.add_row(
             escape(audit.task),
-            *(_CELLS[result.status] for result in audit.gates),
+            *(_CELLS[audit.gate(gate).status] for gate in _TASK_GATES),
             _window(audit.retry_window),
         )
     console.print(out)
+    if findings.project:
+        console.print("\n[bold]Project[/] (the app's settings, for every task)")
+        for result in findings.project:
+            console.print(
+                f"  [bold]{result.gate}[/]: {_CELLS[result.status]}  {escape(result.reason)}",
+                highlight=False,
+            )
     for status, title in (
         (Status.MISS, "Misses"),
         (Status.WAIVED, "Waived"),
         (Status.WARN, "Warnings"),
     ):
+        # The task's own findings: a task's waiver of a project gate is listed here.
         lines = [
             (audit.task, result)
             for audit in findings.tasks
-            for result in audit.gates
+            for result in audit.own
             if result.status is status
         ]
         if lines:
@@ -105,21 +127,31 @@ def _print_table(findings: Findings) -> None:
 
 
 def _print_lines(findings: Findings) -> None:
-    """Piped: one line per task and gate, whole, tab-separated: ``grep miss`` works."""
+    """Piped: one line per gate of the project, then per task and gate of its own,
+    whole, tab-separated: ``grep miss`` works."""
     click.echo("task\tgate\tstatus\treason")
+    for result in findings.project:
+        _echo_line(PROJECT, result)
     for audit in findings.tasks:
-        for result in audit.gates:
-            cells = (audit.task, result.gate, str(result.status), result.reason)
-            click.echo("\t".join(one_line(cell) for cell in cells))
+        for result in audit.own:
+            _echo_line(audit.task, result)
     click.echo(_summary(findings))
+
+
+def _echo_line(task: str, result: GateResult) -> None:
+    cells = (task, result.gate, str(result.status), result.reason)
+    click.echo("\t".join(one_line(cell) for cell in cells))
 
 
 def _summary(findings: Findings) -> str:
     misses = findings.misses()
     passing = sum(1 for audit in findings.tasks if audit.passed)
     text = f"{len(findings.tasks)} tasks audited, {passing} meet every gate"
+    project = [result.gate for result in findings.project if result.failed]
+    if project:
+        text += f" of their own; the project misses {', '.join(project)}"
     if misses:
-        text += f"; {len(misses)} unwaived misses: check fails"
+        text += f"; {len(misses)} unwaived {'miss' if len(misses) == 1 else 'misses'}: check fails"
     else:
         text += "; check passes"
     if findings.not_reliable:

@@ -15,6 +15,7 @@ from celery.exceptions import ImproperlyConfigured
 from rich.console import Console
 from rich.table import Table
 
+from celery_reliable.config import as_written
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import Store, store_for
 
@@ -22,13 +23,15 @@ from celery_reliable.store import Store, store_for
 def store_of(ctx: click.Context) -> Store:
     from celery_reliable.cli import app_of
 
+    app = app_of(ctx)
     try:
-        store = store_for(app_of(ctx))
+        store = store_for(app)
     except (ImproperlyConfigured, MissingDependency) as exc:
         # A bad setting or a missing driver: one line, not a traceback.
         raise click.ClickException(str(exc)) from exc
     if store is None:
-        raise click.ClickException("reliable_database_url is None: there is no store")
+        name = as_written(app, "reliable_database_url")
+        raise click.ClickException(f"{name} is None: there is no store")
     return store
 
 

@@ -1,14 +1,24 @@
-"""``celery -A proj reliable dead list|show|retry|purge``: the dead-letter store."""
+"""``celery -A proj reliable dead list|show|retry|purge|import``: the dead-letter store."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import click
 
-from celery_reliable.cli.common import as_json, parse_age, store_errors, store_of, table, when
+from celery_reliable.cli.common import (
+    as_json,
+    one_line,
+    parse_age,
+    store_errors,
+    store_of,
+    table,
+    when,
+)
 from celery_reliable.errors import DeadLetterError
 from celery_reliable.store.dead_letters import DeadLetter
+from celery_reliable.store.logged_dead_letters import Unreadable, rows_in
 
 
 @click.group()
@@ -81,14 +91,38 @@ def show(ctx: click.Context, dead_letter_id: int, as_json_: bool) -> None:
         ("queue", letter.queue),
         ("args", _shown(letter, letter.args, letter.args_repr)),
         ("kwargs", _shown(letter, letter.kwargs, letter.kwargs_repr)),
+        *([("retry of", f"dead letter {letter.retry_of}")] if letter.retry_of else []),
         (
             "retried",
             f"{when(letter.retried_at)} as {letter.retried_task_id}" if letter.retried_at else "no",
         ),
     ]:
         click.echo(f"{label:>10}: {value}")
+    _history(letter)
     if letter.traceback:
         click.echo("\n" + letter.traceback.rstrip())
+
+
+def _history(letter: DeadLetter) -> None:
+    """The retries that led to the dead letter, as the web view and ``--json`` show
+    them: one line each, the reason whole (a pipe's reader greps it)."""
+    history = letter.options.get("retry_history") or []
+    if not history:
+        why = (
+            "it ended on its first execution"
+            if letter.attempts <= 1
+            else "its messages carried no history"
+        )
+        click.echo(f"retries before this: none ({why})")
+        return
+    click.echo("retries before this (from the message's reliable header):")
+    for attempt, at, reason in history:
+        moment = (
+            when(datetime.fromtimestamp(at, timezone.utc).replace(tzinfo=None))
+            if isinstance(at, (int, float))
+            else "-"
+        )
+        click.echo(f"  attempt {attempt}  {moment}  {one_line(str(reason))}")
 
 
 def _shown(letter: DeadLetter, value: Any, text: str | None) -> Any:
@@ -152,3 +186,36 @@ def purge(
     with store_errors():
         count = letters.purge(ids, task_name, age, retried)
     click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")
+
+
+@dead.command("import")
+@click.argument("logs", type=click.File("r", encoding="utf-8", errors="replace"), nargs=-1)
+@click.pass_context
+def import_(ctx: click.Context, logs: tuple[Any, ...]) -> None:
+    """Store the dead letters a worker logged while the store was down.
+
+    LOGS: worker log files (``-`` reads standard input). Only the lines holding a
+    dead letter are read; one already stored is not stored twice.
+    """
+    if not logs:
+        raise click.UsageError("name a log file, or - for standard input")
+    rows: list[dict[str, Any]] = []
+    unreadable: list[str] = []
+    for log in logs:
+        for found in rows_in(log):
+            if isinstance(found, Unreadable):
+                unreadable.append(f"{log.name}:{found.line}: {found.why}")
+            else:
+                rows.append(found)
+    for line in unreadable:
+        click.echo(f"not imported: {line}", err=True)
+    store = store_of(ctx)
+    with store_errors():
+        ids, present = store.dead_letters.import_rows(rows)
+    stored = f"ids {ids[0]}..{ids[-1]}" if len(ids) > 1 else f"id {ids[0]}" if ids else ""
+    click.echo(
+        f"{len(ids)} dead letters imported{f' ({stored})' if stored else ''}, "
+        f"{present} already stored, {len(unreadable)} lines not understood"
+    )
+    if unreadable:
+        raise click.exceptions.Exit(1)

@@ -20,6 +20,7 @@ from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store import Store
 from celery_reliable.store.dead_letters import DeadLetters, queue_of, republish_options
+from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
 
 logger = logging.getLogger("celery_reliable.dead_letters")
 
@@ -74,9 +75,11 @@ class DeadLetterObserver(Observer):
             self.store.dead_letters.write(**row)
         except StoreUnavailable as error:
             logger.error(
-                "dead letter for %s[%s] not stored (%s); it is here instead: %s",
+                "dead letter for %s[%s] not stored (%s); `celery reliable dead import` "
+                "reads it back from this line: %s%s",
                 task.name,
                 row["task_id"],
                 error,
+                LOGGED_MARKER,
                 json.dumps(DeadLetters.build_row(**row), default=str),
             )

@@ -28,6 +28,7 @@ from celery_reliable.store import migrate
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
+from celery_reliable.store.outage import Outage
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
 from celery_reliable.store.unique import UniqueLocks
 
@@ -74,6 +75,8 @@ class Store:
         self._dead_letters = DeadLetters(self.engine, app)
         self._unique = UniqueLocks(self.engine, insert)
         self._history = OutcomeHistory(self.engine, insert)
+        #: Said once per outage: keyed executions that cannot claim (claims.py).
+        self.outage = Outage()
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         # Under Django's test framework only (never imported by a worker in
@@ -204,5 +207,8 @@ def require_store(app: Celery, why: str) -> Store:
     if store is None:
         from celery.exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured(f"{why} needs a store, but reliable_database_url is None")
+        from celery_reliable.config import as_written
+
+        setting = as_written(app, "reliable_database_url")
+        raise ImproperlyConfigured(f"{why} needs a store, but {setting} is None")
     return store

@@ -21,7 +21,7 @@ from sqlalchemy import case, delete, false, func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from celery_reliable.errors import DeadLetterError
-from celery_reliable.headers import OWN_HEADERS
+from celery_reliable.headers import OWN_HEADERS, RETRY_OF_HEADER
 from celery_reliable.store.engine import (
     first_row,
     run_statement,
@@ -59,6 +59,9 @@ class DeadLetter:
     #: message's body).
     args_repr: str | None = None
     kwargs_repr: str | None = None
+    #: The dead letter whose retry this job was (``dead retry``, the web view's Retry),
+    #: when it was one.
+    retry_of: int | None = None
 
     @property
     def retryable(self) -> bool:
@@ -71,8 +74,9 @@ def republish_options(request: Any) -> dict[str, Any]:
     if request is None:
         return {}
     delivery = request.delivery_info or {}
-    headers = {k: v for k, v in (request.headers or {}).items() if k not in OWN_HEADERS}
-    return {
+    given = request.headers or {}
+    headers = {k: v for k, v in given.items() if k not in OWN_HEADERS}
+    options = {
         "exchange": delivery.get("exchange"),
         "routing_key": delivery.get("routing_key"),
         "priority": delivery.get("priority"),
@@ -80,6 +84,24 @@ def republish_options(request: Any) -> dict[str, Any]:
         "root_id": request.root_id,
         "parent_id": request.parent_id,
     }
+    origin = _dead_letter_id(given.get(RETRY_OF_HEADER))
+    if origin is not None:
+        # Not re-published (an own header): it names where this job came from, and
+        # ``build_row`` stores it in its column.
+        options["retry_of"] = origin
+    return options
+
+
+def _dead_letter_id(value: Any) -> int | None:
+    """The dead letter id a header carries; None for anything else (a header set by
+    hand must not stop the dead letter from being written)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 < value < 2**63 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return _dead_letter_id(int(value))
+    return None
 
 
 def queue_of(options: Mapping[str, Any]) -> str | None:
@@ -140,6 +162,7 @@ def _row(row: Any) -> DeadLetter:
         retried_task_id=row.retried_task_id,
         args_repr=_repr_of(row.args) if unserializable else None,
         kwargs_repr=_repr_of(row.kwargs) if unserializable else None,
+        retry_of=row.retry_of,
     )
 
 
@@ -219,6 +242,30 @@ class DeadLetters:
         )
         return int(inserted.id)
 
+    def import_rows(self, rows: Iterable[Mapping[str, Any]]) -> tuple[list[int], int]:
+        """Store rows as :meth:`build_row` makes them (read back from a log), each
+        unless a dead letter of the same task id, outcome and time exists: the new
+        ids, and how many were there already."""
+        ids: list[int] = []
+        present = 0
+        with unavailable_as("importing dead letters"), self._engine.begin() as connection:
+            for row in rows:
+                found = connection.execute(
+                    select(dead_letters.c.id).where(
+                        dead_letters.c.task_id == row["task_id"],
+                        dead_letters.c.outcome == row["outcome"],
+                        dead_letters.c.created_at == row["created_at"],
+                    )
+                ).first()
+                if found is not None:
+                    present += 1
+                    continue
+                inserted = connection.execute(
+                    insert(dead_letters).values(**row).returning(dead_letters.c.id)
+                ).one()
+                ids.append(int(inserted.id))
+        return ids, present
+
     @staticmethod
     def build_row(
         *,
@@ -236,8 +283,10 @@ class DeadLetters:
         reason: str,
         attempts: int,
     ) -> dict[str, Any]:
-        """The row as it is stored (also what is logged when the store is down)."""
+        """The row as it is stored (also what is logged when the store is down).
+        ``options["retry_of"]`` (from :func:`republish_options`) goes to its column."""
         stored_options = dict(options)
+        retry_of = _dead_letter_id(stored_options.pop("retry_of", None))
         if redact:
             args_json = kwargs_json = None
         else:
@@ -261,6 +310,7 @@ class DeadLetters:
             "reason": reason,
             "attempts": attempts,
             "created_at": utcnow(),
+            "retry_of": retry_of,
         }
 
     def list(
@@ -426,6 +476,33 @@ class DeadLetters:
             row = connection.execute(query).first()
         return _row(row) if row is not None else None
 
+    def of_task_ids(self, task_ids: Iterable[str]) -> dict[str, DeadLetter]:
+        """``task id -> its dead letter`` for those of ``task_ids`` that have one (the
+        newest, should a task id have several): what became of the jobs retries
+        published, when they failed again."""
+        wanted = sorted(set(task_ids))
+        if not wanted:
+            return {}
+        query = (
+            select(dead_letters)
+            .where(dead_letters.c.task_id.in_(wanted))
+            .order_by(dead_letters.c.id)
+        )
+        with unavailable_as("reading dead letters"), self._engine.connect() as connection:
+            return {row.task_id: _row(row) for row in connection.execute(query)}
+
+    def retries_of(self, dead_letter_id: int, limit: int = 50) -> builtins.list[DeadLetter]:
+        """The dead letters that came from retrying this one, oldest first (a retry
+        that failed again; ``--force`` retries may leave several)."""
+        query = (
+            select(dead_letters)
+            .where(dead_letters.c.retry_of == dead_letter_id)
+            .order_by(dead_letters.c.id)
+            .limit(limit)
+        )
+        with unavailable_as("reading dead letters"), self._engine.connect() as connection:
+            return [_row(row) for row in connection.execute(query)]
+
     def retry(self, dead_letter_id: int, force: bool = False) -> Any:
         """Publish the job again, to its original queue, with a fresh attempt budget.
 
@@ -469,7 +546,8 @@ class DeadLetters:
             for key in ("exchange", "routing_key", "priority")
             if letter.options.get(key) is not None
         }
-        headers = letter.options.get("headers") or {}
+        # The job carries where it came from: the dead letter it may end in links back.
+        headers = {**(letter.options.get("headers") or {}), RETRY_OF_HEADER: dead_letter_id}
         try:
             return self._app.send_task(
                 letter.task_name,

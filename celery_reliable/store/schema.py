@@ -70,6 +70,8 @@ dead_letters = Table(
     Column("created_at", DateTime, nullable=False),
     Column("retried_at", DateTime, nullable=True),
     Column("retried_task_id", String(255), nullable=True),
+    #: The dead letter whose retry this job was, when it was one (0004).
+    Column("retry_of", Integer, nullable=True),
     Index("ix_reliable_dead_letters_task_name_created_at", "task_name", "created_at"),
     Index("ix_reliable_dead_letters_created_at", "created_at"),
     # The web view's pages, newest id first, filtered by task or outcome (0003).
@@ -84,6 +86,10 @@ dead_letters = Table(
         sqlite_where=text("retried_at IS NULL"),
         postgresql_where=text("retried_at IS NULL"),
     ),
+    # What became of a retry: the dead letter of a retried task id, the dead letters
+    # that came from retrying one (0004).
+    Index("ix_reliable_dead_letters_task_id", "task_id"),
+    Index("ix_reliable_dead_letters_retry_of", "retry_of"),
 )
 
 #: One row per held unique-enqueue key. The primary key is what makes acquiring it

@@ -55,6 +55,7 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
     )
     app.state.celery_app = celery_app
     app.state.depth_read = threading.Lock()
+    app.state.backend_read = threading.Lock()
     return app
 
 

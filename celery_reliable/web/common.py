@@ -3,12 +3,14 @@ action's form passes, and the one-line notice shown after an action."""
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from markupsafe import Markup, escape
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -39,8 +41,19 @@ def capped(count: int) -> str:
     return f"{COUNT_CAP:,}+" if count > COUNT_CAP else str(count)
 
 
+SEPARATOR = re.compile(r"([._])")
+
+
+def breakable(name: str) -> Markup:
+    """A task name that a narrow column may fold after each ``.`` and ``_`` (``<wbr>``)
+    and nowhere else: ``shop.tasks.`` / ``send_order_`` / ``confirmation``, never
+    ``send_ord`` / ``er``. The stylesheet keeps every other break out (``.name``)."""
+    return Markup(SEPARATOR.sub(r"\1<wbr>", str(escape(name))))
+
+
 templates.env.filters["when"] = when
 templates.env.filters["capped"] = capped
+templates.env.filters["breakable"] = breakable
 
 
 def celery_app(request: Request) -> Celery:

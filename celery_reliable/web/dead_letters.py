@@ -20,6 +20,7 @@ from starlette.responses import Response
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetterFilter
 from celery_reliable.store.timeutil import utcnow
+from celery_reliable.web import retried
 from celery_reliable.web.common import (
     COUNT_CAP,
     PAGE_ROWS,
@@ -45,6 +46,15 @@ FILTER_FIELDS = ("task", "outcome", "period", "from", "to", "q", "state")
 ID = re.compile(r"[0-9]{1,18}")
 #: Rows shown on a confirmation page, as a sample of what the action covers.
 SAMPLE_ROWS = 10
+#: What From and To take: a time as the tables write it (``2026-11-24 09:30``), to the
+#: day, the minute or the second, with a space or a ``T``, in UTC unless it carries an
+#: offset. The text inputs' ``pattern`` too, so that the browser refuses what the server
+#: would (a JavaScript pattern under the ``v`` flag, hence the escaped ``-``).
+TIME_PATTERN = (
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[ T]([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?(Z|[+\-][0-9]{2}:[0-9]{2})?)?"
+)
+TIME = re.compile(TIME_PATTERN)
 
 
 def parse_filter(
@@ -61,12 +71,13 @@ def parse_filter(
     if given["period"] and given["period"] not in PERIODS:
         raise HTTPException(400, f"period must be one of {', '.join(PERIODS)}")
     since = (now or utcnow()) - PERIODS[given["period"]] if given["period"] else None
-    start = _moment("from", given["from"])
+    start = _filter_time("from", given["from"])
     if start is not None:
-        since = max(since, start) if since else start
-    until = _moment("to", given["to"])
-    if until is not None and len(given["to"]) == len("2026-11-24T09:30"):
-        until += timedelta(minutes=1)  # "to 09:30" includes 09:30:59
+        since = max(since, start[0]) if since else start[0]
+    end = _filter_time("to", given["to"])
+    # To includes the whole of what it names: "to 09:30" 09:30:59, "to 2026-11-24" that
+    # day's last second.
+    until = end[0] + end[1] if end is not None else None
     return (
         DeadLetterFilter(
             task_name=given["task"] or None,
@@ -78,6 +89,38 @@ def parse_filter(
         ),
         {name: value for name, value in given.items() if value},
     )
+
+
+def _filter_time(name: str, text: str) -> tuple[datetime, timedelta] | None:
+    """A From or To time as UTC without a zone (the store's columns), and how much time
+    it names (a day, a minute or a second); None when empty. Strict: only
+    :data:`TIME_PATTERN`, never a guess at another order of day and month."""
+    if not text:
+        return None
+    wrong = HTTPException(
+        400,
+        f"{name}: {text!r} is not a date and time: write YYYY-MM-DD HH:MM (UTC), "
+        "e.g. 2026-11-24 09:30, or a day alone",
+    )
+    found = TIME.fullmatch(text)
+    if found is None:
+        raise wrong
+    year, month, day, hour, minute, second, offset = found.groups()
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
+        )
+        if offset and offset != "Z":
+            zone = timezone(
+                (-1 if offset[0] == "-" else 1)
+                * timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
+            )
+            moment = moment.replace(tzinfo=zone).astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # 2026-13-01, 25:00, an offset of 24 h or more
+        raise wrong from None
+    if hour is None:
+        return moment, timedelta(days=1)
+    return moment, timedelta(minutes=1) if second is None else timedelta(seconds=1)
 
 
 def _moment(name: str, text: str) -> datetime | None:
@@ -133,12 +176,14 @@ async def listing(request: Request) -> Response:
         "dead_letters.html",
         page="dead",
         letters=rows,
+        fates=await retried.fates(request, rows),
         matching=matching,
         tasks=tasks,
         given=given,
         query=query,
         outcomes=OUTCOMES,
         periods=list(PERIODS),
+        time_pattern=TIME_PATTERN,
         newer=f"after={rows[0].id}" if rows and newer else None,
         older=f"before={rows[-1].id}" if rows and older else None,
     )
@@ -147,16 +192,30 @@ async def listing(request: Request) -> Response:
 async def detail(request: Request) -> Response:
     dead_letter_id = int(request.path_params["dead_letter_id"])
     letter = None
+    letters = store(request).dead_letters
     if dead_letter_id < 2**63:  # larger ids exist in no column (and overflow SQLite)
-        letter = await anyio.to_thread.run_sync(store(request).dead_letters.get, dead_letter_id)
+        letter = await anyio.to_thread.run_sync(letters.get, dead_letter_id)
     if letter is None:
         raise HTTPException(404, f"no dead letter {dead_letter_id}")
     history = letter.options.get("retry_history") or []
+    found = letter
+
+    def related() -> tuple[bool, list[DeadLetter]]:
+        kept = found.retry_of is not None and letters.get(found.retry_of) is not None
+        return kept, letters.retries_of(found.id)
+
+    origin_kept, came_back = await anyio.to_thread.run_sync(related)
+    fate = (await retried.fates(request, [letter])).get(letter.retried_task_id or "")
     return render(
         request,
         "dead_letter.html",
         page="dead",
         letter=letter,
+        fate=fate,
+        origin_kept=origin_kept,
+        # The latest retry's dead letter is shown beside "Retried"; these are the
+        # earlier ones (retried again with force after failing again).
+        earlier=[d for d in came_back if fate is None or d.id != fate.dead_letter],
         args=_pretty(letter.args, letter.args_repr),
         kwargs=_pretty(letter.kwargs, letter.kwargs_repr),
         history=[

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "celery-suite"
@@ -37,6 +38,8 @@ class Run:
     skipped: set[str] = field(default_factory=set)
     seconds: float = 0.0
     swap: dict[str, int] = field(default_factory=dict)
+    #: test id -> the message of its failure or error
+    messages: dict[str, str] = field(default_factory=dict)
 
 
 def fetch_suite(celery_version: str) -> Path:
@@ -80,7 +83,18 @@ def fetch_suite(celery_version: str) -> Path:
     return target
 
 
-def run_suite(suite: Path, label: str, plugin: str | None) -> Run:
+def run_suite(
+    suite: Path,
+    label: str,
+    plugin: str | None,
+    *,
+    paths: tuple[str, ...] = SUITE_PATHS,
+    env: dict[str, str] | None = None,
+    options: tuple[str, ...] = (),
+    log: Path | None = None,
+) -> Run:
+    """Celery's tests ``paths`` in one pytest run (with ``plugin`` loaded first): which
+    passed, failed and were skipped, from its JUnit report. ``log``: pytest's output."""
     run = Run(label)
     with tempfile.TemporaryDirectory() as scratch:
         junit = Path(scratch) / "junit.xml"
@@ -97,13 +111,27 @@ def run_suite(suite: Path, label: str, plugin: str | None) -> Run:
             "-o",
             "addopts=",
             f"--junitxml={junit}",
-            *SUITE_PATHS,
+            *options,
+            *paths,
         ]
         if plugin:
             command[4:4] = ["-p", plugin]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RELIABLE_SUITE_REPORT": str(report)}
+        environment = {
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": str(ROOT),
+            "RELIABLE_SUITE_REPORT": str(report),
+        }
         started = time.monotonic()
-        subprocess.run(command, cwd=suite, env=env, stdout=subprocess.DEVNULL, check=False)
+        with open(log or os.devnull, "a", encoding="utf-8") as out:
+            subprocess.run(
+                command,
+                cwd=suite,
+                env=environment,
+                stdout=out,
+                stderr=out if log else None,
+                check=False,
+            )
         run.seconds = time.monotonic() - started
         if not junit.exists():
             raise SystemExit(f"{label}: pytest wrote no report; run it by hand in {suite}")
@@ -112,6 +140,11 @@ def run_suite(suite: Path, label: str, plugin: str | None) -> Run:
             outcomes = {child.tag for child in case}
             if outcomes & {"failure", "error"}:
                 run.failed.add(test_id)
+                run.messages[test_id] = " ".join(
+                    child.get("message") or ""
+                    for child in case
+                    if child.tag in ("failure", "error")
+                )
             elif "skipped" in outcomes:
                 run.skipped.add(test_id)
             else:
@@ -120,6 +153,33 @@ def run_suite(suite: Path, label: str, plugin: str | None) -> Run:
         if report.exists():
             run.swap = json.loads(report.read_text())
     return run
+
+
+def print_runs(plain: Run, reliable: Run) -> None:
+    """The two runs' counts and how much went through ReliableTask."""
+    for run in (plain, reliable):
+        print(
+            f"  {run.label:<13} {len(run.passed):>5} passed  {len(run.failed):>3} failed  "
+            f"{len(run.skipped):>3} skipped  {run.seconds:6.1f} s"
+        )
+    swap = reliable.swap
+    print(
+        f"  ReliableTask run: {swap.get('task_classes', 0)} task classes, "
+        f"{swap.get('executions', 0)} executions through ReliableTask"
+    )
+
+
+def write_figures(path: Path, plain: Run, reliable: Run, **verdict: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "celery": version("celery"),
+        "kombu": version("kombu"),
+        "plain": {"passed": len(plain.passed), "failed": len(plain.failed)},
+        "reliable": {"passed": len(reliable.passed), "failed": len(reliable.failed)},
+        **verdict,
+        "swap": reliable.swap,
+    }
+    path.write_text(json.dumps(figures, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,31 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     regressions = sorted(plain.passed - reliable.passed)
 
     print(f"Celery {celery_version} (kombu {version('kombu')}): {' '.join(SUITE_PATHS)}")
-    for run in (plain, reliable):
-        print(
-            f"  {run.label:<13} {len(run.passed):>5} passed  {len(run.failed):>3} failed  "
-            f"{len(run.skipped):>3} skipped  {run.seconds:5.1f} s"
-        )
+    print_runs(plain, reliable)
     swap = reliable.swap
-    print(
-        f"  ReliableTask run: {swap.get('task_classes', 0)} task classes, "
-        f"{swap.get('executions', 0)} executions through ReliableTask"
-    )
     if options.json:
-        options.json.parent.mkdir(parents=True, exist_ok=True)
-        options.json.write_text(
-            json.dumps(
-                {
-                    "celery": celery_version,
-                    "kombu": version("kombu"),
-                    "plain": {"passed": len(plain.passed), "failed": len(plain.failed)},
-                    "reliable": {"passed": len(reliable.passed), "failed": len(reliable.failed)},
-                    "regressions": regressions,
-                    "swap": swap,
-                },
-                indent=2,
-            )
-        )
+        write_figures(options.json, plain, reliable, regressions=regressions)
     status = 0
     if not plain.passed:
         print("  no test passed plain: the suite did not run (see above)")

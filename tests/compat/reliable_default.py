@@ -20,11 +20,24 @@ from celery_reliable.signals import execution_started
 celery.app.base.Celery.task_cls = "celery_reliable:ReliableTask"
 
 _executions = 0
+#: Celery's integration suite runs a prefork worker: its children count in Redis.
+_COUNTER_URL = os.environ.get("RELIABLE_SUITE_COUNTER")
+_COUNTER_KEY = "reliable-suite:executions"
+_counter: Any = None
 
 
 def _count(**_: Any) -> None:
-    global _executions
+    global _executions, _counter
     _executions += 1
+    if _COUNTER_URL and os.getpid() != _PARENT:
+        import redis
+
+        if _counter is None:
+            _counter = redis.Redis.from_url(_COUNTER_URL)
+        _counter.incr(_COUNTER_KEY)
+
+
+_PARENT = os.getpid()
 
 
 execution_started.connect(_count, weak=False)
@@ -44,5 +57,10 @@ def _task_classes() -> int:
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
     path = os.environ.get("RELIABLE_SUITE_REPORT")
     if path:
+        executions = _executions
+        if _COUNTER_URL:
+            import redis
+
+            executions += int(redis.Redis.from_url(_COUNTER_URL).get(_COUNTER_KEY) or 0)
         with open(path, "w", encoding="utf-8") as out:
-            json.dump({"task_classes": _task_classes(), "executions": _executions}, out)
+            json.dump({"task_classes": _task_classes(), "executions": executions}, out)

@@ -3,6 +3,7 @@ task per way of standing at the gates."""
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -25,6 +26,10 @@ app.conf.update(
 )
 if os.environ.get("RELIABLE_TEST_TYPO"):
     app.conf.reliable_statsd_hots = "127.0.0.1"
+if os.environ.get("RELIABLE_TEST_NO_STATSD"):
+    app.conf.reliable_statsd_host = None  # a fact of the project, not of each task
+if os.environ.get("RELIABLE_TEST_WAIVE"):
+    app.conf.reliable_waive = json.loads(os.environ["RELIABLE_TEST_WAIVE"])
 
 SAFE = {"acks_late": True, "reject_on_worker_lost": True}
 
@@ -62,3 +67,30 @@ def sloppy() -> None: ...
 @app.task(base=ReliableTask, name="gates.slow", timeout=600, idempotency_key="s:{n}", **SAFE)
 @retry_on(ConnectionError)
 def slow(n: int) -> None: ...
+
+
+if os.environ.get("RELIABLE_TEST_AUTORETRY"):
+    # Moved to base=ReliableTask with Celery's own retry options left as they were, as
+    # docs/migrating.md tells users to start.
+    @app.task(
+        base=ReliableTask,
+        name="gates.legacy",
+        timeout=30,
+        autoretry_for=(Exception,),
+        retry_backoff=True,
+        max_retries=5,
+        waive={"idempotency": "writes nothing"},
+        **SAFE,
+    )
+    def legacy() -> None: ...
+
+    @app.task(
+        base=ReliableTask,
+        name="gates.forever",
+        timeout=30,
+        autoretry_for=(ConnectionError,),
+        max_retries=None,
+        waive={"idempotency": "writes nothing"},
+        **SAFE,
+    )
+    def forever() -> None: ...

@@ -28,7 +28,7 @@ from kombu.exceptions import EncodeError
 
 from celery_reliable import Discard, Outcome, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
-from celery_reliable.errors import DeadLetterError
+from celery_reliable.errors import DeadLetterError, IdempotencyKeyError, WrongArguments
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store import Store
 from celery_reliable.store.dead_letters import DeadLetter
@@ -212,13 +212,17 @@ def test_wrong_argument_count(env: Any, outcomes: Any, caplog: Any) -> None:
     ]:
         result = env.app.send_task("bi.add", args=args, kwargs=kwargs)
         assert wait_for_outcome(result, timeout=10) == "DISCARDED"
-        assert result.info["exc_type"] == "WrongArguments"
+        assert isinstance(result.info, WrongArguments)
+        with pytest.raises(TypeError, match=r"do not fit bi\.add"):
+            result.get(timeout=1)
         (event,) = outcomes.wait_for(result.id)
         assert event.outcome is Outcome.DISCARDED and event.report
         line = one_line(caplog, result.id)
         assert "outcome=discarded" in line and why in line
         assert "do not fit bi.add(x: 'int', y: 'int')" in line
-        assert "fix the publisher" in line and "retry the dead letter" in line
+        assert "a retry replays the same arguments" in line
+        assert "change the task to accept them, then retry the dead letter" in line
+        assert "or purge it (and fix the publisher)" in line
         letter = dead_letter(env.store, result.id)
         assert (letter.args, letter.kwargs) == (list(args), kwargs)
         assert letter.exc_type == "celery_reliable.errors.WrongArguments" and letter.retryable
@@ -359,7 +363,7 @@ def test_unknown_task_name(env: Any, outcomes: Any, caplog: Any) -> None:
 def test_idempotency_key_function_that_raises(env: Any, outcomes: Any, caplog: Any) -> None:
     result = env.keyed_by_function.delay(41)
     assert wait_for_outcome(result, timeout=10) == "DISCARDED"
-    assert result.info["exc_type"] == "IdempotencyKeyError"
+    assert isinstance(result.info, IdempotencyKeyError)
     assert outcomes.wait_for(result.id)[0].outcome is Outcome.DISCARDED
     line = one_line(caplog, result.id)
     assert "callable raised LookupError: no customer in these arguments" in line
@@ -384,7 +388,7 @@ def test_key_template_naming_a_missing_argument(env: Any, outcomes: Any, caplog:
 
     result = env.keyed_by_kwargs.apply_async(kwargs={"customer": 5})
     assert wait_for_outcome(result, timeout=10) == "DISCARDED"
-    assert result.info["exc_type"] == "IdempotencyKeyError"
+    assert isinstance(result.info, IdempotencyKeyError)
     assert outcomes.wait_for(result.id)[0].outcome is Outcome.DISCARDED
     line = one_line(caplog, result.id)
     assert "idempotency key 'order:{order}': KeyError: 'order'" in line

@@ -16,6 +16,7 @@ from celery import Celery
 from celery_reliable.store import store_for
 from tests import servers
 from tests.conftest import new_redis_db
+from tests.helpers import dead_letter_fields
 
 pytestmark = pytest.mark.integration
 
@@ -58,33 +59,27 @@ def test_db_upgrade_and_current(broker: str, store_url: str) -> None:
     before = run(broker, store_url, "db", "current")
     assert before.returncode == 0, before.stderr
     if store_url.startswith("postgresql"):
-        assert "at (empty), code needs 0003: run `celery reliable db upgrade`" in before.stdout
+        assert "at (empty), code needs 0004: run `celery reliable db upgrade`" in before.stdout
     upgraded = run(broker, store_url, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "-> 0003" in upgraded.stdout or "already at 0003" in upgraded.stdout
+    assert "-> 0004" in upgraded.stdout or "already at 0004" in upgraded.stdout
     again = run(broker, store_url, "db", "upgrade")
-    assert "already at 0003" in again.stdout
+    assert "already at 0004" in again.stdout
     assert "up to date" in run(broker, store_url, "db", "current").stdout
 
 
-def _dead_letter(store: Any, task_name: str = "cli.echo", reason: str = "boom") -> int:
-    return int(
-        store.dead_letters.write(
-            task_id=f"id-{reason}",
-            task_name=task_name,
-            queue="celery",
-            args=["x"],
-            kwargs={},
-            options={"exchange": "", "routing_key": "celery"},
-            redact=False,
-            outcome="failed",
-            exc_type="builtins.KeyError",
-            exc_message="'x'",
-            traceback="Traceback...\nKeyError: 'x'",
-            reason=reason,
-            attempts=1,
-        )
+def _dead_letter(store: Any, task_name: str = "cli.echo", reason: str = "boom", **more: Any) -> int:
+    fields = dead_letter_fields(
+        task_id=f"id-{reason}",
+        task_name=task_name,
+        args=["x"],
+        kwargs={},
+        exc_type="builtins.KeyError",
+        exc_message="'x'",
+        traceback="Traceback...\nKeyError: 'x'",
+        reason=reason,
     )
+    return int(store.dead_letters.write(**{**fields, **more}))
 
 
 def test_dead_letters_list_show_retry_purge(broker: str, store_url: str) -> None:
@@ -125,6 +120,54 @@ def test_dead_letters_list_show_retry_purge(broker: str, store_url: str) -> None
     purged = run(broker, store_url, "dead", "purge", "--retried", "--yes")
     assert purged.stdout.strip() == "purged 1 dead letter"
     assert store.dead_letters.count() == 1
+
+
+def test_dead_show_in_plain_text_tells_the_retries_before_it_and_its_origin(
+    broker: str, tmp_path: Path
+) -> None:
+    """Piped, ``dead show`` says what the web view and ``--json`` say: the retries
+    that led to the dead letter (attempt, time, reason; each whole on one line) and the
+    dead letter it came from when it is the retry of another."""
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    store = store_app(url)
+    origin = _dead_letter(store, reason="the first time")
+    reasons = [
+        f"TimeoutError: the SMTP server for nobody@blackhole.example did not answer (attempt {n}/3)"
+        for n in (1, 2)
+    ]
+    history = [[1, 1795000000.0, reasons[0]], [2, 1795000002.5, reasons[1]]]
+    letter = _dead_letter(
+        store,
+        reason="TimeoutError: did not answer (attempts exhausted: 3/3)",
+        task_id="id-again",
+        options={
+            "exchange": "",
+            "routing_key": "celery",
+            "retry_history": history,
+            "retry_of": origin,
+        },
+        outcome="exhausted",
+        exc_type="builtins.TimeoutError",
+        exc_message="did not answer",
+        traceback=None,
+        attempts=3,
+    )
+    shown = run(broker, url, "dead", "show", str(letter))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert f"  retry of: dead letter {origin}" in lines
+    start = lines.index("retries before this (from the message's reliable header):")
+    assert lines[start + 1 : start + 3] == [
+        f"  attempt 1  2026-11-18 11:06:40  {reasons[0]}",
+        f"  attempt 2  2026-11-18 11:06:42  {reasons[1]}",
+    ]
+    as_json = json.loads(run(broker, url, "dead", "show", str(letter), "--json").stdout)
+    assert as_json["options"]["retry_history"] == history
+    assert as_json["retry_of"] == origin
+    # None kept: said so, not left out.
+    first = run(broker, url, "dead", "show", str(origin)).stdout.splitlines()
+    assert "retries before this: none (it ended on its first execution)" in first
+    assert not any("retry of" in line for line in first)
 
 
 def test_receipts_list_show_prune(broker: str, store_url: str) -> None:
@@ -215,7 +258,7 @@ def test_store_commands_through_clicks_runner(tmp_path: Path) -> None:
         return CliRunner().invoke(reliable, list(args), obj=SimpleNamespace(app=app), input=answer)
 
     upgraded = invoke("db", "upgrade")
-    assert upgraded.exit_code == 0 and "-> 0003" in upgraded.output
+    assert upgraded.exit_code == 0 and "-> 0004" in upgraded.output
     assert "up to date" in invoke("db", "current").output
 
     store = store_for(app)

@@ -69,7 +69,11 @@ def test_check_prints_one_whole_line_per_task_and_gate_and_exits_1(env: dict[str
     ) in lines
     assert "gates.lookup\tidempotency\twaived\treads only; running twice is harmless" in lines
     charge = [line.split("\t")[2] for line in lines if line.startswith("gates.charge\t")]
-    assert charge == ["pass"] * 6 + ["warn"]  # no Sentry SDK initialised: a warning
+    assert charge == ["pass"] * 5  # its own gates; StatsD and Sentry are the project's
+    # The app's StatsD and Sentry: one line each, before the tasks.
+    assert lines[1] == "(project)\tmetrics\tpass\tStatsD 127.0.0.1:8125, prefix 'celery'"
+    assert lines[2].startswith("(project)\tsentry\twarn\t")  # no Sentry SDK initialised
+    assert sum("\tsentry\t" in line for line in lines) == 1
     assert lines[-1] == ("4 tasks audited, 2 meet every gate; 4 unwaived misses: check fails"), (
         done.stdout
     )
@@ -101,10 +105,96 @@ def test_check_json(env: dict[str, str]) -> None:
     assert by_name["gates.lookup"]["gates"]["idempotency"] == {
         "status": "waived",
         "reason": "reads only; running twice is harmless",
+        "waived_by": "waive",
     }
     assert by_name["gates.charge"]["passed"] is True
     assert by_name["gates.charge"]["retry_window"] == pytest.approx(15 * 1.15)
     assert by_name[SLOPPY]["gates"]["timeout"]["status"] == "miss"
+
+
+NO_STATSD = "reliable_statsd_host is not set: no outcome counters or durations reach a dashboard"
+
+
+def test_a_project_level_fact_is_one_line_not_one_per_task(env: dict[str, str]) -> None:
+    done = run({**env, "RELIABLE_TEST_NO_STATSD": "1"}, "check")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[1] == f"(project)\tmetrics\tmiss\t{NO_STATSD}"
+    assert sum("\tmetrics\t" in line for line in lines) == 1
+    assert sum("\tsentry\t" in line for line in lines) == 1
+    assert lines[-1] == (
+        "4 tasks audited, 2 meet every gate of their own; the project misses metrics; "
+        "5 unwaived misses: check fails"
+    )
+
+    data = json.loads(run({**env, "RELIABLE_TEST_NO_STATSD": "1"}, "check", "--json").stdout)
+    assert data["project"]["gates"]["metrics"] == {"status": "miss", "reason": NO_STATSD}
+    assert data["project"]["gates"]["sentry"]["status"] == "warn"
+    assert all(set(task["gates"]).isdisjoint({"metrics", "sentry"}) for task in data["tasks"])
+
+
+def test_an_app_wide_waiver_is_shown_as_one(env: dict[str, str]) -> None:
+    waived = {
+        **env,
+        "RELIABLE_TEST_NO_STATSD": "1",
+        "RELIABLE_TEST_WAIVE": json.dumps({"metrics": "dashboards read the outcome log"}),
+    }
+    done = run(waived, "check", "--task", "gates.charge")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[1] == (
+        "(project)\tmetrics\twaived\treliable_waive (app-wide): dashboards read the outcome log"
+    )
+    assert done.stdout.splitlines()[-1] == "1 tasks audited, 1 meet every gate; check passes"
+
+    data = json.loads(run(waived, "check", "--json").stdout)
+    assert data["project"]["waivers"] == {"metrics": "dashboards read the outcome log"}
+    assert data["project"]["gates"]["metrics"] == {
+        "status": "waived",
+        "reason": "reliable_waive (app-wide): dashboards read the outcome log",
+        "waived_by": "reliable_waive",
+    }
+
+    typo = run({**env, "RELIABLE_TEST_WAIVE": json.dumps({"metric": "x"})}, "check")
+    assert typo.returncode == 1
+    assert typo.stderr.strip() == (
+        "Error: reliable_waive names an unknown gate 'metric'; did you mean 'metrics'? the "
+        "gates are classified, bounded, idempotency, timeout, delivery, metrics, sentry"
+    )
+
+
+def test_check_and_report_read_celerys_own_retry_options(env: dict[str, str]) -> None:
+    legacy = {**env, "RELIABLE_TEST_AUTORETRY": "1"}
+    done = run(legacy, "check", "--task", "gates.legacy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "gates.legacy\tclassified\tpass\t1 rule (autoretry_for)" in lines
+    assert (
+        "gates.legacy\tbounded\tpass\tattempts 6 (autoretry_for, max_retries=5), worst-case "
+        "retry window 31s"
+    ) in lines
+
+    forever = run(legacy, "check", "--task", "gates.forever")
+    assert forever.returncode == 1
+    assert (
+        "gates.forever\tbounded\tmiss\tautoretry_for(ConnectionError, max_retries=None, "
+        "default_retry_delay=180s): max_retries=None, so Celery retries these errors forever; "
+        "set max_retries=N (N retries, then EXHAUSTED) or move to retry_on(..., attempts=N+1)"
+    ) in forever.stdout.splitlines()
+
+    report = run(legacy, "report", "gates.legacy")
+    assert report.returncode == 0, report.stderr
+    for expected in (
+        "- Retried by Celery first (autoretry_for, max_retries=5), then EXHAUSTED unless a "
+        "rule takes over: `Exception`",
+        "`Exception` (autoretry_for): 6 attempts, retry_backoff=1, retry_backoff_max=600, "
+        "retry_jitter=True",
+        "| 5 | 0s | 16s |",  # Celery's full jitter: anywhere from 0 to the backoff
+        "| bounded | pass | attempts 6 (autoretry_for, max_retries=5), worst-case retry "
+        "window 31s |",
+    ):
+        assert expected in report.stdout, f"{expected!r} not in:\n{report.stdout}"
+    data = json.loads(run(legacy, "report", "gates.legacy", "--json").stdout)
+    assert [rule["kind"] for rule in data["rules"]] == ["autoretry_for"]
 
 
 @pytest.mark.parametrize(
@@ -130,7 +220,8 @@ def test_a_misspelt_setting_is_one_line(env: dict[str, str]) -> None:
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "Error: unknown celery_reliable setting 'reliable_statsd_hots' (did you mean "
-        "'reliable_statsd_host'?); the settings are listed in docs/configuration.md"
+        "'reliable_statsd_host'?); the settings are listed at "
+        "https://example.invalid/celery-reliable/docs/configuration/"
     )
 
 

@@ -3,6 +3,7 @@ and chords keep their meaning under ``base=ReliableTask`` (real Redis, real work
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -103,6 +104,10 @@ def define(app: Any) -> SimpleNamespace:
     @app.task(shared=False, name="c.on_error")
     def on_error(request: Any, exc: Any, traceback: Any) -> None:
         errbacks.append(request.id)
+
+    @app.task(shared=False, base=ReliableTask, name="c.fail_any")
+    def fail_any(*args: Any) -> None:
+        raise ValueError(f"failed with {len(args)} arguments")
 
     @app.task(shared=False, base=ReliableTask, name="c.collect")
     def collect(values: list[Any]) -> list[Any]:
@@ -329,3 +334,31 @@ def test_task_always_eager(make_app: Any) -> None:
     # nothing was published or stored (Celery warns when asked)
     with pytest.warns(RuntimeWarning, match="task_always_eager"):
         assert app.AsyncResult(result.id).state == "PENDING"
+
+
+def test_a_task_that_is_its_own_errback_has_one_outcome(env: Any, outcomes: Any) -> None:
+    """Celery calls an old-style errback ``(request, exc, traceback)`` inline, while the
+    failed execution's request is still on the stack (celery/backends/base.py). When
+    the errback is the failing task itself, that call is a function call: one FAILED
+    outcome for the task id, not two (and not two dead letters). Found by Celery's
+    test_stamp_canvas_with_dictionary_link_error."""
+    ended = threading.Event()
+    seen: list[str] = []
+
+    def after(sender: Any = None, task_id: str = "", **_: Any) -> None:
+        if getattr(sender, "name", None) == "c.fail_any":
+            seen.append(task_id)
+            ended.set()
+
+    task_postrun.connect(after, weak=False)
+    try:
+        result = env.fail_any.apply_async((1,), link_error=env.fail_any.s())
+        # task_postrun comes after the failure is stored and the inline errback ran.
+        assert ended.wait(10)
+        assert seen == [result.id]
+        assert wait_for_outcome(result, timeout=10) == "FAILURE"
+        events = outcomes.for_id(result.id)
+        assert [e.outcome for e in events] == [Outcome.FAILED], events
+        assert "1 arguments" in events[0].reason
+    finally:
+        task_postrun.disconnect(after)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,62 @@ def test_the_example_app_passes_its_gates(shop_env: dict[str, str], migrated: st
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 tasks audited, 4 meet every gate" in done.stdout
+
+
+ON_COMMIT_SCRIPT = """
+import django
+django.setup()
+from celery.signals import before_task_publish
+from django.db import transaction
+from tests.integration.django_crash.tasks import note
+
+published = []
+before_task_publish.connect(
+    lambda sender=None, headers=None, **_: published.append(headers["id"]), weak=False
+)
+
+class Rollback(Exception):
+    pass
+
+try:
+    with transaction.atomic():
+        note.apply_async_on_commit((1,), task_id="{rolled_back}")
+        assert published == [], published
+        raise Rollback()
+except Rollback:
+    pass
+assert published == [], published
+with transaction.atomic():
+    note.apply_async_on_commit((2,), task_id="{committed}")
+    note.delay_on_commit(3)
+    assert published == [], "published before the commit"
+assert published[0] == "{committed}" and len(published) == 2, published
+print("published after the commit:", published[0])
+"""
+
+
+def test_delay_on_commit_publishes_after_the_commit_and_runs_with_its_outcome(
+    shop_env: dict[str, str], worker: WorkerProcess
+) -> None:
+    """Django's fixup makes the app's task class DjangoTask; base=ReliableTask keeps its
+    delay_on_commit / apply_async_on_commit (Celery's examples/django README uses them)."""
+    rolled_back, committed = str(uuid.uuid4()), str(uuid.uuid4())
+    script = ON_COMMIT_SCRIPT.replace("{rolled_back}", rolled_back).replace(
+        "{committed}", committed
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, **shop_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"published after the commit: {committed}" in done.stdout
+    broker = shop_env["REDIS_URL"]
+    client = Celery("on-commit-client", broker=broker, backend=broker, set_as_current=False)
+    result = client.AsyncResult(committed)
+    assert result.get(timeout=60) == "noted 2", worker.output
+    assert [e["outcome"] for e in recorded(broker, committed, 1)] == ["succeeded"]

@@ -48,6 +48,7 @@ from celery_reliable.store.schema import (
 )
 from celery_reliable.store.timeutil import utcnow
 from tests.conftest import embedded_worker, fresh_postgres_database
+from tests.helpers import dead_letter_fields as letter
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -138,26 +139,6 @@ def own(result: Claim | Receipt) -> Claim:
 def refused(result: Claim | Receipt) -> Receipt:
     assert isinstance(result, Receipt), f"expected a Receipt, got {result!r}"
     return result
-
-
-def letter(**fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "task_id": tid(),
-        "task_name": "contract.failing",
-        "queue": "celery",
-        "args": [1, "two"],
-        "kwargs": {"three": 3},
-        "options": {"exchange": "", "routing_key": "celery"},
-        "redact": False,
-        "outcome": "failed",
-        "exc_type": "builtins.ValueError",
-        "exc_message": "boom",
-        "traceback": 'Traceback (most recent call last):\n  File "x.py"\nValueError: boom\n',
-        "reason": "unclassified error",
-        "attempts": 1,
-    }
-    row.update(fields)
-    return row
 
 
 def race(n: int, fn: Callable[[int], Any]) -> list[Any]:
@@ -965,6 +946,116 @@ def test_retry_publishes_the_job_again(store_url: str, make_app: Any) -> None:
         assert store.dead_letters.count() == 1
     finally:
         store.dispose()
+
+
+def test_a_retried_job_carries_its_origin_to_the_dead_letter_it_ends_in(
+    store_url: str, make_app: Any
+) -> None:
+    """``retry`` publishes the job with the dead letter's id in a header; a dead letter
+    written from that job's request keeps it as ``retry_of`` (not as a header to
+    re-publish), and both ways are found by query: the dead letter of a retried task
+    id, and the dead letters that came from retrying one."""
+    from celery.app.task import Context
+
+    from celery_reliable.headers import OWN_HEADERS, RETRY_OF_HEADER
+    from celery_reliable.store.dead_letters import republish_options
+
+    app = make_app("contract", reliable_database_url=store_url)
+
+    @app.task(name="contract.request_headers", bind=True, shared=False)
+    def request_headers(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return dict(self.request.headers or {})
+
+    store = store_for(app)
+    assert store is not None
+    try:
+        migrate.upgrade(store.engine)
+        first = store.dead_letters.write(
+            **letter(
+                task_name="contract.request_headers",
+                options={"exchange": "", "routing_key": "celery", "headers": {"tenant": "a"}},
+            )
+        )
+        assert store.dead_letters.get(first).retry_of is None  # type: ignore[union-attr]
+        with embedded_worker(app):
+            again = store.dead_letters.retry(first)
+            headers = again.get(timeout=10)
+            forced = store.dead_letters.retry(first, force=True)
+            forced.get(timeout=10)
+        assert headers[RETRY_OF_HEADER] == first
+        assert headers["tenant"] == "a"
+
+        # The job failed again: its dead letter, written from its request.
+        request = Context(
+            id=again.id,
+            headers=headers,
+            delivery_info={"exchange": "", "routing_key": "celery"},
+            root_id=None,
+            parent_id=None,
+        )
+        options = republish_options(request)
+        # Ours are not re-published (the origin among them); every other header is:
+        # the user's, and any a publisher-side integration added, such as Sentry's
+        # trace when an earlier test of the session initialised its SDK.
+        assert RETRY_OF_HEADER in OWN_HEADERS
+        assert options["headers"] == {k: v for k, v in headers.items() if k not in OWN_HEADERS}
+        assert options["headers"]["tenant"] == "a"
+        second = store.dead_letters.write(
+            **letter(task_id=again.id, task_name="contract.request_headers", options=options)
+        )
+        got = store.dead_letters.get(second)
+        assert got is not None
+        assert got.retry_of == first
+        assert "retry_of" not in got.options
+        third = store.dead_letters.write(
+            **letter(task_id=forced.id, options={**options, "retry_of": first})
+        )
+        assert [d.id for d in store.dead_letters.retries_of(first)] == [second, third]
+        assert store.dead_letters.retries_of(second) == []
+        found = store.dead_letters.of_task_ids([again.id, forced.id, "never-published", again.id])
+        assert {task_id: d.id for task_id, d in found.items()} == {
+            again.id: second,
+            forced.id: third,
+        }
+        assert store.dead_letters.of_task_ids([]) == {}
+        # Retrying the second carries the second's id, not the first's.
+        with embedded_worker(app):
+            assert store.dead_letters.retry(second).get(timeout=10)[RETRY_OF_HEADER] == second
+    finally:
+        store.dispose()
+
+
+@pytest.mark.parametrize("value", ["12", 12, "x", -3, True, 2**70, "١٢", None, 1.5])
+def test_a_retry_of_header_set_by_hand_never_stops_a_dead_letter(store: Store, value: Any) -> None:
+    from celery.app.task import Context
+
+    from celery_reliable.headers import RETRY_OF_HEADER
+    from celery_reliable.store.dead_letters import republish_options
+
+    request = Context(
+        id=tid(), headers={RETRY_OF_HEADER: value}, delivery_info={}, root_id=None, parent_id=None
+    )
+    got = store.dead_letters.get(
+        store.dead_letters.write(**letter(options=republish_options(request)))
+    )
+    assert got is not None
+    assert got.retry_of == (12 if value in ("12", 12) and value is not True else None)
+
+
+def test_downgrade_from_head_and_upgrade_again_keep_the_rows(store: Store) -> None:
+    """0004 is undone and done again without losing a dead letter or an index."""
+    kept = store.dead_letters.write(**letter(options={"retry_of": 7}))
+    migrate.downgrade(store.engine, "0003")
+    assert migrate.current(store.engine) == "0003"
+    columns = {column["name"] for column in sa.inspect(store.engine).get_columns(dead_letters.name)}
+    assert "retry_of" not in columns
+    migrate.upgrade(store.engine)
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, metadata) == []
+    got = store.dead_letters.get(kept)
+    assert got is not None and got.retry_of is None  # what 0004 added went with it
+    assert [d.id for d in store.dead_letters.list()] == [kept]
 
 
 # -------------------------------------------------------------------------- store down

@@ -5,6 +5,7 @@ must not run at once in one process.)"""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from celery_reliable import Outcome, ReliableTask, retry_on
+from celery_reliable import Discard, Outcome, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.results import wait_for_outcome
+from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
 from tests.conftest import embedded_worker
+from tests.integration.test_cli import run as cli
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +41,14 @@ def test_store_down_at_claim_retries_and_never_runs_without_its_claim(
         ran.append(order_id)
 
     caplog.set_level(logging.ERROR, logger="celery_reliable.dead_letters")
+    caplog.set_level(logging.WARNING, logger="celery_reliable.store")
     with embedded_worker(app):
         result = charge.apply_async(("o-1",))
         events = outcomes.wait_for(result.id, count=3)
         assert wait_for_outcome(result, timeout=10) == "FAILURE"
     assert [e.outcome for e in events] == [Outcome.RETRIED, Outcome.RETRIED, Outcome.EXHAUSTED]
+    # Three failed claims, one outage: one WARNING.
+    assert store_lines(caplog) == ["unavailable"]
     assert all(isinstance(e.exc, StoreUnavailable) for e in events)
     assert ran == [], "the body never ran without its claim"
     logged = [r.getMessage() for r in caplog.records if r.name == "celery_reliable.dead_letters"]
@@ -50,8 +56,20 @@ def test_store_down_at_claim_retries_and_never_runs_without_its_claim(
     assert '"args": "[\\"o-1\\"]"' in logged[0]
 
 
+def store_lines(caplog: Any) -> list[str]:
+    """The store's outage lines of the log: "unavailable" and "again"."""
+    lines = [r.getMessage() for r in caplog.records if r.name == "celery_reliable.store"]
+    said = []
+    for line in lines:
+        if "the store is unavailable" in line and "keyed tasks are retried" in line:
+            said.append("unavailable")
+        elif "the store answers again" in line:
+            said.append("again")
+    return said
+
+
 def test_store_back_before_the_attempts_run_out(
-    make_app: Any, outcomes: Any, tmp_path: Path
+    make_app: Any, outcomes: Any, tmp_path: Path, caplog: Any
 ) -> None:
     root = tmp_path
     missing = root / "later"
@@ -66,6 +84,7 @@ def test_store_back_before_the_attempts_run_out(
         ran.append(order_id)
         return "charged"
 
+    caplog.set_level(logging.WARNING, logger="celery_reliable.store")
     try:
         with embedded_worker(app):
             result = charge.apply_async(("o-2",))
@@ -75,5 +94,58 @@ def test_store_back_before_the_attempts_run_out(
             assert result.get(timeout=15) == "charged"
         assert outcomes.for_id(result.id)[-1].outcome is Outcome.SUCCEEDED
         assert ran == ["o-2"]
+        # One line when it went, one when it came back (before the claim that ran).
+        assert store_lines(caplog) == ["unavailable", "again"]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_dead_letters_logged_while_the_store_was_down_are_imported(
+    make_app: Any, outcomes: Any, caplog: Any, tmp_path: Path
+) -> None:
+    """The store is down when a job is discarded: its dead letter is logged whole. The
+    store comes back; ``reliable dead import`` reads the worker's log into it, once."""
+    missing = tmp_path / "store"
+    url = f"sqlite:///{missing}/store.sqlite3"
+    app = make_app("store-import", reliable_database_url=url)
+
+    @app.task(base=ReliableTask, shared=False, name="down.parse")
+    def parse(row: str) -> None:
+        raise Discard(f"row {row} is garbage")
+
+    caplog.set_level(logging.ERROR, logger="celery_reliable.dead_letters")
+    with embedded_worker(app):
+        result = parse.apply_async(("r-7",))
+        assert wait_for_outcome(result, timeout=10) == "DISCARDED"
+        outcomes.wait_for(result.id)
+    (logged,) = [r.getMessage() for r in caplog.records if r.name == "celery_reliable.dead_letters"]
+    log = tmp_path / "worker.log"
+    # As a worker's log file holds it: a formatter's prefix, other lines around it.
+    log.write_text(
+        "[2026-12-06 10:00:00,000: INFO/MainProcess] celery@host ready.\n"
+        f"[2026-12-06 10:00:01,000: ERROR/ForkPoolWorker-1] {logged}\n"
+        "[2026-12-06 10:00:02,000: INFO/MainProcess] Task down.parse[x] received\n"
+    )
+    missing.mkdir()  # the store is back
+    broker = app.conf.broker_url
+
+    done = cli(broker, url, "dead", "import", str(log))
+    assert done.returncode == 0, done.stderr
+    assert "1 dead letters imported (id 1), 0 already stored, 0 lines not understood" in (
+        done.stdout
+    )
+    shown = cli(broker, url, "dead", "show", "1", "--json")
+    letter = json.loads(shown.stdout)
+    assert letter["task_id"] == result.id and letter["task_name"] == "down.parse"
+    assert letter["args"] == ["r-7"] and letter["outcome"] == "discarded"
+    assert letter["reason"] == "row r-7 is garbage"
+
+    again = cli(broker, url, "dead", "import", str(log))
+    assert again.returncode == 0, again.stderr
+    assert "0 dead letters imported, 1 already stored" in again.stdout
+
+    broken = tmp_path / "broken.log"
+    broken.write_text(logged[: logged.index(LOGGED_MARKER) + len(LOGGED_MARKER) + 20] + "\n")
+    bad = cli(broker, url, "dead", "import", str(broken))
+    assert bad.returncode == 1
+    assert f"not imported: {broken}:1: not JSON" in bad.stderr

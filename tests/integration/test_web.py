@@ -10,7 +10,10 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.parse
 from collections.abc import Iterator
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -238,6 +241,115 @@ def test_bad_parameters_are_a_400_or_404_with_the_headers(server: str) -> None:
     assert client.get("/dead-letters?period=1h&from=2026-11-24T05:04%2B02:00").status == 200
 
 
+def test_date_filters_take_iso_times_strictly(server: str, store: Any) -> None:
+    """From and To take what the table shows (``YYYY-MM-DD HH:MM``, seconds and a
+    ``T`` allowed), to the minute or the day given; anything else is a 400 that says
+    what to write, never a guess."""
+    from sqlalchemy import update
+
+    from celery_reliable.store.schema import dead_letters
+
+    times = {
+        "early": datetime(2026, 11, 20, 10, 15, 30),
+        "late": datetime(2026, 11, 20, 23, 59, 59),
+        "next": datetime(2026, 11, 21, 0, 0, 0),
+    }
+    ids = {}
+    for name, moment in times.items():
+        ids[name] = dead_letter(store, "web.dated", reason=name)
+        with store.engine.begin() as connection:
+            connection.execute(
+                update(dead_letters).where(dead_letters.c.id == ids[name]).values(created_at=moment)
+            )
+    client = Client(server)
+
+    def found(query: str) -> set[str]:
+        answer = client.get("/dead-letters?task=web.dated&" + query)
+        assert answer.status == 200, (query, answer.text[:300])
+        shown = {int(i) for i in re.findall(r'<tr id="dead-(\d+)">', answer.text)}
+        return {name for name, i in ids.items() if i in shown}
+
+    assert found("from=2026-11-20+10:15&to=2026-11-20+10:15") == {"early"}
+    assert found("from=2026-11-20T10:15:31") == {"late", "next"}
+    assert found("to=2026-11-20") == {"early", "late"}  # the whole day
+    assert found("from=2026-11-21") == {"next"}
+    assert found("to=2026-11-20+23:59:59") == {"early", "late"}
+    # What was given is shown back as given, in the text inputs.
+    page = client.get("/dead-letters?task=web.dated&from=2026-11-20+10:15").text
+    assert 'name="from" value="2026-11-20 10:15"' in page
+    assert 'placeholder="YYYY-MM-DD HH:MM"' in page
+    for value in ("20261120", "2026-11-20T10", "11/20/2026", "2026-13-01", "2026-11-20 25:00"):
+        answer = client.get("/dead-letters?from=" + urllib.parse.quote(value))
+        assert answer.status == 400, value
+        assert (
+            f"from: {value!r} is not a date and time: write YYYY-MM-DD HH:MM (UTC)"
+            in html.unescape(answer.text)
+        ), value
+
+
+def test_retried_as_links_the_job_and_its_outcome_and_back(
+    env: dict[str, str], server: str, store: Any
+) -> None:
+    """A dead letter retried while the gateway still refuses comes back as a second
+    one: the first links to it and says it was discarded again, the second links back
+    to the first; retried once more when the gateway takes it, the job's outcome comes
+    from the result backend."""
+    import redis
+
+    from celery_reliable.store.dead_letters import DeadLetterFilter
+    from tests.conftest import embedded_worker
+
+    # A charge: the outcome history of web.ship is test_overview_counts_from_the_history's.
+
+    module = load_app(env)
+    flags = redis.Redis.from_url(env["RELIABLE_TEST_BROKER"])
+    flags.sadd(module.REFUSED, "charge:901")
+
+    def letter_of(task_id: str) -> Any:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for found in store.dead_letters.page(DeadLetterFilter(task_name="web.charge"), 100):
+                if found.task_id == task_id:
+                    return found
+            time.sleep(0.1)
+        raise AssertionError(f"no dead letter for task {task_id}")
+
+    with embedded_worker(module.app):
+        first = letter_of(module.charge.delay(901).id)
+        again = store.dead_letters.retry(first.id)
+        second = letter_of(again.id)
+        flags.srem(module.REFUSED, "charge:901")
+        last = store.dead_letters.retry(second.id)
+        last.get(timeout=20)
+    client = Client(server)
+
+    page = client.get(f"/dead-letters/{first.id}").text
+    retried = re.search(r'<dd id="retried">(.*?)</dd>', page, re.S)
+    assert retried is not None
+    assert f'<a href="/dead-letters/{second.id}" id="retried-job">{again.id}</a>' in retried[1]
+    assert '<span class="count discarded">discarded</span> again' in retried[1]
+    assert 'id="retry-of"' not in page
+
+    page = client.get(f"/dead-letters/{second.id}").text
+    origin = re.search(r'<dd id="retry-of">(.*?)</dd>', page, re.S)
+    assert origin is not None
+    assert f'<a href="/dead-letters/{first.id}">dead letter {first.id}</a>' in origin[1]
+    retried = re.search(r'<dd id="retried">(.*?)</dd>', page, re.S)
+    assert retried is not None
+    assert last.id in retried[1] and 'id="retried-job"' not in retried[1]
+    assert '<span class="count succeeded">succeeded</span>' in retried[1]
+
+    listing = client.get("/dead-letters?task=web.charge").text
+    rows = dict(re.findall(r'<tr id="dead-(\d+)">(.*?)</tr>', listing, re.S))
+    assert f'<a href="/dead-letters/{second.id}">{again.id}</a>' in rows[str(first.id)]
+    assert '<span class="count discarded">discarded</span>' in rows[str(first.id)]
+    assert f'retry of <a href="/dead-letters/{first.id}">{first.id}</a>' in rows[str(second.id)]
+    assert (
+        '<span class="count succeeded" title="result backend">succeeded</span>'
+        in rows[str(second.id)]
+    )
+
+
 def test_another_host_name_is_refused_without_credentials(server: str) -> None:
     """DNS rebinding: a page whose name now points at 127.0.0.1 is refused."""
     client = Client(server)
@@ -290,7 +402,8 @@ def test_receipts_page_by_keyset(server: str, store: Any) -> None:
 
 def test_gates_page_shows_each_task_and_its_waivers(server: str) -> None:
     text = Client(server).get("/gates").text
-    for task in ("web.charge", "web.ship", "web.store_card"):
+    # Each name foldable after a dot or an underscore only (a <wbr>), never in a word.
+    for task in ("web.<wbr>charge", "web.<wbr>ship", "web.<wbr>store_<wbr>card"):
         assert f'<td class="name">{task}</td>' in text
     assert "a test" in text  # the idempotency waiver's reason
     assert "reliable_statsd_host is not set" in text
@@ -408,6 +521,35 @@ def test_a_broker_that_is_down_leaves_the_overview_readable(
     assert all(store.dead_letters.get(i).retried_at is None for i in letters)
 
 
+def test_a_result_backend_that_is_down_leaves_retried_as_readable(
+    env: dict[str, str], store: Any
+) -> None:
+    """What became of a retried job is asked of the result backend: one that is down
+    costs the pages a bounded wait and a word, never the page."""
+    from sqlalchemy import update
+
+    from celery_reliable.store.schema import dead_letters
+
+    letter = dead_letter(store, "web.backend_down")
+    with store.engine.begin() as connection:
+        connection.execute(
+            update(dead_letters)
+            .where(dead_letters.c.id == letter)
+            .values(retried_at=utcnow(), retried_task_id="lost-in-the-backend")
+        )
+    down = {**env, "RELIABLE_TEST_BACKEND": f"redis://127.0.0.1:{free_port()}/0"}
+    with web_server(APP, down) as running:
+        client = Client(running.url)
+        for path in ("/dead-letters?task=web.backend_down", f"/dead-letters/{letter}"):
+            started = time.monotonic()
+            answer = client.get(path)
+            assert answer.status == 200, (path, answer.text[:300])
+            assert time.monotonic() - started < 10, path
+            assert "lost-in-the-backend" in answer.text
+            assert "not known" in answer.text
+            assert "the result backend" in html.unescape(answer.text)
+
+
 def test_overview_counts_from_the_history(server: str, store: Any) -> None:
     from celery_reliable.store.history import MinuteCounts
 
@@ -420,7 +562,7 @@ def test_overview_counts_from_the_history(server: str, store: Any) -> None:
         counts[("web.ship", minute, "celery", outcome)] = c
     store.history.add(counts)
     text = Client(server).get("/?refresh=0").text
-    row = re.search(r'<td class="name">web.ship</td>(.*?)</tr>', text, re.S)
+    row = re.search(r'<td class="name">web\.<wbr>ship</td>(.*?)</tr>', text, re.S)
     assert row is not None
     cells = row.group(1)
     assert "40 succeeded" in cells and "6 retried" in cells and "2 failed" in cells

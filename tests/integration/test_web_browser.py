@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import embedded_worker
+from tests.helpers import dead_letter_fields
 from tests.integration.test_web import load_app
 from tests.web_support import chromium, screenshot, web_env, web_server
 
@@ -283,3 +285,133 @@ def _running_on_page(browser: Any, site: str, task_id: str) -> bool:
         task_id in row.text and row.get_attribute("class") == "running"
         for row in browser.find_elements(By.CSS_SELECTOR, "table.jobs tbody tr")
     )
+
+
+#: Where the text of each element ``arguments[0]`` selects is broken across lines, as
+#: laid out: ``[text, ["c|d", ...]]``, a pair of characters on either side of a break.
+LINE_BREAKS = """
+const found = [];
+for (const element of document.querySelectorAll(arguments[0])) {
+  const walker = document.createTreeWalker(element, NodeFilter.SHOW_TEXT);
+  let text = "", previous = null, top = null;
+  const breaks = [];
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rects = range.getClientRects();
+      if (!rects.length || !node.data[i].trim()) continue;
+      if (top !== null && rects[0].top > top + 2) breaks.push(previous + "|" + node.data[i]);
+      previous = node.data[i];
+      top = rects[0].top;
+      text += node.data[i];
+    }
+  }
+  found.push([text, breaks]);
+}
+return found;
+"""
+
+
+def test_task_names_break_only_after_dots_and_underscores(
+    shop: Any, site: str, browser: Any
+) -> None:
+    """A long task name in a narrow column is folded after a ``.`` or a ``_``, never
+    inside a word, at a phone's width and at a laptop's."""
+    from celery_reliable.store import store_for
+
+    name = "web.orders.tasks.forget_abandoned_orders_after_thirty_days"
+    store = store_for(shop.app)
+    letter = store.dead_letters.write(**dead_letter_fields(task_id="names-1", task_name=name))
+    folded = 0
+    try:
+        for width in (420, 1366):
+            browser.execute_cdp_cmd(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            )
+            for path in ("/?refresh=0", "/dead-letters", f"/dead-letters/{letter}", "/gates"):
+                browser.get(site + path)
+                loaded(browser)
+                names = browser.execute_script(LINE_BREAKS, ".name")
+                if path != "/gates":  # the gates list the app's tasks, not the store's
+                    assert name in [text for text, _ in names], (width, path)
+                for text, breaks in names:
+                    # Each break follows a separator: the words stay whole.
+                    assert all(pair[0] in "._" for pair in breaks), (width, path, text, breaks)
+                    folded += len(breaks)
+        assert folded, "no name was folded at 420 px: the test saw nothing"
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        # A fresh document for the next test: none of its nodes laid out at 420 px.
+        browser.get("about:blank")
+        store.dead_letters.purge(ids=[letter])
+
+
+def test_date_filters_take_the_iso_times_the_table_shows(
+    shop: Any, site: str, browser: Any
+) -> None:
+    """From and To are typed as the table writes times (``2026-11-20 10:15``), shown
+    back as typed; the browser itself refuses ``11/20/2026`` before sending it."""
+    from selenium.webdriver.common.by import By
+    from sqlalchemy import update
+
+    from celery_reliable.store import store_for
+    from celery_reliable.store.schema import dead_letters
+
+    store = store_for(shop.app)
+    ids = []
+    for n, moment in enumerate(("2026-11-20 10:15:30", "2026-11-21 08:00:00")):
+        dead_id = store.dead_letters.write(
+            **dead_letter_fields(task_id=f"dated-{n}", task_name="web.dated", args=[n])
+        )
+        with store.engine.begin() as connection:
+            connection.execute(
+                update(dead_letters)
+                .where(dead_letters.c.id == dead_id)
+                .values(created_at=datetime.fromisoformat(moment))
+            )
+        ids.append(dead_id)
+    try:
+        browser.get(f"{site}/dead-letters?task=web.dated")
+        loaded(browser)
+        shown = browser.find_element(By.CSS_SELECTOR, f"#dead-{ids[0]} td.nowrap").text
+        assert shown == "2026-11-20 10:15:30"
+        for field in ("from", "to"):
+            box = browser.find_element(By.NAME, field)
+            assert box.get_attribute("placeholder") == "YYYY-MM-DD HH:MM"
+            box.send_keys(shown[:16])
+        click_filter(browser)
+        assert text_of(browser, "matching") == "1"
+        assert browser.find_elements(By.ID, f"dead-{ids[0]}")
+        for field in ("from", "to"):
+            box = browser.find_element(By.NAME, field)
+            assert box.get_attribute("value") == "2026-11-20 10:15"
+            # What the page shows in the box is what was typed, nothing in another order.
+            assert browser.execute_script("return arguments[0].value", box) == "2026-11-20 10:15"
+
+        box = browser.find_element(By.NAME, "from")
+        box.clear()
+        box.send_keys("11/20/2026")
+        assert browser.execute_script("return arguments[0].checkValidity()", box) is False
+        assert "YYYY-MM-DD" in browser.execute_script("return arguments[0].title", box)
+        before = browser.current_url
+        browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+        time.sleep(0.5)
+        assert browser.current_url == before, "the browser sent a date it should refuse"
+        screenshot(browser, "dead-letters-dated")
+    finally:
+        store.dead_letters.purge(ids=ids)
+
+
+def click_filter(browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    loaded(browser)

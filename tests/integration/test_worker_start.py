@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -79,3 +80,34 @@ def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) ->
             statsd.wait_for(r"celery\.queue\.celery\.depth:\d+\|g")
     finally:
         statsd.close()
+
+
+def test_a_misspelt_prefix_is_a_warning_at_worker_start(make_app: Any) -> None:
+    """Not an error (the key is not ours), but what it sets stays off: said once, as the
+    worker starts, with the key meant. The host's own settings are never named."""
+    app = make_app(
+        "misspelt_prefix", reliabel_unclassified="retry", result_backend_always_retry=True
+    )
+
+    @app.task(base=ReliableTask, shared=False, name="mp.reliable")
+    def reliable() -> None:
+        return None
+
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger = logging.getLogger("celery_reliable.worker")
+    logger.addHandler(handler)
+    try:
+        with embedded_worker(app):
+            pass
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.levelno, r.getMessage()) for r in seen] == [
+        (
+            logging.WARNING,
+            "celery_reliable: the setting 'reliabel_unclassified' is not read: did you mean "
+            "'reliable_unclassified'? (the settings: "
+            "https://example.invalid/celery-reliable/docs/configuration/)",
+        )
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,13 @@ import pytest
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
-from celery_reliable.config import ReliableSettings, forget_settings, settings_for
+from celery_reliable.config import (
+    ReliableSettings,
+    forget_settings,
+    misspelt_keys,
+    refuse_a_changed_database_url,
+    settings_for,
+)
 from celery_reliable.policy import RetryRule
 
 
@@ -241,3 +248,194 @@ def test_each_app_has_its_own_settings() -> None:
     finally:
         for app in apps:
             app.close()
+
+
+# -- messages: the setting as the user wrote it, the docs site's page ------------------------
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        (
+            "CELERY_RELIABLE_STATSD_PORT",
+            0,
+            "CELERY_RELIABLE_STATSD_PORT must be an int between 1 and 65535, got 0",
+        ),
+        (
+            "CELERY_RELIABLE_UNCLASSIFIED",
+            "maybe",
+            "CELERY_RELIABLE_UNCLASSIFIED must be one of ('fail', 'retry'), got 'maybe'",
+        ),
+        (
+            "CELERY_RELIABLE_STATSD_TAGS",
+            "influx",
+            "CELERY_RELIABLE_STATSD_TAGS must be None or 'dogstatsd', got 'influx'",
+        ),
+        (
+            "CELERY_RELIABLE_RECEIPT_TTL",
+            -1,
+            "CELERY_RELIABLE_RECEIPT_TTL must be a number of seconds > 0, got -1",
+        ),
+        (
+            "CELERY_RELIABLE_LOG_OUTCOMES",
+            1,
+            "CELERY_RELIABLE_LOG_OUTCOMES must be True or False, got 1",
+        ),
+        (
+            "CELERY_RELIABLE_WEB_AUTH",
+            "admin",
+            "CELERY_RELIABLE_WEB_AUTH: each entry must be 'user:password' with both parts "
+            "non-empty",
+        ),
+    ],
+)
+def test_a_bad_value_is_named_as_written_under_djangos_namespace(
+    app: Celery, attribute: str, value: object, message: str
+) -> None:
+    """Like a misspelt key (CELERY_RELIABLE_UNCLASIFIED), a bad value names the setting
+    as it is written in settings.py, not by our internal lowercase name."""
+    app.config_from_object(type("DjangoSettings", (), {attribute: value}), namespace="CELERY")
+    with pytest.raises(ImproperlyConfigured) as bad:
+        settings_for(app)
+    assert str(bad.value) == message
+
+
+def test_a_bad_value_in_app_conf_is_named_as_written(app: Celery) -> None:
+    app.conf.reliable_statsd_port = 0
+    with pytest.raises(ImproperlyConfigured) as bad:
+        settings_for(app)
+    assert str(bad.value) == "reliable_statsd_port must be an int between 1 and 65535, got 0"
+
+
+def test_a_changed_database_url_is_named_as_written(app: Celery) -> None:
+    class DjangoSettings:
+        CELERY_RELIABLE_DATABASE_URL = "sqlite:///first.sqlite3"
+
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    settings_for(app)
+    app.conf.CELERY_RELIABLE_DATABASE_URL = "sqlite:///second.sqlite3"
+    with pytest.raises(ImproperlyConfigured) as bad:
+        refuse_a_changed_database_url(app)
+    assert str(bad.value).startswith(
+        "CELERY_RELIABLE_DATABASE_URL changed from 'sqlite:///first.sqlite3' to "
+        "'sqlite:///second.sqlite3' after the app first used its settings"
+    )
+
+
+def test_an_unknown_key_points_to_the_docs_site() -> None:
+    with pytest.raises(ImproperlyConfigured) as bad:
+        ReliableSettings.from_mapping({"reliable_unclasified": "retry"})
+    assert str(bad.value) == (
+        "unknown celery_reliable setting 'reliable_unclasified' (did you mean "
+        "'reliable_unclassified'?); the settings are listed at "
+        "https://example.invalid/celery-reliable/docs/configuration/"
+    )
+
+
+# -- misspelt prefixes: keys meant as ours that are never read ---------------------------------
+
+
+def test_a_misspelt_prefix_under_djangos_namespace_is_found(app: Celery) -> None:
+    class DjangoSettings:
+        DEBUG = False
+        CELERY_BROKER_URL = "memory://"
+        CELERY_RELAIBLE_UNCLASSIFIED = "retry"  # letters swapped
+        CELERY_RELIABEL_STATSD_HOST = "statsd"  # letters swapped
+        CELERY_RELIABLESTATSD_PORT = 9125  # an underscore missing
+        CELERYRELIABLE_HISTORY = False  # the namespace's underscore missing
+        CELERY_RELAIBLE_SENTRI = False  # the prefix and the name both misspelt
+        RELIABLE_DATABASE_URL = "django"  # the namespace missing
+        CELERY_RELIABLE_STATSD_PREFIX = "shop"  # ours, read
+        RELIABLE_API_TOKEN = "the project's own setting"
+
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    assert misspelt_keys(app) == [
+        ("CELERYRELIABLE_HISTORY", "CELERY_RELIABLE_HISTORY"),
+        ("CELERY_RELAIBLE_SENTRI", "CELERY_RELIABLE_SENTRY"),
+        ("CELERY_RELAIBLE_UNCLASSIFIED", "CELERY_RELIABLE_UNCLASSIFIED"),
+        ("CELERY_RELIABEL_STATSD_HOST", "CELERY_RELIABLE_STATSD_HOST"),
+        ("CELERY_RELIABLESTATSD_PORT", "CELERY_RELIABLE_STATSD_PORT"),
+        ("RELIABLE_DATABASE_URL", "CELERY_RELIABLE_DATABASE_URL"),
+    ]
+    # Not an error: the keys are not ours, so the rest is read as usual.
+    assert settings_for(app).statsd_prefix == "shop"
+
+
+def test_a_misspelt_prefix_in_app_conf_is_found(app: Celery) -> None:
+    app.conf.reliabel_unclassified = "retry"
+    app.conf.relaible_statsd_host = "statsd"
+    app.conf.reliable_statsd_prefix = "shop"
+    assert misspelt_keys(app) == [
+        ("relaible_statsd_host", "reliable_statsd_host"),
+        ("reliabel_unclassified", "reliable_unclassified"),
+    ]
+
+
+def test_the_hosts_own_settings_are_never_taken_for_misspelt_ones(app: Celery) -> None:
+    """Every setting of Celery (as Django's namespace writes it and as app.conf does)
+    and of Django, and names that merely start like ours."""
+    from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
+    from django.conf import global_settings
+
+    names = dict.fromkeys(name for name in dir(global_settings) if name.isupper())
+    names.update(dict.fromkeys(f"CELERY_{name.upper()}" for name in CELERY_DEFAULTS))
+    names.update(
+        {
+            "RELIABLE_API_TOKEN": None,
+            "CELERY_RELEASE_CHANNEL": None,
+            "CELERY_RELIANCE_SCORE": None,
+            "CELERY_DATABASE_URL": None,
+            "RELIABLY_SENTRY": None,
+        }
+    )
+    app.config_from_object(type("DjangoSettings", (), names), namespace="CELERY")
+    assert misspelt_keys(app) == []
+
+    plain = Celery("plain", broker="memory://", set_as_current=False)
+    try:
+        plain.conf.update(dict.fromkeys(CELERY_DEFAULTS))
+        plain.conf.update(release_channel="stable", database_url=None)
+        assert misspelt_keys(plain) == []
+    finally:
+        plain.close()
+
+
+def test_the_worker_warns_of_each_misspelt_key(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the worker bootstep calls at start (ReliableWorkerStep.__init__)."""
+    from celery_reliable.worker import warn_of_misspelt_keys
+
+    class DjangoSettings:
+        CELERY_RELAIBLE_UNCLASSIFIED = "retry"
+        CELERY_RESULT_BACKEND = "cache+memory://"
+
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    with caplog.at_level(logging.WARNING, logger="celery_reliable.worker"):
+        warn_of_misspelt_keys(app)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.WARNING,
+            "celery_reliable: the setting 'CELERY_RELAIBLE_UNCLASSIFIED' is not read: did you "
+            "mean 'CELERY_RELIABLE_UNCLASSIFIED'? (the settings: "
+            "https://example.invalid/celery-reliable/docs/configuration/)",
+        )
+    ]
+
+
+def test_as_written_names_a_setting_in_the_apps_own_spelling(app: Celery) -> None:
+    from celery_reliable.config import as_written
+
+    assert as_written(app, "reliable_database_url") == "reliable_database_url"
+
+    class DjangoSettings:
+        CELERY_RELIABLE_STATSD_HOST = "statsd"
+
+    django_app = Celery("django", set_as_current=False)
+    try:
+        django_app.config_from_object(DjangoSettings, namespace="CELERY")
+        # Set, as written; left at its default, as it would be written.
+        assert as_written(django_app, "reliable_statsd_host") == "CELERY_RELIABLE_STATSD_HOST"
+        assert as_written(django_app, "reliable_database_url") == "CELERY_RELIABLE_DATABASE_URL"
+    finally:
+        django_app.close()

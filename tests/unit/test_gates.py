@@ -3,17 +3,28 @@ names, waivers, the JSON shape. (The command line is tested in test_cli_gates.)"
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import ImproperlyConfigured
 
-from celery_reliable import ReliableTask, cancel_on, discard_on, retry_on
+from celery_reliable import Outcome, ReliableTask, cancel_on, discard_on, retry_on
 from celery_reliable.backoff import exponential, fixed, polynomial
 from celery_reliable.errors import UnknownTask
-from celery_reliable.gates import Status, check, format_seconds
+from celery_reliable.gates import (
+    PROJECT,
+    PROJECT_GATES,
+    GateResult,
+    Status,
+    check,
+    format_seconds,
+)
 from celery_reliable.options import GATES
 from celery_reliable.policy import make_retry_rule, retry_schedule
+from celery_reliable.reports import build_report
+from celery_reliable.testing import perform_task
 
 # Each test's app audits only the tasks the test defines.
 pytestmark = pytest.mark.usefixtures("no_shared_tasks")
@@ -360,3 +371,312 @@ def test_an_app_wide_time_limit_serves_an_idempotency_key() -> None:
     task = app.tasks["t.keyed"]
     assert task._reliable_lease == lease_seconds(60)
     assert check(app).task("t.keyed").gate("timeout").reason == "time limits: hard 1m"
+
+
+# ------------------------------------------------- project-level facts (issue 17, point 4)
+
+
+def test_project_level_gates_are_found_once_for_the_app() -> None:
+    # No StatsD and Sentry off are facts of the app, not of each task.
+    app = make_app(reliable_statsd_host=None, reliable_sentry=False)
+    good_task(app, "t.one")
+    good_task(app, "t.two")
+    findings = check(app)
+    metrics, sentry = findings.project
+    assert metrics == GateResult(
+        "metrics",
+        Status.MISS,
+        "reliable_statsd_host is not set: no outcome counters or durations reach a dashboard",
+        scope="project",
+    )
+    assert sentry == GateResult(
+        "sentry", Status.WARN, "reliable_sentry is False: no error reports", scope="project"
+    )
+    assert findings.misses() == [(PROJECT, metrics)]
+    assert not findings.passed
+    for name in ("t.one", "t.two"):
+        audit = findings.task(name)
+        assert [r.gate for r in audit.own] == [g for g in GATES if g not in PROJECT_GATES]
+        assert audit.passed  # every gate of its own
+        assert audit.gate("metrics") is metrics  # the library still answers for every gate
+
+    data = findings.to_dict()
+    assert data["project"] == {
+        "gates": {
+            "metrics": {"status": "miss", "reason": metrics.reason},
+            "sentry": {"status": "warn", "reason": sentry.reason},
+        },
+        "waivers": {},
+    }
+    assert [set(task["gates"]) for task in data["tasks"]] == [
+        {"classified", "bounded", "idempotency", "timeout", "delivery"}
+    ] * 2
+
+
+def test_a_task_that_waives_a_project_gate_itself_keeps_its_own_line() -> None:
+    app = make_app(reliable_statsd_host=None, reliable_sentry=False)
+    good_task(app, "t.batch", waive={"metrics": "reports to the warehouse"})
+    good_task(app, "t.plain")
+    findings = check(app)
+    batch = findings.task("t.batch")
+    assert batch.gate("metrics") == GateResult(
+        "metrics", Status.WAIVED, "reports to the warehouse", waived_by="waive"
+    )
+    assert batch.gate("metrics") in batch.own
+    # t.plain still relies on the app's StatsD: the project misses it.
+    assert [(task, r.gate) for task, r in findings.misses()] == [(PROJECT, "metrics")]
+
+    alone = make_app(reliable_statsd_host=None, reliable_sentry=False)
+    good_task(alone, "t.batch", waive={"metrics": "reports to the warehouse"})
+    findings = check(alone)
+    # No task takes the app's metrics finding: no project line for it.
+    assert [r.gate for r in findings.project] == ["sentry"]
+    assert findings.passed
+
+
+def test_an_app_wide_waiver_is_shown_as_such_and_a_task_waiver_wins() -> None:
+    app = make_app(
+        reliable_statsd_host=None,
+        reliable_sentry=False,
+        reliable_waive={
+            "metrics": "dashboards come from the outcome log",
+            "idempotency": "every task here only reads",
+        },
+    )
+    good_task(app, "t.keyless", idempotency_key=None)
+    good_task(app, "t.own", idempotency_key=None, waive={"idempotency": "a pure function"})
+    good_task(app, "t.keyed")
+    findings = check(app)
+    assert findings.passed, findings.misses()
+    assert findings.project[0] == GateResult(
+        "metrics",
+        Status.WAIVED,
+        "reliable_waive (app-wide): dashboards come from the outcome log",
+        waived_by="reliable_waive",
+        scope="project",
+    )
+    assert findings.task("t.keyless").gate("idempotency") == GateResult(
+        "idempotency",
+        Status.WAIVED,
+        "reliable_waive (app-wide): every task here only reads",
+        waived_by="reliable_waive",
+    )
+    assert findings.task("t.own").gate("idempotency").reason == "a pure function"
+    # A task that meets the gate says nothing of the app's waiver.
+    assert findings.task("t.keyed").gate("idempotency").reason == "idempotency_key k:{x}"
+
+    data = findings.to_dict()
+    assert data["project"]["waivers"] == {
+        "metrics": "dashboards come from the outcome log",
+        "idempotency": "every task here only reads",
+    }
+    assert data["project"]["gates"]["metrics"] == {
+        "status": "waived",
+        "reason": "reliable_waive (app-wide): dashboards come from the outcome log",
+        "waived_by": "reliable_waive",
+    }
+    by_name = {task["task"]: task for task in data["tasks"]}
+    assert by_name["t.own"]["gates"]["idempotency"] == {
+        "status": "waived",
+        "reason": "a pure function",
+        "waived_by": "waive",
+    }
+
+
+def test_an_app_wide_waiver_of_a_project_gate_that_passes_is_not_needed() -> None:
+    app = make_app(reliable_waive={"metrics": "no dashboards yet"})
+    good_task(app)
+    metrics = check(app).project[0]
+    assert metrics.status is Status.PASS
+    assert metrics.reason == "StatsD 127.0.0.1:8125, prefix 'celery' (reliable_waive not needed)"
+
+
+@pytest.mark.parametrize(
+    ("waive", "message"),
+    [
+        (
+            {"metric": "no dashboards"},
+            "reliable_waive names an unknown gate 'metric'; did you mean 'metrics'? the gates "
+            "are classified, bounded, idempotency, timeout, delivery, metrics, sentry",
+        ),
+        ({"metrics": " "}, "reliable_waive['metrics'] needs a reason"),
+        ("metrics", "reliable_waive must be a dict of gate -> reason"),
+    ],
+)
+def test_an_app_wide_waiver_is_checked_like_a_task_waiver(waive: object, message: str) -> None:
+    app = make_app(reliable_waive=waive)
+    good_task(app)
+    with pytest.raises(ImproperlyConfigured, match=re.escape(message)):
+        check(app)
+
+
+# --------------------------------------------------- Celery's own autoretry_for
+
+
+def legacy_task(app: Celery, name: str, **options: Any) -> Any:
+    """A task moved to base=ReliableTask with Celery's retry options left as they were."""
+
+    @app.task(name=name, **{**GOOD, **options})
+    def task(x: int) -> int:
+        return x
+
+    return task
+
+
+def test_autoretry_for_classifies_and_is_bounded_by_max_retries() -> None:
+    app = make_app()
+    legacy_task(app, "t.legacy", autoretry_for=(Exception,), retry_backoff=True)
+    audit = check(app).task("t.legacy")
+    assert audit.gate("classified") == GateResult(
+        "classified", Status.PASS, "1 rule (autoretry_for)"
+    )
+    # Celery's default max_retries=3: 3 retries after 1, 2 and 4 s at most (its full
+    # jitter draws between 0 and each).
+    assert audit.gate("bounded") == GateResult(
+        "bounded",
+        Status.PASS,
+        "attempts 4 (autoretry_for, max_retries=3), worst-case retry window 7s",
+    )
+    assert audit.retry_window == 7
+    assert audit.passed
+
+
+def test_autoretry_for_without_max_retries_is_unbounded() -> None:
+    app = make_app()
+    legacy_task(
+        app, "t.forever", autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=None
+    )
+    audit = check(app).task("t.forever")
+    assert audit.gate("bounded").status is Status.MISS
+    assert audit.gate("bounded").reason.startswith(
+        "autoretry_for(ConnectionError, max_retries=None, retry_backoff=1, "
+        "retry_backoff_max=600, retry_jitter=True): max_retries=None, so Celery retries "
+        "these errors forever"
+    )
+    assert audit.retry_window is None
+
+
+def test_retry_kwargs_max_retries_is_the_budget_celery_uses() -> None:
+    app = make_app()
+    legacy_task(
+        app,
+        "t.kwargs",
+        autoretry_for=(ConnectionError,),
+        retry_backoff=2,
+        retry_jitter=False,
+        retry_kwargs={"max_retries": 5},
+    )
+    audit = check(app).task("t.kwargs")
+    assert audit.gate("bounded").reason == (
+        "attempts 6 (autoretry_for, max_retries=5), worst-case retry window 1m 2s"
+    )  # 2 + 4 + 8 + 16 + 32 s
+    assert audit.retry_window == 62
+
+
+def test_autoretry_for_at_a_fixed_countdown_does_not_grow() -> None:
+    app = make_app()
+    legacy_task(app, "t.storm", autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 10})
+    result = gate(app, "t.storm", "bounded")
+    assert result.status is Status.MISS
+    assert result.reason.startswith(
+        "autoretry_for(ConnectionError, max_retries=3, countdown=10s): the delay does not "
+        "grow (3 retries 10s apart keep hitting what is down); set retry_backoff=True"
+    )
+
+    once = make_app()
+    legacy_task(once, "t.once", autoretry_for=(ConnectionError,), max_retries=1)
+    assert gate(once, "t.once", "bounded").status is Status.PASS
+    assert check(once).task("t.once").retry_window == 180  # Celery's default_retry_delay
+
+
+def test_autoretry_for_beside_rules_adds_to_the_window() -> None:
+    app = make_app()
+
+    @app.task(
+        name="t.both",
+        autoretry_for=(ConnectionError,),
+        retry_backoff=True,
+        max_retries=2,
+        **GOOD,
+    )
+    @retry_on(Transient, attempts=3)
+    def both(x: int) -> None: ...
+
+    audit = check(app).task("t.both")
+    assert audit.gate("classified").reason == "2 rules (autoretry_for, retry_on)"
+    assert audit.gate("bounded").reason.startswith(
+        "attempts 3+3 (autoretry_for, max_retries=2), worst-case retry window"
+    )
+    assert audit.retry_window == pytest.approx((1 + 2) * 1.15 + (1 + 2))
+
+
+def test_a_long_autoretry_backoff_misses_delivery_past_the_visibility_timeout() -> None:
+    app = make_app(broker_transport_options={"visibility_timeout": 300}, reliable_keepalive=False)
+    legacy_task(
+        app, "t.patient", autoretry_for=(ConnectionError,), retry_backoff=True, max_retries=10
+    )
+    result = gate(app, "t.patient", "delivery")
+    assert result.status is Status.MISS
+    assert "longest retry delay 8m 32s is not shorter than the visibility_timeout 5m" in (
+        result.reason
+    )
+
+
+def test_the_report_lists_autoretry_for_as_a_rule() -> None:
+    app = make_app()
+    legacy_task(
+        app,
+        "t.legacy",
+        autoretry_for=(ConnectionError,),
+        dont_autoretry_for=(ConnectionRefusedError,),
+        retry_backoff=True,
+        retry_jitter=False,
+        max_retries=2,
+    )
+    report = build_report(app, "t.legacy", with_store=False)
+    assert report.rules[0] == {
+        "kind": "autoretry_for",
+        "classes": ["ConnectionError"],
+        "excluded": ["ConnectionRefusedError"],
+        "attempts": 3,
+        "max_retries": 2,
+        "wait": "retry_backoff=1, retry_backoff_max=600, retry_jitter=False",
+        "jitter": False,
+        "report": False,
+        "schedule": [{"attempt": 1, "min": 1, "max": 1}, {"attempt": 2, "min": 2, "max": 2}],
+    }
+    text = report.markdown()
+    for line in (
+        "- Retried by Celery first (autoretry_for, max_retries=2), then EXHAUSTED unless a "
+        "rule takes over: `ConnectionError` (not `ConnectionRefusedError`)",
+        "`ConnectionError` (autoretry_for): 3 attempts, retry_backoff=1, "
+        "retry_backoff_max=600, retry_jitter=False",
+        "| 2 | 2s | 2s |",
+        "| classified | pass | 1 rule (autoretry_for) |",
+    ):
+        assert line in text, text
+
+
+def test_the_audit_of_autoretry_for_counts_the_executions_a_worker_makes() -> None:
+    app = make_app()
+
+    @app.task(
+        name="t.flaky",
+        autoretry_for=(Exception,),
+        retry_backoff=True,
+        max_retries=2,
+        **{**GOOD, "idempotency_key": None, "waive": {"idempotency": "pure"}},
+    )
+    def flaky(x: int) -> None:
+        raise KeyError(x)
+
+    assert gate(app, "t.flaky", "bounded").reason.startswith(
+        "attempts 3 (autoretry_for, max_retries=2)"
+    )
+    done = [perform_task(flaky, args=(1,), attempt=n) for n in (1, 2, 3)]
+    assert [d.outcome for d in done] == [Outcome.RETRIED, Outcome.RETRIED, Outcome.EXHAUSTED]
+    # Celery's full jitter: each delay between 0 and the backoff (1 s, then 2 s).
+    assert [0 <= d.retry_in <= limit for d, limit in zip(done, (1, 2), strict=False)] == [
+        True,
+        True,
+    ]

@@ -26,6 +26,7 @@ from celery_reliable import (
 from celery_reliable.backoff import fixed
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, Rule
+from celery_reliable.signals import task_outcome
 
 
 class Boom(Exception):
@@ -410,6 +411,8 @@ def test_returned_cancel_is_cancelled(app: Celery) -> None:
     assert result.state == "CANCELLED"
     assert result.info["reason"] == "order was deleted"
     assert result.info["outcome"] == "cancelled"
+    assert result.ready()
+    assert result.get() == result.info
 
 
 def test_raised_cancel_is_cancelled(app: Celery) -> None:
@@ -427,7 +430,11 @@ def test_raised_discard_is_discarded(app: Celery) -> None:
 
     result = build(app, discards).apply()
     assert result.state == "DISCARDED"
-    assert result.info["reason"] == "bad payload"
+    # As from a worker (results.py): the exception is the info, and get() raises it.
+    assert isinstance(result.info, Discard)
+    assert result.info.reason == "bad payload"
+    with pytest.raises(Discard, match="bad payload"):
+        result.get()
 
 
 def test_returned_discard_is_discarded(app: Celery) -> None:
@@ -459,7 +466,7 @@ def test_discard_on_rule_is_discarded(app: Celery) -> None:
 
     result = build(app, sends).apply()
     assert result.state == "DISCARDED"
-    assert "InvalidEmail" in result.info["reason"]
+    assert isinstance(result.info, InvalidEmail)
 
 
 def test_cancel_on_rule_is_cancelled(app: Celery) -> None:
@@ -760,3 +767,131 @@ def test_a_misspelt_setting_fails_eager_calls_too() -> None:
         task.apply()
     with pytest.raises(ImproperlyConfigured, match="did you mean 'reliable_unclassified'"):
         task.delay()
+
+
+# -- the app's own task class (task_cls) ------------------------------------------------
+
+
+class ProjectTask(Task):  # type: ignore[type-arg]
+    """A project's base, as ``Celery(task_cls="proj.base:Task")`` names it."""
+
+    calls: list[str] = []
+
+    def tenant(self) -> str:
+        return "acme"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        ProjectTask.calls.append("enter")
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            ProjectTask.calls.append("exit")
+
+
+def test_base_reliable_task_keeps_the_apps_task_class() -> None:
+    app = Celery("own-base", task_cls=ProjectTask, set_as_current=False)
+    app.conf.reliable_database_url = None
+    seen: list[Any] = []
+
+    def outcome(sender: Any = None, **fields: Any) -> None:
+        seen.append(fields["outcome"])
+
+    task_outcome.connect(outcome, weak=False)
+    try:
+
+        def work(x: int) -> str:
+            ProjectTask.calls.append("body")
+            return f"ok {x}"
+
+        task = build(app, work)
+        assert isinstance(task, ReliableTask) and isinstance(task, ProjectTask)
+        assert task.tenant() == "acme"
+        ProjectTask.calls.clear()
+        assert task.apply((1,)).get() == "ok 1"
+        # The project's __call__ runs around the body, inside the one execution.
+        assert ProjectTask.calls == ["enter", "body", "exit"]
+        assert seen == [Outcome.SUCCEEDED]
+        assert type(task._get_current_object()).__name__ == "work"
+    finally:
+        task_outcome.disconnect(outcome)
+
+
+def test_djangos_task_class_is_kept() -> None:
+    from celery.contrib.django.task import DjangoTask
+
+    app = Celery("django-base", task_cls=DjangoTask, set_as_current=False)
+    app.conf.reliable_database_url = None
+
+    def work() -> None: ...
+
+    task = build(app, work)
+    assert isinstance(task, DjangoTask)
+    assert callable(task.delay_on_commit) and callable(task.apply_async_on_commit)
+    assert not task._reliable_app_call, "DjangoTask has no __call__ of its own"
+
+
+def test_an_app_task_class_that_cannot_be_combined_is_one_clear_error() -> None:
+    class Audited:
+        pass
+
+    class AuditedReliable(ReliableTask, Audited):
+        abstract = True
+
+    class AuditedFirst(Audited, Task):  # type: ignore[type-arg]
+        pass
+
+    # (AuditedReliable, AuditedFirst) has no consistent MRO: Audited is after Task in
+    # one and before it in the other.
+    app = Celery("bad-base", task_cls=AuditedFirst, set_as_current=False)
+    app.conf.reliable_database_url = None
+
+    def work() -> None: ...
+
+    with pytest.raises(ImproperlyConfigured, match="declare a base of both"):
+        build(app, work, base=AuditedReliable)
+
+
+def test_autoretry_budget_from_retry_kwargs_ends_exhausted(app: Celery) -> None:
+    """Celery's budget is retry_kwargs["max_retries"] when set (it is passed to
+    self.retry()): once it is spent the error is EXHAUSTED, not FAILED unclassified."""
+    seen: list[Outcome] = []
+
+    def outcome(sender: Any = None, **fields: Any) -> None:
+        seen.append(fields["outcome"])
+
+    def flaky() -> None:
+        raise ValueError("down")
+
+    task = build(
+        app,
+        flaky,
+        autoretry_for=(ValueError,),
+        retry_kwargs={"max_retries": 2, "countdown": 0},
+        max_retries=10,
+    )
+    task_outcome.connect(outcome, weak=False)
+    try:
+        task.apply()
+    finally:
+        task_outcome.disconnect(outcome)
+    assert seen == [Outcome.RETRIED, Outcome.RETRIED, Outcome.EXHAUSTED]
+
+
+def test_the_body_calling_its_task_inside_the_apps_call_is_one_execution() -> None:
+    app = Celery("own-base-nested", task_cls=ProjectTask, set_as_current=False)
+    app.conf.reliable_database_url = None
+    seen: list[Any] = []
+
+    def outcome(sender: Any = None, **fields: Any) -> None:
+        seen.append(fields["outcome"])
+
+    def countdown(self: Any, n: int) -> int:
+        return n if n == 0 else self(n - 1) + 1
+
+    task = build(app, countdown, bind=True)
+    task_outcome.connect(outcome, weak=False)
+    try:
+        assert task.apply((3,)).get() == 3
+    finally:
+        task_outcome.disconnect(outcome)
+    assert seen == [Outcome.SUCCEEDED]

@@ -87,8 +87,10 @@ def test_the_web_view_is_mounted_beside_django(served):
 
     status, overview = get("/reliable/")
     assert status == 200
+    # Names may fold after their dots and underscores: the page marks where (<wbr>).
+    shown = overview.replace("<wbr>", "")
     for task in ("orders.tasks.charge_payment", "orders.tasks.send_order_confirmation"):
-        assert task in overview
+        assert task in shown
     assert 'href="/reliable/static/style.css"' in overview
     assert 'href="/reliable/dead-letters"' in overview
     assert get("/reliable/static/style.css")[0] == 200

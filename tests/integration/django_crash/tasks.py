@@ -47,3 +47,10 @@ def _steal_the_claim(task_name: str, key: str) -> None:
             'UPDATE reliable_receipts SET claim_token = %s WHERE task_name = %s AND "key" = %s',
             ["another-execution", task_name, key],
         )
+
+
+@shared_task(base=ReliableTask, name="crash.django_note")
+def note(order_id: int) -> str:
+    """Published with Django's ``delay_on_commit`` (the app's DjangoTask, kept under
+    ``base=ReliableTask``)."""
+    return f"noted {order_id}"
