@@ -44,7 +44,7 @@ from celery_reliable.celery_internals import (
 )
 from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
-from celery_reliable.errors import ResultNotSerializable, WrongArguments
+from celery_reliable.errors import ResultNotSerializable, StoreUnavailable, WrongArguments
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
@@ -253,8 +253,21 @@ class Execution:
             got = claims.ReceiptHolder.take(
                 self.task, cast(str, self.request.id), self.args, self.kwargs
             )
-        except Exception as exc:  # StoreUnavailable: the built-in rule retries it
+        except StoreUnavailable as exc:  # the built-in rule (or the task's own) retries it
             return self.act(self.decide_exception(exc))
+        except Exception as exc:
+            # Not the task's error: no rule of the task (retry_on(Exception) included)
+            # may retry a bug or a setting of ours into a storm.
+            return self.act(
+                Decision(
+                    Outcome.FAILED,
+                    f"celery_reliable could not claim the idempotency key: {describe_exc(exc)} "
+                    "(an error in celery_reliable or its settings, not in the task; the body "
+                    "did not run)",
+                    exc,
+                    report=True,
+                )
+            )
         if isinstance(got, claims.ReceiptHolder):
             self.receipt = got
             return _OWNED

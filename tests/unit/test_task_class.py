@@ -895,3 +895,33 @@ def test_the_body_calling_its_task_inside_the_apps_call_is_one_execution() -> No
     finally:
         task_outcome.disconnect(outcome)
     assert seen == [Outcome.SUCCEEDED]
+
+
+def test_an_internal_error_at_claim_is_failed_not_the_tasks_rules(app: Celery) -> None:
+    """A keyed task whose app has no store (reliable_database_url None): the claim
+    raises ImproperlyConfigured. That is ours, not the task's: FAILED and reported,
+    never retried by the task's retry_on(Exception)."""
+    seen: list[Any] = []
+
+    def outcome(sender: Any = None, **fields: Any) -> None:
+        seen.append((fields["outcome"], fields["reason"], fields["report"]))
+
+    ran: list[int] = []
+
+    @retry_on(Exception, wait=fixed(0.01), attempts=3)
+    def charge(order_id: int) -> None:
+        ran.append(order_id)
+
+    task = build(app, charge, timeout=5, idempotency_key="charge:{order_id}")
+    task_outcome.connect(outcome, weak=False)
+    try:
+        result = task.apply((7,))
+    finally:
+        task_outcome.disconnect(outcome)
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ImproperlyConfigured)
+    ((got, reason, report),) = seen
+    assert got is Outcome.FAILED and report
+    assert reason.startswith("celery_reliable could not claim the idempotency key: ")
+    assert "not in the task; the body did not run" in reason
+    assert ran == []
