@@ -49,7 +49,7 @@ from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
 from celery_reliable.results import DUPLICATE_OF
-from celery_reliable.signals import execution_started, task_outcome
+from celery_reliable.signals import OutcomeEvent, execution_started, task_outcome
 from celery_reliable.wiring import ensure_observers
 
 if TYPE_CHECKING:
@@ -595,8 +595,8 @@ class Execution:
     def emit(self, decision: Decision) -> None:
         if not task_outcome.receivers:
             return
-        task_outcome.send(
-            sender=self.task,
+        OutcomeEvent(
+            task=self.task,
             task_id=self.request.id,
             outcome=decision.outcome,
             attempt=self.attempt,
@@ -607,7 +607,7 @@ class Execution:
             report=decision.report,
             queue=self.queue,
             request=self.request,
-        )
+        ).send()
 
 
 def _wrong_arguments(

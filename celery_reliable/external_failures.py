@@ -16,7 +16,7 @@ from celery.app.task import Context
 
 from celery_reliable.decisions import describe_exc
 from celery_reliable.outcomes import Outcome
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent
 
 if TYPE_CHECKING:
     from celery_reliable.task import ReliableTask
@@ -66,8 +66,8 @@ def report_external_failure(
         # re-published (to the task's default queue: the delivery info was the child's).
         request = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
     queue = (request.delivery_info or {}).get("routing_key")
-    task_outcome.send(
-        sender=task,
+    OutcomeEvent(
+        task=task,
         task_id=task_id,
         outcome=Outcome.FAILED,
         attempt=(request.retries or 0) + 1 if known else 0,
@@ -78,4 +78,4 @@ def report_external_failure(
         report=True,
         queue=queue,
         request=request,
-    )
+    ).send()

@@ -8,20 +8,21 @@ receiver never changes a task's outcome.
     context), ``queue``. Sent once per execution, before the task body runs.
 
 ``task_outcome``
-    sender = the task; ``task_id``, ``outcome`` (:class:`~celery_reliable.Outcome`),
-    ``attempt`` (1 for the first execution; 0 when unknown: an execution killed by
-    the hard time limit is reported by the worker's main process), ``exc`` (the
-    exception, or ``None``), ``reason`` (a short human text), ``duration``
-    (seconds, float), ``retry_in`` (seconds until the next run for ``RETRIED`` and
-    ``SNOOZED``, else ``None``), ``report`` (the matching rule asked for a Sentry
-    report), ``queue`` (the queue the message came from, or ``None``) and
-    ``request`` (Celery's request context). Sent exactly once per execution that
-    ends.
+    sender = the task; ``event``, an :class:`OutcomeEvent` (read its attributes:
+    a misspelt one is an ``AttributeError``, not a silent ``None``). Sent exactly once
+    per execution that ends. For receivers written before the event existed, its
+    fields also come as keyword arguments of the same names: ``task_id``, ``outcome``,
+    ``attempt``, ``exc``, ``reason``, ``duration``, ``retry_in``, ``report``,
+    ``queue`` and ``request``.
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from celery.utils.dispatch import Signal
+
+from celery_reliable.outcomes import Outcome
 
 # use_caching: the receivers of each sender (a task) are worked out once, not on every
 # send; connecting or disconnecting a receiver clears the cache.
@@ -35,6 +36,7 @@ task_outcome = Signal(
     name="task_outcome",
     use_caching=True,
     providing_args=[
+        "event",
         "task_id",
         "outcome",
         "attempt",
@@ -48,4 +50,56 @@ task_outcome = Signal(
     ],
 )
 
-__all__ = ["execution_started", "task_outcome"]
+
+class OutcomeEvent(NamedTuple):
+    """How one execution ended: built once, passed to every observer and receiver.
+
+    Immutable (a named tuple: the cheapest immutable record to build, once per
+    execution on the hot path; a frozen dataclass costs a ``__setattr__`` per field).
+    """
+
+    #: The task (the signal's sender).
+    task: Any
+    task_id: str | None
+    outcome: Outcome
+    #: 1 for the first execution; 0 when unknown (an execution killed by the hard
+    #: time limit is reported by the worker's main process).
+    attempt: int
+    #: The exception that decided the outcome, or None.
+    exc: BaseException | None
+    #: A short human text.
+    reason: str
+    #: Seconds the execution took (None when the main process does not know).
+    duration: float | None
+    #: Seconds until the next run, for RETRIED and SNOOZED; else None.
+    retry_in: float | None
+    #: The matching rule asked for a Sentry report.
+    report: bool
+    #: The queue the message came from, or None.
+    queue: str | None
+    #: Celery's request context of the execution.
+    request: Any
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task.name)
+
+    def send(self) -> None:
+        """Send ``task_outcome`` with this event (and its fields as keywords)."""
+        task_outcome.send(
+            sender=self.task,
+            event=self,
+            task_id=self.task_id,
+            outcome=self.outcome,
+            attempt=self.attempt,
+            exc=self.exc,
+            reason=self.reason,
+            duration=self.duration,
+            retry_in=self.retry_in,
+            report=self.report,
+            queue=self.queue,
+            request=self.request,
+        )
+
+
+__all__ = ["OutcomeEvent", "execution_started", "task_outcome"]

@@ -24,7 +24,7 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent, task_outcome
 from tests import servers
 from tests.integration.recording import execution_place, in_execution_order
 
@@ -199,22 +199,23 @@ class OutcomeRecorder:
         self.events: list[Event] = []
         self._cond = threading.Condition()
 
-    def __call__(self, sender: Any = None, **fields: Any) -> None:
-        event = Event(
-            task_name=sender.name,
-            task_id=fields["task_id"],
-            outcome=fields["outcome"],
-            attempt=fields["attempt"],
-            exc=fields["exc"],
-            reason=fields["reason"],
-            duration=fields["duration"],
-            retry_in=fields["retry_in"],
-            report=fields["report"],
-            queue=fields["queue"],
-            place=execution_place(fields),
+    def __call__(self, sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        assert event is not None
+        seen = Event(
+            task_name=event.task_name,
+            task_id=str(event.task_id),
+            outcome=event.outcome,
+            attempt=event.attempt,
+            exc=event.exc,
+            reason=event.reason,
+            duration=event.duration,
+            retry_in=event.retry_in,
+            report=event.report,
+            queue=event.queue,
+            place=execution_place(event),
         )
         with self._cond:
-            self.events.append(event)
+            self.events.append(seen)
             self._cond.notify_all()
 
     def for_id(self, task_id: str) -> list[Event]:

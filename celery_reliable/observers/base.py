@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from celery_reliable.signals import execution_started, task_outcome
+from celery_reliable.signals import OutcomeEvent, execution_started, task_outcome
 
 logger = logging.getLogger("celery_reliable.observers")
 
@@ -47,16 +47,16 @@ class Observer:
         except Exception:
             logger.exception("%s observer failed on execution start; the task goes on", self.name)
 
-    def _outcome(self, sender: Any = None, **fields: Any) -> None:
-        if sender is None or sender.app is not self.app:
+    def _outcome(self, sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        if event is None or sender is None or sender.app is not self.app:
             return
         try:
-            self.on_outcome(sender, **fields)
+            self.on_outcome(event)
         except Exception:
             logger.exception("%s observer failed on an outcome; the task goes on", self.name)
 
     def on_started(self, task: Any, **fields: Any) -> None:
         """Override to act when an execution starts."""
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
+    def on_outcome(self, event: OutcomeEvent) -> None:
         """Override to act when an execution ends."""

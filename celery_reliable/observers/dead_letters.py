@@ -17,7 +17,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.headers import Counters
 from celery_reliable.observers.base import Observer
-from celery_reliable.outcomes import Outcome
+from celery_reliable.signals import OutcomeEvent
 from celery_reliable.store import Store
 from celery_reliable.store.dead_letters import DeadLetters, queue_of, republish_options
 from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
@@ -39,17 +39,13 @@ class DeadLetterObserver(Observer):
         self.store = store
         self.settings = settings_for(app)
 
-    def _outcome(self, sender: Any = None, **fields: Any) -> None:
-        # Most executions write no dead letter: decided before the generic wrapper
-        # passes the signal's keywords on a second time.
-        outcome = fields.get("outcome")
-        if outcome is not None and outcome.dead_letters:
-            super()._outcome(sender, **fields)
+    def _outcome(self, sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        # Most executions write no dead letter: decided before the generic wrapper.
+        if event is not None and event.outcome.dead_letters:
+            super()._outcome(sender, event)
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
-        outcome: Outcome = fields["outcome"]
-        request = fields.get("request")
-        exc: BaseException | None = fields.get("exc")
+    def on_outcome(self, event: OutcomeEvent) -> None:
+        task, request, exc = event.task, event.request, event.exc
         options = republish_options(request)
         # The reasons of the retries before this end, as the message carried them: the
         # web view and `dead show --json` show the way to the dead letter.
@@ -57,19 +53,19 @@ class DeadLetterObserver(Observer):
         if history.history:
             options["retry_history"] = history.history
         row = {
-            "task_id": fields.get("task_id") or "",
+            "task_id": event.task_id or "",
             "task_name": task.name,
             "queue": queue_of(options),
             "args": getattr(request, "args", None),
             "kwargs": getattr(request, "kwargs", None),
             "options": options,
             "redact": bool(task.dead_letter_redact or self.settings.redacts(task.name)),
-            "outcome": outcome.value,
+            "outcome": event.outcome.value,
             "exc_type": f"{type(exc).__module__}.{type(exc).__qualname__}" if exc else None,
             "exc_message": str(exc) if exc is not None else None,
             "traceback": _traceback(exc),
-            "reason": fields.get("reason") or "",
-            "attempts": fields.get("attempt") or 0,
+            "reason": event.reason or "",
+            "attempts": event.attempt or 0,
         }
         try:
             self.store.dead_letters.write(**row)

@@ -24,7 +24,7 @@ from typing import Any
 
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.observers.base import Observer
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent, task_outcome
 from celery_reliable.store.history import HistoryKey, MinuteCounts, aggregate
 
 logger = logging.getLogger("celery_reliable.history")
@@ -62,18 +62,11 @@ class HistoryObserver(Observer):
     def disconnect(self) -> None:
         task_outcome.disconnect(dispatch_uid=f"celery_reliable:history:{id(self)}")
 
-    def _outcome(
-        self,
-        sender: Any = None,
-        outcome: Any = None,
-        duration: float | None = None,
-        queue: str | None = None,
-        **_: Any,
-    ) -> None:
+    def _outcome(self, sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
         # The hot path, instead of Observer._outcome: a tuple and an append.
-        if not self.active or sender is None or sender.app is not self.app:
+        if not self.active or event is None or sender is None or sender.app is not self.app:
             return
-        self._events.append((time(), sender.name, queue, outcome.value, duration))
+        self._events.append((time(), sender.name, event.queue, event.outcome.value, event.duration))
         if self._thread is None:
             self._start()
 

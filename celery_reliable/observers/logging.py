@@ -9,10 +9,10 @@ the same fields ride on the record (``extra=``) for JSON handlers: ``task_name``
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
+from celery_reliable.signals import OutcomeEvent
 
 logger = logging.getLogger("celery_reliable.outcome")
 
@@ -35,18 +35,17 @@ def _quote(text: str) -> str:
 class LoggingObserver(Observer):
     name = "logging"
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
-        outcome: Outcome = fields["outcome"]
+    def on_outcome(self, event: OutcomeEvent) -> None:
+        outcome = event.outcome
         level = _LEVELS[outcome]
         if not logger.isEnabledFor(level):
             return
-        duration = fields.get("duration")
-        retry_in = fields.get("retry_in")
-        reason = fields.get("reason") or ""
+        duration, retry_in, reason = event.duration, event.retry_in, event.reason or ""
+        name = event.task.name
         parts = [
-            f"task={task.name}",
-            f"id={fields.get('task_id')}",
-            f"attempt={fields.get('attempt')}",
+            f"task={name}",
+            f"id={event.task_id}",
+            f"attempt={event.attempt}",
             f"outcome={outcome.value}",
             f"duration={duration:.3f}s" if duration is not None else "duration=unknown",
         ]
@@ -58,13 +57,13 @@ class LoggingObserver(Observer):
             level,
             " ".join(parts),
             extra={
-                "task_name": task.name,
-                "task_id": fields.get("task_id"),
-                "attempt": fields.get("attempt"),
+                "task_name": name,
+                "task_id": event.task_id,
+                "attempt": event.attempt,
                 "outcome": outcome.value,
                 "duration": duration,
                 "reason": reason,
                 "retry_in": retry_in,
-                "queue": fields.get("queue"),
+                "queue": event.queue,
             },
         )

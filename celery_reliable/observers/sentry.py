@@ -35,6 +35,7 @@ from sentry_sdk.utils import event_from_exception
 
 from celery_reliable.observers.base import Observer
 from celery_reliable.outcomes import Outcome
+from celery_reliable.signals import OutcomeEvent
 
 logger = logging.getLogger("celery_reliable.sentry")
 
@@ -100,52 +101,53 @@ class SentryObserver(Observer):
         super().__init__(app)
         _install_processor()
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
-        outcome: Outcome = fields["outcome"]
+    def on_outcome(self, event: OutcomeEvent) -> None:
+        outcome = event.outcome
+        name = event.task.name
         level = _ALWAYS.get(outcome)
         if outcome is Outcome.RETRIED:
             sentry_sdk.add_breadcrumb(
                 category="celery_reliable",
-                message=f"{task.name} retried: {fields.get('reason')}",
+                message=f"{name} retried: {event.reason}",
                 level="info",
-                data={"attempt": fields.get("attempt"), "retry_in": fields.get("retry_in")},
+                data={"attempt": event.attempt, "retry_in": event.retry_in},
             )
-        if level is None and fields.get("report"):
+        if level is None and event.report:
             level = _WHEN_ASKED.get(outcome)
         if level is None:
             return
         client = sentry_sdk.get_client()
         if not client.is_active():
             return
-        exc: BaseException | None = fields.get("exc")
+        exc = event.exc
         tags = {
-            "task": task.name,
+            "task": name,
             "outcome": outcome.value,
-            "attempt": str(fields.get("attempt")),
-            "queue": str(fields.get("queue")),
+            "attempt": str(event.attempt),
+            "queue": str(event.queue),
         }
         extra = {
-            "task_id": fields.get("task_id"),
-            "reason": fields.get("reason"),
-            "retry_in": fields.get("retry_in"),
+            "task_id": event.task_id,
+            "reason": event.reason,
+            "retry_in": event.retry_in,
         }
         if exc is not None:
-            event, hint = event_from_exception(
+            report, hint = event_from_exception(
                 (type(exc), exc, exc.__traceback__),
                 client_options=client.options,
                 mechanism={"type": "celery_reliable", "handled": True},
             )
-            fingerprint = [task.name, _qualified(exc)]
+            fingerprint = [name, _qualified(exc)]
         else:
-            event, hint = {"message": f"{task.name} {outcome.value}: {fields.get('reason')}"}, {}
-            fingerprint = [task.name, outcome.value]
-        event["level"] = level
-        event["breadcrumbs"] = {"values": retry_breadcrumbs(fields.get("request"))}
-        event["tags"] = {**event.get("tags", {}), **tags}
-        event["extra"] = {**event.get("extra", {}), **extra}
-        event["fingerprint"] = fingerprint
+            report, hint = {"message": f"{name} {outcome.value}: {event.reason}"}, {}
+            fingerprint = [name, outcome.value]
+        report["level"] = level
+        report["breadcrumbs"] = {"values": retry_breadcrumbs(event.request)}
+        report["tags"] = {**report.get("tags", {}), **tags}
+        report["extra"] = {**report.get("extra", {}), **extra}
+        report["fingerprint"] = fingerprint
         hint[HINT] = True
-        sentry_sdk.capture_event(event, hint=hint)
+        sentry_sdk.capture_event(report, hint=hint)
         if exc is not None:
             with contextlib.suppress(AttributeError, TypeError):  # a type with __slots__
                 setattr(exc, REPORTED, True)

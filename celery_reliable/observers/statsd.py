@@ -22,7 +22,7 @@ from celery_reliable import metrics
 from celery_reliable.config import ReliableSettings
 from celery_reliable.headers import SENT_AT_HEADER
 from celery_reliable.observers.base import Observer
-from celery_reliable.outcomes import Outcome
+from celery_reliable.signals import OutcomeEvent
 
 logger = logging.getLogger("celery_reliable.statsd")
 
@@ -52,11 +52,11 @@ def _epoch(eta: Any) -> float:
     return when.timestamp()
 
 
-def _queue(fields: dict[str, Any]) -> str:
+def _queue(queue: str | None) -> str:
     # Every tagged line has the same label set (statsd_exporter rejects a metric whose
     # labels vary): an execution with no queue (eager, or reported by the main process)
     # is tagged "unknown".
-    return fields.get("queue") or "unknown"
+    return queue or "unknown"
 
 
 class StatsdObserver(Observer):
@@ -90,7 +90,7 @@ class StatsdObserver(Observer):
         names = self._task_names(task.name)
         waited = queue_time_ms(fields.get("request"))
         if self.tagged:
-            tags = metrics.dogstatsd_tags(task=task.name, queue=_queue(fields))
+            tags = metrics.dogstatsd_tags(task=task.name, queue=_queue(fields.get("queue")))
             lines = [f"{names[metrics.STARTED]}:1|c{tags}"]
             if waited is not None:
                 lines.append(f"{names[metrics.QUEUE_TIME]}:{waited:.3f}|ms{tags}")
@@ -100,13 +100,14 @@ class StatsdObserver(Observer):
                 lines.append(f"{names[metrics.QUEUE_TIME]}:{waited:.3f}|ms")
         self._send_raw("\n".join(lines))
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
-        outcome: Outcome = fields["outcome"]
-        names = self._task_names(task.name)
-        duration = fields.get("duration")
+    def on_outcome(self, event: OutcomeEvent) -> None:
+        outcome = event.outcome
+        name = event.task.name
+        names = self._task_names(name)
+        duration = event.duration
         if self.tagged:
             tags = metrics.dogstatsd_tags(
-                task=task.name, queue=_queue(fields), outcome=outcome.value
+                task=name, queue=_queue(event.queue), outcome=outcome.value
             )
             lines = [f"{names[outcome.value]}:1|c{tags}"]
             if duration is not None:

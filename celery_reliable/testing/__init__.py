@@ -20,7 +20,6 @@ test.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from socket import gethostname
 from typing import Any
@@ -38,8 +37,9 @@ from celery_reliable.execution import pop_eager_outcome
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import RetryRule
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent
 from celery_reliable.task import ReliableTask
+from celery_reliable.testing.capture import capture_outcomes
 from celery_reliable.testing.enqueued import (
     DrainLoop,
     Enqueued,
@@ -53,10 +53,12 @@ from celery_reliable.testing.enqueued import (
 __all__ = [
     "DrainLoop",
     "Enqueued",
+    "OutcomeEvent",
     "Performed",
     "all_enqueued",
     "assert_enqueued",
     "capture",
+    "capture_outcomes",
     "drain",
     "perform_task",
     "refute_enqueued",
@@ -133,38 +135,29 @@ def perform_task(
             "priority": None,
         },
     }
-    heard: list[dict[str, Any]] = []
-    thread = threading.get_ident()
-
-    def hear(sender: Any = None, **fields: Any) -> None:
-        if fields.get("task_id") == task_id and threading.get_ident() == thread:
-            heard.append(fields)
-
-    task_outcome.connect(hear, weak=False, dispatch_uid=f"perform_task:{task_id}")
-    try:
+    with capture_outcomes() as seen:
         # The tracer Celery's own apply() builds, called once: apply() would go on to
         # run a retry at once, which is not what a worker does.
         tracer = build_tracer(task.name, task, eager=True, propagate=False, app=app)
         traced = tracer(task_id, args, kwargs, request)
-    finally:
-        task_outcome.disconnect(dispatch_uid=f"perform_task:{task_id}")
     stored = pop_eager_outcome(task_id)
+    heard = [event for event in seen if event.task_id == task_id]
     if not heard:
         raise RuntimeError(
             f"task {task.name}[{task_id}] sent no outcome: was its body replaced or its "
             "request pushed by hand?"
         )
-    fields = heard[-1]
-    outcome: Outcome = fields["outcome"]
+    event = heard[-1]
+    outcome = event.outcome
     state = outcome.state if stored is None else stored[0]
     retval = traced.retval
     return Performed(
         task_id=task_id,
         outcome=outcome,
         result=retval if outcome in (Outcome.SUCCEEDED, Outcome.DUPLICATE) else None,
-        exc=fields.get("exc"),
-        reason=fields.get("reason") or "",
-        retry_in=fields.get("retry_in"),
+        exc=event.exc,
+        reason=event.reason or "",
+        retry_in=event.retry_in,
         attempt=attempt,
         state=state,
     )

@@ -21,7 +21,7 @@ from typing import Any
 from celery import signals as celery_signals
 
 from celery_reliable.outcomes import Outcome
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent, task_outcome
 
 #: The message headers of Celery's task protocol 2; the others are the publisher's own
 #: (``apply_async(headers=...)``, ours), which a worker's request has as ``.headers``.
@@ -231,9 +231,9 @@ def drain(
     heard: list[Outcome] = []
     thread = threading.get_ident()
 
-    def hear(sender: Any = None, **fields: Any) -> None:
-        if threading.get_ident() == thread:
-            heard.append(fields["outcome"])
+    def hear(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        if event is not None and threading.get_ident() == thread:
+            heard.append(event.outcome)
 
     uid = f"celery_reliable.testing.drain:{id(kept)}"
     task_outcome.connect(hear, weak=False, dispatch_uid=uid)

@@ -11,10 +11,10 @@ from typing import Any
 import redis
 
 from celery_reliable.headers import Counters
-from celery_reliable.signals import task_outcome
+from celery_reliable.signals import OutcomeEvent, task_outcome
 
 
-def execution_place(fields: dict[str, Any]) -> int | None:
+def execution_place(event: OutcomeEvent) -> int | None:
     """Which execution of its job an outcome is from: 0 for the first, and one more for
     each re-publish (a retry raises Celery's ``retries``, a snooze our snooze count).
 
@@ -23,12 +23,12 @@ def execution_place(fields: dict[str, Any]) -> int | None:
     machine the next execution (another pool thread or process) may report first.
     None when the request is not known (an outcome the worker's main process reports).
     """
-    request = fields.get("request")
+    request = event.request
     if request is None:
         return None
     headers = getattr(request, "headers", None)
     # quiet: the execution itself warns about a malformed header, once.
-    snoozes = Counters.from_headers(headers, fields["task_id"], quiet=True).snoozes
+    snoozes = Counters.from_headers(headers, event.task_id, quiet=True).snoozes
     return int(getattr(request, "retries", 0) or 0) + snoozes
 
 
@@ -51,17 +51,18 @@ def outcomes_key(task_id: str) -> str:
 def record_outcomes_to(url: str) -> None:
     client = redis.Redis.from_url(url)
 
-    def record(sender: Any = None, **fields: Any) -> None:
+    def record(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        assert event is not None
         client.rpush(
-            outcomes_key(fields["task_id"]),
+            outcomes_key(str(event.task_id)),
             json.dumps(
                 {
-                    "outcome": fields["outcome"].value,
-                    "attempt": fields["attempt"],
-                    "reason": fields["reason"],
-                    "exc_type": type(fields["exc"]).__name__ if fields["exc"] else None,
+                    "outcome": event.outcome.value,
+                    "attempt": event.attempt,
+                    "reason": event.reason,
+                    "exc_type": type(event.exc).__name__ if event.exc else None,
                     "pid": os.getpid(),
-                    "place": execution_place(fields),
+                    "place": execution_place(event),
                 }
             ),
         )

@@ -40,6 +40,12 @@ def test_enqueued_and_drain_as_the_docs_show(pytester: Any) -> None:
     result.assert_outcomes(passed=3)
 
 
+def test_capture_outcomes_as_the_docs_show(pytester: Any) -> None:
+    pytester.makepyfile(test_invoices=docs_module("testing-capture-example"))
+    result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
 def test_statsd_lines_and_sentry_events_as_the_docs_show(pytester: Any) -> None:
     pytester.makepyfile(test_refunds=docs_module("testing-wire-example"))
     result = pytester.runpytest_subprocess("-p", "no:celery", "-p", "no:cacheprovider")

@@ -14,7 +14,7 @@ from celery import Celery
 
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.observers.base import Observer
-from celery_reliable.signals import execution_started, task_outcome
+from celery_reliable.signals import OutcomeEvent, execution_started
 
 
 class Recording(Observer):
@@ -28,8 +28,8 @@ class Recording(Observer):
     def on_started(self, task: Any, **fields: Any) -> None:
         self.starts.append(fields["task_id"])
 
-    def on_outcome(self, task: Any, **fields: Any) -> None:
-        self.outcomes.append(fields["outcome"])
+    def on_outcome(self, event: OutcomeEvent) -> None:
+        self.outcomes.append(event.outcome)
 
 
 class OtherRecording(Recording):
@@ -50,7 +50,19 @@ def make_task(name: str) -> Any:
 
 def send(task: Any, task_id: str) -> None:
     execution_started.send(sender=task, task_id=task_id, attempt=1, request=None, queue=None)
-    task_outcome.send(sender=task, task_id=task_id, outcome=Outcome.SUCCEEDED, attempt=1)
+    OutcomeEvent(
+        task=task,
+        task_id=task_id,
+        outcome=Outcome.SUCCEEDED,
+        attempt=1,
+        exc=None,
+        reason="",
+        duration=0.0,
+        retry_in=None,
+        report=False,
+        queue=None,
+        request=None,
+    ).send()
 
 
 def test_every_observer_hears_its_apps_outcomes() -> None:

@@ -1,0 +1,39 @@
+"""``capture_outcomes()``: the outcomes sent inside a block, as a list to assert on.
+
+Modelled on structlog's ``capture_logs``: a context manager that yields a list, fills
+it while the block runs and disconnects in ``finally``, whatever the block raised.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery_reliable.signals import OutcomeEvent, task_outcome
+
+
+@contextmanager
+def capture_outcomes() -> Iterator[list[OutcomeEvent]]:
+    """Every ``task_outcome`` sent in this process inside the block, in the order it
+    was sent (from any thread: an embedded worker's too), as :class:`OutcomeEvent`::
+
+        with capture_outcomes() as seen:
+            perform_task(send_order_confirmation, args=(42,))
+        assert seen[0].outcome is Outcome.RETRIED
+    """
+    seen: list[OutcomeEvent] = []
+    lock = threading.Lock()
+
+    def hear(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        if event is not None:
+            with lock:
+                seen.append(event)
+
+    uid = f"celery_reliable.testing.capture_outcomes:{id(seen)}"
+    task_outcome.connect(hear, weak=False, dispatch_uid=uid)
+    try:
+        yield seen
+    finally:
+        task_outcome.disconnect(dispatch_uid=uid)
