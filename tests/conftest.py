@@ -12,7 +12,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 # Imported here, in the main thread, before any worker thread exists: CPython 3.11.7
@@ -176,64 +175,35 @@ def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterato
         _worker_running.release()
 
 
-@dataclass
-class Event:
-    task_name: str
-    task_id: str
-    outcome: Any
-    attempt: int
-    exc: BaseException | None
-    reason: str
-    duration: float | None
-    retry_in: float | None
-    report: bool
-    queue: str | None
-    #: The execution of its job this outcome is from (see recording.execution_place).
-    place: int | None = None
-
-
 class OutcomeRecorder:
     """Collects every ``task_outcome`` sent in this process, to wait on and assert."""
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[OutcomeEvent] = []
         self._cond = threading.Condition()
 
     def __call__(self, sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
         assert event is not None
-        seen = Event(
-            task_name=event.task_name,
-            task_id=str(event.task_id),
-            outcome=event.outcome,
-            attempt=event.attempt,
-            exc=event.exc,
-            reason=event.reason,
-            duration=event.duration,
-            retry_in=event.retry_in,
-            report=event.report,
-            queue=event.queue,
-            place=execution_place(event),
-        )
         with self._cond:
-            self.events.append(seen)
+            self.events.append(event)
             self._cond.notify_all()
 
-    def for_id(self, task_id: str) -> list[Event]:
+    def for_id(self, task_id: str) -> list[OutcomeEvent]:
         """The job's outcomes in the order of its executions (not of their arrival)."""
         with self._cond:
             return self._of(task_id)
 
-    def _of(self, task_id: str) -> list[Event]:
+    def _of(self, task_id: str) -> list[OutcomeEvent]:
         found = [e for e in self.events if e.task_id == task_id]
-        return in_execution_order(found, lambda event: event.place)
+        return in_execution_order(found, execution_place)
 
     def wait_for(
         self,
         task_id: str,
         count: int = 1,
         timeout: float = 20.0,
-        until: Callable[[list[Event]], bool] | None = None,
-    ) -> list[Event]:
+        until: Callable[[list[OutcomeEvent]], bool] | None = None,
+    ) -> list[OutcomeEvent]:
         """Wait until ``task_id`` has ``count`` outcomes (or ``until`` holds); return them."""
         deadline = time.monotonic() + timeout
         with self._cond:
