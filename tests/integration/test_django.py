@@ -59,8 +59,13 @@ def shop_env(
 def manage(env: dict[str, str], *args: str) -> str:
     """``manage.py`` of the example (run from here: the example's own ``tests`` package
     would hide this suite's, where the test settings are)."""
+    return python(env, "-m", "django", *args)
+
+
+def python(env: dict[str, str], *args: str) -> str:
+    """The project's Python with the shop's environment; its output, if it exits 0."""
     done = subprocess.run(
-        [sys.executable, "-m", "django", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -244,17 +249,7 @@ def test_delay_on_commit_publishes_after_the_commit_and_runs_with_its_outcome(
     script = ON_COMMIT_SCRIPT.replace("{rolled_back}", rolled_back).replace(
         "{committed}", committed
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert f"published after the commit: {committed}" in done.stdout
+    assert f"published after the commit: {committed}" in python(shop_env, "-c", script)
     broker = shop_env["REDIS_URL"]
     client = Celery("on-commit-client", broker=broker, backend=broker, set_as_current=False)
     result = client.AsyncResult(committed)
