@@ -30,7 +30,7 @@ app.conf.update(
     reliable_atomic_fetch=FETCH != "kombu",
 )
 if FETCH == "atomic":
-    import celery_reliable.atomic_fetch  # noqa: F401  (registers the transport's name)
+    import celery_reliable.delivery.atomic_fetch  # noqa: F401  (registers the transport's name)
 
     app.conf.broker_transport = "reliable-redis"
 

@@ -37,8 +37,8 @@ from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
 from celery.states import SUCCESS
 
 from celery_reliable import decisions
-from celery_reliable.autoretry import Autoretry
-from celery_reliable.celery_internals import (
+from celery_reliable.compat.autoretry import Autoretry
+from celery_reliable.compat.celery_internals import (
     actual_ignore_result,
     tracer_reads_request_ignore_result,
 )

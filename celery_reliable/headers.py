@@ -1,7 +1,7 @@
 """The message headers celery_reliable reads and writes, and the counters they carry.
 
 Pure module (no Celery import): the orchestrator (``execution.py``), the publish-time
-stamp (``wiring.py``) and the observers (StatsD, Sentry, dead letters) all read these
+stamp (``delivery/sent_at.py``) and the observers (StatsD, Sentry, dead letters) all read these
 names here, so that none of them depends on another.
 """
 

@@ -20,10 +20,10 @@ from celery.utils import uuid
 from kombu.exceptions import EncodeError
 
 from celery_reliable import options as task_options
-from celery_reliable import wiring  # connects its signal receivers on import
-from celery_reliable.app_task_class import with_app_task_class
+from celery_reliable import wiring
 from celery_reliable.backoff import exponential
-from celery_reliable.celery_internals import task_stack
+from celery_reliable.compat.app_task_class import with_app_task_class
+from celery_reliable.compat.celery_internals import task_stack
 from celery_reliable.config import refuse_a_changed_database_url, settings_for
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.execution import (
@@ -103,7 +103,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Celery instantiates each task class once: that instance is also of the app's
         # own task class (DjangoTask's delay_on_commit, a project's base), see
-        # app_task_class.py.
+        # compat/app_task_class.py.
         return super().__new__(with_app_task_class(cls, ReliableTask))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -156,7 +156,7 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         from celery_reliable.claims import lease_seconds
 
         if cls._reliable_key is not None:
-            from celery_reliable.celery_internals import time_limits
+            from celery_reliable.compat.celery_internals import time_limits
 
             _, hard = time_limits(cls, app)
             if not hard:

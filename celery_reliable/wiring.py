@@ -1,8 +1,10 @@
-"""Connects the observers (logging, metrics, error reports) to an app's executions.
+"""The observer registry: which observers (log line, StatsD, Sentry, dead letters,
+history) an app's executions have, built from its settings.
 
-The only module that imports ``celery_reliable.observers``. Installed once per app
-when its first ReliableTask is bound; the observers themselves are built on the
-app's first execution (or at worker start), when ``app.conf`` is final.
+The only module that imports ``celery_reliable.observers``. ``install`` runs once per
+app when its first ReliableTask is bound and adds the worker's bootsteps by dotted
+name; the observers themselves are built on the app's first execution (or at worker
+start), when ``app.conf`` is final.
 """
 
 from __future__ import annotations
@@ -10,24 +12,27 @@ from __future__ import annotations
 import importlib.util
 import logging
 import socket
+import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery import signals as celery_signals
-from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.errors import MissingDependency
-from celery_reliable.headers import SENT_AT_HEADER
 
 logger = logging.getLogger("celery_reliable.wiring")
 
 _INSTALLED_ATTR = "_reliable_installed"
 _OBSERVERS_ATTR = "_reliable_observers"
 _lock = threading.Lock()
+
+#: Added to every app with a ReliableTask, by name: Celery loads a bootstep from its
+#: dotted name when a worker builds its blueprint, so nothing here imports the worker.
+WORKER_STEP = "celery_reliable.worker.bootstep:ReliableWorkerStep"
+CONSUMER_STEP = "celery_reliable.delivery.bad_messages:BadMessages"
 
 
 def install(app: Celery) -> None:
@@ -37,11 +42,8 @@ def install(app: Celery) -> None:
     with _lock:
         if app.__dict__.get(_INSTALLED_ATTR):
             return
-        from celery_reliable.bad_messages import BadMessages
-        from celery_reliable.worker import ReliableWorkerStep
-
-        app.steps["worker"].add(ReliableWorkerStep)
-        app.steps["consumer"].add(BadMessages)
+        app.steps["worker"].add(WORKER_STEP)
+        app.steps["consumer"].add(CONSUMER_STEP)
         setattr(app, _INSTALLED_ATTR, True)
 
 
@@ -158,19 +160,6 @@ def _optional(library: str, build: Callable[[], Any], setting: str) -> list[Any]
         return []
 
 
-def queue_depth_sampler(app: Celery, queues: list[str]) -> Any:
-    """The queue-depth sampler for a worker consuming ``queues``, when an observer
-    publishes depths (StatsD configured); None otherwise."""
-    for observer in observers_for(app):
-        publish = getattr(observer, "queue_depths", None)
-        if publish is not None:
-            from celery_reliable.queue_depth import QueueDepthSampler
-
-            interval = settings_for(app).queue_depth_interval
-            return QueueDepthSampler(app, queues, interval, publish)
-    return None
-
-
 def forget_observers(app: Celery) -> None:
     """Disconnect the app's observers and forget them (``testing.reset``): the next
     execution builds them again from the settings."""
@@ -191,10 +180,9 @@ def activate_history(app: Celery) -> None:
             activate()
 
 
-def _activate_history_in_pool_child(**_: Any) -> None:
-    """``worker_process_init``: a prefork child records what it runs."""
-    import sys
-
+def activate_history_everywhere() -> None:
+    """A prefork pool child starts: every history recorder of this process records
+    what the child runs."""
     history = sys.modules.get("celery_reliable.observers.history")
     if history is not None:
         history.activate_all()
@@ -212,37 +200,12 @@ def flush_history(app: Celery, *, final: bool = True) -> None:
             observer.flush()
 
 
-def _flush_history_at_worker_shutdown(sender: Any = None, **_: Any) -> None:
-    """``worker_shutdown`` (a warm shutdown, sent once the pool has finished): the
-    executions of a thread pool that ended during the shutdown are written too."""
-    app = getattr(sender, "app", None)
-    if app is not None:
-        flush_history(app)
-
-
-def _flush_history_of_pool_child(**_: Any) -> None:
-    """``worker_process_shutdown``: a prefork child exits; what it counted is written."""
-    import sys
-
+def flush_history_everywhere() -> None:
+    """A prefork pool child exits: every history recorder of this process writes what
+    it counted."""
     history = sys.modules.get("celery_reliable.observers.history")
     if history is not None:
         history.flush_all()
-
-
-def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Every published task carries its publish time, for the ``queue_time`` metric.
-
-    Tracing tools (sentry-sdk's CeleryIntegration, dd-trace) nest the custom headers in
-    a ``headers`` header, which the worker then reads as ``request.headers``
-    (celery#4875): the time goes in there too.
-    """
-    if headers is None:
-        return
-    now = time.time()
-    headers[SENT_AT_HEADER] = now
-    nested = headers.get("headers")
-    if isinstance(nested, dict):
-        nested[SENT_AT_HEADER] = now
 
 
 def ensure_observers(app: Celery) -> None:
@@ -251,44 +214,3 @@ def ensure_observers(app: Celery) -> None:
     first time: one dict lookup on the app."""
     if _OBSERVERS_ATTR not in app.__dict__:
         observers_for(app)
-
-
-def _on_task_failure(
-    sender: Any = None,
-    exception: BaseException | None = None,
-    task_id: str | None = None,
-    args: Any = None,
-    kwargs: Any = None,
-    **_: Any,
-) -> None:
-    """Executions that end outside the task body: the hard time limit, a lost worker.
-
-    The worker's main process reports these; the body never saw them, so no outcome
-    was sent for them yet.
-    """
-    from celery_reliable.task import ReliableTask
-
-    if not isinstance(sender, ReliableTask):
-        return
-    if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)):
-        return
-    from celery_reliable.external_failures import report_external_failure
-
-    observers_for(sender.app)
-    report_external_failure(sender, task_id, exception, args, kwargs)
-
-
-celery_signals.before_task_publish.connect(_stamp_publish_time, weak=False)
-celery_signals.task_failure.connect(_on_task_failure, weak=False)
-
-
-def _on_worker_init(sender: Any = None, **kwargs: Any) -> None:
-    from celery_reliable.worker import refuse_ignored_declarations
-
-    refuse_ignored_declarations(sender, **kwargs)
-
-
-celery_signals.worker_init.connect(_on_worker_init, weak=False)
-celery_signals.worker_process_init.connect(_activate_history_in_pool_child, weak=False)
-celery_signals.worker_process_shutdown.connect(_flush_history_of_pool_child, weak=False)
-celery_signals.worker_shutdown.connect(_flush_history_at_worker_shutdown, weak=False)

@@ -169,7 +169,7 @@ def embedded_worker(app: Celery, concurrency: int = 4, **kwargs: Any) -> Iterato
     finally:
         # The worker pointed kombu's "redis" at the atomic fetch for this process: give
         # the name back, so that what runs next sees kombu as its settings say.
-        from celery_reliable import atomic_fetch
+        from celery_reliable.delivery import atomic_fetch
 
         atomic_fetch.uninstall()
         _worker_running.release()

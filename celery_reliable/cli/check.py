@@ -17,9 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from celery_reliable.cli.common import one_line
-from celery_reliable.errors import UnknownTask
-from celery_reliable.gates import (
+from celery_reliable.audit.gates import (
     PROJECT,
     PROJECT_GATES,
     Findings,
@@ -28,6 +26,8 @@ from celery_reliable.gates import (
     check,
     format_seconds,
 )
+from celery_reliable.cli.common import one_line
+from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
 
 #: The table's columns: the gates found per task (the project's are printed once).

@@ -7,8 +7,8 @@ import json
 import click
 from celery.exceptions import ImproperlyConfigured
 
+from celery_reliable.audit.reports import build_report
 from celery_reliable.errors import UnknownTask
-from celery_reliable.reports import build_report
 
 
 @click.command(name="report")

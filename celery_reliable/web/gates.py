@@ -6,7 +6,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celery_reliable import gates
+from celery_reliable.audit import gates
 from celery_reliable.options import GATES
 from celery_reliable.web.common import celery_app, render
 

@@ -14,9 +14,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celery_reliable.gates import reliable_task_names
+from celery_reliable.audit.gates import reliable_task_names
+from celery_reliable.delivery.queue_depth import read_depths
 from celery_reliable.outcomes import Outcome
-from celery_reliable.queue_depth import read_depths
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.web import chart
 from celery_reliable.web.common import celery_app, render, store

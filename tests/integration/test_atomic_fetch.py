@@ -16,7 +16,7 @@ import pytest
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-import celery_reliable.atomic_fetch
+import celery_reliable.delivery.atomic_fetch
 from tests.conftest import new_redis_db
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,7 @@ def test_a_no_ack_consumer_leaves_no_entry(url: str, db: redis.Redis) -> None:
 @pytest.fixture
 def long_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     """Idle waits of 30 s instead of 1 s: a message taken within 10 s woke the wait."""
-    monkeypatch.setattr(celery_reliable.atomic_fetch, "WAIT_SECONDS", 30.0)
+    monkeypatch.setattr(celery_reliable.delivery.atomic_fetch, "WAIT_SECONDS", 30.0)
 
 
 @pytest.mark.usefixtures("long_waits")
@@ -222,7 +222,7 @@ def test_a_global_key_prefix_applies_to_every_key(url: str, db: redis.Redis) -> 
 
 def test_a_worker_with_a_reliable_task_fetches_atomically(redis_url: str) -> None:
     from celery_reliable import ReliableTask
-    from celery_reliable.atomic_fetch import Transport
+    from celery_reliable.delivery.atomic_fetch import Transport
     from tests.conftest import embedded_worker, new_app
 
     app = new_app(redis_url, "atomic-fetch-worker", task_acks_late=True)
@@ -236,7 +236,7 @@ def test_a_worker_with_a_reliable_task_fetches_atomically(redis_url: str) -> Non
     with embedded_worker(app, concurrency=1) as worker:
         assert type(worker.consumer.connection.transport) is Transport
         assert held.delay().get(timeout=20) is True
-        assert celery_reliable.atomic_fetch.installed()
+        assert celery_reliable.delivery.atomic_fetch.installed()
     assert broker.hlen("unacked") == 0
     broker.close()
 
@@ -294,7 +294,7 @@ def test_a_reply_read_late_after_a_rescue_is_not_delivered_twice(url: str, db: r
     with consumer_connection(url, "reliable-redis") as connection:
         consumer, channel, _ = held_back_fetch(connection, queue("jobs"))
         consumer.register_callback(lambda b, m: got.append(b))
-        time.sleep(celery_reliable.atomic_fetch.WAIT_SECONDS + 2.5)
+        time.sleep(celery_reliable.delivery.atomic_fetch.WAIT_SECONDS + 2.5)
         # The worker renewed nothing it had not read; another worker's rescue:
         with consumer_connection(url, KOMBU, visibility_timeout=2) as rescuer:
             rescuer.default_channel.qos.restore_visible()
@@ -318,7 +318,7 @@ def test_a_reply_read_late_and_not_rescued_is_delivered_and_renewed(
         consumer.register_callback(lambda b, m: (got.append(b), m.ack()))
         [tag] = db.hkeys("unacked")
         fetched_at = db.zscore("unacked_index", tag)
-        time.sleep(celery_reliable.atomic_fetch.WAIT_SECONDS + 2.5)
+        time.sleep(celery_reliable.delivery.atomic_fetch.WAIT_SECONDS + 2.5)
         assert channel._brpop_read() is True
         consumer.cancel()
     assert got == [{"n": 2}]

@@ -11,7 +11,7 @@ import pytest
 
 from celery_reliable import Outcome, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
-from celery_reliable.celery_internals import tracer_reads_request_ignore_result
+from celery_reliable.compat.celery_internals import tracer_reads_request_ignore_result
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.signals import task_outcome
 from tests.conftest import embedded_worker

@@ -129,7 +129,7 @@ def test_worker_samples_the_depth_of_its_queues(env: Any) -> None:
 
 
 def test_depth_counts_waiting_messages_and_priority_sub_queues(env: Any) -> None:
-    from celery_reliable.queue_depth import QueueDepthSampler
+    from celery_reliable.worker.sampler import QueueDepthSampler
 
     for priority in (None, 0, 5, 9):
         env.ok.apply_async(queue="parked", priority=priority)
@@ -140,7 +140,7 @@ def test_depth_counts_waiting_messages_and_priority_sub_queues(env: Any) -> None
 def test_depth_on_rabbitmq_counts_the_messages_waiting(rabbitmq_url: str, redis_url: str) -> None:
     """AMQP answers a passive declare with the queue's message count; a queue never
     declared is a 404 that closes the channel, and counts as empty."""
-    from celery_reliable.queue_depth import QueueDepthSampler
+    from celery_reliable.worker.sampler import QueueDepthSampler
     from tests.conftest import new_amqp_app
 
     app = new_amqp_app(rabbitmq_url, redis_url, "depth-amqp")

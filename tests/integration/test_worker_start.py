@@ -10,7 +10,8 @@ import pytest
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import ReliableTask, retry_on
-from celery_reliable.worker import WorkerMisconfigured, declarations_without_reliable_task
+from celery_reliable.worker.bootstep import WorkerMisconfigured
+from celery_reliable.worker.receivers import declarations_without_reliable_task
 from tests.conftest import embedded_worker, new_redis_db
 from tests.worker_process import run_worker_to_exit
 

@@ -11,9 +11,14 @@ import pytest
 from celery import Celery
 from kombu import Connection
 
-from celery_reliable import atomic_fetch
-from celery_reliable.atomic_fetch import SentinelTransport, Transport, install, redis_version
 from celery_reliable.config import settings_for
+from celery_reliable.delivery import atomic_fetch
+from celery_reliable.delivery.atomic_fetch import (
+    SentinelTransport,
+    Transport,
+    install,
+    redis_version,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -404,7 +404,7 @@ def test_the_worker_warns_of_each_misspelt_key(
     app: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What the worker bootstep calls at start (ReliableWorkerStep.__init__)."""
-    from celery_reliable.worker import warn_of_misspelt_keys
+    from celery_reliable.worker.bootstep import warn_of_misspelt_keys
 
     class DjangoSettings:
         CELERY_RELAIBLE_UNCLASSIFIED = "retry"

@@ -57,7 +57,7 @@ def _gate_app() -> Any:
 @pytest.mark.usefixtures("no_shared_tasks")
 def test_cli_md_waiver_example_waives_idempotency() -> None:
     from celery_reliable import ReliableTask, cancel_on
-    from celery_reliable.gates import Status, check
+    from celery_reliable.audit.gates import Status, check
 
     app = _gate_app()
     code = marked_block(DOCS / "cli.md", "cli-waive-example")

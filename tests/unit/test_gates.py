@@ -11,9 +11,7 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import Outcome, ReliableTask, cancel_on, discard_on, retry_on
-from celery_reliable.backoff import exponential, fixed, polynomial
-from celery_reliable.errors import UnknownTask
-from celery_reliable.gates import (
+from celery_reliable.audit.gates import (
     PROJECT,
     PROJECT_GATES,
     GateResult,
@@ -21,9 +19,11 @@ from celery_reliable.gates import (
     check,
     format_seconds,
 )
+from celery_reliable.audit.reports import build_report
+from celery_reliable.backoff import exponential, fixed, polynomial
+from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
 from celery_reliable.policy import make_retry_rule, retry_schedule
-from celery_reliable.reports import build_report
 from celery_reliable.testing import perform_task
 
 # Each test's app audits only the tasks the test defines.

@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 
 from celery_reliable.config import settings_for
-from celery_reliable.redelivery import keepalive_interval, redelivery_for
+from celery_reliable.delivery.redelivery import keepalive_interval, redelivery_for
 
 
 @pytest.mark.parametrize(

@@ -18,20 +18,20 @@ from celery import Celery
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import metrics
-from celery_reliable.autoretry import Autoretry
-from celery_reliable.celery_internals import time_limits
-from celery_reliable.config import ReliableSettings, as_written, settings_for
-from celery_reliable.docs import docs_url
-from celery_reliable.errors import MissingDependency, StoreUnavailable
-from celery_reliable.gates import (
+from celery_reliable.audit.gates import (
     APP_WAIVER,
-    BrokerFacts,
     TaskAudit,
     audit_task,
     declared_rules,
     format_seconds,
     reliable_task,
 )
+from celery_reliable.compat.autoretry import Autoretry
+from celery_reliable.compat.celery_internals import time_limits
+from celery_reliable.config import ReliableSettings, as_written, settings_for
+from celery_reliable.delivery.broker import BrokerFacts
+from celery_reliable.docs import docs_url
+from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, retry_schedule
 from celery_reliable.store.timeutil import utcnow

@@ -1,9 +1,9 @@
 """Executions the worker's main process ends: the hard time limit, a lost pool child.
 
 The body never got to decide these, so no outcome was sent for them yet; Celery's
-``task_failure`` signal tells the main process, and ``wiring.py`` hands it here to send
-the one ``FAILED`` outcome (which observers turn into a dead letter, a metric and an
-error report).
+``task_failure`` signal tells the main process, and ``worker/receivers.py`` hands it
+here to send the one ``FAILED`` outcome (which observers turn into a dead letter, a
+metric and an error report).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ kombu's Redis transport takes a message with ``BRPOP`` and then, in a second com
 records it in the ``unacked`` hash and ``unacked_index`` sorted set. A worker that dies
 between the two (SIGKILL, OOM, a lost host), or a Redis restart between them, loses the
 message: it is on no queue and in no hash, so neither kombu's restore nor our rescue
-(:mod:`celery_reliable.redelivery`) can see it. The chaos suite lost about one job per
+(:mod:`celery_reliable.delivery.redelivery`) can see it. The chaos suite lost about one job per
 kill that landed while the workers were fetching without pause.
 
 Here the pop and the record are one Lua script, so Redis holds the message in the
@@ -44,6 +44,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from celery_reliable.config import ReliableSettings
+from celery_reliable.delivery.broker import uses_redis
 
 logger = logging.getLogger("celery_reliable.atomic_fetch")
 
@@ -469,8 +470,6 @@ def install(app: Celery, settings: ReliableSettings) -> bool:
     URLs work unchanged. Returns whether it did; not when a broker URL names none of
     them, the setting is off, or ``broker_transport`` names another transport.
     """
-    from celery_reliable.redelivery import uses_redis
-
     if not settings.atomic_fetch or not uses_redis(app):
         return False
     chosen = app.conf.broker_transport

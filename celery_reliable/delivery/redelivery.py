@@ -39,11 +39,10 @@ from typing import Any
 from celery import Celery
 
 from celery_reliable.config import ReliableSettings
+from celery_reliable.delivery.broker import BrokerFacts
 
 logger = logging.getLogger("celery_reliable.redelivery")
 
-#: kombu transports whose unacknowledged messages live in Redis's ``unacked_index``.
-REDIS_TRANSPORTS = frozenset({"redis", "rediss", "sentinel"})
 #: Messages re-queued per rescue scan; more wait for the next scan.
 RESCUE_BATCH = 100
 
@@ -206,26 +205,27 @@ def _close(connection: Any) -> None:
             logger.debug("celery_reliable redelivery: closing the connection failed")
 
 
-def uses_redis(app: Celery) -> bool:
-    """Whether any of the app's broker URLs is a Redis one (read, write or failover)."""
-    conf = app.conf
-    # The properties, not conf.get(): they read CELERY_BROKER_URL and broker_host too.
-    for url in (conf.broker_url, conf.broker_read_url, conf.broker_write_url):
-        for one in url if isinstance(url, (list, tuple)) else [url] if url else []:
-            for part in str(one).split(";"):
-                scheme = part.split("://", 1)[0] if "://" in part else part
-                if scheme.split("+", 1)[0].lower() in REDIS_TRANSPORTS:
-                    return True
-    return False
+#: The worker's attribute holding its Redelivery, for ``stop_redelivery``.
+_WORKER_ATTR = "_reliable_redelivery"
 
 
 def redelivery_for(worker: Any, settings: ReliableSettings) -> Redelivery | None:
-    """The worker's keepalive and rescue thread on a Redis broker, when either is on."""
-    from celery_reliable.gates import BrokerFacts
-
+    """The worker's keepalive and rescue thread on a Redis broker, when either is on
+    (not started; kept on the worker until :func:`stop_redelivery`)."""
     if not (settings.keepalive or settings.orphan_rescue):
         return None
     broker = BrokerFacts.of(worker.app)
-    if broker.transport not in REDIS_TRANSPORTS or broker.visibility_timeout is None:
+    if not broker.is_redis or broker.visibility_timeout is None:
         return None
-    return Redelivery(worker.app, worker, settings, broker.visibility_timeout)
+    redelivery = Redelivery(worker.app, worker, settings, broker.visibility_timeout)
+    setattr(worker, _WORKER_ATTR, redelivery)
+    return redelivery
+
+
+def stop_redelivery(worker: Any) -> None:
+    """At ``worker_shutdown`` (its pool finished) or a cold shutdown: stop keeping this
+    worker's messages alive."""
+    redelivery = getattr(worker, _WORKER_ATTR, None)
+    if redelivery is not None:
+        redelivery.stop()
+        setattr(worker, _WORKER_ATTR, None)

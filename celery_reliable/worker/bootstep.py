@@ -1,4 +1,4 @@
-"""The worker bootstep: validate settings and wire observers when the worker starts,
+"""The worker bootstep: validate settings and build observers when the worker starts,
 prune old receipts, expired unique locks and old outcome history on a timer, and
 write the outcome history when the worker stops.
 
@@ -14,20 +14,16 @@ import sys
 from typing import Any
 
 from celery import bootsteps
-from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable.config import as_written, misspelt_keys, settings_for
+from celery_reliable.delivery.broker import uses_redis
+from celery_reliable.delivery.redelivery import redelivery_for, stop_redelivery
 from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
-from celery_reliable.redelivery import redelivery_for, uses_redis
 from celery_reliable.store import store_for
-from celery_reliable.wiring import (
-    activate_history,
-    flush_history,
-    observers_for,
-    queue_depth_sampler,
-)
+from celery_reliable.wiring import activate_history, flush_history, observers_for
+from celery_reliable.worker.sampler import queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
 
@@ -49,7 +45,8 @@ class WorkerMisconfigured(SystemExit):
 
 
 class ReliableWorkerStep(bootsteps.StartStopStep):
-    """Added to ``app.steps['worker']`` when the app's first ReliableTask is bound."""
+    """Added to ``app.steps['worker']``, by its dotted name, when the app's first
+    ReliableTask is bound (``wiring.install``)."""
 
     name = "celery_reliable"
     # After the pool: its prefork children are forked before our threads start. A
@@ -97,7 +94,6 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         activate_history(worker.app)
         self._redelivery = redelivery_for(worker, self.settings)
         if self._redelivery is not None:
-            worker._reliable_redelivery = self._redelivery
             self._redelivery.start()
         queues = list(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
         self._sampler = queue_depth_sampler(worker.app, queues)
@@ -116,7 +112,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         # A warm shutdown stops this step before the pool, whose threads may still be
         # running tasks: write what is counted, and write the rest, and stop, on
-        # worker_shutdown (wiring). Each prefork child writes its own as it exits.
+        # worker_shutdown (worker/receivers.py). Each prefork child writes its own as it
+        # exits.
         flush_history(worker.app, final=False)
         if self._redelivery is not None:
             # The pool may still be running tasks: their messages are kept alive until
@@ -173,52 +170,10 @@ def warn_of_misspelt_keys(app: Any) -> None:
 
 
 def install_atomic_fetch(app: Any, settings: Any) -> bool:
-    """The atomic fetch on a Redis broker (celery_reliable.atomic_fetch); imported only
+    """The atomic fetch on a Redis broker (celery_reliable.delivery.atomic_fetch); imported only
     then, as it imports kombu's Redis transport, which needs the redis extra."""
     if not settings.atomic_fetch or not uses_redis(app):
         return False
-    from celery_reliable.atomic_fetch import install
+    from celery_reliable.delivery.atomic_fetch import install
 
     return install(app, settings)
-
-
-def stop_redelivery(sender: Any = None, **_: Any) -> None:
-    """At ``worker_shutdown`` (sender: the worker, its pool finished) or a cold
-    shutdown: stop keeping this worker's messages alive."""
-    redelivery = getattr(sender, "_reliable_redelivery", None)
-    if redelivery is not None:
-        redelivery.stop()
-        sender._reliable_redelivery = None
-
-
-def declarations_without_reliable_task(app: Any) -> list[str]:
-    """Tasks with ``retry_on`` / ``discard_on`` / ``cancel_on`` on their function whose
-    class is not a ReliableTask: there the declarations would silently do nothing."""
-    from celery_reliable.policy import RULES_ATTR
-    from celery_reliable.task import ReliableTask
-
-    return sorted(
-        name
-        for name, task in app.tasks.items()
-        if not isinstance(task, ReliableTask) and getattr(task.run, RULES_ATTR, None)
-    )
-
-
-def refuse_ignored_declarations(sender: Any = None, **_: Any) -> None:
-    """``worker_init``: stop a worker whose tasks declare rules that cannot apply."""
-    app = getattr(sender, "app", None)
-    if app is None:
-        return
-    ignored = declarations_without_reliable_task(app)
-    if ignored:
-        # SystemExit, not an exception: Celery's signal dispatch logs and swallows those.
-        raise WorkerMisconfigured(
-            ImproperlyConfigured(
-                f"tasks {ignored} declare retry_on/discard_on/cancel_on but are not "
-                "ReliableTasks, so the declarations would do nothing: add "
-                "base=ReliableTask to their @app.task"
-            )
-        )
-
-
-celery_signals.worker_shutdown.connect(stop_redelivery, weak=False)
