@@ -10,7 +10,6 @@ first execution.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 from celery import bootsteps
@@ -23,25 +22,10 @@ from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
 from celery_reliable.store import store_for
 from celery_reliable.wiring import activate_history, flush_history, observers_for
+from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from celery_reliable.worker.sampler import queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
-
-
-class WorkerMisconfigured(SystemExit):
-    """The worker cannot start as configured: prints one line and exits with status 1.
-
-    ``cause`` is the configuration error (``ImproperlyConfigured`` or
-    ``MissingDependency``); an embedded worker's caller can catch this and read it.
-    """
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(1)
-        self.cause = cause
-        print(f"celery_reliable: the worker cannot start: {cause}", file=sys.stderr, flush=True)
-
-    def __str__(self) -> str:
-        return str(self.cause)
 
 
 class ReliableWorkerStep(bootsteps.StartStopStep):

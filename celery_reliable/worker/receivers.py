@@ -3,7 +3,8 @@ in its pool children and at its end, beside the bootstep.
 
 Connected once per process by ``celery_reliable/__init__.py`` (so also for an app
 whose tasks declare rules without any ReliableTask, which ``worker_init`` refuses).
-Each receiver returns at once in a process that is not a worker.
+Each receiver returns at once in a process that is not a worker; importing this
+module imports no store library (a web process that only publishes stays light).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from celery_reliable import wiring
 from celery_reliable.delivery.redelivery import stop_redelivery
 from celery_reliable.policy import RULES_ATTR
 from celery_reliable.task import ReliableTask
-from celery_reliable.worker.bootstep import WorkerMisconfigured
 from celery_reliable.worker.external_failures import report_external_failure
+from celery_reliable.worker.misconfigured import WorkerMisconfigured
 
 
 def declarations_without_reliable_task(app: Any) -> list[str]:

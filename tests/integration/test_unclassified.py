@@ -11,7 +11,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
-from celery_reliable.worker.bootstep import WorkerMisconfigured
+from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from tests.conftest import embedded_worker
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable import ReliableTask, retry_on
-from celery_reliable.worker.bootstep import WorkerMisconfigured
+from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from celery_reliable.worker.receivers import declarations_without_reliable_task
 from tests.conftest import embedded_worker, new_redis_db
 from tests.worker_process import run_worker_to_exit

@@ -246,3 +246,16 @@ def test_pure_modules_import_no_library() -> None:
             if imported.split(".")[0] in NOT_PURE:
                 wrong.append(f"{name}: {imported} (line {line})")
     assert not wrong
+
+
+def test_importing_the_package_loads_no_store_or_broker_library() -> None:
+    """A process that only publishes (a Django web process) imports celery_reliable for
+    its task modules: the store's SQLAlchemy and Alembic, a Redis client and the web
+    view's libraries load when something uses them, not at import."""
+    import subprocess
+    import sys
+
+    heavy = ["sqlalchemy", "alembic", "redis", "statsd", "sentry_sdk", "starlette"]
+    code = f"import sys, celery_reliable; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"loaded at import: {done.stdout.strip()}"
