@@ -25,9 +25,10 @@ without the integration (and its logging integration's copy of Celery's error lo
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sentry_sdk
 from sentry_sdk.integrations.logging import ignore_logger
@@ -49,6 +50,19 @@ _ALWAYS: dict[Outcome, Level] = {Outcome.EXHAUSTED: "error", Outcome.FAILED: "er
 _WHEN_ASKED: dict[Outcome, Level] = {Outcome.DISCARDED: "warning", Outcome.RETRIED: "warning"}
 
 _processor_installed = False
+
+#: sentry-sdk 2 takes the client's options (local variables, value lengths) as an
+#: argument; 3 reads them from the current client itself.
+_PASSES_CLIENT_OPTIONS = "client_options" in inspect.signature(event_from_exception).parameters
+
+
+def _event_of(exc: BaseException, client: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    info = (type(exc), exc, exc.__traceback__)
+    mechanism = {"type": "celery_reliable", "handled": True}
+    build: Any = event_from_exception
+    if _PASSES_CLIENT_OPTIONS:
+        return build(info, client_options=client.options, mechanism=mechanism)  # type: ignore[no-any-return]
+    return build(info, mechanism=mechanism)  # type: ignore[no-any-return]
 
 
 def _drop_second_reports(event: Any, hint: Any) -> Any:
@@ -132,11 +146,7 @@ class SentryObserver(Observer):
             "retry_in": event.retry_in,
         }
         if exc is not None:
-            report, hint = event_from_exception(
-                (type(exc), exc, exc.__traceback__),
-                client_options=client.options,
-                mechanism={"type": "celery_reliable", "handled": True},
-            )
+            report, hint = _event_of(exc, client)
             fingerprint = [name, _qualified(exc)]
         else:
             report, hint = {"message": f"{name} {outcome.value}: {event.reason}"}, {}
@@ -147,7 +157,7 @@ class SentryObserver(Observer):
         report["extra"] = {**report.get("extra", {}), **extra}
         report["fingerprint"] = fingerprint
         hint[HINT] = True
-        sentry_sdk.capture_event(report, hint=hint)
+        sentry_sdk.capture_event(cast(Any, report), hint=hint)
         if exc is not None:
             with contextlib.suppress(AttributeError, TypeError):  # a type with __slots__
                 setattr(exc, REPORTED, True)
