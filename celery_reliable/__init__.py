@@ -8,6 +8,7 @@ signals); see ``docs/`` for the guide.
 # and a worker process answers Celery's worker signals (a worker of an app with rules
 # declared on a plain task is refused at start even with no ReliableTask at all).
 from celery_reliable.delivery import sent_at as _sent_at  # noqa: F401  (connects)
+from celery_reliable.errors import HeartbeatTimeout
 from celery_reliable.outcomes import Cancel, Discard, Outcome, Snooze
 from celery_reliable.policy import cancel_on, discard_on, retry_on
 from celery_reliable.task import ReliableTask
@@ -16,6 +17,7 @@ from celery_reliable.worker import receivers as _receivers  # noqa: F401  (conne
 __all__ = [
     "Cancel",
     "Discard",
+    "HeartbeatTimeout",
     "Outcome",
     "ReliableTask",
     "Snooze",

@@ -25,6 +25,7 @@ from kombu.utils.json import loads as kombu_loads
 
 from celery_reliable.errors import IdempotencyConflict, IdempotencyKeyError, StoreUnavailable
 from celery_reliable.idempotency import KeySpec
+from celery_reliable.options import heartbeat_grace
 from celery_reliable.store import Claim, Receipt, Store, require_store
 from celery_reliable.store.receipts import SUCCEEDED
 from celery_reliable.store.timeutil import utcnow
@@ -43,6 +44,12 @@ LEASE_MARGIN = 5.0
 
 def lease_seconds(time_limit: float) -> float:
     return time_limit + LEASE_MARGIN
+
+
+def heartbeat_lease_seconds(heartbeat_timeout: float) -> float:
+    """The lease of a task with a heartbeat: renewed by each beat (at most a second
+    apart), it outlives a silent execution's interrupt and kill (timeout + grace)."""
+    return heartbeat_timeout + heartbeat_grace(heartbeat_timeout) + LEASE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,14 @@ class ReceiptHolder:
                 claim.key,
                 exc,
             )
+
+    def renew(self) -> bool:
+        """A heartbeat: the lease runs ``task._reliable_lease`` from now again. False if
+        the key is no longer this execution's; raises ``StoreUnavailable``."""
+        claim = self.claim
+        if claim.completed:
+            return True
+        return _store(self.task).receipts.renew(claim, self.task._reliable_lease)
 
     def release(self) -> None:
         """The execution did not succeed: give the key back (a succeeded receipt stays)."""

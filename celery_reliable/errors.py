@@ -45,6 +45,16 @@ class ResultNotSerializable(ReliableError):
     but Celery would store a FAILURE in its place. FAILED, with a dead letter."""
 
 
+class HeartbeatTimeout(ReliableError):
+    """Raised inside a task body that went longer than its ``heartbeat_timeout`` without
+    calling ``self.heartbeat()``: a stuck execution, ended long before its time limit.
+    Classified by the task's rules like any exception (``retry_on(HeartbeatTimeout)``).
+    """
+
+    def __init__(self, message: str = "no heartbeat within the task's heartbeat_timeout") -> None:
+        super().__init__(message)
+
+
 class LeaseLost(ReliableError):
     """This execution's claim was taken over (its lease expired while it ran).
 

@@ -46,6 +46,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
 from celery_reliable.errors import ResultNotSerializable, StoreUnavailable, WrongArguments
 from celery_reliable.headers import HEADER, Counters
+from celery_reliable.longrun.heartbeat import Heartbeat
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import DiscardRule, RetryRule
 from celery_reliable.results import DUPLICATE_OF
@@ -101,6 +102,7 @@ class Execution:
         "_counters",
         "args",
         "attempt",
+        "heartbeat",
         "kwargs",
         "nested_calls",
         "queue",
@@ -135,6 +137,8 @@ class Execution:
         self.receipt: ReceiptHolder | None = None
         #: The re-published signature of a retry (eager apply() runs it).
         self.signature: Any = None
+        #: The heartbeat of a task with ``heartbeat_timeout`` (longrun/heartbeat.py).
+        self.heartbeat: Heartbeat | None = None
 
     @property
     def counters(self) -> Counters:
@@ -157,10 +161,16 @@ class Execution:
                 queue=self.queue,
             )
         previous, _local.execution = _local.execution, self
+        if self.task._reliable_heartbeat_timeout is not None:
+            self.heartbeat = Heartbeat(
+                self.task.name, cast(str, self.request.id), self.task._reliable_heartbeat_timeout
+            )
         try:
             return self._run(body)
         finally:
             _local.execution = previous
+            if self.heartbeat is not None:
+                self.heartbeat.end()
             # One request, one execution (task.py reads it): what calls the task while
             # this request is still on the stack is a function call.
             setattr(self.request, ENDED_ATTR, True)
@@ -170,8 +180,13 @@ class Execution:
             answer = self._claim()
             if answer is not _OWNED:
                 return answer  # a duplicate's stored result (other answers raised)
+            if self.heartbeat is not None:
+                self.heartbeat.receipt = self.receipt
         try:
-            retval = body(*self.args, **self.kwargs)
+            if self.heartbeat is None:
+                retval = body(*self.args, **self.kwargs)
+            else:
+                retval = self.heartbeat.run(body, self.args, self.kwargs)
         except OutcomeRequest as requested:
             decision = self.decide_request(requested)
         except Retry as retry:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 RELIABLE_OPTIONS: dict[str, object] = {
     "timeout": None,
     "max_snoozes": 10,
+    "heartbeat_timeout": None,
     "waive": None,
 }
 
@@ -59,6 +60,16 @@ def timeout_grace(timeout: float) -> float:
     and re-publish its retry after ``SoftTimeLimitExceeded`` is raised.
     """
     return max(5.0, timeout * 0.1)
+
+
+def heartbeat_grace(heartbeat_timeout: float) -> float:
+    """Seconds between ``HeartbeatTimeout`` raised in a silent body and its pool process
+    killed, when the body does not end (blocked in code that never returns to Python).
+
+    The timeout itself, within 2 s to 30 s: time to roll back and re-publish, as
+    ``timeout_grace`` gives after the soft time limit.
+    """
+    return max(2.0, min(heartbeat_timeout, 30.0))
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,16 @@ def check_timeout(
             f"time_limit={time_limit!r})"
         )
     return TimeLimits(soft_time_limit=seconds, time_limit=seconds + timeout_grace(seconds))
+
+
+def check_heartbeat_timeout(owner: str, value: object) -> float | None:
+    """``heartbeat_timeout=N``: seconds a body may go without ``self.heartbeat()``."""
+    if value is None:
+        return None
+    seconds = _number(owner, "heartbeat_timeout", value)
+    if seconds <= 0:
+        raise ValueError(f"{owner}: heartbeat_timeout must be > 0 seconds, got {value!r}")
+    return seconds
 
 
 def check_max_snoozes(owner: str, value: object) -> int:

@@ -34,6 +34,7 @@ from celery_reliable.execution import (
 )
 from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
+from celery_reliable.longrun.heartbeat import check_progress
 from celery_reliable.outcomes import CANCELLED_STATE
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
 from celery_reliable.results import make_our_states_terminal
@@ -55,6 +56,11 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         Seconds. Sets ``soft_time_limit=timeout`` and a hard ``time_limit`` a grace
         later (max(5 s, 10 %)). ``SoftTimeLimitExceeded`` is classified like any
         other exception, so ``retry_on(SoftTimeLimitExceeded)`` works.
+    ``heartbeat_timeout``
+        Seconds the body may go without calling ``self.heartbeat()``. A longer silence
+        raises ``HeartbeatTimeout`` in it (classified like any exception), long before
+        the time limit; a keyed task's lease is then this plus a grace, renewed by
+        each beat (docs/long-tasks.md).
     ``max_snoozes``
         How many times an execution may snooze before it is DISCARDED (default 10).
     ``idempotency_key``
@@ -76,6 +82,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     timeout: ClassVar[float | None] = None
     soft_time_limit: float | None  # type: ignore[assignment]  # Celery's stubs say int
     time_limit: float | None  # type: ignore[assignment]
+    #: Seconds the body may go without ``self.heartbeat()``; see the class docstring.
+    heartbeat_timeout: ClassVar[float | None] = None
     #: Snoozes allowed before the job is DISCARDED.
     max_snoozes: ClassVar[int] = 10
     #: Idempotency key: format string or callable; see the class docstring.
@@ -88,6 +96,8 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     waive: ClassVar[Any] = None
 
     _reliable_key: ClassVar[KeySpec | None] = None
+    #: ``heartbeat_timeout`` validated (None: the execution has no heartbeat).
+    _reliable_heartbeat_timeout: ClassVar[float | None] = None
     _reliable_unique: ClassVar[UniqueSpec | None] = None
     #: Seconds an idempotency claim lasts: hard time limit + margin (set when bound).
     _reliable_lease: ClassVar[float] = 0.0
@@ -115,6 +125,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             owner=owner,
         )
         cls.max_snoozes = task_options.check_max_snoozes(owner, cls.max_snoozes)
+        if "heartbeat_timeout" in cls.__dict__:
+            cls._reliable_heartbeat_timeout = task_options.check_heartbeat_timeout(
+                owner, cls.__dict__["heartbeat_timeout"]
+            )
         if "timeout" in cls.__dict__:
             limits = task_options.check_timeout(
                 owner,
@@ -153,20 +167,46 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
     @classmethod
     def on_bound(cls, app: Celery) -> None:
-        from celery_reliable.claims import lease_seconds
+        from celery_reliable.claims import heartbeat_lease_seconds, lease_seconds
+        from celery_reliable.compat.celery_internals import time_limits
 
+        beat = cls._reliable_heartbeat_timeout
+        if beat is None and cls._reliable_key is None:
+            wiring.install(app)  # the app's settings are not read here: they may not be final
+            return
+        _, hard = time_limits(cls, app)
+        if beat is not None and hard and beat >= hard:
+            raise ImproperlyConfigured(
+                f"task {cls.name}: heartbeat_timeout={beat:g} is not shorter than its hard "
+                f"time limit ({hard:g}s), so it would never end a stuck execution first: "
+                "lower it, or drop it"
+            )
         if cls._reliable_key is not None:
-            from celery_reliable.compat.celery_internals import time_limits
-
-            _, hard = time_limits(cls, app)
-            if not hard:
+            if beat is not None:
+                # Each beat renews the lease; a silent execution is ended (killed, on
+                # prefork) within heartbeat_timeout + grace, before the lease ends.
+                cls._reliable_lease = heartbeat_lease_seconds(beat)
+            elif not hard:
                 raise ImproperlyConfigured(
-                    f"task {cls.name}: idempotency_key needs timeout= (or time_limit=): "
-                    "a claim's lease is derived from it, so that a live worker is always "
-                    "stopped by its hard limit before another can take its key over"
+                    f"task {cls.name}: idempotency_key needs timeout= (or time_limit=, or "
+                    "heartbeat_timeout=): a claim's lease is derived from it, so that a live "
+                    "worker is always stopped before another can take its key over"
                 )
-            cls._reliable_lease = lease_seconds(hard)
+            else:
+                cls._reliable_lease = lease_seconds(hard)
         wiring.install(app)
+
+    def heartbeat(self, progress: float | None = None, **details: Any) -> None:
+        """The body is alive: call it at least every ``heartbeat_timeout`` seconds.
+
+        ``progress`` (0 to 1) and ``details`` (JSON values) describe how far it got.
+        Renews the idempotency claim's lease (at most one store write a second). A no-op
+        outside an execution, and for a task without ``heartbeat_timeout``.
+        """
+        fraction = check_progress(progress)
+        execution = current_execution()
+        if execution is not None and execution.heartbeat is not None:
+            execution.heartbeat.beat(fraction, details)
 
     def apply_async(
         self,

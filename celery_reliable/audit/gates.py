@@ -32,10 +32,15 @@ from celery_reliable.compat.autoretry import Autoretry
 from celery_reliable.compat.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, settings_for
 from celery_reliable.delivery.broker import BrokerFacts
+from celery_reliable.docs import docs_url
 from celery_reliable.errors import UnknownTask
 from celery_reliable.options import GATES
 from celery_reliable.policy import RULES_ATTR, RetryRule, RetryStep, Rule, retry_schedule
 from celery_reliable.task import ReliableTask
+
+#: Time limits above this (seconds) without a heartbeat are worth a warning: a hang
+#: holds a slot for as long as the limit.
+LONG_TASK_SECONDS = 600.0
 
 #: Gates that read only the app's settings: the same finding for every task, found
 #: and shown once for the project.
@@ -526,7 +531,23 @@ def _timeout(
             parts.append(f"soft {format_seconds(float(soft))}")
         if hard:
             parts.append(f"hard {format_seconds(float(hard))}")
-        return GateResult("timeout", Status.PASS, "time limits: " + ", ".join(parts))
+        limits = "time limits: " + ", ".join(parts)
+        beat = getattr(task, "_reliable_heartbeat_timeout", None)
+        if beat is not None:
+            return GateResult(
+                "timeout", Status.PASS, f"{limits}; heartbeat_timeout {format_seconds(beat)}"
+            )
+        longest = float(hard or soft or 0)
+        if longest > LONG_TASK_SECONDS:
+            return GateResult(
+                "timeout",
+                Status.WARN,
+                f"{limits}, and no heartbeat_timeout: a call that hangs holds its worker slot "
+                f"(and its idempotency key) for up to {format_seconds(longest)} before the "
+                "limit ends it; have the body call self.heartbeat() and set "
+                f"heartbeat_timeout=N ({docs_url('long-tasks')})",
+            )
+        return GateResult("timeout", Status.PASS, limits)
     return GateResult(
         "timeout",
         Status.MISS,

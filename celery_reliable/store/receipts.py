@@ -157,6 +157,11 @@ _STORE_RESULT = (
     .values(result=bindparam("p_result"))
 )
 _RELEASE = delete(receipts).where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+_RENEW = (
+    update(receipts)
+    .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+    .values(lease_expires_at=bindparam("p_lease"), updated_at=bindparam("p_now"))
+)
 
 
 def lease_lost(claim: Claim) -> LeaseLost:
@@ -274,6 +279,19 @@ class Receipts:
             self._hot.run(what, self._hot_release, params, hot_rowcount, relaxed=True)
             return
         run_statement(self._single, what, _RELEASE, params, rowcount)
+
+    def renew(self, claim: Claim, lease_seconds: float) -> bool:
+        """Push the claim's lease to ``lease_seconds`` from now (a heartbeat); False if
+        the claim is no longer this execution's (taken over, or completed)."""
+        now = utcnow()
+        lease = now + timedelta(seconds=lease_seconds)
+        params = _claim_params(claim, p_lease=lease, p_now=now)
+        renewed = (
+            run_statement(self._single, "renewing a receipt's lease", _RENEW, params, rowcount) == 1
+        )
+        if renewed:
+            claim.lease_expires_at = lease
+        return renewed
 
     def get(self, task_name: str, key: str) -> Receipt | None:
         params = {"p_task_name": task_name, "p_key": key}

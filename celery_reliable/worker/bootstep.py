@@ -20,6 +20,9 @@ from celery_reliable.delivery.broker import uses_redis
 from celery_reliable.delivery.redelivery import redelivery_for, stop_redelivery
 from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
+from celery_reliable.longrun.board import open_board
+from celery_reliable.longrun.interrupt import install_handler
+from celery_reliable.longrun.monitor import start_monitor, stop_monitor
 from celery_reliable.store import store_for
 from celery_reliable.wiring import activate_history, flush_history, observers_for
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
@@ -59,6 +62,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             # One line saying what is wrong and how to fix it, instead of a traceback
             # through Celery's start-up code that ends in it.
             raise WorkerMisconfigured(exc) from exc
+        # Before the pool starts: its prefork processes inherit the board's path.
+        self.beat_board = open_board()
 
     def _check_store(self, app: Any) -> None:
         if self.store is not None:
@@ -76,6 +81,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         activate_history(worker.app)
+        # Watched until the pool has finished (worker_shutdown), not only until this
+        # step stops: a warm shutdown waits for running bodies, which may be stuck.
+        start_monitor(worker, self.beat_board)
+        install_handler()  # a solo pool runs bodies in this process's main thread
         self._redelivery = redelivery_for(worker, self.settings)
         if self._redelivery is not None:
             self._redelivery.start()
@@ -116,6 +125,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         # and the history's last write.
         self.stop(worker)
         stop_redelivery(worker)
+        stop_monitor(worker)
         flush_history(worker.app)
 
     def prune(self) -> None:

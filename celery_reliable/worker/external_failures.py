@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from celery.app.task import Context
 
 from celery_reliable.decisions import describe_exc
+from celery_reliable.longrun.monitor import killed
 from celery_reliable.outcomes import Outcome
 from celery_reliable.signals import OutcomeEvent
 
@@ -66,13 +67,17 @@ def report_external_failure(
         # re-published (to the task's default queue: the delivery info was the child's).
         request = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
     queue = (request.delivery_info or {}).get("routing_key")
+    why = killed.pop(task_id, None) if task_id is not None else None
+    reason = f"{describe_exc(exc)} (ended outside the task body)"
+    if why is not None:
+        reason = f"{describe_exc(exc)}: {why}"
     OutcomeEvent(
         task=task,
         task_id=task_id,
         outcome=Outcome.FAILED,
         attempt=(request.retries or 0) + 1 if known else 0,
         exc=exc,
-        reason=f"{describe_exc(exc)} (ended outside the task body)",
+        reason=reason,
         duration=duration,
         retry_in=None,
         report=True,

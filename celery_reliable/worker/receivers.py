@@ -16,6 +16,8 @@ from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLos
 
 from celery_reliable import wiring
 from celery_reliable.delivery.redelivery import stop_redelivery
+from celery_reliable.longrun.interrupt import install_handler
+from celery_reliable.longrun.monitor import stop_monitor
 from celery_reliable.policy import RULES_ATTR
 from celery_reliable.task import ReliableTask
 from celery_reliable.worker.external_failures import report_external_failure
@@ -68,9 +70,11 @@ def report_ended_outside_the_body(
     report_external_failure(sender, task_id, exception, args, kwargs)
 
 
-def record_in_pool_child(**_: Any) -> None:
-    """``worker_process_init``: a prefork child records the history of what it runs."""
+def at_pool_child_start(**_: Any) -> None:
+    """``worker_process_init``: a prefork child records the history of what it runs,
+    and a silent body in it can be ended (``longrun/interrupt.py``)."""
     wiring.activate_history_everywhere()
+    install_handler()
 
 
 def write_history_of_pool_child(**_: Any) -> None:
@@ -88,10 +92,11 @@ def at_worker_shutdown(sender: Any = None, **_: Any) -> None:
     if app is not None:
         wiring.flush_history(app)
     stop_redelivery(sender)
+    stop_monitor(sender)
 
 
 celery_signals.worker_init.connect(refuse_ignored_declarations, weak=False)
 celery_signals.task_failure.connect(report_ended_outside_the_body, weak=False)
-celery_signals.worker_process_init.connect(record_in_pool_child, weak=False)
+celery_signals.worker_process_init.connect(at_pool_child_start, weak=False)
 celery_signals.worker_process_shutdown.connect(write_history_of_pool_child, weak=False)
 celery_signals.worker_shutdown.connect(at_worker_shutdown, weak=False)

@@ -680,3 +680,36 @@ def test_the_audit_of_autoretry_for_counts_the_executions_a_worker_makes() -> No
         True,
         True,
     ]
+
+
+def test_a_long_time_limit_without_a_heartbeat_is_a_warning() -> None:
+    app = Celery("long-limits", broker="memory://", set_as_current=False)
+    app.conf.reliable_database_url = None
+
+    @app.task(base=ReliableTask, name="long.silent", timeout=3600, shared=False)
+    def silent() -> None:
+        return None
+
+    @app.task(
+        base=ReliableTask, name="long.beating", timeout=3600, heartbeat_timeout=30, shared=False
+    )
+    def beating() -> None:
+        return None
+
+    @app.task(base=ReliableTask, name="long.short", timeout=60, shared=False)
+    def short() -> None:
+        return None
+
+    found = check(app)
+    gate = {
+        name: found.task(name).gate("timeout")
+        for name in ("long.silent", "long.beating", "long.short")
+    }
+    assert gate["long.silent"].status is Status.WARN
+    assert "no heartbeat_timeout" in gate["long.silent"].reason
+    assert "long-tasks" in gate["long.silent"].reason
+    assert gate["long.beating"].status is Status.PASS
+    assert "heartbeat_timeout 30s" in gate["long.beating"].reason
+    assert gate["long.short"].status is Status.PASS
+    # A warning never fails check.
+    assert not [r for _, r in found.misses() if r.gate == "timeout"]

@@ -1,0 +1,82 @@
+"""The app real ``celery worker`` processes run for the heartbeat tests (prefork, solo).
+
+Outcomes are written to Redis from the pool's processes (``recording.py``); effects
+too, so a test can count what really ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import redis
+from celery import Celery
+
+from celery_reliable import HeartbeatTimeout, ReliableTask, retry_on
+from celery_reliable.backoff import fixed
+from tests.integration.recording import record_outcomes_to
+
+BROKER = os.environ["RELIABLE_TEST_BROKER"]
+
+app = Celery("heartbeat_app", broker=BROKER, backend=BROKER)
+app.conf.update(
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    worker_prefetch_multiplier=1,
+    task_acks_late=True,
+    reliable_database_url=os.environ.get("RELIABLE_TEST_STORE", "sqlite:///:memory:"),
+)
+
+record_outcomes_to(BROKER)
+effects = redis.Redis.from_url(BROKER)
+
+
+@app.task(base=ReliableTask, name="hb.silent_once", bind=True, timeout=120, heartbeat_timeout=2)
+@retry_on(HeartbeatTimeout, wait=fixed(0.2), attempts=3)
+def silent_once(self: ReliableTask) -> str:
+    """Goes silent in a sleep on its first execution (only its time limit, 120 s, would
+    end it without a heartbeat); beats and finishes on the next."""
+    if self.request.retries == 0:
+        self.heartbeat(progress=0.1)
+        time.sleep(1000)
+    self.heartbeat(progress=1.0)
+    return "done"
+
+
+@app.task(base=ReliableTask, name="hb.beating", bind=True, timeout=120, heartbeat_timeout=1)
+def beating(self: ReliableTask, seconds: float) -> str:
+    """Runs several times its heartbeat_timeout, beating often: never interrupted."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        self.heartbeat(progress=None, left=deadline - time.monotonic())
+        time.sleep(0.2)
+    return "done"
+
+
+@app.task(base=ReliableTask, name="hb.stuck_in_c", bind=True, timeout=120, heartbeat_timeout=1)
+def stuck_in_c(self: ReliableTask) -> None:
+    """Stuck where no signal handler runs: ``sum`` over an iterator holds the GIL in C
+    for minutes and never checks for signals (a backtracking regex does check).
+    HeartbeatTimeout cannot be raised; the process is killed."""
+    self.heartbeat()
+    sum(itertools.repeat(1, 10**11))
+
+
+@app.task(
+    base=ReliableTask,
+    name="hb.keyed",
+    bind=True,
+    heartbeat_timeout=1,
+    idempotency_key="keyed:{order}",
+)
+def keyed(self: ReliableTask, order: str, seconds: float) -> str:
+    """Runs longer than its lease (heartbeat_timeout + grace + margin = 8 s), beating:
+    a second job with the same key must not take it over."""
+    effects.set(f"running:{order}", str(self.request.id))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        self.heartbeat()
+        time.sleep(0.2)
+    effects.incr(f"effects:{order}")
+    return f"done {order}"
