@@ -158,6 +158,7 @@ web: $(STAMP)
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
+	$(PY) -m benchmarks.heartbeat
 	$(PY) -m benchmarks.throughput
 
 # The web view's pages over HTTP with a large store (100,000 dead letters, 1,000,000

@@ -6,7 +6,8 @@ One no-op task on one ``celery worker -P prefork -c 2`` and a real Redis broker:
 ``plain`` (``celery.Task``); ``reliable`` (ReliableTask, StatsD on, no store);
 ``sqlite`` and ``postgresql`` (ReliableTask with an idempotency key per job: a claim
 and a completion per execution, PostgreSQL at its production defaults, fsync and
-synchronous commit on); ``history`` (ReliableTask, the outcome history on, SQLite).
+synchronous commit on); ``history`` (ReliableTask, the outcome history on, SQLite);
+``heartbeat`` (ReliableTask with ``heartbeat_timeout``, one beat per execution).
 A ReliableTask's worker fetches atomically (one Lua script per message, instead of
 kombu's BRPOP and a second round trip to record it): ``-kombu`` variants turn that
 off, and ``plain-atomic`` gives it to plain Celery, so that the table can show the
@@ -53,6 +54,7 @@ VARIANTS = (
     "postgresql",
     "postgresql-kombu",
     "history",
+    "heartbeat",
 )
 
 
@@ -115,7 +117,7 @@ def one_run(variant: str, broker: str, store: str | None, statsd_port: int, jobs
 
 @contextlib.contextmanager
 def stores(variants: list[str], folder: Path) -> Iterator[dict[str, str | None]]:
-    found: dict[str, str | None] = {"plain": None, "reliable": None}
+    found: dict[str, str | None] = {"plain": None, "reliable": None, "heartbeat": None}
     found["sqlite"] = f"sqlite:///{folder}/receipts.sqlite3"
     found["history"] = f"sqlite:///{folder}/history.sqlite3"
     with contextlib.ExitStack() as stack:

@@ -52,6 +52,13 @@ elif VARIANT in ("sqlite", "postgresql"):
     def noop(n: int, run: str = "") -> None:  # type: ignore[misc]
         return None
 
+elif VARIANT == "heartbeat":
+
+    @app.task(base=ReliableTask, name="bench.noop", bind=True, timeout=30, heartbeat_timeout=10)
+    def noop(self: ReliableTask, n: int) -> None:  # type: ignore[misc]
+        self.heartbeat()
+        return None
+
 else:
 
     @app.task(base=ReliableTask, name="bench.noop", timeout=30)
