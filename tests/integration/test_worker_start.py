@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import pytest
@@ -55,7 +54,9 @@ def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> N
     ]
 
 
-def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) -> None:
+def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The worker step's threads start after the pool forked its children: the
     queue-depth sampler, started earlier, held SQLAlchemy's mapper lock across the fork
     (its first query on kombu's SQLAlchemy transport) and a child hung on it at its
@@ -66,7 +67,8 @@ def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) ->
 
     statsd = StatsdLines()
     env = {"RELIABLE_TEST_DATA": str(tmp_path), "RELIABLE_TEST_STATSD_PORT": str(statsd.port)}
-    os.environ.update(env)
+    for name, value in env.items():  # for this test only: every helper app reads them
+        monkeypatch.setenv(name, value)
     try:
         from tests.support.apps import sqla_broker as sqla_broker_app
 
