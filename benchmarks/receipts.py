@@ -5,7 +5,7 @@
 
 For each database, one table per size (an empty table, then one per ``--sizes``), each in
 a new database: a SQLite file in a temporary folder (in the WAL mode the store sets), or a
-database on a throw-away PostgreSQL server started with ``tests/servers.py``. Each has a
+database on a throw-away PostgreSQL server started with ``tests/support/servers.py``. Each has a
 store built through the library, as a user would build it, and its receipts table
 pre-filled with that many rows (95 % "succeeded", completed over the last 7 days, 5 %
 "in_progress"), then ANALYZE. Then, one thread:
@@ -54,7 +54,7 @@ from rich.table import Table
 
 from celery_reliable.store import Claim, Receipt, Store, migrate, store_for
 from celery_reliable.store.timeutil import utcnow
-from tests import servers
+from tests.support import servers
 
 #: Task names of the receipts, filled and measured alike (prime to IN_PROGRESS_EVERY, so
 #: that every task name has in-progress rows too).
@@ -444,7 +444,7 @@ def _stop_postmasters(root: Path) -> None:
 
 @contextlib.contextmanager
 def postgres_server(tmp: Path) -> Iterator[str]:
-    """``tests/servers.py``'s server, its folder made inside ours.
+    """``tests/support/servers.py``'s server, its folder made inside ours.
 
     Its own clean-up only starts once the server is up; a Ctrl-C during initdb or
     pg_ctl start (they get the terminal's SIGINT too) would leave a folder, or a running
@@ -469,7 +469,9 @@ def postgres_server(tmp: Path) -> Iterator[str]:
 def postgres_run(
     sizes: list[int], args: argparse.Namespace, tmp: Path, report: Callable[[Phase], None]
 ) -> None:
-    console.print("[bold]PostgreSQL[/]: starting a throw-away server (tests/servers.py) ...")
+    console.print(
+        "[bold]PostgreSQL[/]: starting a throw-away server (tests/support/servers.py) ..."
+    )
     with contextlib.ExitStack() as stack:
         server_url = stack.enter_context(postgres_server(tmp))
         admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")

@@ -41,8 +41,8 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from tests import servers
-from tests.worker_process import celery_worker
+from tests.support import servers
+from tests.support.workers import celery_worker
 
 VARIANTS = (
     "plain",

@@ -57,7 +57,6 @@ elif VARIANT == "heartbeat":
     @app.task(base=ReliableTask, name="bench.noop", bind=True, timeout=30, heartbeat_timeout=10)
     def noop(self: ReliableTask, n: int) -> None:  # type: ignore[misc]
         self.heartbeat()
-        return None
 
 else:
 

@@ -5,7 +5,7 @@
                                    [--db sqlite,postgresql] [--json PATH]
 
 For each database, a new store (a SQLite file in a temporary folder, or a database on a
-throw-away PostgreSQL server from ``tests/servers.py``), its schema made by the shipped
+throw-away PostgreSQL server from ``tests/support/servers.py``), its schema made by the shipped
 migrations (so the real indexes exist), then filled with bulk multi-row INSERTs through
 SQLAlchemy core on the schema's tables (see :func:`fill`):
 
@@ -76,7 +76,7 @@ from celery_reliable.store.schema import (
     unique_locks,
 )
 from celery_reliable.store.timeutil import utcnow
-from tests import servers
+from tests.support import servers
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
@@ -691,7 +691,9 @@ def sqlite_run(broker: str, args: argparse.Namespace, tmp: Path) -> Run:
 
 
 def postgres_run(broker: str, args: argparse.Namespace, tmp: Path) -> Run:
-    console.print("[bold]PostgreSQL[/]: starting a throw-away server (tests/servers.py) ...")
+    console.print(
+        "[bold]PostgreSQL[/]: starting a throw-away server (tests/support/servers.py) ..."
+    )
     with postgres_server(tmp) as url:
         admin = sa.create_engine(url)
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import celery
 from celery import Celery
 
-from tests.conftest import embedded_worker
+from tests.support.workers import embedded_worker
 
 #: The installed Celery's (major, minor): `make compat` runs the suite on 5.4 to 5.7.
 CELERY_VERSION: tuple[int, int] = tuple(int(p) for p in celery.__version__.split(".")[:2])  # type: ignore[assignment]

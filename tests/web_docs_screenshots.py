@@ -24,12 +24,12 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.web_support import ROOT, chromium, screenshot, web_server
+from tests.support.waiting import wait_until
+from tests.support.web import ROOT, chromium, screenshot, web_server
 
 SHOP = ROOT / "examples" / "django_app"
 IMAGES = ROOT / "docs" / "images"
@@ -147,11 +147,12 @@ def retry_one_declined_charge(
         click(driver, "retry-one", lambda d: h1(d) == "Retry 1 dead letter?")
         click(driver, "confirm", lambda d: h1(d) == f"Dead letter {declined}")
         back = f'retry of <a href="/dead-letters/{declined}">'
-        deadline = time.monotonic() + 60
-        while back not in page(site + "/dead-letters"):
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the retry of dead letter {declined} left no dead letter")
-            time.sleep(0.5)
+        wait_until(
+            lambda: back in page(site + "/dead-letters"),
+            f"the retry of dead letter {declined} to leave a dead letter",
+            timeout=60,
+            interval=0.5,
+        )
     finally:
         worker.send_signal(signal.SIGTERM)  # warm shutdown: its outcome history is written
         worker.wait(30)

@@ -67,7 +67,7 @@ if MODE == "atomic":
     )
     @retry_on(OperationalError, **RETRY)  # the database dropped out mid-transaction
     def job(self: ReliableTask, job_id: int, published_at: float) -> None:
-        time.sleep(random.uniform(0, 2 * JOB_SECONDS))
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
         with self.atomic() as session:
             session.execute(effects.insert().values(_effect(job_id, self.request.id, published_at)))
 
@@ -82,7 +82,7 @@ else:
     )
     @retry_on(OperationalError, **RETRY)
     def job(self: ReliableTask, job_id: int, published_at: float) -> None:
-        time.sleep(random.uniform(0, 2 * JOB_SECONDS))
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
         with _plain_engine().begin() as connection:
             connection.execute(
                 effects.insert().values(_effect(job_id, self.request.id, published_at))

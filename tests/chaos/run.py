@@ -28,8 +28,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from tests.servers import PostgresServer, RedisServer
-from tests.worker_process import WorkerProcess, celery_worker
+from tests.support.servers import PostgresServer, RedisServer
+from tests.support.workers import WorkerProcess, celery_worker
 
 APP = "tests.chaos.app"
 
@@ -212,7 +212,7 @@ def run(plan: Plan) -> Figures:
                     break
                 if not chaos and faults.done.is_set() and now - last_progress > quiet(plan):
                     break  # nothing moves any more: what is missing is lost
-            time.sleep(0.5)
+            time.sleep(0.5)  # the monitor's pace: kills and progress looked at twice a second
         wall = time.monotonic() - started
         # A late duplicate would show within a visibility timeout and a rescue.
         time.sleep(plan.visibility_timeout + 2)
@@ -275,7 +275,7 @@ class Faults(threading.Thread):
         ]
         schedule = sorted(((at, f) for at, f in planned if at is not None), key=lambda x: x[0])
         for at, fault in schedule:
-            time.sleep(max(0.0, began + at - time.monotonic()))
+            time.sleep(max(0.0, began + at - time.monotonic()))  # the fault's planned moment
             self.busy.set()
             try:
                 fault()
@@ -285,13 +285,13 @@ class Faults(threading.Thread):
 
     def restart_redis(self) -> None:
         self.redis_server.stop()
-        time.sleep(1.0)
+        time.sleep(1.0)  # the outage: Redis stays down a second
         self.redis_server.start()
         self.events.append("Redis restarted")
 
     def crash_postgres(self) -> None:
         self.postgres.stop("immediate")
-        time.sleep(self.plan.postgres_down_for)
+        time.sleep(self.plan.postgres_down_for)  # the outage the plan asks for
         self.postgres.start()
         self.events.append(f"PostgreSQL crashed and down {self.plan.postgres_down_for:g} s")
 

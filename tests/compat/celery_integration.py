@@ -38,7 +38,7 @@ from tests.compat.celery_suite import (
     run_suite,
     write_figures,
 )
-from tests.servers import redis_server
+from tests.support.servers import redis_server
 
 #: The suite's files, per pytest session.
 SESSIONS: tuple[tuple[str, ...], ...] = (

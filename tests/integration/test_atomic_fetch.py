@@ -17,7 +17,8 @@ import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import celery_reliable.delivery.atomic_fetch
-from tests.conftest import new_redis_db
+from tests.support.celery_apps import new_redis_db
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -110,10 +111,14 @@ def drain_one(
 
 
 def drain_until(connection: Connection, got: list[Any], count: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while len(got) < count and time.monotonic() < deadline:
+    def drained() -> bool:
         with contextlib.suppress(TimeoutError):
-            connection.drain_events(timeout=1)
+            connection.drain_events(timeout=0.2)
+        return len(got) >= count
+
+    wait_until(
+        drained, f"{count} message(s) delivered", timeout=timeout, interval=0, seen=lambda: got
+    )
 
 
 def test_the_entry_is_written_once_and_removed_at_ack(url: str, db: redis.Redis) -> None:
@@ -223,7 +228,8 @@ def test_a_global_key_prefix_applies_to_every_key(url: str, db: redis.Redis) -> 
 def test_a_worker_with_a_reliable_task_fetches_atomically(redis_url: str) -> None:
     from celery_reliable import ReliableTask
     from celery_reliable.delivery.atomic_fetch import Transport
-    from tests.conftest import embedded_worker, new_app
+    from tests.support.celery_apps import new_app
+    from tests.support.workers import embedded_worker
 
     app = new_app(redis_url, "atomic-fetch-worker", task_acks_late=True)
     broker = redis.Redis.from_url(app.conf.broker_url)
@@ -294,6 +300,7 @@ def test_a_reply_read_late_after_a_rescue_is_not_delivered_twice(url: str, db: r
     with consumer_connection(url, "reliable-redis") as connection:
         consumer, channel, _ = held_back_fetch(connection, queue("jobs"))
         consumer.register_callback(lambda b, m: got.append(b))
+        # Time itself is the subject: the held fetch ages past what a renewal covers.
         time.sleep(celery_reliable.delivery.atomic_fetch.WAIT_SECONDS + 2.5)
         # The worker renewed nothing it had not read; another worker's rescue:
         with consumer_connection(url, KOMBU, visibility_timeout=2) as rescuer:
@@ -318,6 +325,7 @@ def test_a_reply_read_late_and_not_rescued_is_delivered_and_renewed(
         consumer.register_callback(lambda b, m: (got.append(b), m.ack()))
         [tag] = db.hkeys("unacked")
         fetched_at = db.zscore("unacked_index", tag)
+        # Time itself is the subject: the held fetch ages past what a renewal covers.
         time.sleep(celery_reliable.delivery.atomic_fetch.WAIT_SECONDS + 2.5)
         assert channel._brpop_read() is True
         consumer.cancel()

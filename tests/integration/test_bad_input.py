@@ -8,15 +8,14 @@ Most rows run on the module's embedded worker (threads pool, real Redis, a real
 SQLite and PostgreSQL store, a real UDP StatsD socket). The rows that need a worker
 configured otherwise (a prefork pool with a pickle result backend, a store that cannot
 be reached, a StatsD host that does not resolve, a database URL that stops the worker)
-run ``tests/integration/bad_input_app.py`` in a real ``celery worker`` process.
+run ``tests/support/apps/bad_input.py`` in a real ``celery worker`` process.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,12 +31,19 @@ from celery_reliable.errors import DeadLetterError, IdempotencyKeyError, WrongAr
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store import Store
 from celery_reliable.store.dead_letters import DeadLetter
-from tests.conftest import embedded_worker, new_redis_db
 from tests.helpers import Calls, new_key, ready_store, tasks_in
-from tests.integration.recording import recorded
-from tests.integration.udp import StatsdServer, running_statsd_server
-from tests.servers import free_port
-from tests.worker_process import WorkerProcess, celery_worker, run_worker_to_exit
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.servers import free_port
+from tests.support.statsd import StatsdServer, running_statsd_server
+from tests.support.waiting import wait_until
+from tests.support.workers import (
+    WorkerProcess,
+    celery_worker,
+    embedded_worker,
+    run_worker_to_exit,
+    settle,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -156,14 +162,18 @@ def _lines(caplog: Any, text: str, ours: bool) -> list[logging.LogRecord]:
     ]
 
 
-def one_line(caplog: Any, text: str, celery_failure: bool = False) -> str:
+def one_line(env: Any, caplog: Any, text: str, celery_failure: bool = False) -> str:
     """The one line celery_reliable wrote about ``text`` (a task id), once it is there;
     with ``celery_failure``, Celery's own "raised unexpected" record (with its
-    traceback) is the only other record about it, as for every FAILURE; else none."""
-    deadline = time.monotonic() + 10
-    while not _lines(caplog, text, ours=True) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # anything more would be written by now
+    traceback) is the only other record about it, as for every FAILURE; else none.
+    Counted once the worker has settled (a sentinel job ran after everything the job
+    did), so that a second line would be there."""
+    wait_until(
+        lambda: _lines(caplog, text, ours=True),
+        f"celery_reliable's line about {text}",
+        timeout=10,
+    )
+    settle(env.app)
     ours = _lines(caplog, text, ours=True)
     assert len(ours) == 1, [r.getMessage() for r in ours]
     assert ours[0].exc_info is None, "a line, not a traceback"
@@ -176,13 +186,13 @@ def one_line(caplog: Any, text: str, celery_failure: bool = False) -> str:
 
 
 def dead_letter(store: Store, task_id: str) -> DeadLetter:
-    deadline = time.monotonic() + 10
-    while True:
-        found = [d for d in store.dead_letters.list(limit=500) if d.task_id == task_id]
-        if found or time.monotonic() > deadline:
-            assert len(found) == 1, found
-            return found[0]
-        time.sleep(0.05)
+    found = wait_until(
+        lambda: [d for d in store.dead_letters.list(limit=500) if d.task_id == task_id],
+        f"the dead letter of {task_id}",
+        timeout=10,
+    )
+    assert len(found) == 1, found
+    return found[0]
 
 
 def no_dead_letter(store: Store, task_id: str) -> None:
@@ -217,7 +227,7 @@ def test_wrong_argument_count(env: Any, outcomes: Any, caplog: Any) -> None:
             result.get(timeout=1)
         (event,) = outcomes.wait_for(result.id)
         assert event.outcome is Outcome.DISCARDED and event.report
-        line = one_line(caplog, result.id)
+        line = one_line(env, caplog, result.id)
         assert "outcome=discarded" in line and why in line
         assert "do not fit bi.add(x: 'int', y: 'int')" in line
         assert "a retry replays the same arguments" in line
@@ -236,7 +246,7 @@ def test_wrong_argument_types(env: Any, outcomes: Any, caplog: Any) -> None:
     assert wait_for_outcome(result, timeout=10) == "FAILURE"
     assert isinstance(result.info, TypeError)
     assert outcomes.wait_for(result.id)[0].outcome is Outcome.FAILED
-    line = one_line(caplog, result.id, celery_failure=True)
+    line = one_line(env, caplog, result.id, celery_failure=True)
     assert 'reason="TypeError: can only concatenate str' in line and "(unclassified)" in line
     letter = dead_letter(env.store, result.id)
     assert letter.args == ["1", 2] and letter.outcome == "failed" and letter.retryable
@@ -263,7 +273,7 @@ def test_arguments_not_json_serializable_at_publish(env: Any, outcomes: Any) -> 
     assert "Object of type Point is not JSON serializable" in message
     assert "nothing was published: pass plain data" in message
     assert published == []
-    outcomes.settle(0.3)
+    settle(env.app)
     assert not [e for e in outcomes.events if e.task_name == "bi.add"]
     worker_keeps_running(env)
 
@@ -313,7 +323,7 @@ def test_arguments_not_json_at_run(env: Any, outcomes: Any, caplog: Any, kind: s
         fix = "fix the publisher: the body must be what its content type says"
     assert wait_for_outcome(result, timeout=10) == "FAILURE"
     assert type(result.info).__name__ == error
-    line = one_line(caplog, task_id)
+    line = one_line(env, caplog, task_id)
     assert line.startswith(f"task bi.add[{task_id}]: not run: ")
     letter = dead_letter(env.store, task_id)
     assert f"kept as dead letter {letter.id}: " in line and fix in line
@@ -339,7 +349,7 @@ def test_unknown_task_name(env: Any, outcomes: Any, caplog: Any) -> None:
         {"note": "gift"},
     )
     assert letter.exc_type == "celery.exceptions.NotRegistered" and letter.retryable
-    line = one_line(caplog, result.id)
+    line = one_line(env, caplog, result.id)
     assert line == (
         f"task bi.not_deployed_yet[{result.id}]: not run: no task of this name is "
         f"registered in this worker; kept as dead letter {letter.id}: import its module "
@@ -365,7 +375,7 @@ def test_idempotency_key_function_that_raises(env: Any, outcomes: Any, caplog: A
     assert wait_for_outcome(result, timeout=10) == "DISCARDED"
     assert isinstance(result.info, IdempotencyKeyError)
     assert outcomes.wait_for(result.id)[0].outcome is Outcome.DISCARDED
-    line = one_line(caplog, result.id)
+    line = one_line(env, caplog, result.id)
     assert "callable raised LookupError: no customer in these arguments" in line
     assert "make it return a str for every argument the task accepts" in line
     letter = dead_letter(env.store, result.id)
@@ -390,7 +400,7 @@ def test_key_template_naming_a_missing_argument(env: Any, outcomes: Any, caplog:
     assert wait_for_outcome(result, timeout=10) == "DISCARDED"
     assert isinstance(result.info, IdempotencyKeyError)
     assert outcomes.wait_for(result.id)[0].outcome is Outcome.DISCARDED
-    line = one_line(caplog, result.id)
+    line = one_line(env, caplog, result.id)
     assert "idempotency key 'order:{order}': KeyError: 'order'" in line
     assert "publish the arguments the template names, or change the template" in line
     letter = dead_letter(env.store, result.id)
@@ -406,7 +416,7 @@ def test_a_10_mb_argument(env: Any, outcomes: Any, caplog: Any) -> None:
     key, blob = new_key(), "x" * TEN_MB
     result = env.big.apply_async((key, blob))
     assert wait_for_outcome(result, timeout=30) == "DISCARDED"
-    one_line(caplog, result.id)
+    one_line(env, caplog, result.id)
     letter = dead_letter(env.store, result.id)
     assert letter.args == [key, blob] and letter.retryable
     again = env.store.dead_letters.retry(letter.id)
@@ -428,7 +438,7 @@ def test_a_result_that_is_not_json_serializable(env: Any, outcomes: Any, caplog:
     assert type(result.info).__name__ == "ResultNotSerializable"
     (event,) = outcomes.wait_for(result.id)
     assert event.outcome is Outcome.FAILED and event.report
-    line = one_line(caplog, result.id, celery_failure=True)
+    line = one_line(env, caplog, result.id, celery_failure=True)
     assert "value of type 'Point' that the result backend cannot serialize as json" in line
     assert "return plain data (str, numbers, lists, dicts), or set ignore_result=True" in line
     letter = dead_letter(env.store, result.id)
@@ -493,7 +503,7 @@ def worker_app(broker: str) -> Iterator[Any]:
     saved = {name: os.environ.get(name) for name in ("RELIABLE_TEST_BROKER", "RELIABLE_TEST_STORE")}
     os.environ.update(RELIABLE_TEST_BROKER=broker, RELIABLE_TEST_STORE="sqlite:///:memory:")
     try:
-        from tests.integration import bad_input_app
+        from tests.support.apps import bad_input as bad_input_app
     finally:
         for name, value in saved.items():
             if value is None:
@@ -527,13 +537,6 @@ def only_celerys_failure_tracebacks(worker: WorkerProcess) -> bool:
     return True
 
 
-def _wait(condition: Callable[[], Any], timeout: float = 15) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
-
-
 @pytest.mark.prefork
 @pytest.mark.parametrize("result_serializer", ["json", "pickle"])
 def test_exceptions_that_cannot_be_pickled(
@@ -555,7 +558,7 @@ def test_exceptions_that_cannot_be_pickled(
     reader.conf.update(
         result_serializer=result_serializer, result_accept_content=["json", "pickle"]
     )
-    with celery_worker("tests.integration.bad_input_app", env) as worker:
+    with celery_worker("tests.support.apps.bad_input", env) as worker:
         jobs = [
             (
                 reader.send_task("bi.needs_arguments", (7,)),
@@ -572,7 +575,12 @@ def test_exceptions_that_cannot_be_pickled(
             assert all(e["exc_type"] == name for e in events)
             # JSON: Celery's wrapper, naming the class; pickle: the class, restored.
             assert getattr(result.info, "exc_cls_name", type(result.info).__name__) == name
-            assert _wait(lambda r=result: len(_lines_of(worker, r.id)) >= 2), worker.output
+            wait_until(
+                lambda r=result: len(_lines_of(worker, r.id)) >= 2,
+                f"two log lines about {result.id}",
+                timeout=15,
+                seen=lambda: worker.output,
+            )
         assert reader.send_task("bi.ok").get(timeout=20) == "ok", worker.output
         assert worker.proc.poll() is None, "the worker is still running"
     output = worker.output
@@ -582,7 +590,7 @@ def test_exceptions_that_cannot_be_pickled(
     store = _store_at(url)
     for result, expected, name in jobs:
         letter = dead_letter(store, result.id)
-        assert letter.exc_type == f"tests.integration.bad_input_app.{name}"
+        assert letter.exc_type == f"tests.support.apps.bad_input.{name}"
         assert letter.outcome == expected[-1]
         # One line of ours per execution, and for the last one Celery's FAILURE.
         lines = _lines_of(worker, result.id)
@@ -602,7 +610,7 @@ def test_wrong_database_url(worker_app: Any, broker: str, url: str, says: str) -
     """The worker refuses to start, with one line; the messages wait in the queue."""
     waiting = worker_app.ok.delay()
     returncode, output = run_worker_to_exit(
-        "tests.integration.bad_input_app",
+        "tests.support.apps.bad_input",
         {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": url},
     )
     assert returncode == 1, output
@@ -624,15 +632,18 @@ def test_unreachable_database(worker_app: Any, broker: str) -> None:
     jobs that do not need the store run."""
     url = f"postgresql+psycopg://reliable@127.0.0.1:{free_port()}/reliable"
     env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": url}
-    with celery_worker("tests.integration.bad_input_app", env) as worker:
+    with celery_worker("tests.support.apps.bad_input", env) as worker:
         assert worker_app.ok.delay().get(timeout=20) == "ok", worker.output
         result = worker_app.charge.delay(12)
         assert wait_for_outcome(result, timeout=30) == "FAILURE", worker.output
         events = recorded(broker, result.id, 2)
         assert [e["outcome"] for e in events] == ["retried", "exhausted"], worker.output
         assert all(e["exc_type"] == "StoreUnavailable" for e in events)
-        kept = _wait(
-            lambda: [x for x in _lines_of(worker, result.id) if "dead letter for" in x], 10
+        kept = wait_until(
+            lambda: [x for x in _lines_of(worker, result.id) if "dead letter for" in x],
+            f"the line keeping {result.id}'s dead letter",
+            timeout=10,
+            seen=lambda: worker.output,
         )
         assert worker_app.ok.delay().get(timeout=20) == "ok", worker.output
     started = [line for line in worker.lines if "store not ready at start-up" in line]
@@ -652,7 +663,7 @@ def test_statsd_host_that_does_not_resolve(worker_app: Any, broker: str, tmp_pat
         "RELIABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
         "RELIABLE_TEST_STATSD_HOST": "statsd.invalid",
     }
-    with celery_worker("tests.integration.bad_input_app", env) as worker:
+    with celery_worker("tests.support.apps.bad_input", env) as worker:
         results = [worker_app.ok.delay() for _ in range(4)]
         assert [r.get(timeout=20) for r in results] == ["ok"] * 4, worker.output
         failed = worker_app.unpicklable_unclassified.delay()

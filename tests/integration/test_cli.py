@@ -14,9 +14,9 @@ import pytest
 from celery import Celery
 
 from celery_reliable.store import store_for
-from tests import servers
-from tests.conftest import new_redis_db
 from tests.helpers import dead_letter_fields
+from tests.support import servers
+from tests.support.celery_apps import new_redis_db
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def run(
     broker: str, store: str, *args: str, answer: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.integration.cli_app", "reliable", *args],
+        [sys.executable, "-m", "celery", "-A", "tests.support.apps.cli", "reliable", *args],
         check=False,
         cwd=ROOT,
         env={

@@ -20,14 +20,14 @@ from celery_reliable.cli import reliable
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store.history import MinuteCounts
 from celery_reliable.store.timeutil import utcnow
-from tests.conftest import new_redis_db
 from tests.helpers import ready_store
-from tests.worker_process import celery_worker
+from tests.support.celery_apps import new_redis_db
+from tests.support.workers import celery_worker
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = "tests.integration.gates_app"
+APP = "tests.support.apps.gates"
 SLOPPY = "gates.sloppy_task_with_a_name_long_enough_to_be_folded_by_rich"
 
 

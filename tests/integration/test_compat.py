@@ -15,6 +15,7 @@ from celery.signals import task_postrun
 from celery_reliable import Cancel, Discard, Outcome, ReliableTask, Snooze
 from celery_reliable.results import wait_for_outcome
 from tests.helpers import CELERY_VERSION, Calls, app_with_worker, new_key, tasks_in
+from tests.support.workers import settle
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +168,7 @@ def test_autoretry_for_keeps_celery_meaning_and_ends_exhausted(env: Any, outcome
     assert [e.outcome for e in events] == [Outcome.RETRIED, Outcome.RETRIED, Outcome.EXHAUSTED]
     assert "max_retries=2" in events[-1].reason
     assert isinstance(result.info, TransientError)
-    outcomes.settle(0.3)
+    settle(env.app)
     assert calls(k) == 3
 
 
@@ -199,9 +200,9 @@ def test_reject_without_requeue_is_discarded(env: Any, outcomes: Any) -> None:
     # message (celery#4222); before, it stores nothing and the result stays PENDING.
     if CELERY_VERSION >= (5, 7):
         assert wait_for_outcome(result, timeout=10) == "FAILURE"
-        outcomes.settle(0.3)
+        settle(env.app)
     else:
-        outcomes.settle(0.5)
+        settle(env.app)
         assert result.state == "PENDING"
     assert calls(k) == 1
 
@@ -212,7 +213,7 @@ def test_ignore_is_cancelled_and_stores_nothing(env: Any, outcomes: Any) -> None
     event = outcomes.wait_for(result.id)[0]
     assert event.outcome is Outcome.CANCELLED
     assert event.reason.startswith("Ignore")
-    outcomes.settle(0.3)
+    settle(env.app)
     assert result.state == "PENDING", "Ignore keeps Celery's meaning: no state is stored"
 
 
@@ -246,7 +247,7 @@ def test_cancelled_or_discarded_link_ends_the_chain(
     result = chain(first, env.record.s(k), env.record.s(k)).apply_async()
     head = result.parent.parent
     assert wait_for_outcome(head, timeout=10) == state
-    outcomes.settle(0.5)
+    settle(env.app)
     assert calls(k) == 1, "later links never run"
     assert result.state == "PENDING"
     assert errbacks == [], "nothing failed, so no errback runs"
@@ -274,7 +275,7 @@ def test_the_body_writes_the_tracers_own_request(env: Any, outcomes: Any, what: 
             head = first.apply_async(link=[env.record.si(1, k), env.record.si(2, k)])
         assert head.get(timeout=10) == what
         assert outcomes.wait_for(head.id)[0].outcome is Outcome.SUCCEEDED
-        outcomes.settle(0.5)
+        settle(env.app)
         assert calls(k) == 1, f"the {what} the body cleared still ran"
         assert notes == {head.id: f"{what} written"}
     finally:
@@ -288,7 +289,7 @@ def test_failed_link_runs_errbacks(env: Any, outcomes: Any) -> None:
     result = chain(first, env.record.s(k)).apply_async()
     head = result.parent
     assert wait_for_outcome(head, timeout=10) == "FAILURE"
-    outcomes.settle(0.5)
+    settle(env.app)
     assert errbacks == [head.id]
     assert calls(k) == 1
 

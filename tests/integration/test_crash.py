@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -20,10 +20,11 @@ from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.testing import reset
-from tests.conftest import new_redis_db
-from tests.integration.effects import effects
-from tests.integration.recording import recorded
-from tests.worker_process import WorkerProcess, celery_worker
+from tests.support.apps.effects import effects
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -37,12 +38,12 @@ def broker(redis_url: str) -> str:
 def worker(broker: str, module_store_url: str) -> Iterator[WorkerProcess]:
     env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": module_store_url}
     os.environ.update(env)
-    from tests.integration import crash_app
+    from tests.support.apps import crash as crash_app
 
     crash_app.app.conf.reliable_database_url = module_store_url
     reset(crash_app.app)  # the module-scoped store of the other parameter was used before
     crash_app.create_tables()
-    with celery_worker("tests.integration.crash_app", env, concurrency=2) as process:
+    with celery_worker("tests.support.apps.crash", env, concurrency=2) as process:
         yield process
 
 
@@ -67,20 +68,37 @@ def effect_count(store_url: str, order_id: str) -> int:
         engine.dispose()
 
 
-def kill_when_ready(broker: str, order_id: str, timeout: float = 20) -> int:
+def kill_when_ready(broker: str, order_id: str, result: Any, timeout: float = 20) -> int:
+    """SIGKILL the pool process running ``result``'s job once it stands at its kill
+    point and the worker's main process has linked the job to it; its pid."""
     client = redis.Redis.from_url(broker)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid = client.get(f"crash:ready:{order_id}")
-        if pid is not None:
-            # Let the main process read the child's "job accepted" message first: a
-            # child killed before that is not linked to its job by billiard, and the
-            # job waits for its hard time limit instead of being redelivered.
-            time.sleep(0.5)
-            os.kill(int(pid), signal.SIGKILL)
-            return int(pid)
-        time.sleep(0.02)
-    raise AssertionError(f"the task for {order_id} never reached its kill point")
+    pid = int(
+        wait_until(
+            lambda: client.get(f"crash:ready:{order_id}"),
+            f"the task for {order_id} to reach its kill point",
+            timeout=timeout,
+        )
+    )
+    # The main process must have read the child's "job accepted" message first: a
+    # child killed before that is not linked to its job by billiard, and the job waits
+    # for its hard time limit instead of being redelivered. From then on the worker
+    # lists the job as active, in that child.
+    wait_until(
+        lambda: running_in(result, pid),
+        f"the worker to list {result.id} as running in process {pid}",
+        timeout=timeout,
+    )
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def running_in(result: Any, pid: int) -> bool:
+    replies = result.app.control.inspect(timeout=0.5).active() or {}
+    return any(
+        request.get("id") == result.id and request.get("worker_pid") == pid
+        for requests in replies.values()
+        for request in requests
+    )
 
 
 def test_killed_before_the_effect_is_taken_over_and_runs_once(
@@ -88,7 +106,7 @@ def test_killed_before_the_effect_is_taken_over_and_runs_once(
 ) -> None:
     order = uuid.uuid4().hex
     result = client.send_task("crash.charge", (order, "before-effect"))
-    killed = kill_when_ready(broker, order)
+    killed = kill_when_ready(broker, order, result)
     assert wait_for_outcome(result, timeout=60) == "SUCCESS", worker.output
     assert result.get(timeout=1) == "charged"
     events = recorded(broker, result.id, 1)
@@ -107,7 +125,7 @@ def test_killed_after_the_commit_is_a_duplicate(
 ) -> None:
     order = uuid.uuid4().hex
     result = client.send_task("crash.charge", (order, "after-effect"))
-    kill_when_ready(broker, order)
+    kill_when_ready(broker, order, result)
     assert wait_for_outcome(result, timeout=60) == "SUCCESS", worker.output
     events = recorded(broker, result.id, 1)
     assert [e["outcome"] for e in events] == ["duplicate"], events

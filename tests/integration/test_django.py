@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import new_redis_db
-from tests.integration.recording import recorded
 from tests.integration.test_crash import kill_when_ready
-from tests.worker_process import ROOT, WorkerProcess, celery_worker
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.workers import ROOT, WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -48,7 +48,7 @@ def shop_env(
     module_store_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, str]:
     return {
-        "DJANGO_SETTINGS_MODULE": "tests.integration.django_crash.settings",
+        "DJANGO_SETTINGS_MODULE": "tests.support.apps.django_crash.settings",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE)]),
         "DATABASE_URL": as_database_url(module_store_url),
         "REDIS_URL": new_redis_db(redis_url),
@@ -152,7 +152,7 @@ def test_killed_before_the_orm_write_is_taken_over_and_writes_once(
     broker = shop_env["REDIS_URL"]
     order = new_order(migrated)
     result = client.send_task("crash.django_charge", (order, "before-effect"))
-    killed = kill_when_ready(broker, str(order))
+    killed = kill_when_ready(broker, str(order), result)
     assert wait_for_outcome(result, timeout=60) == "SUCCESS", worker.output
     events = recorded(broker, result.id, 1)
     outcomes = [e["outcome"] for e in events]
@@ -169,7 +169,7 @@ def test_killed_after_the_orm_commit_is_a_duplicate(
     broker = shop_env["REDIS_URL"]
     order = new_order(migrated)
     result = client.send_task("crash.django_charge", (order, "after-effect"))
-    kill_when_ready(broker, str(order))
+    kill_when_ready(broker, str(order), result)
     assert wait_for_outcome(result, timeout=60) == "SUCCESS", worker.output
     events = recorded(broker, result.id, 1)
     assert [e["outcome"] for e in events] == ["duplicate"], events
@@ -213,7 +213,7 @@ import django
 django.setup()
 from celery.signals import before_task_publish
 from django.db import transaction
-from tests.integration.django_crash.tasks import note
+from tests.support.apps.django_crash.tasks import note
 
 published = []
 before_task_publish.connect(

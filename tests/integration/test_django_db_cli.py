@@ -17,7 +17,7 @@ import pytest
 
 from celery_reliable.store import migrate
 from tests.integration.test_django import EXAMPLE, manage, migrated, shop_env
-from tests.worker_process import ROOT
+from tests.support.workers import ROOT
 
 pytestmark = pytest.mark.integration
 

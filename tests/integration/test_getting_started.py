@@ -13,8 +13,8 @@ import pytest
 from celery_reliable import Outcome
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.signals import task_outcome
-from tests.conftest import embedded_worker
 from tests.docs_blocks import DOCS, marked_block
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 

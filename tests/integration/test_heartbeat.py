@@ -16,9 +16,10 @@ import redis
 from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import new_redis_db
-from tests.integration.recording import recorded
-from tests.worker_process import WorkerProcess, celery_worker
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -36,7 +37,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def worker(broker: str, store: str) -> Iterator[WorkerProcess]:
     env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
-    with celery_worker("tests.integration.heartbeat_app", env, concurrency=3) as w:
+    with celery_worker("tests.support.apps.heartbeat", env, concurrency=3) as w:
         yield w
 
 
@@ -44,9 +45,9 @@ def worker(broker: str, store: str) -> Iterator[WorkerProcess]:
 def app(broker: str, store: str, worker: WorkerProcess) -> Any:
     os.environ["RELIABLE_TEST_BROKER"] = broker
     os.environ["RELIABLE_TEST_STORE"] = store
-    from tests.integration import heartbeat_app
+    from tests.support.apps import heartbeat
 
-    return heartbeat_app
+    return heartbeat
 
 
 def test_a_silent_body_is_ended_by_its_heartbeat_and_retried(
@@ -90,10 +91,8 @@ def test_a_beating_keyed_task_keeps_its_key_past_its_lease(
     assert app.keyed._reliable_lease == 8.0  # 1 + grace 2 + margin 5, not the time limit
     first = app.keyed.apply_async(("o1", 10))
     client = redis.Redis.from_url(broker)
-    deadline = time.monotonic() + 20
-    while client.get("running:o1") != first.id.encode():  # its body runs: it holds the key
-        assert time.monotonic() < deadline, "the first job never started"
-        time.sleep(0.05)
+    # Its body runs: it holds the key.
+    wait_until(lambda: client.get("running:o1") == first.id.encode(), "the first job to start")
     second = app.keyed.apply_async(("o1", 10))
     assert first.get(timeout=60) == "done o1", worker.output
     assert second.get(timeout=60) == "done o1", worker.output
@@ -107,7 +106,7 @@ def test_solo_pool_ends_a_silent_body_in_its_own_process(redis_url: str, store: 
     solo_broker = new_redis_db(redis_url)  # not the prefork worker's
     env = {"RELIABLE_TEST_BROKER": solo_broker, "RELIABLE_TEST_STORE": store}
     client = Celery("solo_client", broker=solo_broker, backend=solo_broker)
-    with celery_worker("tests.integration.heartbeat_app", env, pool="solo", concurrency=1) as w:
+    with celery_worker("tests.support.apps.heartbeat", env, pool="solo", concurrency=1) as w:
         result = client.send_task("hb.silent_once")
         assert result.get(timeout=30) == "done", w.output
         events = recorded(solo_broker, result.id, 2)

@@ -19,9 +19,10 @@ from celery_reliable.store import store_for
 from celery_reliable.store.history import MinuteCounts
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.wiring import flush_history
-from tests.conftest import embedded_worker, fresh_postgres_database, new_redis_db
 from tests.helpers import ready_store
-from tests.worker_process import celery_worker
+from tests.support.celery_apps import fresh_postgres_database, new_redis_db
+from tests.support.waiting import wait_until
+from tests.support.workers import celery_worker, embedded_worker
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ def _burst_app(make_app: Any, name: str, store_url: str, **conf: Any) -> tuple[A
     def work(n: int) -> int:
         if n % 4 == 0:
             raise Discard("multiples of four are not wanted")
-        time.sleep(0.002)
+        time.sleep(0.002)  # a body that takes a little time: the durations are not 0
         return n
 
     return app, work
@@ -66,10 +67,13 @@ def test_the_background_writer_writes_every_interval(make_app: Any, store_url: s
     store = store_for(app)
     with embedded_worker(app):
         _run_burst(work, 12)
-        deadline = time.monotonic() + 10
-        while store.history.summary(work.name).executions < 12:
-            assert time.monotonic() < deadline, store.history.summary(work.name)
-            time.sleep(0.1)
+        wait_until(
+            lambda: store.history.summary(work.name).executions >= 12,
+            "12 executions in the history, written by the background writer",
+            timeout=10,
+            interval=0.1,
+            seen=lambda: store.history.summary(work.name),
+        )
         assert dict(store.history.summary(work.name).counts) == {"succeeded": 9, "discarded": 3}
 
 
@@ -83,7 +87,7 @@ def test_prefork_children_write_their_counts_on_graceful_shutdown(
     client = Celery("history-client", broker=broker, backend=broker, set_as_current=False)
     client.conf.reliable_database_url = store_url
     store = ready_store(client)
-    with celery_worker("tests.integration.history_app", env, concurrency=2) as worker:
+    with celery_worker("tests.support.apps.history", env, concurrency=2) as worker:
         results = [client.send_task("history.work", (n,)) for n in range(20)]
         for result in results:
             wait_for_outcome(result, timeout=30)
@@ -112,10 +116,13 @@ def test_the_prune_cycle_deletes_minutes_past_the_retention(make_app: Any, store
     week = now - timedelta(days=7)
     assert history.summary(work.name, since=week).executions == 2
     with embedded_worker(app):
-        deadline = time.monotonic() + 10
-        while history.summary(work.name, since=week).executions != 1:
-            assert time.monotonic() < deadline, "the old minute was not pruned"
-            time.sleep(0.1)
+        wait_until(
+            lambda: history.summary(work.name, since=week).executions == 1,
+            "the old minute to be pruned",
+            timeout=10,
+            interval=0.1,
+            seen=lambda: history.summary(work.name, since=week),
+        )
     assert [row[0] for row in history.minutes(work.name, since=week)] == [now]
 
 

@@ -17,7 +17,8 @@ from celery_reliable.backoff import fixed
 from celery_reliable.errors import DeadLetterError, IdempotencyConflict
 from celery_reliable.results import duplicate_of, wait_for_outcome
 from tests.helpers import Calls, app_with_worker, new_key, ready_store, tasks_in
-from tests.integration.effects import effects, metadata
+from tests.support.apps.effects import effects, metadata
+from tests.support.workers import settle
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def define(app: Any) -> SimpleNamespace:
     )
     def unique_job(order_id: str, note: str = "") -> str:
         calls.bump(order_id)
-        time.sleep(0.2)
+        time.sleep(0.2)  # the job runs a while: the publishers race its lock
         return order_id
 
     @app.task(
@@ -316,7 +317,7 @@ def test_unique_enqueue_under_twenty_concurrent_publishers(env: Any, outcomes: A
     assert len(results) == 20
     assert len({r.id for r in results}) == 1, "all publishers got the holder's result"
     assert results[0].get(timeout=10) == order
-    outcomes.settle(0.5)
+    settle(env.app)
     assert calls(order) == 1, "one message was published and run"
     # while the period runs, publishing again returns the same job
     assert env.unique_job.apply_async((order,)).id == results[0].id

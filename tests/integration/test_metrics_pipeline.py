@@ -20,9 +20,10 @@ import yaml
 
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import embedded_worker
 from tests.helpers import every_outcome_tasks, new_key
-from tests.metrics_pipeline import FLUSH_SECONDS, Pipeline, graphite_pipeline, wait_for
+from tests.support.metrics_pipeline import FLUSH_SECONDS, Pipeline, graphite_pipeline
+from tests.support.waiting import wait_until
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 
@@ -125,18 +126,20 @@ def ran(make_app: Any, pipeline: Pipeline) -> Iterator[SimpleNamespace]:
                 for event, count in events.items()
             )
 
-        wait_for(arrived, 60, "every execution's counters in Graphite")
+        wait_until(arrived, "every execution's counters in Graphite", timeout=60, interval=0.5)
         # movingSum leaves out the latest point: wait for two flushes after the data.
-        wait_for(
+        wait_until(
             lambda: flushes(pipeline, "stats.counters.celery.p_held.started.count") >= 3,
-            30,
             "two more flushes",
+            timeout=30,
+            interval=0.5,
         )
         queue = app.conf.task_default_queue
-        wait_for(
+        wait_until(
             lambda: pipeline.render(f"stats.gauges.celery.queue.{queue}.depth"),
-            30,
             "the queue depth gauge in Graphite",
+            timeout=30,
+            interval=0.5,
         )
         yield SimpleNamespace(expected=expected, queue=queue)
         release.set()

@@ -7,7 +7,6 @@ both what the signal said and what the result backend stores.
 from __future__ import annotations
 
 import logging
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,8 +25,10 @@ from celery_reliable import (
 )
 from celery_reliable.backoff import fixed
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import new_amqp_app
 from tests.helpers import Calls, app_with_worker, new_key, tasks_in
+from tests.support.celery_apps import new_amqp_app
+from tests.support.waiting import wait_until
+from tests.support.workers import settle
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +239,7 @@ def test_exhausted(env: Any, outcomes: Any) -> None:
     assert isinstance(result.info, TransientError)
     # the callback ran once, with (task, exc), and its own error changed nothing
     assert [(kind, name) for kind, name, _ in callbacks] == [("exhausted", "t.always_transient")]
-    outcomes.settle(0.5)
+    settle(env.app)
     assert calls(k) == 3
 
 
@@ -267,7 +268,7 @@ def test_discarded_by_rule(env: Any, outcomes: Any) -> None:
     with pytest.raises(InvalidEmail):
         result.get(timeout=1)
     assert [(kind, name) for kind, name, _ in callbacks] == [("discard", "t.invalid")]
-    outcomes.settle(0.3)
+    settle(env.app)
     assert calls(k) == 1, "a discarded job never runs again"
 
 
@@ -279,7 +280,7 @@ def test_cancelled_by_rule(env: Any, outcomes: Any) -> None:
     assert event.outcome is Outcome.CANCELLED
     assert result.info["exc_type"] == "OrderNotFound"
     assert result.info["reason"] == "OrderNotFound: order 42"
-    outcomes.settle(0.3)
+    settle(env.app)
     assert calls(k) == 1
 
 
@@ -316,7 +317,7 @@ def test_failed_unclassified(env: Any, outcomes: Any) -> None:
     assert event.outcome is Outcome.FAILED
     assert isinstance(event.exc, KeyError)
     assert isinstance(result.info, KeyError)
-    outcomes.settle(0.3)
+    settle(env.app)
     assert calls(k) == 1, "fail mode never retries an unclassified error"
 
 
@@ -358,9 +359,13 @@ def test_snoozed_state_is_stored_between_runs(env: Any, outcomes: Any) -> None:
     # The outcome is sent just before the state is stored (so that observers' records
     # exist by the time a client sees it); then the backend holds SNOOZED, or a later
     # state when the next run (50 ms away) already ended.
-    deadline = time.monotonic() + 5
-    while result.state == "PENDING" and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(
+        lambda: result.state != "PENDING",
+        f"a state stored for {result.id}",
+        timeout=5,
+        interval=0.01,
+        seen=lambda: result.state,
+    )
     assert result.state in ("SNOOZED", "DISCARDED")
     wait_for_outcome(result, timeout=10)
 

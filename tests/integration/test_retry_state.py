@@ -14,7 +14,7 @@ from celery_reliable.backoff import fixed
 from celery_reliable.compat.celery_internals import tracer_reads_request_ignore_result
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.signals import task_outcome
-from tests.conftest import embedded_worker
+from tests.support.workers import embedded_worker, settle
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +44,14 @@ def test_the_state_ends_at_the_retrys_outcome_however_late_the_first_run_is(
             getattr(sender, "name", None) == "rs.always_down"
             and fields["outcome"] is Outcome.RETRIED
         ):
-            time.sleep(1.5)
+            time.sleep(1.5)  # the stall under test: the first run is late on purpose
 
     task_outcome.connect(stall_the_first_run, weak=False)
     try:
         with embedded_worker(app, concurrency=2):
             result = always_down.delay()
             assert wait_for_outcome(result, timeout=20) == "FAILURE"
-            time.sleep(2.0)  # the first run's thread has raised Retry by now
+            settle(app)  # every run has ended: the first one's late RETRY is stored
             # What the backend holds now (an AsyncResult caches a ready state).
             backend = app.backend
             stored = backend.decode(backend.client.get(backend.get_key_for_task(result.id)))

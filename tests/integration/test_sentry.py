@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 import sentry_sdk
 from celery import Celery
 
-from tests.conftest import embedded_worker, new_redis_db
 from tests.helpers import new_key
-from tests.integration.recording import recorded
-from tests.integration.sentry_server import SentryServer, running_sentry_server
-from tests.integration.sentry_tasks import define
-from tests.integration.udp import NUMBER, StatsdServer, running_statsd_server
-from tests.worker_process import celery_worker
+from tests.support.apps.sentry_tasks import define
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.sentry import FLUSHED, SentryServer, running_sentry_server
+from tests.support.statsd import NUMBER, StatsdServer, running_statsd_server
+from tests.support.waiting import wait_until
+from tests.support.workers import celery_worker, embedded_worker
 
 pytestmark = pytest.mark.integration
 
@@ -90,10 +91,10 @@ def test_one_event_per_reported_outcome_and_none_for_the_rest(
         "RELIABLE_TEST_STORE": f"sqlite:///{tmp_path}/store.sqlite3",
         "TEST_SENTRY_DSN": sentry_server.dsn,
         "TEST_SENTRY_CELERY": mode,
-        "TEST_STATSD_PORT": str(statsd.port),
+        "RELIABLE_TEST_STATSD_PORT": str(statsd.port),
     }
     client = Celery("sentry-client", broker=broker, backend=broker, set_as_current=False)
-    with celery_worker("tests.integration.sentry_app", env, concurrency=2) as worker:
+    with celery_worker("tests.support.apps.sentry", env, concurrency=2) as worker:
         ids = {}
         for name in EXPECTED_OUTCOMES:
             if name == "charges":
@@ -111,11 +112,21 @@ def test_one_event_per_reported_outcome_and_none_for_the_rest(
         seen["charges"] += [e["outcome"] for e in recorded(broker, second_charge.id, 1)]
         assert seen == EXPECTED_OUTCOMES, (seen, worker.output[-3000:])
         expected_total = sum(len(v) for v in EXPECTED_EVENTS.values())
-        deadline = time.monotonic() + 20
-        while len(sentry_server.all_events()) < expected_total and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)  # and nothing more arrives
-        events = sentry_server.all_events()
+        wait_until(
+            lambda: len(sentry_server.all_events()) >= expected_total,
+            f"{expected_total} Sentry events",
+            seen=sentry_server.all_events,
+        )
+    # And nothing more arrives: every process that ran a job, and the main process,
+    # flushed its Sentry client on its way out (the worker has stopped).
+    flushed = {int(pid) for pid in redis.Redis.from_url(broker).lrange(FLUSHED, 0, -1)}
+    ran = {
+        e["pid"]
+        for task_id in [*ids.values(), first_charge.id, second_charge.id]
+        for e in recorded(broker, task_id, 1)
+    }
+    assert ran | {worker.proc.pid} <= flushed, (ran, worker.proc.pid, flushed, worker.output)
+    events = sentry_server.all_events()
 
     for name, runs in EXPECTED_OUTCOMES.items():
         found = statsd.wait_for(rf"celery\.sentry_{name}\.queue_time:{NUMBER}\|ms", len(runs))
@@ -157,7 +168,7 @@ def test_event_tags_fingerprint_and_retry_breadcrumbs(
     }
     assert exhausted["fingerprint"] == [
         "sentry_tags.retries_loudly",
-        "tests.integration.sentry_tasks.Flaky",
+        "tests.support.apps.sentry_tasks.Flaky",
     ]
     assert exhausted["exception"]["values"][-1]["type"] == "Flaky"
     assert exhausted["extra"]["task_id"] == result.id

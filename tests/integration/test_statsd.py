@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from celery_reliable import Outcome, ReliableTask
-from tests.conftest import embedded_worker
 from tests.helpers import every_outcome_tasks, new_key
-from tests.integration.udp import NUMBER, StatsdServer, running_statsd_server
+from tests.support.statsd import NUMBER, StatsdServer, running_statsd_server
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ def test_depth_on_rabbitmq_counts_the_messages_waiting(rabbitmq_url: str, redis_
     """AMQP answers a passive declare with the queue's message count; a queue never
     declared is a 404 that closes the channel, and counts as empty."""
     from celery_reliable.worker.sampler import QueueDepthSampler
-    from tests.conftest import new_amqp_app
+    from tests.support.celery_apps import new_amqp_app
 
     app = new_amqp_app(rabbitmq_url, redis_url, "depth-amqp")
     parked = f"parked-{new_key()}"

@@ -10,9 +10,9 @@ import pytest
 
 from celery_reliable import Discard, Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import embedded_worker
-from tests.integration.udp import NUMBER, running_statsd_server
-from tests.servers import free_port
+from tests.support.servers import free_port
+from tests.support.statsd import NUMBER, running_statsd_server
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 

@@ -47,9 +47,10 @@ from celery_reliable.store.schema import (
     unique_locks,
 )
 from celery_reliable.store.timeutil import utcnow
-from tests.conftest import embedded_worker, fresh_postgres_database
 from tests.helpers import dead_letter_fields as letter
-from tests.servers import free_port
+from tests.support.celery_apps import fresh_postgres_database
+from tests.support.servers import free_port
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from celery_reliable.results import wait_for_outcome
-from tests.conftest import new_redis_db
-from tests.integration.recording import recorded
-from tests.worker_process import WorkerProcess, celery_worker
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -23,7 +23,7 @@ def broker(redis_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def worker(broker: str) -> Iterator[WorkerProcess]:
-    with celery_worker("tests.integration.prefork_app", {"RELIABLE_TEST_BROKER": broker}) as w:
+    with celery_worker("tests.support.apps.prefork", {"RELIABLE_TEST_BROKER": broker}) as w:
         yield w
 
 
@@ -32,7 +32,7 @@ def app(broker: str, worker: WorkerProcess) -> Any:
     import os
 
     os.environ["RELIABLE_TEST_BROKER"] = broker
-    from tests.integration import prefork_app
+    from tests.support.apps import prefork as prefork_app
 
     return prefork_app
 
@@ -62,10 +62,23 @@ def test_within_the_limit_succeeds(app: Any, broker: str) -> None:
 def test_hard_limit_ends_failed_exactly_once(app: Any, broker: str, worker: WorkerProcess) -> None:
     result = app.stubborn.apply_async()
     assert wait_for_outcome(result, timeout=30) == "FAILURE", worker.output
-    events = recorded(broker, result.id, 1)
-    time.sleep(0.5)
+    recorded(broker, result.id, 1)
+    # The main process reported the outcome before it stopped the child; once the pool
+    # has reaped that child, no process is left that could report a second one.
+    wait_until(
+        lambda: _reaped_after_the_hard_limit(worker, result.id),
+        "the pool to reap the child stopped at the hard limit",
+        seen=lambda: worker.output[-3000:],
+    )
     events = recorded(broker, result.id, 1)
     assert len(events) == 1, events
     assert events[0]["outcome"] == "failed"
     assert events[0]["exc_type"] == "TimeLimitExceeded"
     assert "Hard time limit" in worker.output
+
+
+def _reaped_after_the_hard_limit(worker: WorkerProcess, task_id: str) -> bool:
+    """The worker has logged the child's exit after the hard limit stopped its job."""
+    lines = list(worker.lines)
+    limit = [i for i, line in enumerate(lines) if "Hard time limit" in line and task_id in line]
+    return bool(limit) and any("exited with" in line for line in lines[limit[0] :])

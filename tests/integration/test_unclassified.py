@@ -12,7 +12,7 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable import Outcome, ReliableTask
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
-from tests.conftest import embedded_worker
+from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
 

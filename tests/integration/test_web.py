@@ -21,17 +21,17 @@ import pytest
 
 from celery_reliable.store.timeutil import utcnow
 from tests.helpers import ready_store
-from tests.servers import free_port
-from tests.web_support import ROOT, Client, form_token, web_env, web_server
+from tests.support.servers import free_port
+from tests.support.web import ROOT, Client, form_token, web_env, web_server
 
-APP = "tests.integration.web_app"
+APP = "tests.support.apps.web"
 PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/workers", "/static/style.css"]
 
 
 def load_app(env: dict[str, str]) -> ModuleType:
     """The test app as the server imports it, with the same environment."""
     os.environ.update(env)
-    import tests.integration.web_app as module
+    import tests.support.apps.web as module
 
     return importlib.reload(module)
 
@@ -62,7 +62,7 @@ def dead_letter(store: Any, task_name: str = "web.charge", **fields: Any) -> int
         "options": {"exchange": "", "routing_key": "celery", "headers": {}},
         "redact": False,
         "outcome": "discarded",
-        "exc_type": "tests.integration.web_app.GatewayRefused",
+        "exc_type": "tests.support.apps.web.GatewayRefused",
         "exc_message": "card declined",
         "traceback": "Traceback (most recent call last):\nGatewayRefused: card declined",
         "reason": "GatewayRefused: card declined (discard_on GatewayRefused)",
@@ -297,7 +297,8 @@ def test_retried_as_links_the_job_and_its_outcome_and_back(
     import redis
 
     from celery_reliable.store.dead_letters import DeadLetterFilter
-    from tests.conftest import embedded_worker
+    from tests.support.waiting import wait_until
+    from tests.support.workers import embedded_worker
 
     # A charge: the outcome history of web.ship is test_overview_counts_from_the_history's.
 
@@ -306,13 +307,11 @@ def test_retried_as_links_the_job_and_its_outcome_and_back(
     flags.sadd(module.REFUSED, "charge:901")
 
     def letter_of(task_id: str) -> Any:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            for found in store.dead_letters.page(DeadLetterFilter(task_name="web.charge"), 100):
-                if found.task_id == task_id:
-                    return found
-            time.sleep(0.1)
-        raise AssertionError(f"no dead letter for task {task_id}")
+        def found() -> Any:
+            letters = store.dead_letters.page(DeadLetterFilter(task_name="web.charge"), 100)
+            return next((letter for letter in letters if letter.task_id == task_id), None)
+
+        return wait_until(found, f"a dead letter for task {task_id}", interval=0.1)
 
     with embedded_worker(module.app):
         first = letter_of(module.charge.delay(901).id)

@@ -6,20 +6,20 @@ at laptop width (``.cache/web-screenshots``; docs/web.md shows them)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import embedded_worker
 from tests.helpers import dead_letter_fields
 from tests.integration.test_web import load_app
-from tests.web_support import chromium, screenshot, web_env, web_server
+from tests.support.waiting import wait_until
+from tests.support.web import chromium, screenshot, web_env, web_server
+from tests.support.workers import embedded_worker
 
-APP = "tests.integration.web_app"
+APP = "tests.support.apps.web"
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +55,6 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def broker(shop: Any) -> redis.Redis:
     return redis.Redis.from_url(shop.BROKER, decode_responses=True)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"waited {timeout}s for {what}")
 
 
 def letters_of(shop: Any, task_name: str) -> list[Any]:
@@ -115,7 +105,7 @@ def test_a_dead_letter_is_found_inspected_retried_and_purged(
 
     broker.sadd(shop.REFUSED, "charge:101")
     shop.charge.delay(101)
-    [letter] = wait_for("the dead letter", lambda: letters_of(shop, "web.charge"))
+    [letter] = wait_until(lambda: letters_of(shop, "web.charge"), "the dead letter")
 
     browser.get(f"{site}/dead-letters")
     row = browser.find_element(By.ID, f"dead-{letter.id}")
@@ -140,7 +130,7 @@ def test_a_dead_letter_is_found_inspected_retried_and_purged(
     screenshot(browser, "confirm-retry")
     click(browser, "confirm")
     assert "retried 1 dead letter" in browser.find_element(By.CLASS_NAME, "notice").text
-    wait_for("the retried charge to run", lambda: "101" in broker.lrange(shop.CHARGED, 0, -1))
+    wait_until(lambda: "101" in broker.lrange(shop.CHARGED, 0, -1), "the retried charge to run")
     retried = letters_of(shop, "web.charge")[0]
     assert retried.retried_task_id is not None
     assert retried.retried_task_id in text_of(browser, "retried")
@@ -167,9 +157,9 @@ def test_a_filtered_set_is_retried_in_bulk_and_a_selection_purged(
         shop.charge.delay(n)
     for n in shipments:
         shop.ship.delay(n)
-    wait_for(
-        "8 dead letters",
+    wait_until(
         lambda: len(letters_of(shop, "web.charge")) == 5 and len(letters_of(shop, "web.ship")) == 3,
+        "8 dead letters",
     )
 
     browser.get(f"{site}/dead-letters")
@@ -188,9 +178,9 @@ def test_a_filtered_set_is_retried_in_bulk_and_a_selection_purged(
     assert "retried 5 dead letters" in browser.find_element(By.CLASS_NAME, "notice").text
     # Back on the same filter.
     assert text_of(browser, "matching") == "5"
-    wait_for(
-        "the 5 retried charges to run",
+    wait_until(
         lambda: {str(n) for n in charges} <= set(broker.lrange(shop.CHARGED, 0, -1)),
+        "the 5 retried charges to run",
     )
     assert all(d.retried_at is not None for d in letters_of(shop, "web.charge"))
     assert all(d.retried_at is None for d in letters_of(shop, "web.ship"))
@@ -217,10 +207,11 @@ def test_every_page_at_laptop_width(shop: Any, site: str, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
     shop.ship.delay(401)
-    wait_for(
-        "the overview to count web.ship",
+    wait_until(
         lambda: _overview_counts(browser, site),
+        "the overview to count web.ship",
         timeout=30,
+        interval=0.1,
     )
     screenshot(browser, "overview")
     depths = browser.find_element(By.CSS_SELECTOR, "table.queues").text
@@ -251,10 +242,11 @@ def test_workers_show_what_runs_and_what_is_scheduled(
     later = shop.ship.apply_async((602,), countdown=300)
     secret = shop.store_card.apply_async(("4111111111111111",), countdown=300)
     try:
-        wait_for(
-            "the slow task on the workers page",
+        wait_until(
             lambda: _running_on_page(browser, site, running.id),
+            "the slow task on the workers page",
             timeout=20,
+            interval=0.1,
         )
         page = browser.find_element(By.CSS_SELECTOR, "section.worker").text
         assert "1 running" in page and "2 scheduled" in page
@@ -398,8 +390,20 @@ def test_date_filters_take_the_iso_times_the_table_shows(
         assert browser.execute_script("return arguments[0].checkValidity()", box) is False
         assert "YYYY-MM-DD" in browser.execute_script("return arguments[0].title", box)
         before = browser.current_url
+        # The browser checks the form before it would submit it: its "invalid" event on
+        # the box is the positive sign that this check ran and refused.
+        browser.execute_script(
+            "window.refused = false; window.submitted = false;"
+            "arguments[0].addEventListener('invalid', () => { window.refused = true; });"
+            "arguments[0].form.addEventListener('submit', () => { window.submitted = true; });",
+            box,
+        )
         browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
-        time.sleep(0.5)
+        wait_until(
+            lambda: browser.execute_script("return window.refused === true"),
+            "the browser to refuse the form",
+        )
+        assert browser.execute_script("return window.submitted") is False
         assert browser.current_url == before, "the browser sent a date it should refuse"
         screenshot(browser, "dead-letters-dated")
     finally:

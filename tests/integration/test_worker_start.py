@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import pytest
@@ -12,8 +11,8 @@ from celery.exceptions import ImproperlyConfigured
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from celery_reliable.worker.receivers import declarations_without_reliable_task
-from tests.conftest import embedded_worker, new_redis_db
-from tests.worker_process import run_worker_to_exit
+from tests.support.celery_apps import new_redis_db
+from tests.support.workers import embedded_worker, run_worker_to_exit
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def test_declarations_on_a_plain_task_stop_an_embedded_worker(make_app: Any) -> 
 def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> None:
     """The app has no ReliableTask at all: the check still runs (worker_init)."""
     returncode, output = run_worker_to_exit(
-        "tests.integration.ignored_declarations_app",
+        "tests.support.apps.ignored_declarations",
         {"RELIABLE_TEST_BROKER": new_redis_db(redis_url)},
     )
     assert returncode == 1, output
@@ -56,25 +55,28 @@ def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> N
     ]
 
 
-def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(tmp_path: Any) -> None:
+def test_a_prefork_worker_on_the_embedded_broker_runs_its_jobs(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The worker step's threads start after the pool forked its children: the
     queue-depth sampler, started earlier, held SQLAlchemy's mapper lock across the fork
     (its first query on kombu's SQLAlchemy transport) and a child hung on it at its
     first result write, until the hard time limit (found by `make demo`)."""
     from celery_reliable.results import wait_for_outcome
     from celery_reliable.testing.statsd import StatsdLines
-    from tests.worker_process import celery_worker
+    from tests.support.workers import celery_worker
 
     statsd = StatsdLines()
     env = {"RELIABLE_TEST_DATA": str(tmp_path), "RELIABLE_TEST_STATSD_PORT": str(statsd.port)}
-    os.environ.update(env)
+    for name, value in env.items():  # for this test only: every helper app reads them
+        monkeypatch.setenv(name, value)
     try:
-        from tests.integration import sqla_broker_app
+        from tests.support.apps import sqla_broker as sqla_broker_app
 
         # Celery 5.4's database backend creates its tables once per process, for the
         # first database only: another test's went first.
         sqla_broker_app.create_result_tables()
-        with celery_worker("tests.integration.sqla_broker_app", env, concurrency=2) as worker:
+        with celery_worker("tests.support.apps.sqla_broker", env, concurrency=2) as worker:
             results = [sqla_broker_app.echo.delay(n) for n in range(6)]
             states = [wait_for_outcome(r, timeout=15) for r in results]
             assert states == ["SUCCESS"] * 6, worker.output

@@ -1,4 +1,4 @@
-"""The app ``celery -A tests.integration.gates_app reliable check|report`` audits: one
+"""The app ``celery -A tests.support.apps.gates reliable check|report`` audits: one
 task per way of standing at the gates."""
 
 from __future__ import annotations
@@ -6,22 +6,15 @@ from __future__ import annotations
 import json
 import os
 
-from celery import Celery
-
 from celery_reliable import ReliableTask, cancel_on, discard_on, retry_on
+from tests.support.apps.config import helper_app
 
-app = Celery(
+app = helper_app(
     "gates_app",
-    broker=os.environ["RELIABLE_TEST_BROKER"],
-    backend=os.environ["RELIABLE_TEST_BROKER"],
-)
-app.conf.update(
-    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
     reliable_statsd_host="127.0.0.1",
     broker_transport_options={"visibility_timeout": 300},
     # Without the keepalive, a task longer than the visibility timeout misses `delivery`.
     reliable_keepalive=False,
-    worker_hijack_root_logger=False,
     reliable_history_interval=3600,
 )
 if os.environ.get("RELIABLE_TEST_TYPO"):

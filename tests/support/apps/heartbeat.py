@@ -7,29 +7,24 @@ too, so a test can count what really ran.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 
 import redis
-from celery import Celery
 
 from celery_reliable import HeartbeatTimeout, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
-from tests.integration.recording import record_outcomes_to
+from tests.support.apps.config import helper_app
+from tests.support.outcomes import record_outcomes_to
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-
-app = Celery("heartbeat_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
+app = helper_app(
+    "heartbeat_app",
+    defaults={"reliable_database_url": "sqlite:///:memory:"},
     worker_prefetch_multiplier=1,
     task_acks_late=True,
-    reliable_database_url=os.environ.get("RELIABLE_TEST_STORE", "sqlite:///:memory:"),
 )
 
-record_outcomes_to(BROKER)
-effects = redis.Redis.from_url(BROKER)
+record_outcomes_to(app.conf.broker_url)
+effects = redis.Redis.from_url(app.conf.broker_url)
 
 
 @app.task(base=ReliableTask, name="hb.silent_once", bind=True, timeout=120, heartbeat_timeout=2)
@@ -39,7 +34,7 @@ def silent_once(self: ReliableTask) -> str:
     end it without a heartbeat); beats and finishes on the next."""
     if self.request.retries == 0:
         self.heartbeat(progress=0.1)
-        time.sleep(1000)
+        time.sleep(1000)  # silent: what the heartbeat must end
     self.heartbeat(progress=1.0)
     return "done"
 
@@ -50,7 +45,7 @@ def beating(self: ReliableTask, seconds: float) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         self.heartbeat(progress=None, left=deadline - time.monotonic())
-        time.sleep(0.2)
+        time.sleep(0.2)  # the work between two beats
     return "done"
 
 
@@ -77,6 +72,6 @@ def keyed(self: ReliableTask, order: str, seconds: float) -> str:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         self.heartbeat()
-        time.sleep(0.2)
+        time.sleep(0.2)  # the work between two beats
     effects.incr(f"effects:{order}")
     return f"done {order}"

@@ -6,34 +6,29 @@ the main process), so a receiver here writes each one to Redis where the test re
 
 from __future__ import annotations
 
-import os
 import time
 
-from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.backoff import fixed
-from tests.integration.recording import record_outcomes_to
+from tests.support.apps.config import helper_app
+from tests.support.outcomes import record_outcomes_to
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-
-app = Celery("prefork_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
+app = helper_app(
+    "prefork_app",
+    defaults={"reliable_database_url": "sqlite:///:memory:"},
     broker_transport_options={"visibility_timeout": 5},
     worker_prefetch_multiplier=1,
-    reliable_database_url=os.environ.get("RELIABLE_TEST_STORE", "sqlite:///:memory:"),
 )
 
-record_outcomes_to(BROKER)
+record_outcomes_to(app.conf.broker_url)
 
 
 @app.task(base=ReliableTask, name="p.slow", timeout=1)
 @retry_on(SoftTimeLimitExceeded, wait=fixed(0.1), attempts=2)
 def slow(seconds: float) -> str:
-    time.sleep(seconds)
+    time.sleep(seconds)  # the body's duration, which the test sets against the limit
     return "finished"
 
 
@@ -41,6 +36,6 @@ def slow(seconds: float) -> str:
 def stubborn() -> None:
     # Swallows the soft limit and keeps going: only the hard limit stops it.
     try:
-        time.sleep(30)
+        time.sleep(30)  # far past the soft limit
     except SoftTimeLimitExceeded:
-        time.sleep(30)
+        time.sleep(30)  # and past the hard one

@@ -6,8 +6,9 @@ import contextlib
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
+
+from tests.support.waiting import wait_until
 
 #: A number on the wire (counter, timer or gauge value).
 NUMBER = r"[0-9]+(\.[0-9]+)?"
@@ -44,12 +45,13 @@ class StatsdServer:
             return [line for line in self.lines if re.fullmatch(pattern, line)]
 
     def wait_for(self, pattern: str, count: int = 1, timeout: float = 10) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.matching(pattern)
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
+        """The lines matching ``pattern``, once there are ``count`` of them."""
+        return wait_until(
+            lambda: (found := self.matching(pattern)) and len(found) >= count and found,
+            f"{count} StatsD line(s) matching {pattern!r}",
+            timeout=timeout,
+            seen=lambda: self.matching(pattern) or self.lines[-20:],
+        )
 
     def packets_with(self, text: str) -> list[list[str]]:
         with self._lock:

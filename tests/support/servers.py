@@ -14,9 +14,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from tests.support.waiting import wait_until
 
 #: Databases of the test redis-server (one per test app).
 REDIS_DATABASES = 256
@@ -32,18 +34,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[Any], what: str) -> None:
+    """Wait until ``proc`` (``what``) listens on ``port``; fail at once if it exits."""
+
+    def listening() -> bool:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode} before listening:\n{out}")
+            out = proc.stdout.read() if proc.stdout else b""
+            text = out.decode(errors="replace") if isinstance(out, bytes) else out
+            raise RuntimeError(f"{what} exited with {proc.returncode} before listening:\n{text}")
         with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
             sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout}s")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, f"{what} to listen on 127.0.0.1:{port}", timeout=timeout, interval=0.05)
 
 
 class RedisServer:
@@ -89,7 +92,7 @@ class RedisServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        _wait_for_port(self.port, 10, self.proc, "redis-server")
+        wait_for_port(self.port, 10, self.proc, "redis-server")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -159,7 +162,7 @@ class RabbitMQServer:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        _wait_for_port(self.port, 90, self.proc, "rabbitmq-server")
+        wait_for_port(self.port, 90, self.proc, "rabbitmq-server")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
-
 from celery_reliable import ReliableTask
+from tests.support.apps.config import helper_app
 
 DATA = os.environ["RELIABLE_TEST_DATA"]
 
-app = Celery(
+app = helper_app(
     "sqla_broker_app",
     broker=f"sqla+sqlite:///{DATA}/broker.sqlite3",
     backend=f"db+sqlite:///{DATA}/results.sqlite3",
-)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
     reliable_database_url=f"sqlite:///{DATA}/reliable.sqlite3",
     reliable_statsd_host="127.0.0.1",
-    reliable_statsd_port=int(os.environ["RELIABLE_TEST_STATSD_PORT"]),
     reliable_queue_depth_interval=0.2,
 )
 

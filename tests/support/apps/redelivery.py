@@ -7,18 +7,15 @@ import os
 import time
 
 import redis
-from celery import Celery
 
 from celery_reliable import ReliableTask
+from tests.support.apps.config import helper_app
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
 VISIBILITY_TIMEOUT = 4.0
 RESCUE_INTERVAL = 0.5
 
-app = Celery("redelivery_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
+app = helper_app(
+    "redelivery_app",
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     worker_prefetch_multiplier=1,
     task_acks_late=True,
@@ -27,7 +24,7 @@ app.conf.update(
     reliable_rescue_interval=RESCUE_INTERVAL,
     reliable_keepalive=os.environ.get("RELIABLE_TEST_KEEPALIVE", "1") == "1",
 )
-_redis = redis.Redis.from_url(BROKER)
+_redis = redis.Redis.from_url(app.conf.broker_url)
 
 
 def runs_key(job: str) -> str:
@@ -45,5 +42,5 @@ def hold(self: ReliableTask, job: str, seconds: float) -> str:
     """Record each run (time, worker), then work ``seconds`` (the first run only)."""
     _redis.rpush(runs_key(job), f"{time.time()} {self.request.hostname}")
     if _redis.set(f"redelivery:first:{job}", 1, nx=True):
-        time.sleep(seconds)
+        time.sleep(seconds)  # the body's duration, set against the visibility timeout
     return "done"

@@ -3,22 +3,10 @@ history is written only when each pool process exits (the interval is an hour)."
 
 from __future__ import annotations
 
-import os
-
-from celery import Celery
-
 from celery_reliable import Discard, ReliableTask
+from tests.support.apps.config import helper_app
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-
-app = Celery("history_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
-    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
-    reliable_history_interval=3600,
-)
+app = helper_app("history_app", worker_prefetch_multiplier=1, reliable_history_interval=3600)
 
 
 @app.task(base=ReliableTask, name="history.work")

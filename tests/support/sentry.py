@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+#: The Redis list where each process of a worker running ``tests.support.apps.sentry``
+#: leaves its pid once it has flushed its Sentry client on its way out: after that, it
+#: can send no other event.
+FLUSHED = "sentry:flushed"
+
 
 def parse_envelope(body: bytes) -> list[tuple[dict[str, Any], bytes]]:
     """The items of a Sentry envelope: (item header, payload)."""

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.servers import _wait_for_port, free_port
+from tests.support.servers import free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: Where the browser tests leave their screenshots (docs/web.md shows copies).
 SCREENSHOTS = Path(os.environ.get("WEB_SCREENSHOTS", ROOT / ".cache" / "web-screenshots"))
 
 
 def web_env(redis_url: str, folder: Path) -> dict[str, str]:
-    """The environment ``tests.integration.web_app`` reads: a Redis database of its own,
+    """The environment ``tests.support.apps.web`` reads: a Redis database of its own,
     a SQLite store in ``folder``, no credentials."""
-    from tests.conftest import new_redis_db
+    from tests.support.celery_apps import new_redis_db
 
     return {
         "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
@@ -78,7 +78,7 @@ def web_server(
         stderr=subprocess.STDOUT,
     )
     try:
-        _wait_for_port(port, 30, proc, "celery reliable web")
+        wait_for_port(port, 30, proc, "celery reliable web")
         yield WebServer(f"http://127.0.0.1:{port}", proc)
     finally:
         proc.terminate()

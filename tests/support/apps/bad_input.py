@@ -12,28 +12,21 @@ from __future__ import annotations
 import os
 import threading
 
-from celery import Celery
-
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.backoff import fixed
 from celery_reliable.errors import StoreUnavailable
-from tests.integration.recording import record_outcomes_to
+from tests.support.apps.config import helper_app
+from tests.support.outcomes import record_outcomes_to
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-
-app = Celery("bad_input_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
+app = helper_app(
+    "bad_input_app",
+    defaults={"reliable_statsd_host": None, "reliable_statsd_port": 8125},
     worker_prefetch_multiplier=1,
     result_serializer=os.environ.get("RELIABLE_TEST_RESULT_SERIALIZER", "json"),
     result_accept_content=["json", "pickle"],
-    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
-    reliable_statsd_host=os.environ.get("RELIABLE_TEST_STATSD_HOST") or None,
-    reliable_statsd_port=int(os.environ.get("RELIABLE_TEST_STATSD_PORT", "8125")),
 )
 
-record_outcomes_to(BROKER)
+record_outcomes_to(app.conf.broker_url)
 
 
 class NeedsArguments(Exception):

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import os
 
+import redis
 import sentry_sdk
 from celery import Celery
+from celery.signals import worker_process_shutdown, worker_shutdown
 from sentry_sdk.integrations.celery import CeleryIntegration
 from sentry_sdk.integrations.dedupe import DedupeIntegration
 
-from tests.integration.recording import record_outcomes_to
-from tests.integration.sentry_tasks import define
+from tests.support.apps.config import helper_app
+from tests.support.apps.sentry_tasks import define
+from tests.support.outcomes import record_outcomes_to
+from tests.support.sentry import FLUSHED
 
 BROKER = os.environ["RELIABLE_TEST_BROKER"]
 
@@ -31,16 +35,18 @@ elif MODE == "on-without-dedupe":
 else:
     sentry_sdk.init(dsn=os.environ["TEST_SENTRY_DSN"], disabled_integrations=[CeleryIntegration()])
 
-app = Celery("sentry_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
-    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
-    reliable_statsd_host="127.0.0.1",
-    reliable_statsd_port=int(os.environ["TEST_STATSD_PORT"]),
-)
+app = helper_app("sentry_app", reliable_statsd_host="127.0.0.1")
 record_outcomes_to(BROKER)
 tasks = define(app, "sentry")
+
+
+def _flush_on_exit(**_: object) -> None:
+    sentry_sdk.flush(timeout=10)
+    redis.Redis.from_url(BROKER).rpush(FLUSHED, os.getpid())
+
+
+worker_process_shutdown.connect(_flush_on_exit, weak=False)
+worker_shutdown.connect(_flush_on_exit, weak=False)
 
 
 @app.on_after_finalize.connect

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.servers import ServerMissing, _wait_for_port, free_port
+from tests.support.servers import ServerMissing, free_port, wait_for_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STATSD_DAEMON = ROOT / ".cache" / "statsd-daemon" / "node_modules" / "statsd"
 #: Seconds between the StatsD daemon's flushes, and carbon's resolution: graphite-web's
 #: movingSum costs (points in range) x (points in window) per series, so finer is slower.
@@ -117,8 +116,8 @@ def _carbon(home: Path) -> tuple[subprocess.Popen[bytes], int, int]:
         stderr=subprocess.STDOUT,
         cwd=conf,
     )
-    _wait_for_port(line_port, 30, proc, "carbon-cache")
-    _wait_for_port(query_port, 30, proc, "carbon-cache's query port")
+    wait_for_port(line_port, 30, proc, "carbon-cache")
+    wait_for_port(query_port, 30, proc, "carbon-cache's query port")
     return proc, line_port, query_port
 
 
@@ -180,7 +179,7 @@ def _graphite_web(
         stderr=subprocess.STDOUT,
         cwd=storage,
     )
-    _wait_for_port(port, 60, proc, "graphite-web")
+    wait_for_port(port, 60, proc, "graphite-web")
     return proc, port
 
 
@@ -216,7 +215,7 @@ def _statsd_daemon(home: Path, carbon_port: int) -> tuple[subprocess.Popen[bytes
         stderr=subprocess.STDOUT,
         cwd=STATSD_DAEMON,
     )
-    _wait_for_port(admin, 30, proc, "the StatsD daemon")
+    wait_for_port(admin, 30, proc, "the StatsD daemon")
     return proc, port
 
 
@@ -248,12 +247,3 @@ def graphite_pipeline() -> Iterator[Pipeline]:
         for proc in reversed(procs):
             _stop(proc)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout}s")

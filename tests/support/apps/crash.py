@@ -6,23 +6,16 @@ unacknowledged, and the worker puts it back on the queue for another child.
 
 from __future__ import annotations
 
-import os
-
 import redis
-from celery import Celery
 
 from celery_reliable import ReliableTask
-from tests.integration.effects import effects, metadata
-from tests.integration.kill_points import started, wait_for_the_kill
-from tests.integration.recording import record_outcomes_to
+from tests.support.apps.config import helper_app
+from tests.support.apps.effects import effects, metadata
+from tests.support.apps.kill_points import started, wait_for_the_kill
+from tests.support.outcomes import record_outcomes_to
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-STORE = os.environ["RELIABLE_TEST_STORE"]
-
-app = Celery("crash_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    worker_hijack_root_logger=False,
-    broker_connection_retry_on_startup=True,
+app = helper_app(
+    "crash_app",
     broker_transport_options={"visibility_timeout": 5},
     worker_prefetch_multiplier=1,
     task_acks_late=True,
@@ -30,11 +23,10 @@ app.conf.update(
     # How long the worker waits for a dead child's result before WorkerLostError
     # (10 s by default, past this task's 4 s hard limit).
     worker_lost_wait=1.0,
-    reliable_database_url=STORE,
 )
 
-record_outcomes_to(BROKER)
-_redis = redis.Redis.from_url(BROKER)
+record_outcomes_to(app.conf.broker_url)
+_redis = redis.Redis.from_url(app.conf.broker_url)
 
 
 # time_limit=12: the claim's lease is 12 + 5 = 17 s, so a takeover comes 17 s after

@@ -3,14 +3,10 @@ must refuse to start (``test_worker_start.py``)."""
 
 from __future__ import annotations
 
-import os
-
-from celery import Celery
-
 from celery_reliable import retry_on
+from tests.support.apps.config import helper_app
 
-app = Celery("ignored", broker=os.environ["RELIABLE_TEST_BROKER"], set_as_current=False)
-app.conf.reliable_database_url = None
+app = helper_app("ignored", set_as_current=False, reliable_database_url=None)
 
 
 @app.task(name="ignored.send")

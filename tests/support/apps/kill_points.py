@@ -24,4 +24,4 @@ def wait_for_the_kill(client: redis.Redis, order_id: str, here: bool) -> None:
     wait for it."""
     if here:
         client.set(f"crash:ready:{order_id}", os.getpid())
-        time.sleep(30)
+        time.sleep(30)  # stands here until the test SIGKILLs this process

@@ -1,30 +1,29 @@
-"""The app the web-view tests serve with ``celery -A tests.integration.web_app reliable
+"""The app the web-view tests serve with ``celery -A tests.support.apps.web reliable
 web`` and run in an embedded worker: charges and shipments a Redis flag makes fail."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 
 import redis
-from celery import Celery
 
 from celery_reliable import ReliableTask, discard_on
+from tests.support.apps.config import helper_app
+from tests.support.waiting import wait_until
 
-BROKER = os.environ["RELIABLE_TEST_BROKER"]
-
-app = Celery("web_app", broker=BROKER, backend=os.environ.get("RELIABLE_TEST_BACKEND") or BROKER)
-app.conf.update(
-    reliable_database_url=os.environ["RELIABLE_TEST_STORE"],
+app = helper_app(
+    "web_app",
     reliable_history_interval=0.5,
     reliable_web_auth=os.environ.get("WEB_TEST_AUTH") or None,
     reliable_web_read_only_auth=os.environ.get("WEB_TEST_READ_ONLY_AUTH") or None,
     broker_connection_retry_on_startup=False,
     broker_connection_max_retries=1,
-    worker_hijack_root_logger=False,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
 )
+
+BROKER = app.conf.broker_url
 
 #: Orders whose charge (or shipment) is refused while this set holds them.
 REFUSED = "web:refused"
@@ -87,7 +86,10 @@ def store_card(card_number: str) -> None:
 def slow(order_id: int) -> None:
     """Runs until the test lets it end (``web:release:{order_id}``), at most 20 s."""
     client = _redis()
-    for _ in range(200):
-        if client.exists(f"web:release:{order_id}"):
-            return
-        time.sleep(0.1)
+    with contextlib.suppress(AssertionError):  # at most 20 s, released or not
+        wait_until(
+            lambda: client.exists(f"web:release:{order_id}"),
+            f"the test to release order {order_id}",
+            timeout=20,
+            interval=0.1,
+        )

@@ -9,8 +9,8 @@ from django.conf import settings
 from orders.models import Payment
 
 from celery_reliable import ReliableTask
-from tests.integration.kill_points import started, wait_for_the_kill
-from tests.integration.recording import record_outcomes_to
+from tests.support.apps.kill_points import started, wait_for_the_kill
+from tests.support.outcomes import record_outcomes_to
 
 record_outcomes_to(settings.REDIS_URL)
 _redis = redis.Redis.from_url(settings.REDIS_URL)
