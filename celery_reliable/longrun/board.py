@@ -26,13 +26,39 @@ from dataclasses import dataclass
 _current: list[str] = []
 
 
+_PREFIX = "celery_reliable-beats-"
+
+
 def open_board() -> str:
-    """A worker starts: a fresh board (in memory, under /dev/shm, when there is one)."""
+    """A worker starts: a fresh board (in memory, under /dev/shm, when there is one),
+    named after its process; the boards of workers that died without removing theirs
+    (SIGKILL) are removed."""
     shm = "/dev/shm"
-    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    path = tempfile.mkdtemp(prefix="celery_reliable-beats-", dir=where)
+    where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+    _remove_dead_boards(where)
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=where)
     _current[:] = [path]
     return path
+
+
+def _remove_dead_boards(where: str) -> None:
+    with contextlib.suppress(OSError):
+        for name in os.listdir(where):
+            if not name.startswith(_PREFIX):
+                continue
+            owner = name[len(_PREFIX) :].split("-", 1)[0]
+            if owner.isdigit() and not _alive(int(owner)):
+                shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def close_board(path: str) -> None:

@@ -62,10 +62,25 @@ class Heartbeat:
         self.progress: float | None = None
         self.details: dict[str, Any] = {}
         self._warned = False
-        where = board.board_path()
-        self._path = board.pin(where, task_id, task_name, timeout) if where else None
+        self._path = self._pin(board.board_path())
         self._thread = threading.get_ident()
         _by_thread[self._thread] = self
+
+    def _pin(self, where: str | None) -> str | None:
+        if where is None:
+            return None
+        try:
+            return board.pin(where, self.task_id, self.task_name, self.timeout)
+        except OSError as exc:
+            # The board went away (a worker stopping) or /dev/shm is full: the body runs,
+            # unwatched; its time limit still applies.
+            logger.warning(
+                "task %s[%s]: not on the heartbeat board (%s): a silence is not caught",
+                self.task_name,
+                self.task_id,
+                exc,
+            )
+            return None
 
     def run(self, body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
         """Run the body; the silence counts from here (a claim may have taken a while)."""

@@ -18,6 +18,7 @@ past its timeout: a late signal, after the body beat or ended, changes nothing.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import threading
@@ -28,6 +29,11 @@ from celery_reliable.longrun import heartbeat
 from celery_reliable.longrun.board import Entry
 
 SIGNAL = signal.SIGUSR2
+
+logger = logging.getLogger("celery_reliable.heartbeat")
+
+#: Set, Celery's remote debugger (celery.contrib.rdb) takes SIGUSR2 in every process.
+_RDB_SIGNAL = "CELERY_RDBSIG"
 
 
 def _on_signal(signum: int, frame: Any) -> None:
@@ -43,8 +49,18 @@ def _message(beat: heartbeat.Heartbeat) -> str:
 
 def install_handler() -> bool:
     """In a pool process (and a solo worker's): ``SIGUSR2`` raises in a silent body.
-    Only the main thread can set a handler: False elsewhere (an embedded worker)."""
+    Only the main thread can set a handler: False elsewhere (an embedded worker), and
+    False where the process has a handler of its own for it (Celery's remote debugger,
+    with ``CELERY_RDBSIG``), which is kept: a silent body there is not interrupted."""
     if threading.current_thread() is not threading.main_thread():
+        return False
+    current = signal.getsignal(SIGNAL)
+    if current not in (signal.SIG_DFL, signal.SIG_IGN, None, _on_signal):
+        logger.warning(
+            "SIGUSR2 has a handler of its own in this process (%r): a body silent past "
+            "its heartbeat_timeout is not interrupted here",
+            current,
+        )
         return False
     signal.signal(SIGNAL, _on_signal)
     return True
@@ -57,6 +73,8 @@ def handler_installed() -> bool:
 def interrupt(entry: Entry) -> bool:
     """Raise ``HeartbeatTimeout`` in the execution ``entry`` names; False if it cannot
     be reached (its process is gone, or it is not silent any more)."""
+    if _RDB_SIGNAL in os.environ:
+        return False  # SIGUSR2 opens Celery's remote debugger there: never send it
     if entry.pid != os.getpid():
         try:
             os.kill(entry.pid, SIGNAL)

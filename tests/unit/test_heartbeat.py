@@ -220,3 +220,41 @@ def test_the_docs_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -
         done = perform_task(task, args=(["a", "b", "c"],))
     assert done.outcome is Outcome.SUCCEEDED and done.result == 3
     assert [e.outcome for e in seen] == [Outcome.SUCCEEDED]
+
+
+def test_a_dead_worker_s_board_is_removed_when_the_next_worker_opens_its_own() -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = int(done.stdout)  # a process that has exited
+    where = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    left = tempfile.mkdtemp(prefix=f"celery_reliable-beats-{dead}-", dir=where)
+    mine = board.open_board()
+    try:
+        assert not os.path.exists(left)
+        assert os.path.basename(mine).startswith(f"celery_reliable-beats-{os.getpid()}-")
+    finally:
+        board.close_board(mine)
+
+
+def test_an_execution_whose_board_is_gone_still_runs(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = board.open_board()
+    board.close_board(path)
+    board._current[:] = [path]  # a worker stopping: its board removed, its path still set
+    try:
+        beat = Heartbeat("hb.boardless", "boardless-1", timeout=5)
+        assert beat.run(lambda: "ran", (), {}) == "ran"
+        beat.beat(0.5, {})
+        beat.end()
+    finally:
+        board._current.clear()
+    assert "not on the heartbeat board" in caplog.text
