@@ -185,14 +185,6 @@ class ReceiptHolder:
                 exc,
             )
 
-    def renew(self) -> bool:
-        """A heartbeat: the lease runs ``task._reliable_lease`` from now again. False if
-        the key is no longer this execution's; raises ``StoreUnavailable``."""
-        claim = self.claim
-        if claim.completed:
-            return True
-        return _store(self.task).receipts.renew(claim, self.task._reliable_lease)
-
     def release(self) -> None:
         """The execution did not succeed: give the key back (a succeeded receipt stays)."""
         claim = self.claim

@@ -162,9 +162,7 @@ class Execution:
             )
         previous, _local.execution = _local.execution, self
         if self.task._reliable_heartbeat_timeout is not None:
-            self.heartbeat = Heartbeat(
-                self.task.name, cast(str, self.request.id), self.task._reliable_heartbeat_timeout
-            )
+            self.heartbeat = self._heartbeat(self.task._reliable_heartbeat_timeout)
         try:
             return self._run(body)
         finally:
@@ -174,6 +172,23 @@ class Execution:
             # One request, one execution (task.py reads it): what calls the task while
             # this request is still on the stack is a function call.
             setattr(self.request, ENDED_ATTR, True)
+
+    def _heartbeat(self, timeout: float) -> Heartbeat:
+        from celery_reliable.store import store_for
+
+        task = self.task
+        try:
+            store = store_for(task.app)
+        except Exception:  # a store that cannot be built: beats are not written
+            store = None
+        return Heartbeat(
+            task.name,
+            cast(str, self.request.id),
+            timeout,
+            store=store,
+            hostname=getattr(self.request, "hostname", None),
+            lease=task._reliable_lease,
+        )
 
     def _run(self, body: Callable[..., Any]) -> Any:
         if self.task._reliable_key is not None:

@@ -10,6 +10,7 @@ import click
 from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
+from celery_reliable.cli.progress import progress_command
 from celery_reliable.cli.receipts import receipts
 from celery_reliable.cli.report import report_command
 from celery_reliable.cli.web import web_command
@@ -36,6 +37,7 @@ def app_of(ctx: click.Context) -> Any:
 reliable.add_command(check_command)
 reliable.add_command(db)
 reliable.add_command(dead)
+reliable.add_command(progress_command)
 reliable.add_command(receipts)
 reliable.add_command(report_command)
 reliable.add_command(web_command)

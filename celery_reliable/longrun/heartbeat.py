@@ -2,18 +2,20 @@
 ``heartbeat_timeout``.
 
 A beat costs one ``utime`` on the worker's beat board (``board.py``), and at most
-once a second one store write that pushes the idempotency claim's lease to
-``heartbeat_timeout`` + grace from now: a keyed task that beats keeps its key however
-long it runs, and one that stops beating loses it soon after it is ended, not after
-its hard time limit.
+once a second one store transaction: the progress row (``store/progress.py``) and, for
+a keyed task, its claim's lease pushed to ``heartbeat_timeout`` + grace from now. A
+keyed task that beats keeps its key however long it runs, and one that stops beating
+loses it soon after it is ended, not after its hard time limit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from celery_reliable.longrun import board
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
+    from celery_reliable.store import Store
 
 logger = logging.getLogger("celery_reliable.heartbeat")
 
@@ -41,21 +44,44 @@ class Heartbeat:
         "_thread",
         "_warned",
         "_written",
+        "_wrote",
         "details",
+        "hostname",
         "in_body",
         "last",
+        "lease",
         "progress",
         "receipt",
+        "started_at",
+        "store",
         "task_id",
         "task_name",
         "timeout",
     )
 
-    def __init__(self, task_name: str, task_id: str, timeout: float) -> None:
+    def __init__(  # noqa: PLR0917 - who runs, and where the beats go
+        self,
+        task_name: str,
+        task_id: str,
+        timeout: float,
+        store: Store | None = None,
+        hostname: str | None = None,
+        lease: float = 0.0,
+    ) -> None:
         self.task_name = task_name
         self.task_id = task_id
         self.timeout = timeout
-        self.last = self._written = monotonic()
+        #: Where the beats are written (progress, lease): None without a store.
+        self.store = store
+        self.hostname = hostname
+        #: The lease a beat gives the claim (the task's ``_reliable_lease``).
+        self.lease = lease
+        # Naive UTC, as the store's columns hold it (not store.timeutil: importing the
+        # store package would load SQLAlchemy into every process that imports us).
+        self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.last = monotonic()
+        self._written = float("-inf")  # the first beat is written at once
+        self._wrote = False
         self.in_body = False
         #: The idempotency claim whose lease the beats renew (a keyed task).
         self.receipt: ReceiptHolder | None = None
@@ -97,9 +123,9 @@ class Heartbeat:
             self.progress = progress
         if details:
             self.details = details
-        if self.receipt is not None and self.last - self._written >= WRITE_INTERVAL:
+        if self.store is not None and self.last - self._written >= WRITE_INTERVAL:
             self._written = self.last
-            self._renew(self.receipt)
+            self._write(self.store)
 
     def _touch(self) -> None:
         self.last = monotonic()
@@ -109,18 +135,31 @@ class Heartbeat:
             except FileNotFoundError:  # the worker stopped and took its board away
                 self._path = None
 
-    def _renew(self, receipt: ReceiptHolder) -> None:
+    def _write(self, store: Store) -> None:
+        receipt = self.receipt
+        claim = receipt.claim if receipt is not None and not receipt.claim.completed else None
         try:
-            renewed = receipt.renew()
+            kept = store.progress.beat(
+                self.task_id,
+                self.task_name,
+                self.hostname,
+                os.getpid(),
+                self.started_at,
+                self.progress,
+                self.details,
+                claim,
+                self.lease,
+            )
         except StoreUnavailable as exc:
             self._warn_once(
-                "its lease was not renewed (%s): if the store stays down past the lease, "
-                "another execution may take the key over, and this one's atomic() then "
-                "rolls back",
+                "not written to the store (%s): its progress is not shown, and if the store "
+                "stays down past a keyed task's lease another execution may take the key "
+                "over, and this one's atomic() then rolls back",
                 exc,
             )
             return
-        if not renewed:
+        self._wrote = True
+        if not kept:
             self._warn_once(
                 "its idempotency key was taken over by another execution: this one's "
                 "atomic() rolls back (LeaseLost)"
@@ -145,6 +184,11 @@ class Heartbeat:
         if self._path is not None:
             board.unpin(self._path)
             self._path = None
+        if self._wrote and self.store is not None:
+            self._wrote = False
+            # Unreachable: the row is stale from now on, and pruned with the receipts.
+            with contextlib.suppress(StoreUnavailable):
+                self.store.progress.finish(self.task_id)
 
 
 def of_thread(ident: int) -> Heartbeat | None:

@@ -29,6 +29,7 @@ from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
 from celery_reliable.store.outage import Outage
+from celery_reliable.store.progress import ProgressRows
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
 from celery_reliable.store.unique import UniqueLocks
 
@@ -75,6 +76,7 @@ class Store:
         self._dead_letters = DeadLetters(self.engine, app)
         self._unique = UniqueLocks(self.engine, insert)
         self._history = OutcomeHistory(self.engine, insert)
+        self._progress = ProgressRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -139,6 +141,11 @@ class Store:
     def history(self) -> OutcomeHistory:
         self.ensure_schema()
         return self._history
+
+    @property
+    def progress(self) -> ProgressRows:
+        self.ensure_schema()
+        return self._progress
 
     @contextmanager
     def atomic(self, claim: Claim | None = None) -> Iterator[Any]:

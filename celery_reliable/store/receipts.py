@@ -172,6 +172,18 @@ def lease_lost(claim: Claim) -> LeaseLost:
     )
 
 
+def renew_in(connection: Connection, claim: Claim, lease_seconds: float, now: datetime) -> bool:
+    """Push the claim's lease to ``lease_seconds`` from ``now`` (a heartbeat), in the
+    caller's transaction; False if the claim is no longer this execution's (taken over,
+    or completed)."""
+    lease = now + timedelta(seconds=lease_seconds)
+    params = _claim_params(claim, p_lease=lease, p_now=now)
+    renewed = connection.execute(_RENEW, params).rowcount == 1
+    if renewed:
+        claim.lease_expires_at = lease
+    return bool(renewed)
+
+
 def _claim_params(claim: Claim, **more: Any) -> dict[str, Any]:
     return {"p_task_name": claim.task_name, "p_key": claim.key, "p_token": claim.token, **more}
 

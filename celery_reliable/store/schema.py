@@ -105,6 +105,24 @@ unique_locks = Table(
     Index("ix_reliable_unique_locks_expires_at", "expires_at"),
 )
 
+#: The last heartbeat of each running execution of a task with ``heartbeat_timeout``:
+#: written by its beats (at most once a second), removed when it ends; a row left by a
+#: worker that died is pruned with the receipts.
+progress = Table(
+    "reliable_progress",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("task_name", String(255), nullable=False),
+    Column("hostname", String(255), nullable=True),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("beat_at", DateTime, nullable=False),
+    Column("progress", Float, nullable=True),
+    #: JSON object of the beat's details.
+    Column("details", Text, nullable=True),
+    Index("ix_reliable_progress_beat_at", "beat_at"),
+)
+
 #: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their
 #: columns; a last column counts the durations above the last bound.
 DURATION_BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)

@@ -136,14 +136,17 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             receipts = store.receipts.prune(self.settings.receipt_ttl)
             locks = store.unique.prune()
             minutes = store.history.prune(self.settings.history_retention)
+            # Heartbeats left by workers that died: as old as a receipt kept.
+            beats = store.progress.prune(self.settings.receipt_ttl)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks or minutes:
+        if receipts or locks or minutes or beats:
             logger.info(
-                "celery_reliable: pruned %d receipts older than %gs, %d expired unique locks "
-                "and %d outcome-history rows older than %gs",
+                "celery_reliable: pruned %d receipts and %d heartbeats older than %gs, %d "
+                "expired unique locks and %d outcome-history rows older than %gs",
                 receipts,
+                beats,
                 self.settings.receipt_ttl,
                 locks,
                 minutes,

@@ -6,7 +6,10 @@ written to Redis from the processes that send them (``recording.py``).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +22,7 @@ from celery_reliable.results import wait_for_outcome
 from tests.support.celery_apps import new_redis_db
 from tests.support.outcomes import recorded
 from tests.support.waiting import wait_until
-from tests.support.workers import WorkerProcess, celery_worker
+from tests.support.workers import ROOT, WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -112,3 +115,54 @@ def test_solo_pool_ends_a_silent_body_in_its_own_process(redis_url: str, store: 
         events = recorded(solo_broker, result.id, 2)
         assert [e["outcome"] for e in events] == ["retried", "succeeded"], w.output
         assert events[0]["exc_type"] == "HeartbeatTimeout"
+
+
+def cli(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.support.apps.heartbeat", "reliable", *args],
+        check=False,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "RELIABLE_TEST_BROKER": broker,
+            "RELIABLE_TEST_STORE": store,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
+    app: Any, broker: str, store: str, worker: WorkerProcess
+) -> None:
+    from celery_reliable.longrun.progress import progress_of
+
+    result = app.import_rows.apply_async((1000, "stop:progress"))
+    seen = wait_until(
+        lambda: (p := progress_of(app.app, result.id)) is not None and (p.progress or 0) > 0 and p,
+        "a heartbeat with progress in the store",
+    )
+    assert seen.task_name == "hb.import_rows" and seen.details["row"] >= 1
+    assert seen.hostname and seen.hostname.startswith("test-")
+    piped = cli(broker, store, "progress", result.id)
+    assert piped.returncode == 0, piped.stderr
+    fields = piped.stdout.rstrip("\n").split("\t")
+    assert len(piped.stdout.splitlines()) == 1
+    assert fields[0] == result.id and fields[1] == "hb.import_rows"
+    assert fields[2].endswith("%") and fields[4] == "running"
+    assert json.loads(fields[6])["row"] >= seen.details["row"]
+    as_json = cli(broker, store, "progress", result.id, "--json")
+    data = json.loads(as_json.stdout)
+    assert data["task_id"] == result.id and 0 < data["progress"] < 1
+    listed = cli(broker, store, "progress")
+    assert result.id in listed.stdout
+    redis.Redis.from_url(broker).set("stop:progress", 1)
+    stopped_at = result.get(timeout=30)
+    assert 1 <= stopped_at < 1000
+    # It ended: its row is gone, and the command says so in one line.
+    assert progress_of(app.app, result.id) is None
+    gone = cli(broker, store, "progress", result.id)
+    assert gone.returncode == 1
+    assert "no heartbeat recorded for" in gone.stderr

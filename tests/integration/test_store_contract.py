@@ -46,6 +46,7 @@ from celery_reliable.store.schema import (
     receipts,
     unique_locks,
 )
+from celery_reliable.store.schema import progress as progress_table
 from celery_reliable.store.timeutil import utcnow
 from tests.helpers import dead_letter_fields as letter
 from tests.support.celery_apps import fresh_postgres_database
@@ -59,6 +60,7 @@ TABLES = {
     "reliable_dead_letters",
     "reliable_unique_locks",
     "reliable_outcome_history",
+    "reliable_progress",
 }
 TASK = "contract.task"
 H1 = "a" * 64
@@ -1271,3 +1273,56 @@ def test_a_listing_page_and_its_capped_count_in_one_pass(store: Store) -> None:
                 assert count == min(exact, cap + 1)
     assert letters.count_where(DeadLetterFilter(text="slow"), cap=5) == 6
     assert letters.task_names() == ["web.p0", "web.p1"]
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_a_beat_is_recorded_updated_read_and_removed(store: Store) -> None:
+    started = utcnow()
+    job = tid()
+    assert store.progress.get(job) is None
+    assert store.progress.beat(job, "long.import", "w1@host", 4242, started, 0.25, {"row": 10})
+    first = store.progress.get(job)
+    assert first is not None
+    assert (first.task_name, first.hostname, first.pid) == ("long.import", "w1@host", 4242)
+    assert first.progress == 0.25 and first.details == {"row": 10}
+    assert abs(first.age()) < 5
+    # A later beat replaces the row; a value JSON cannot hold is kept as its text.
+    assert store.progress.beat(
+        job, "long.import", "w1@host", 4242, started, 0.5, {"at": Decimal("1.5")}
+    )
+    second = store.progress.get(job)
+    assert second is not None and second.progress == 0.5 and second.details == {"at": "1.5"}
+    assert second.beat_at >= first.beat_at
+    assert [p.task_id for p in store.progress.running()] == [job]
+    store.progress.finish(job)
+    assert store.progress.get(job) is None
+
+
+def test_a_beat_renews_its_claim_s_lease_in_the_same_transaction(store: Store) -> None:
+    held = own(claim(store, key(), lease_seconds=5))
+    before = held.lease_expires_at
+    assert store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    receipt = store.receipts.get(TASK, held.key)
+    assert receipt is not None and receipt.lease_expires_at is not None
+    assert receipt.lease_expires_at > before + timedelta(seconds=500)
+    # Taken over: the beat is kept, the lease is not this execution's to renew.
+    store.receipts.release(held)
+    assert not store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    assert store.progress.get(held.task_id) is not None
+
+
+def test_heartbeats_of_dead_workers_are_pruned(store: Store) -> None:
+    old, new = tid(), tid()
+    store.progress.beat(old, "t", None, 1, utcnow(), None, {})
+    store.progress.beat(new, "t", None, 1, utcnow(), None, {})
+    # Its worker died two hours ago: no beat since.
+    execute(
+        store,
+        sa.update(progress_table)
+        .where(progress_table.c.task_id == old)
+        .values(beat_at=utcnow() - timedelta(hours=2)),
+    )
+    assert store.progress.prune(3600) == 1
+    assert [p.task_id for p in store.progress.running()] == [new]

@@ -75,3 +75,15 @@ def keyed(self: ReliableTask, order: str, seconds: float) -> str:
         time.sleep(0.2)  # the work between two beats
     effects.incr(f"effects:{order}")
     return f"done {order}"
+
+
+@app.task(base=ReliableTask, name="hb.import_rows", bind=True, timeout=120, heartbeat_timeout=5)
+def import_rows(self: ReliableTask, rows: int, until: str) -> int:
+    """Beats with its progress on every row, and stops at the row where it finds the
+    Redis key ``until`` set (the test sets it once it has read the progress)."""
+    for n in range(1, rows + 1):
+        self.heartbeat(progress=n / rows, row=n)
+        if effects.exists(until):
+            return n
+        time.sleep(0.1)  # the work on one row
+    return rows

@@ -1,0 +1,134 @@
+"""``celery -A proj reliable progress [TASK_ID]``: how far running jobs got, from their
+last heartbeat (``self.heartbeat(progress=..., **details)``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from celery_reliable.cli.common import as_json, one_line, store_errors, store_of, table, when
+from celery_reliable.options import heartbeat_grace
+from celery_reliable.store.progress import Progress
+from celery_reliable.store.timeutil import utcnow
+
+
+def stale_after(app: Any, task_name: str) -> float | None:
+    """Seconds without a beat after which the job's worker is presumed gone: its
+    heartbeat_timeout and grace (it would have been ended by then), plus the second
+    between two writes. None for a task this app does not know."""
+    task = app.tasks.get(task_name)
+    timeout = getattr(task, "_reliable_heartbeat_timeout", None)
+    return None if timeout is None else timeout + heartbeat_grace(timeout) + 1.0
+
+
+def _fraction(row: Progress) -> str:
+    return "-" if row.progress is None else f"{row.progress:.0%}"
+
+
+def _state(app: Any, row: Progress, age: float) -> str:
+    limit = stale_after(app, row.task_name)
+    if limit is not None and age > limit:
+        return f"stale: no beat for {age:.0f}s (its worker may be gone)"
+    return "running"
+
+
+@click.command("progress")
+@click.argument("task_id", required=False)
+@click.option("--json", "as_json_", is_flag=True, help="JSON instead of text.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@click.pass_context
+def progress_command(ctx: click.Context, task_id: str | None, as_json_: bool, limit: int) -> None:
+    """The last heartbeat of a running job (TASK_ID), or of every running job with one."""
+    from celery_reliable.cli import app_of
+
+    store = store_of(ctx)
+    app = app_of(ctx)
+    now = utcnow()
+    with store_errors():
+        rows = [store.progress.get(task_id)] if task_id else store.progress.running(limit)
+    found = [row for row in rows if row is not None]
+    if task_id and not found:
+        raise click.ClickException(
+            f"no heartbeat recorded for {task_id}: it is not running, it ended, its task has "
+            "no heartbeat_timeout, or it has not called self.heartbeat() yet"
+        )
+    if as_json_:
+        as_json(
+            [
+                {
+                    **row.to_dict(),
+                    "age": round(row.age(now), 3),
+                    "state": _state(app, row, row.age(now)),
+                }
+                for row in found
+            ]
+            if not task_id
+            else {
+                **found[0].to_dict(),
+                "age": round(found[0].age(now), 3),
+                "state": _state(app, found[0], found[0].age(now)),
+            }
+        )
+        return
+    if task_id and sys.stdout.isatty():
+        _show(app, found[0], now)
+        return
+    if task_id:
+        row = found[0]
+        # Piped: one line, every value whole, for grep, cut and awk.
+        fields = (
+            row.task_id,
+            row.task_name,
+            _fraction(row),
+            f"{row.age(now):.1f}s",
+            _state(app, row, row.age(now)),
+            row.hostname or "-",
+            json.dumps(row.details, default=str),
+        )
+        click.echo("\t".join(one_line(str(f)) for f in fields))
+        return
+    table(
+        "Running jobs with a heartbeat",
+        ("task id", "task", "progress", "last beat", "state", "worker", "details"),
+        [
+            (
+                row.task_id,
+                row.task_name,
+                _fraction(row),
+                f"{row.age(now):.1f}s ago",
+                _state(app, row, row.age(now)),
+                row.hostname or "-",
+                json.dumps(row.details, default=str),
+            )
+            for row in found
+        ],
+    )
+
+
+def _described(app: Any, row: Progress, now: Any) -> dict[str, Any]:
+    age = row.age(now)
+    return {**row.to_dict(), "age": round(age, 3), "state": _state(app, row, age)}
+
+
+def _show(app: Any, row: Progress, now: Any) -> None:
+    console = Console()
+    out = Table.grid(padding=(0, 2))
+    out.add_column(justify="right", style="bold")
+    out.add_column()
+    bar: Any = ProgressBar(total=1.0, completed=row.progress or 0.0, width=40)
+    out.add_row("task", f"{row.task_name}[{row.task_id}]")
+    out.add_row("progress", bar if row.progress is not None else "-")
+    out.add_row("", _fraction(row))
+    out.add_row("last beat", f"{row.age(now):.1f}s ago ({when(row.beat_at)} UTC)")
+    out.add_row("state", _state(app, row, row.age(now)))
+    out.add_row("started", f"{when(row.started_at)} UTC")
+    out.add_row("worker", f"{row.hostname or '-'} (pid {row.pid})")
+    for key, value in row.details.items():
+        out.add_row(str(key), json.dumps(value, default=str))
+    console.print(out)
