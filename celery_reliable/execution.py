@@ -386,6 +386,8 @@ class Execution:
         """The label of ``autoretry_for`` when ``exc`` is one of its classes: Celery's
         wrapper retried it (or gave up on it). A ``self.retry(exc=...)`` of the body
         with such an exception counts too: the two cannot be told apart."""
+        if exc is None:  # self.retry() with no exception: no rule's
+            return None
         autoretry = type(self.task).reliable_autoretry()
         if (
             autoretry is None
