@@ -35,6 +35,9 @@ class Decision:
     rule: Rule | None = None
     #: The counters the re-published message carries (RETRIED, SNOOZED).
     counters: Counters | None = None
+    #: The label of what decided it (``OutcomeEvent.rule``): a rule's, or that of
+    #: ``autoretry_for`` or ``idempotency_key``; None when no declaration did.
+    label: str | None = None
 
 
 def describe_exc(exc: BaseException) -> str:
@@ -59,6 +62,8 @@ def snooze(
     exc: BaseException | None,
     counters: Counters,
     max_snoozes: int,
+    *,
+    label: str | None = None,
 ) -> Decision:
     """SNOOZED, unless the job already snoozed ``max_snoozes`` times: then DISCARDED."""
     if counters.snoozes >= max_snoozes:
@@ -67,8 +72,16 @@ def snooze(
             f"snoozed {counters.snoozes} times, the limit (max_snoozes={max_snoozes}); "
             f"last: {reason}",
             exc,
+            label=label,
         )
-    return Decision(Outcome.SNOOZED, reason, exc, retry_in=seconds, counters=counters.with_snooze())
+    return Decision(
+        Outcome.SNOOZED,
+        reason,
+        exc,
+        retry_in=seconds,
+        counters=counters.with_snooze(),
+        label=label,
+    )
 
 
 def decide_exception(
@@ -80,19 +93,25 @@ def decide_exception(
     max_snoozes: int,
     unclassified: RetryRule | None,
     celery_gave_up: str | None = None,
+    celery_rule: str | None = None,
 ) -> Decision:
     """The body raised ``exc``.
 
     ``unclassified`` is the rule for exceptions no declaration matches (None: FAILED).
     ``celery_gave_up`` is set when Celery's own ``autoretry_for`` spent ``max_retries``
-    on ``exc``: Celery's budget, kept under ReliableTask, ends the job EXHAUSTED.
+    on ``exc``: Celery's budget, kept under ReliableTask, ends the job EXHAUSTED;
+    ``celery_rule`` is then the label of that ``autoretry_for``.
     """
     if isinstance(exc, LeaseLost):
         return snooze(LEASE_LOST_SNOOZE, describe_exc(exc), exc, counters, max_snoozes)
     rule = policy.classify(exc)
     if rule is None and celery_gave_up is not None:
         return Decision(
-            Outcome.EXHAUSTED, f"{describe_exc(exc)} ({celery_gave_up})", exc, report=True
+            Outcome.EXHAUSTED,
+            f"{describe_exc(exc)} ({celery_gave_up})",
+            exc,
+            report=True,
+            label=celery_rule,
         )
     if rule is None:
         rule = unclassified
@@ -104,9 +123,16 @@ def decide_exception(
 def apply_rule(rule: Rule, exc: Exception, counters: Counters, attempt: int) -> Decision:
     """What ``rule`` makes of ``exc`` on execution number ``attempt``."""
     if isinstance(rule, CancelRule):
-        return Decision(Outcome.CANCELLED, describe_exc(exc), exc, rule=rule)
+        return Decision(Outcome.CANCELLED, describe_exc(exc), exc, rule=rule, label=rule.label)
     if isinstance(rule, DiscardRule):
-        return Decision(Outcome.DISCARDED, describe_exc(exc), exc, report=rule.report, rule=rule)
+        return Decision(
+            Outcome.DISCARDED,
+            describe_exc(exc),
+            exc,
+            report=rule.report,
+            rule=rule,
+            label=rule.label,
+        )
     after = counters.with_failure(rule.rule_id)
     used = after.attempts[rule.rule_id]
     if used >= rule.attempts:
@@ -116,6 +142,7 @@ def apply_rule(rule: Rule, exc: Exception, counters: Counters, attempt: int) -> 
             exc,
             report=True,
             rule=rule,
+            label=rule.label,
         )
     delay = compute_delay(rule.wait, used, exc, rule.jitter)
     reason = f"{describe_exc(exc)} (attempt {used}/{rule.attempts})"
@@ -127,4 +154,5 @@ def apply_rule(rule: Rule, exc: Exception, counters: Counters, attempt: int) -> 
         report=rule.report,
         rule=rule,
         counters=after.with_retry_note(attempt, reason),
+        label=rule.label,
     )

@@ -48,7 +48,7 @@ from celery_reliable.errors import ResultNotSerializable, StoreUnavailable, Wron
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.longrun.heartbeat import Heartbeat
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
-from celery_reliable.policy import DiscardRule, RetryRule
+from celery_reliable.policy import IDEMPOTENCY_LABEL, DiscardRule, RetryRule
 from celery_reliable.results import DUPLICATE_OF
 from celery_reliable.signals import OutcomeEvent, execution_started, task_outcome
 from celery_reliable.wiring import ensure_observers
@@ -67,6 +67,9 @@ ENDED_ATTR = "reliable_ended"
 
 #: ``Execution._claim`` found the key free: run the body.
 _OWNED = object()
+
+#: Every success decides the same: one Decision, never mutated, not built per execution.
+_SUCCEEDED = Decision(Outcome.SUCCEEDED, "")
 
 #: Results every serializer stores: not tried before they are returned (the common
 #: case costs nothing).
@@ -213,6 +216,7 @@ class Execution:
                     _retry_reason(retry),
                     retry.exc,
                     retry_in=_seconds_until(retry.when),
+                    label=self._autoretry_label(retry.exc),
                 )
             )
             raise
@@ -307,6 +311,7 @@ class Execution:
                 Decision(
                     Outcome.DUPLICATE,
                     f"idempotency key {receipt.key!r} already succeeded (task {receipt.task_id})",
+                    label=IDEMPOTENCY_LABEL,
                 )
             )
             self._release_unique(Outcome.DUPLICATE)
@@ -317,9 +322,18 @@ class Execution:
             reason = f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
             retry_in = got.retry_in(self.counters.snoozes, self.task.max_snoozes)
             return self.act(
-                decisions.snooze(retry_in, reason, None, self.counters, self.task.max_snoozes)
+                decisions.snooze(
+                    retry_in,
+                    reason,
+                    None,
+                    self.counters,
+                    self.task.max_snoozes,
+                    label=IDEMPOTENCY_LABEL,
+                )
             )
-        return self.act(Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc))
+        return self.act(
+            Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc, label=IDEMPOTENCY_LABEL)
+        )
 
     def _store_duplicate(self, value: Any, done_by: str) -> None:
         """Store SUCCESS with the stored result and, in the meta, the task id that did
@@ -363,7 +377,7 @@ class Execution:
         if self.receipt is not None:
             self.receipt.complete(retval)
         self._release_unique(Outcome.SUCCEEDED)
-        self.emit(Decision(Outcome.SUCCEEDED, ""))
+        self.emit(_SUCCEEDED)
 
     def _give_back(self, outcome: Outcome) -> None:
         """Every outcome but success releases the claim; terminal ones the unique lock."""
@@ -386,6 +400,7 @@ class Execution:
 
     def decide_exception(self, exc: Exception) -> Decision:
         task = self.task
+        gave_up = self._autoretry_gave_up(exc)
         return decisions.decide_exception(
             exc,
             policy=task._reliable_policy,
@@ -393,8 +408,24 @@ class Execution:
             attempt=self.attempt,
             max_snoozes=task.max_snoozes,
             unclassified=settings_for(task.app).unclassified_rule,
-            celery_gave_up=self._autoretry_gave_up(exc),
+            celery_gave_up=gave_up,
+            celery_rule=None if gave_up is None else self._autoretry_label(exc),
         )
+
+    def _autoretry_label(self, exc: BaseException | None) -> str | None:
+        """The label of ``autoretry_for`` when ``exc`` is one of its classes: Celery's
+        wrapper retried it (or gave up on it). A ``self.retry(exc=...)`` of the body
+        with such an exception counts too: the two cannot be told apart."""
+        if exc is None:  # self.retry() with no exception: no rule's
+            return None
+        autoretry = type(self.task).reliable_autoretry()
+        if (
+            autoretry is None
+            or not isinstance(exc, autoretry.exc_types)
+            or isinstance(exc, autoretry.excluded)
+        ):
+            return None
+        return autoretry.label
 
     def _autoretry_gave_up(self, exc: Exception) -> str | None:
         """Celery's ``autoretry_for`` re-raises the error once its budget is spent
@@ -525,6 +556,7 @@ class Execution:
                 decision.exc,
                 report=decision.report,
                 rule=decision.rule,
+                label=decision.label,
             )
             self.emit(fallback)
             raise Reject(error, requeue=True)
@@ -534,6 +566,7 @@ class Execution:
             decision.exc if decision.exc is not None else error,
             report=True,
             rule=decision.rule,
+            label=decision.label,
         )
         self.emit(failed)
         exc = failed.exc
@@ -637,6 +670,7 @@ class Execution:
             report=decision.report,
             queue=self.queue,
             request=self.request,
+            rule=decision.label,
         ).send()
 
 

@@ -34,6 +34,11 @@ RULES_ATTR = "__reliable_rules__"
 DEFAULT_WAIT = exponential()
 #: Default ``retry_on`` attempts (Active Job's default).
 DEFAULT_ATTEMPTS = 5
+#: ``OutcomeEvent.rule`` of an unclassified exception retried by the app's setting.
+UNCLASSIFIED_LABEL = 'reliable_unclassified="retry"'
+#: ``OutcomeEvent.rule`` when the task's ``idempotency_key`` decided (DUPLICATE, a key
+#: in progress elsewhere, a key reused with other arguments).
+IDEMPOTENCY_LABEL = "idempotency_key"
 
 _T = TypeVar("_T")
 
@@ -44,6 +49,15 @@ def _qualified(exc_type: type[BaseException]) -> str:
 
 def _short(exc_type: type[BaseException]) -> str:
     return exc_type.__qualname__
+
+
+def rule_label(kind: str, exc_types: Iterable[type[BaseException]]) -> str:
+    """A rule's short, stable name: ``retry_on(ConnectionError, TimeoutError)``.
+
+    Carried by each ``OutcomeEvent`` a rule decided (``event.rule``) and printed by the
+    rule coverage of the test plugin; built once per rule, never per execution.
+    """
+    return f"{kind}({', '.join(_short(t) for t in exc_types)})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,8 +71,14 @@ class RetryRule:
     report: bool = False
     on_exhausted: Callback | None = None
     rule_id: str = ""
+    #: Its name in ``OutcomeEvent.rule``; derived from the classes when not given.
+    label: str = ""
 
     kind = "retry"
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", rule_label("retry_on", self.exc_types))
 
     def describe(self) -> str:
         names = ", ".join(_short(t) for t in self.exc_types)
@@ -75,8 +95,12 @@ class DiscardRule:
     exc_types: tuple[type[BaseException], ...]
     report: bool = False
     on_discard: Callback | None = None
+    label: str = field(init=False, default="")
 
     kind = "discard"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", rule_label("discard_on", self.exc_types))
 
     def describe(self) -> str:
         names = ", ".join(_short(t) for t in self.exc_types)
@@ -88,8 +112,12 @@ class CancelRule:
     """Expected conditions the job cannot fix: stop quietly, not an error."""
 
     exc_types: tuple[type[BaseException], ...]
+    label: str = field(init=False, default="")
 
     kind = "cancel"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", rule_label("cancel_on", self.exc_types))
 
     def describe(self) -> str:
         return f"cancel_on({', '.join(_short(t) for t in self.exc_types)})"
@@ -349,4 +377,6 @@ def default_retry_rule(attempts: int) -> RetryRule:
         attempts=_attempts(attempts),
         jitter=normalize_jitter(True),
         rule_id="default",
+        # Not a declaration of the task: the app's setting decided.
+        label=UNCLASSIFIED_LABEL,
     )

@@ -79,6 +79,13 @@ class OutcomeEvent(NamedTuple):
     queue: str | None
     #: Celery's request context of the execution.
     request: Any
+    #: What decided the outcome, as the task declared it: ``retry_on(ConnectionError)``,
+    #: ``discard_on(ValueError)``, ``cancel_on(Order.DoesNotExist)``,
+    #: ``autoretry_for(IOError)``, ``idempotency_key``, or
+    #: ``reliable_unclassified="retry"`` (the app's setting); None when no declaration
+    #: did (a success, an unclassified failure, ``Snooze``/``Cancel``/``Discard``,
+    #: ``self.retry()``). Not among the signal's keyword arguments.
+    rule: str | None = None
 
     @property
     def task_name(self) -> str:

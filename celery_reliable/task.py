@@ -23,6 +23,7 @@ from celery_reliable import options as task_options
 from celery_reliable import wiring
 from celery_reliable.backoff import exponential
 from celery_reliable.compat.app_task_class import with_app_task_class
+from celery_reliable.compat.autoretry import Autoretry
 from celery_reliable.compat.celery_internals import task_stack
 from celery_reliable.config import refuse_a_changed_database_url, settings_for
 from celery_reliable.errors import StoreUnavailable
@@ -109,6 +110,9 @@ class ReliableTask(Task):  # type: ignore[type-arg]
 
     #: The app's task class defines ``__call__``: the body runs through it.
     _reliable_app_call: ClassVar[bool] = False
+
+    #: ``reliable_autoretry()``'s answer, kept per class once read.
+    _reliable_autoretry: ClassVar[tuple[Autoretry | None]]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         # Celery instantiates each task class once: that instance is also of the app's
@@ -362,6 +366,16 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     def reliable_rules(cls) -> list[Rule]:
         """The task's effective declarations, for reports and audits."""
         return cls._reliable_policy.rules
+
+    @classmethod
+    def reliable_autoretry(cls) -> Autoretry | None:
+        """Celery's ``autoretry_for`` of this task class as autoretry.py reads it; read
+        once per class, at its first retry (the options are all set by then)."""
+        read: tuple[Autoretry | None] | None = cls.__dict__.get("_reliable_autoretry")
+        if read is None:
+            read = (Autoretry.of(cls),)
+            cls._reliable_autoretry = read
+        return read[0]
 
 
 class OutcomeEagerResult(EagerResult):  # type: ignore[type-arg]

@@ -21,11 +21,13 @@ def doc_files() -> list[Path]:
     return [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 
 
-def marked_block(path: Path, name: str) -> str:
-    """The one ```python block between ``<!-- name -->`` and ``<!-- /name -->``."""
+def marked_block(path: Path, name: str, language: str = "python") -> str:
+    """The one ```python block (or ```text, ...) between ``<!-- name -->`` and
+    ``<!-- /name -->``."""
     text = path.read_text()
     region = text[text.index(f"<!-- {name} -->") : text.index(f"<!-- /{name} -->")]
-    start = region.index("```python\n") + len("```python\n")
+    fence = f"```{language}\n"
+    start = region.index(fence) + len(fence)
     return _dedent_block(region[start : region.rindex("```")])
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from celery_reliable.policy import RetryStep
+from celery_reliable.policy import RetryStep, rule_label
 
 #: Celery's ``retry_backoff_max`` default (seconds).
 BACKOFF_MAX = 600
@@ -49,6 +49,8 @@ class Autoretry:
     countdown_source: str
     #: ``retry_kwargs`` sets an ``eta``: the delays are not known ahead.
     eta: bool = False
+    #: Its name in ``OutcomeEvent.rule``: ``autoretry_for(ConnectionError)``.
+    label: str = ""
 
     kind = "autoretry_for"
 
@@ -78,6 +80,7 @@ class Autoretry:
             countdown=float(countdown or 0),
             countdown_source=source,
             eta=kwargs.get("eta") is not None and not backoff,
+            label=rule_label("autoretry_for", exc_types),
         )
 
     @property

@@ -2,16 +2,36 @@
 
 Modelled on structlog's ``capture_logs``: a context manager that yields a list, fills
 it while the block runs and disconnects in ``finally``, whatever the block raised.
+:func:`listen_outcomes` is the machinery under it, shared with the plugin's rule
+coverage (``rule_coverage.py``), which keeps a summary of each event, not the event.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from celery_reliable.signals import OutcomeEvent, task_outcome
+
+
+@contextmanager
+def listen_outcomes(receive: Callable[[OutcomeEvent], None], name: str) -> Iterator[None]:
+    """Call ``receive(event)`` for every ``task_outcome`` sent in this process inside
+    the block, from whichever thread sent it; ``name`` tells the listener apart among
+    the signal's receivers."""
+
+    def hear(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
+        if event is not None:
+            receive(event)
+
+    uid = f"celery_reliable.testing.{name}:{id(hear)}"
+    task_outcome.connect(hear, weak=False, dispatch_uid=uid)
+    try:
+        yield
+    finally:
+        task_outcome.disconnect(dispatch_uid=uid)
 
 
 @contextmanager
@@ -26,14 +46,9 @@ def capture_outcomes() -> Iterator[list[OutcomeEvent]]:
     seen: list[OutcomeEvent] = []
     lock = threading.Lock()
 
-    def hear(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
-        if event is not None:
-            with lock:
-                seen.append(event)
+    def keep(event: OutcomeEvent) -> None:
+        with lock:
+            seen.append(event)
 
-    uid = f"celery_reliable.testing.capture_outcomes:{id(seen)}"
-    task_outcome.connect(hear, weak=False, dispatch_uid=uid)
-    try:
+    with listen_outcomes(keep, "capture_outcomes"):
         yield seen
-    finally:
-        task_outcome.disconnect(dispatch_uid=uid)

@@ -23,6 +23,10 @@ Fixtures:
 Around every test it keeps what is published (``celery_reliable.testing.capture``),
 for ``assert_enqueued``, ``refute_enqueued``, ``all_enqueued`` and ``drain``.
 
+``--reliable-rules[=strict]`` prints which declared rule of each ReliableTask the
+session exercised, and under ``strict`` fails it when one never was
+(``celery_reliable.testing.rule_coverage``).
+
 It defines no Celery worker or app fixture, so it lives beside ``celery.contrib.pytest``
 and pytest-celery alike.
 """
@@ -58,6 +62,36 @@ def _setting(app: Celery, name: str, value: Any) -> Iterator[None]:
             conf.pop(key, None)
         else:
             conf[key] = before
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from celery_reliable.testing.rule_coverage import REPORT, STRICT
+
+    parser.getgroup("celery_reliable").addoption(
+        "--reliable-rules",
+        nargs="?",
+        const=REPORT,
+        default=None,
+        choices=(REPORT, STRICT),
+        metavar="strict",
+        help="print which declared rule (retry_on, discard_on, cancel_on, autoretry_for, "
+        "idempotency_key) of each ReliableTask the session exercised; =strict also fails "
+        "the session when one never was",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mode = config.getoption("reliable_rules", None)
+    if mode is None or hasattr(config, "workerinput"):
+        return  # off; or a pytest-xdist worker, refused by the controller below
+    if getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError(
+            "--reliable-rules hears the executions of one pytest process; pytest-xdist "
+            "spreads them over several: run it without -n"
+        )
+    from celery_reliable.testing.rule_coverage import RuleCoveragePlugin
+
+    config.pluginmanager.register(RuleCoveragePlugin(mode), "celery_reliable_rule_coverage")
 
 
 def _forget_observers(app: Celery) -> None:

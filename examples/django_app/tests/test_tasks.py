@@ -5,10 +5,12 @@ connections of their own: these tests commit (``transaction=True``) and the
 ``reliable_db`` fixture empties the store's tables for each test.
 """
 
+import socket
 import time
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 from orders.models import GatewayCall, Order, Payment, Stock
 from orders.services import place_order
@@ -30,6 +32,30 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 @pytest.fixture
 def order():
     return Order.objects.create(email="ada@example.com", sku="tea", amount_cents=1200)
+
+
+@pytest.fixture
+def database_gone(tmp_path):
+    """The shop's database goes away, as when its server restarts: Django's connection
+    is closed, and the next query reconnects to where no database is (a file in a
+    directory that does not exist; a port nothing listens on). The driver's own error
+    is what the task meets: Django's OperationalError. celery_reliable's store keeps
+    the connections it opened before (its dead letters are still written)."""
+    before = connection.settings_dict
+    connection.close()
+    if connection.vendor == "sqlite":
+        gone = {**before, "NAME": str(tmp_path / "gone" / "shop.sqlite3")}
+    else:
+        with socket.socket() as probe:  # a port that was free a moment ago
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        gone = {**before, "HOST": "127.0.0.1", "PORT": str(port)}
+    connection.settings_dict = gone
+    try:
+        yield
+    finally:
+        connection.close()
+        connection.settings_dict = before
 
 
 # --- charge_payment -------------------------------------------------------------------
@@ -120,6 +146,14 @@ def test_an_invalid_address_is_discarded(mailoutbox):
     assert mailoutbox == []
 
 
+def test_a_confirmation_of_a_deleted_order_is_cancelled(mailoutbox):
+    done = perform_task(send_order_confirmation, args=(123456,))
+
+    assert done.outcome is Outcome.CANCELLED
+    assert "DoesNotExist" in done.reason
+    assert mailoutbox == []
+
+
 def test_an_smtp_timeout_is_retried(order, settings):
     settings.EMAIL_BACKEND = "tests.mail.TimeoutBackend"
 
@@ -154,6 +188,14 @@ def test_inventory_sync_sets_the_stock():
     assert Stock.objects.get(sku="pot").quantity == 3
 
 
+def test_a_sync_is_retried_while_the_database_is_gone(database_gone):
+    done = perform_task(sync_inventory, args=("pot",))
+
+    assert done.outcome is Outcome.RETRIED
+    assert isinstance(done.exc, OperationalError)
+    assert 1 <= done.retry_in <= 1.15  # exponential(): 1 s, plus jitter
+
+
 def test_an_unknown_sku_is_an_error_nobody_declared():
     done = perform_task(sync_inventory, args=("kettle",))
 
@@ -172,6 +214,20 @@ def test_abandoned_orders_are_forgotten_every_hour(order):
     assert list(Order.objects.values_list("pk", flat=True)) == [order.pk]
     entry = app.conf.beat_schedule["forget-abandoned-orders"]
     assert (entry["task"], entry["schedule"]) == (forget_abandoned_orders.name, 3600.0)
+
+
+def test_forgetting_orders_is_retried_then_exhausted_while_the_database_is_gone(
+    database_gone, reliable_db
+):
+    first = perform_task(forget_abandoned_orders)
+    last = perform_task(forget_abandoned_orders, attempt=3)
+
+    assert first.outcome is Outcome.RETRIED
+    assert isinstance(first.exc, OperationalError)
+    assert last.outcome is Outcome.EXHAUSTED
+    assert "attempts exhausted: 3/3" in last.reason
+    [letter] = reliable_db.dead_letters.list()
+    assert (letter.task_name, letter.outcome) == (forget_abandoned_orders.name, "exhausted")
 
 
 # --- what operations sees ---------------------------------------------------------------
