@@ -13,18 +13,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from celery_reliable.cli.common import as_json, one_line, store_errors, store_of, table, when
-from celery_reliable.options import heartbeat_grace
+from celery_reliable.longrun.progress import stale_after
 from celery_reliable.store.progress import Progress
 from celery_reliable.store.timeutil import utcnow
-
-
-def stale_after(app: Any, task_name: str) -> float | None:
-    """Seconds without a beat after which the job's worker is presumed gone: its
-    heartbeat_timeout and grace (it would have been ended by then), plus the second
-    between two writes. None for a task this app does not know."""
-    task = app.tasks.get(task_name)
-    timeout = getattr(task, "_reliable_heartbeat_timeout", None)
-    return None if timeout is None else timeout + heartbeat_grace(timeout) + 1.0
 
 
 def _fraction(row: Progress) -> str:

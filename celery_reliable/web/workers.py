@@ -1,6 +1,7 @@
 """Workers: what each worker runs now, holds reserved and keeps scheduled (ETA and
 countdown), asked with Celery's own remote control (``inspect``), as Sidekiq's Busy
-and Scheduled pages show them."""
+and Scheduled pages show them; and, from the store, the last heartbeat of every
+running job with one (its progress), which needs no worker to answer."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from celery_reliable.config import settings_for
+from celery_reliable.errors import StoreUnavailable
+from celery_reliable.longrun.progress import Progress, running, stale_after
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.web.common import celery_app, render
 
@@ -27,6 +30,8 @@ INSPECT_TIMEOUT = 1.0
 #: Longest the page waits for the broker before it says so.
 BROKER_TIMEOUT = 5.0
 QUESTIONS = ("active", "reserved", "scheduled")
+#: Running jobs with a heartbeat shown at most.
+BEATS_SHOWN = 200
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,21 @@ class Worker:
     scheduled: list[Job] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Beating:
+    """A running job's last heartbeat, as the page shows it."""
+
+    beat: Progress
+    age: float
+    #: ``stale: ...`` when its worker seems gone (``cli/progress.py``), else None.
+    stale: str | None
+
+
 async def workers_page(request: Request) -> Response:
     app = celery_app(request)
     error = None
     workers: list[Worker] = []
+    beating, beats_error = await anyio.to_thread.run_sync(_beating, app)
     try:
         with anyio.fail_after(BROKER_TIMEOUT):
             answers = await anyio.to_thread.run_sync(_ask, app, abandon_on_cancel=True)
@@ -68,7 +84,30 @@ async def workers_page(request: Request) -> Response:
         error=error,
         now=utcnow(),
         timeout=INSPECT_TIMEOUT,
+        beating=beating,
+        beats_error=beats_error,
     )
+
+
+def _beating(app: Celery) -> tuple[list[Beating], str | None]:
+    """The running jobs with a heartbeat; an error line instead when the store cannot
+    say (the page still shows what the workers answered)."""
+    try:
+        beats = running(app, limit=BEATS_SHOWN)
+    except StoreUnavailable as exc:
+        return [], f"heartbeats not read: the store is unavailable ({exc})"
+    now = utcnow()
+    shown = []
+    for beat in beats:
+        age = beat.age(now)
+        limit = stale_after(app, beat.task_name)
+        stale = (
+            f"no beat for {age:.0f} s: its worker may be gone"
+            if limit is not None and age > limit
+            else None
+        )
+        shown.append(Beating(beat, age, stale))
+    return shown, None
 
 
 def _ask(app: Celery) -> dict[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -601,3 +601,48 @@ def test_the_mount_example_of_the_docs(tmp_path: Any, monkeypatch: pytest.Monkey
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_workers_page_shows_the_progress_of_jobs_with_a_heartbeat(server: str, store: Any) -> None:
+    """From the store, with or without a worker answering: a job that beats shows its
+    progress and details; one whose worker stopped beating long ago is marked stale."""
+    import sqlalchemy as sa
+
+    from celery_reliable.store.schema import progress
+    from celery_reliable.store.timeutil import utcnow
+
+    started = utcnow()
+    store.progress.beat(
+        "job-live",
+        "web.import_rows",
+        "w1@host",
+        101,
+        started,
+        0.42,
+        {"row": 4200, "note": "<b>x</b>"},
+    )
+    store.progress.beat("job-gone", "web.import_rows", "w2@host", 202, started, 0.1, {"row": 7})
+    with store.engine.begin() as connection:  # w2 died ten minutes ago
+        connection.execute(
+            sa.update(progress)
+            .where(progress.c.task_id == "job-gone")
+            .values(beat_at=utcnow() - timedelta(minutes=10))
+        )
+    try:
+        page = Client(server).get("/workers")
+        assert page.status == 200
+        section = re.search(
+            r'<section class="panel" id="heartbeats">(.*?)</section>', page.text, re.S
+        )
+        assert section is not None
+        rows = dict(re.findall(r'<tr id="beat-\d+" class="(\w+)">(.*?)</tr>', section[1], re.S))
+        assert set(rows) == {"beating", "stale"}
+        live, gone = rows["beating"], rows["stale"]
+        assert "job-live" in live and '<progress max="1" value="0.42"></progress> 42%' in live
+        assert "w1@host" in live and '"row": 4200' in live
+        assert "<b>x</b>" not in page.text  # details are data, never markup
+        assert "job-gone" in gone and "its worker may be gone" in gone
+    finally:
+        store.progress.finish("job-live")
+        store.progress.finish("job-gone")
+    assert "None: no job with a" in Client(server).get("/workers").text

@@ -93,3 +93,16 @@ def slow(order_id: int) -> None:
             timeout=20,
             interval=0.1,
         )
+
+
+@app.task(
+    base=ReliableTask,
+    shared=False,
+    name="web.import_rows",
+    timeout=3600,
+    heartbeat_timeout=30,
+    waive={"idempotency": "a test"},
+)
+def import_rows(rows: int) -> None:
+    """A long job with a heartbeat: the workers page shows its progress (the test
+    writes its beats to the store itself)."""
