@@ -483,10 +483,14 @@ class Execution:
         raise exc
 
     def _store_retry_first(self, decision: Decision) -> bool:
+        return self.store_retry_first(decision.exc)
+
+    def store_retry_first(self, exc: BaseException | None) -> bool:
         """Store RETRY before the retry message exists, where Celery can then be told
         not to store it again (5.6+). Celery stores it after the re-publish: a retry
         that ended within its few milliseconds had its FAILURE or SUCCESS overwritten
-        by this run's RETRY, and the job looked stuck in RETRY for good."""
+        by this run's RETRY, and the job looked stuck in RETRY for good. Our own
+        retries and ``self.retry()`` (``autoretry_for`` too: task.py) both come here."""
         task, request = self.task, self.request
         if (
             request.is_eager
@@ -495,7 +499,6 @@ class Execution:
             or task.store_errors_even_if_ignored  # Celery would store it anyway
         ):
             return False
-        exc = decision.exc
         if not isinstance(exc, Exception) or request.id is None:
             return False
         try:

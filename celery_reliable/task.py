@@ -8,6 +8,7 @@ and sends one signal.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -199,6 +200,43 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             else:
                 cls._reliable_lease = lease_seconds(hard)
         wiring.install(app)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        *more: Any,
+        **options: Any,
+    ) -> Any:
+        """Celery's ``self.retry()`` (and ``autoretry_for``, which calls it), with the
+        RETRY state stored before the retry is published, as for a ``retry_on`` rule:
+        Celery stores it after, and a retry that ended within those milliseconds had
+        its final state overwritten by this run's RETRY (``execution.py``)."""
+        from celery.exceptions import Retry
+
+        execution = current_execution()
+        given = (
+            more[2] if len(more) > 2 else options.get("max_retries")
+        )  # (eta, countdown, max_retries)
+        limit = self.max_retries if given is None else given  # None: the task's, as Celery reads it
+        stored = (
+            throw
+            and execution is not None
+            and execution.request is self.request
+            # Past its max_retries Celery raises instead: FAILURE is stored, not RETRY.
+            and (limit is None or (self.request.retries or 0) < limit)
+            and execution.store_retry_first(exc if exc is not None else sys.exc_info()[1])
+        )
+        try:
+            return super().retry(args, kwargs, exc, throw, *more, **options)
+        except Retry:
+            if stored:
+                # After the publish (whose options copy ignore_result from the
+                # request): the tracer's own RETRY store is skipped.
+                self.request.ignore_result = True
+            raise
 
     def heartbeat(self, progress: float | None = None, **details: Any) -> None:
         """The body is alive: call it at least every ``heartbeat_timeout`` seconds.

@@ -49,6 +49,12 @@ def define(app: Any) -> SimpleNamespace:
         bump(key)
         raise TransientError("autoretry me")
 
+    @app.task(shared=False, base=ReliableTask, bind=True, name="c.retry_once", max_retries=1)
+    def retry_once(self: ReliableTask, key: str) -> None:
+        if bump(key) == 1:
+            raise self.retry(exc=TransientError("once more"), countdown=0)
+        raise TransientError("still broken")
+
     @app.task(
         shared=False,
         base=ReliableTask,
@@ -363,3 +369,32 @@ def test_a_task_that_is_its_own_errback_has_one_outcome(env: Any, outcomes: Any)
         assert "1 arguments" in events[0].reason
     finally:
         task_postrun.disconnect(after)
+
+
+def test_a_retry_that_ends_first_keeps_its_final_state(env: Any) -> None:
+    """``self.retry()`` publishes the retry, and Celery stores RETRY after that: the
+    retry may end (and store FAILURE) first. Here it always does: the first run's
+    RETRIED outcome waits for the retry's outcome before the tracer goes on. The final
+    state stays FAILURE (RETRY is stored before the publish, and only then)."""
+    from celery_reliable.signals import task_outcome
+
+    k = key()
+    retry_ended = threading.Event()
+
+    def hold_the_first_run(sender: Any = None, event: Any = None, **_: Any) -> None:
+        if event is None or event.task_name != "c.retry_once":
+            return
+        if event.outcome is Outcome.RETRIED:
+            assert retry_ended.wait(10), "the retry never ended"
+        else:
+            retry_ended.set()
+
+    task_outcome.connect(hold_the_first_run, weak=False)
+    try:
+        result = env.retry_once.apply_async((k,))
+        assert retry_ended.wait(15)
+        settle(env.app)  # the first run's tracer has stored what it stores
+    finally:
+        task_outcome.disconnect(hold_the_first_run)
+    assert result.state == "FAILURE", result.state
+    assert calls(k) == 2
