@@ -1,7 +1,8 @@
 """Heartbeats end a stuck execution long before its time limit, on real workers.
 
 Prefork (Celery's default) and solo: ``celery worker`` processes; the outcomes are
-written to Redis from the processes that send them (``recording.py``).
+written to Redis from the processes that send them (``tests/support/outcomes.py``).
+Every test runs on a SQLite store and on a PostgreSQL one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +21,8 @@ import redis
 from celery import Celery
 
 from celery_reliable.results import wait_for_outcome
+from celery_reliable.store import migrate, store_for
+from celery_reliable.testing import reset
 from tests.support.celery_apps import new_redis_db
 from tests.support.outcomes import recorded
 from tests.support.waiting import wait_until
@@ -33,24 +37,29 @@ def broker(redis_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('heartbeat-store') / 'store.db'}"
+def store(module_store_url: str) -> str:
+    return module_store_url
 
 
 @pytest.fixture(scope="module")
-def worker(broker: str, store: str) -> Iterator[WorkerProcess]:
-    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
-    with celery_worker("tests.support.apps.heartbeat", env, concurrency=3) as w:
-        yield w
-
-
-@pytest.fixture(scope="module")
-def app(broker: str, store: str, worker: WorkerProcess) -> Any:
+def app(broker: str, store: str) -> Any:
     os.environ["RELIABLE_TEST_BROKER"] = broker
     os.environ["RELIABLE_TEST_STORE"] = store
     from tests.support.apps import heartbeat
 
+    heartbeat.app.conf.reliable_database_url = store
+    reset(heartbeat.app)  # the module-scoped store of the other parameter was used before
+    found = store_for(heartbeat.app)
+    assert found is not None
+    migrate.upgrade(found.engine)  # PostgreSQL must be at head before a worker uses it
     return heartbeat
+
+
+@pytest.fixture(scope="module")
+def worker(broker: str, store: str, app: Any) -> Iterator[WorkerProcess]:
+    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
+    with celery_worker("tests.support.apps.heartbeat", env, concurrency=3) as w:
+        yield w
 
 
 def test_a_silent_body_is_ended_by_its_heartbeat_and_retried(
@@ -92,14 +101,17 @@ def test_a_beating_keyed_task_keeps_its_key_past_its_lease(
     app: Any, broker: str, worker: WorkerProcess
 ) -> None:
     assert app.keyed._reliable_lease == 8.0  # 1 + grace 2 + margin 5, not the time limit
-    first = app.keyed.apply_async(("o1", 10))
+    order = f"o-{uuid.uuid4().hex[:8]}"  # the broker's Redis is shared by both stores' runs
+    first = app.keyed.apply_async((order, 10))
     client = redis.Redis.from_url(broker)
     # Its body runs: it holds the key.
-    wait_until(lambda: client.get("running:o1") == first.id.encode(), "the first job to start")
-    second = app.keyed.apply_async(("o1", 10))
-    assert first.get(timeout=60) == "done o1", worker.output
-    assert second.get(timeout=60) == "done o1", worker.output
-    assert redis.Redis.from_url(broker).get("effects:o1") == b"1"
+    wait_until(
+        lambda: client.get(f"running:{order}") == first.id.encode(), "the first job to start"
+    )
+    second = app.keyed.apply_async((order, 10))
+    assert first.get(timeout=60) == f"done {order}", worker.output
+    assert second.get(timeout=60) == f"done {order}", worker.output
+    assert client.get(f"effects:{order}") == b"1"
     outcomes = [e["outcome"] for e in recorded(broker, second.id, 2)]
     assert outcomes[0] == "snoozed" and outcomes[-1] == "duplicate", outcomes
     assert [e["outcome"] for e in recorded(broker, first.id, 1)] == ["succeeded"]
@@ -139,7 +151,8 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
 ) -> None:
     from celery_reliable.longrun.progress import progress_of
 
-    result = app.import_rows.apply_async((1000, "stop:progress"))
+    stop = f"stop:{uuid.uuid4().hex}"  # the broker's Redis is shared by both stores' runs
+    result = app.import_rows.apply_async((1000, stop))
     seen = wait_until(
         lambda: (p := progress_of(app.app, result.id)) is not None and (p.progress or 0) > 0 and p,
         "a heartbeat with progress in the store",
@@ -158,7 +171,7 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     assert data["task_id"] == result.id and 0 < data["progress"] < 1
     listed = cli(broker, store, "progress")
     assert result.id in listed.stdout
-    redis.Redis.from_url(broker).set("stop:progress", 1)
+    redis.Redis.from_url(broker).set(stop, 1)
     stopped_at = result.get(timeout=30)
     assert 1 <= stopped_at < 1000
     # It ended: its row is gone, and the command says so in one line.
