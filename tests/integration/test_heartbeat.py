@@ -179,3 +179,39 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     gone = cli(broker, store, "progress", result.id)
     assert gone.returncode == 1
     assert "no heartbeat recorded for" in gone.stderr
+
+
+def test_a_whole_worker_killed_mid_beat_frees_its_key_within_its_lease(
+    redis_url: str, store: str, app: Any
+) -> None:
+    from celery_reliable.longrun.progress import progress_of
+
+    """The host is lost (main process and pool SIGKILLed) while a keyed task beats: the
+    message is rescued after the visibility timeout, and the key, whose lease the beats
+    kept at heartbeat_timeout + grace + 5 s, is taken over once that runs out from the
+    last beat, not after a time limit. The effect is written once."""
+    broker = new_redis_db(redis_url)  # not the module's worker's
+    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
+    client = Celery("kill-client", broker=broker, backend=broker, set_as_current=False)
+    effects = redis.Redis.from_url(broker)
+    order = f"k-{uuid.uuid4().hex[:8]}"
+    with celery_worker(
+        "tests.support.apps.heartbeat", env, concurrency=1, new_session=True
+    ) as doomed:
+        result = client.send_task("hb.keyed_until_released", (order,))
+        wait_until(lambda: effects.llen(f"runs:{order}") == 1, "the first run to beat")
+        # A beat reached the store: the lease now runs from the beats.
+        wait_until(lambda: progress_of(app.app, result.id), "a beat in the store")
+        with celery_worker("tests.support.apps.heartbeat", env, concurrency=1) as rescuer:
+            killed_at = time.monotonic()
+            doomed.kill_group()
+            effects.set(f"release:{order}", 1)
+            assert result.get(timeout=90) == f"done {order}", rescuer.output
+            took = time.monotonic() - killed_at
+    assert effects.get(f"effects:{order}") == b"1"
+    runs = effects.lrange(f"runs:{order}", 0, -1)
+    assert len(runs) == 2 and runs[0] != runs[1], runs  # the rescuer ran it, once
+    lease = app.keyed_until_released._reliable_lease  # 1 + 2 + 5
+    bound = app.VISIBILITY_TIMEOUT + 2.0 + lease + 10.0  # rescue interval; snooze steps
+    assert took < bound, (took, rescuer.output)
+    assert "took over idempotency key" in rescuer.output

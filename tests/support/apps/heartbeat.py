@@ -16,11 +16,15 @@ from celery_reliable.backoff import fixed
 from tests.support.apps.config import helper_app
 from tests.support.outcomes import record_outcomes_to
 
+VISIBILITY_TIMEOUT = 5.0
+
 app = helper_app(
     "heartbeat_app",
     defaults={"reliable_database_url": "sqlite:///:memory:"},
     worker_prefetch_multiplier=1,
     task_acks_late=True,
+    # A whole worker that dies: its message is rescued within this and a rescue interval.
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
 )
 
 record_outcomes_to(app.conf.broker_url)
@@ -87,3 +91,21 @@ def import_rows(self: ReliableTask, rows: int, until: str) -> int:
             return n
         time.sleep(0.1)  # the work on one row
     return rows
+
+
+@app.task(
+    base=ReliableTask,
+    name="hb.keyed_until_released",
+    bind=True,
+    heartbeat_timeout=1,
+    idempotency_key="released:{order}",
+)
+def keyed_until_released(self: ReliableTask, order: str) -> str:
+    """Beats until the test releases the order (Redis key ``release:{order}``), then
+    writes its effect: the run on the worker the test kills never gets there."""
+    effects.rpush(f"runs:{order}", str(self.request.hostname))
+    while not effects.exists(f"release:{order}"):
+        self.heartbeat()
+        time.sleep(0.2)  # the work between two beats
+    effects.incr(f"effects:{order}")
+    return f"done {order}"
