@@ -17,12 +17,9 @@ Figures are the median of R rounds; JSON goes to stdout.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +29,7 @@ from celery.app.trace import build_tracer, setup_worker_optimizations
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.observers import measure
 from celery_reliable import ReliableTask
 from celery_reliable.longrun import board
 
@@ -71,16 +69,9 @@ def tracer(app: Celery, name: str, beats: int, **options: Any) -> Callable[[], A
 
 
 def median_us(once: Callable[[], Any], executions: int, rounds: int, per: int = 1) -> float:
-    for _ in range(min(executions, 500)):
-        once()
-    results = []
-    for _ in range(rounds):
-        gc.collect()
-        start = time.perf_counter_ns()
-        for _ in range(executions):
-            once()
-        results.append((time.perf_counter_ns() - start) / executions / per / 1000.0)
-    return statistics.median(results)
+    """µs per execution (``per``: per that many beats of one), as the observers
+    benchmark measures it."""
+    return measure(once, executions, rounds) / per
 
 
 def main(argv: list[str] | None = None) -> int:

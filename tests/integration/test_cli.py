@@ -4,9 +4,6 @@ a real Redis broker and real SQLite and PostgreSQL stores."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +14,11 @@ from celery_reliable.store import store_for
 from tests.helpers import dead_letter_fields
 from tests.support import servers
 from tests.support.celery_apps import new_redis_db
+from tests.support.cli import cli_app as run
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run(
-    broker: str, store: str, *args: str, answer: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.support.apps.cli", "reliable", *args],
-        check=False,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RELIABLE_TEST_BROKER": broker,
-            "RELIABLE_TEST_STORE": store,
-            "COLUMNS": "200",
-        },
-        capture_output=True,
-        text=True,
-        input=answer,
-        timeout=60,
-    )
 
 
 @pytest.fixture

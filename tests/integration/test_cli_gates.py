@@ -4,9 +4,7 @@ subprocess against a real broker, worker and store, and through click's runner."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +20,7 @@ from celery_reliable.store.history import MinuteCounts
 from celery_reliable.store.timeutil import utcnow
 from tests.helpers import ready_store
 from tests.support.celery_apps import new_redis_db
+from tests.support.cli import run_reliable
 from tests.support.workers import celery_worker
 
 pytestmark = pytest.mark.integration
@@ -32,15 +31,7 @@ SLOPPY = "gates.sloppy_task_with_a_name_long_enough_to_be_folded_by_rich"
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", APP, "reliable", *args],
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_reliable(APP, env, *args)
 
 
 @pytest.fixture

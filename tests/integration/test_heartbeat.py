@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,9 +23,10 @@ from celery_reliable.results import wait_for_outcome
 from celery_reliable.store import migrate, store_for
 from celery_reliable.testing import reset
 from tests.support.celery_apps import new_redis_db
+from tests.support.cli import run_reliable
 from tests.support.outcomes import recorded
 from tests.support.waiting import wait_until
-from tests.support.workers import ROOT, WorkerProcess, celery_worker
+from tests.support.workers import WorkerProcess, celery_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.prefork]
 
@@ -130,20 +130,8 @@ def test_solo_pool_ends_a_silent_body_in_its_own_process(redis_url: str, store: 
 
 
 def cli(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tests.support.apps.heartbeat", "reliable", *args],
-        check=False,
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "RELIABLE_TEST_BROKER": broker,
-            "RELIABLE_TEST_STORE": store,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
+    return run_reliable("tests.support.apps.heartbeat", env, *args)
 
 
 def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(

@@ -18,7 +18,7 @@ from celery_reliable.backoff import fixed
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
-from tests.integration.test_cli import run as cli
+from tests.support.cli import cli_app as cli
 from tests.support.workers import embedded_worker
 
 pytestmark = pytest.mark.integration
