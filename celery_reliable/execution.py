@@ -33,7 +33,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from celery.app.task import Context
 from celery.backends.base import BaseKeyValueStoreBackend, DisabledBackend
-from celery.exceptions import Ignore, MaxRetriesExceededError, Reject, Retry
+from celery.exceptions import (
+    Ignore,
+    ImproperlyConfigured,
+    MaxRetriesExceededError,
+    Reject,
+    Retry,
+)
 from celery.states import SUCCESS
 
 from celery_reliable import decisions
@@ -44,7 +50,12 @@ from celery_reliable.compat.celery_internals import (
 )
 from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
-from celery_reliable.errors import ResultNotSerializable, StoreUnavailable, WrongArguments
+from celery_reliable.errors import (
+    MissingDependency,
+    ResultNotSerializable,
+    StoreUnavailable,
+    WrongArguments,
+)
 from celery_reliable.headers import HEADER, Counters
 from celery_reliable.longrun.heartbeat import Heartbeat
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
@@ -182,7 +193,9 @@ class Execution:
         task = self.task
         try:
             store = store_for(task.app)
-        except Exception:  # a store that cannot be built: beats are not written
+        except (ImproperlyConfigured, MissingDependency):
+            # A store that cannot be built (the worker refuses to start on it; this is
+            # an eager call or a script): the beats are not written.
             store = None
         return Heartbeat(
             task.name,

@@ -50,55 +50,34 @@ def progress_command(ctx: click.Context, task_id: str | None, as_json_: bool, li
             "no heartbeat_timeout, or it has not called self.heartbeat() yet"
         )
     if as_json_:
-        as_json(
-            [
-                {
-                    **row.to_dict(),
-                    "age": round(row.age(now), 3),
-                    "state": _state(app, row, row.age(now)),
-                }
-                for row in found
-            ]
-            if not task_id
-            else {
-                **found[0].to_dict(),
-                "age": round(found[0].age(now), 3),
-                "state": _state(app, found[0], found[0].age(now)),
-            }
-        )
+        described = [_described(app, row, now) for row in found]
+        as_json(described[0] if task_id else described)
         return
     if task_id and sys.stdout.isatty():
         _show(app, found[0], now)
         return
     if task_id:
-        row = found[0]
         # Piped: one line, every value whole, for grep, cut and awk.
-        fields = (
-            row.task_id,
-            row.task_name,
-            _fraction(row),
-            f"{row.age(now):.1f}s",
-            _state(app, row, row.age(now)),
-            row.hostname or "-",
-            json.dumps(row.details, default=str),
-        )
-        click.echo("\t".join(one_line(str(f)) for f in fields))
+        click.echo("\t".join(one_line(field) for field in _fields(app, found[0], now)))
         return
     table(
         "Running jobs with a heartbeat",
         ("task id", "task", "progress", "last beat", "state", "worker", "details"),
-        [
-            (
-                row.task_id,
-                row.task_name,
-                _fraction(row),
-                f"{row.age(now):.1f}s ago",
-                _state(app, row, row.age(now)),
-                row.hostname or "-",
-                json.dumps(row.details, default=str),
-            )
-            for row in found
-        ],
+        [_fields(app, row, now, ago=" ago") for row in found],
+    )
+
+
+def _fields(app: Any, row: Progress, now: Any, ago: str = "") -> tuple[str, ...]:
+    """One job's values, as the piped line and the table's row give them."""
+    age = row.age(now)
+    return (
+        row.task_id,
+        row.task_name,
+        _fraction(row),
+        f"{age:.1f}s{ago}",
+        _state(app, row, age),
+        row.hostname or "-",
+        json.dumps(row.details, default=str),
     )
 
 
