@@ -123,6 +123,39 @@ progress = Table(
     Index("ix_reliable_progress_beat_at", "beat_at"),
 )
 
+#: One row per cancelled job (``celery reliable cancel``): persistent, unlike Celery's
+#: revoke, so a job that has not started yet ends CANCELLED when it would start, across
+#: retries and worker restarts; a running job with a heartbeat reads it at its next
+#: beat. Pruned with the receipts (``requested_at`` older than the receipt TTL).
+cancels = Table(
+    "reliable_cancels",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("reason", Text, nullable=True),
+    #: Who asked: "user@host" of the CLI, or the web view's caller.
+    Column("requested_by", String(255), nullable=True),
+    Column("requested_at", DateTime, nullable=False),
+    Index("ix_reliable_cancels_requested_at", "requested_at"),
+)
+
+#: One row per (task, job, step) of ``self.step(name)``: a job is its idempotency key
+#: when it has one, else its task id. ``cursor`` is the last ``step.advance(value)``
+#: (JSON); ``finished_at`` is set when the step's block ended without an exception, so a
+#: later execution of the same job skips it. Pruned with the receipts (``updated_at``).
+steps = Table(
+    "reliable_steps",
+    metadata,
+    Column("task_name", String(255), primary_key=True),
+    Column("job", String(255), primary_key=True),
+    Column("step", String(255), primary_key=True),
+    Column("cursor", Text, nullable=True),
+    Column("advances", Integer, nullable=False, default=0),
+    Column("started_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True),
+    Index("ix_reliable_steps_updated_at", "updated_at"),
+)
+
 #: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their
 #: columns; a last column counts the durations above the last bound.
 DURATION_BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)
