@@ -564,7 +564,7 @@ class Execution:
             what,
             error,
         )
-        if self.task.acks_late:
+        if self.message_still_ours():
             fallback = Decision(
                 decision.outcome,
                 f"{decision.reason}; re-publish failed ({error!r}), the broker redelivers "
@@ -588,6 +588,10 @@ class Execution:
         exc = failed.exc
         assert exc is not None
         raise exc
+
+    def message_still_ours(self) -> bool:
+        """Can ``Reject(requeue=True)`` still give the message back to the broker?"""
+        return bool(self.task.acks_late)
 
     def store_state(self, decision: Decision) -> None:
         """Store SNOOZED / CANCELLED / DISCARDED where Celery stores states."""

@@ -7,9 +7,12 @@ Every quarter second it reads the board's modification times (no store, no broke
   (``interrupt.py``), again every second while the silence lasts (a body that
   swallowed it and still does not beat gets it again);
 * silent past the timeout and its grace (``options.heartbeat_grace``): the body did
-  not return to Python. A prefork pool process is killed (the worker replaces it and
-  reports the execution ``FAILED``, with this reason); a thread cannot be, and an error
-  says so once.
+  not return to Python. A prefork pool process is killed the way Celery's
+  ``revoke(terminate=True)`` kills one (``Request.terminate`` on the worker's event
+  loop: the message is acked, the pool replaces the process), and the worker decides
+  the outcome from ``HeartbeatTimeout`` by the task's rules
+  (``worker/external_failures.py``): ``retry_on(HeartbeatTimeout)`` retries it. A
+  thread cannot be killed, and an error says so once.
 
 The silence is measured on the monotonic clock from when the monitor saw the file
 change, so a wall clock that jumps does not end a body that beats.
@@ -36,9 +39,9 @@ INTERVAL = 0.25
 #: Seconds between two interrupts of one silent execution.
 REPEAT = 1.0
 
-#: Executions this process killed, by task id: the reason their ``FAILED`` outcome gives
-#: (read by ``worker/external_failures.py`` when the pool reports the lost process).
-killed: dict[str, str] = {}
+#: Executions this process is killing, by task id: why, and how long they ran (read by
+#: ``worker/external_failures.py`` when Celery announces the termination).
+killed: dict[str, tuple[str, float | None]] = {}
 
 
 @dataclass
@@ -54,9 +57,16 @@ class _Watched:
 class HeartbeatMonitor:
     """Watches one worker's board; ``pool_processes`` names the pids it may kill."""
 
-    def __init__(self, path: str, pool_processes: Callable[[], set[int]]) -> None:
+    def __init__(
+        self,
+        path: str,
+        pool_processes: Callable[[], set[int]],
+        kill: Callable[[str, int, str], None] | None = None,
+    ) -> None:
         self.path = path
         self.pool_processes = pool_processes
+        #: Ends the pool process ``pid`` running task ``task_id``, for this reason.
+        self.kill = kill or _kill_process
         self._watched: dict[str, _Watched] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -142,10 +152,8 @@ class HeartbeatMonitor:
                 f"the HeartbeatTimeout raised in it did not end it within {grace:g}s (blocked "
                 "in code that does not return to Python): its pool process was killed"
             )
-            killed[entry.task_id] = reason
             logger.error("task %s[%s]: %s", entry.task_name, entry.task_id, reason)
-            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
-                os.kill(entry.pid, signal.SIGKILL)
+            self.kill(entry.task_id, entry.pid, reason)
             board.unpin(entry.path)
             return
         logger.error(
@@ -161,6 +169,45 @@ class HeartbeatMonitor:
         )
 
 
+def _kill_process(task_id: str, pid: int, reason: str) -> None:
+    """Without a worker to go through (the monitor's own tests): SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.kill(pid, signal.SIGKILL)
+
+
+def _terminate_on_loop(worker: object) -> Callable[[str, int, str], None]:
+    """Kill through Celery: ``Request.terminate`` (what ``revoke(terminate=True)``
+    runs) acks the message, tells billiard the process was ended on purpose (so the
+    pool replaces it at once, without waiting for ``worker_lost_wait``) and sends
+    ``task_revoked(terminated=True)``, where the outcome is decided. It runs on the
+    worker's event loop, where Celery acks messages (a channel is not shared across
+    threads)."""
+
+    def terminate(task_id: str, pid: int, reason: str) -> None:
+        from celery.worker import state
+
+        for request in tuple(state.active_requests):
+            if request.id == task_id and request.worker_pid == pid:
+                started = getattr(request, "time_start", None)
+                ran = time.monotonic() - started if started else None
+                killed[task_id] = (reason, ran)
+                try:
+                    request.terminate(getattr(worker, "pool", None), signal.SIGKILL)
+                finally:
+                    killed.pop(task_id, None)
+                return
+        # Not running any more: it ended between the last look and now.
+
+    def on_loop(task_id: str, pid: int, reason: str) -> None:
+        hub = getattr(worker, "hub", None)
+        if hub is None:  # no event loop (a worker without one): from this thread
+            terminate(task_id, pid, reason)
+        else:
+            hub.call_soon(terminate, task_id, pid, reason)
+
+    return on_loop
+
+
 #: The worker's attribute holding its monitor, for ``stop_monitor``.
 _WORKER_ATTR = "_reliable_heartbeats"
 
@@ -174,7 +221,7 @@ def start_monitor(worker: object, path: str) -> HeartbeatMonitor:
         info = getattr(pool, "info", None) or {}
         return {int(pid) for pid in info.get("processes") or ()}
 
-    monitor = HeartbeatMonitor(path, pool_processes)
+    monitor = HeartbeatMonitor(path, pool_processes, _terminate_on_loop(worker))
     setattr(worker, _WORKER_ATTR, monitor)
     monitor.start()
     return monitor

@@ -97,6 +97,24 @@ def test_a_body_stuck_in_c_code_is_killed_after_the_grace(
     assert app.beating.apply_async((0.1,)).get(timeout=30) == "done"
 
 
+def test_a_body_stuck_in_c_code_is_decided_by_its_rules_once_killed(
+    app: Any, broker: str, worker: WorkerProcess
+) -> None:
+    """retry_on(HeartbeatTimeout, attempts=2): the killed execution is retried (its
+    message acked, not requeued by reject_on_worker_lost), the retry killed again and
+    exhausted; two runs in all."""
+    result = app.stuck_in_c_retried.apply_async()
+    assert wait_for_outcome(result, timeout=60) == "FAILURE", worker.output
+    events = recorded(broker, result.id, 2)
+    assert [e["outcome"] for e in events] == ["retried", "exhausted"], worker.output
+    assert {e["exc_type"] for e in events} == {"HeartbeatTimeout"}
+    assert all("its pool process was killed" in e["reason"] for e in events), events
+    # The worker replaced both processes and goes on; only then is the count final.
+    assert app.beating.apply_async((0.1,)).get(timeout=30) == "done"
+    runs = redis.Redis.from_url(broker).get(f"stuck-runs:{result.id}")
+    assert runs == b"2", (runs, worker.output)
+
+
 def test_a_beating_keyed_task_keeps_its_key_past_its_lease(
     app: Any, broker: str, worker: WorkerProcess
 ) -> None:

@@ -64,6 +64,25 @@ def stuck_in_c(self: ReliableTask) -> None:
 
 @app.task(
     base=ReliableTask,
+    name="hb.stuck_in_c_retried",
+    bind=True,
+    timeout=120,
+    heartbeat_timeout=1,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+@retry_on(HeartbeatTimeout, attempts=2, wait=0.1)
+def stuck_in_c_retried(self: ReliableTask) -> None:
+    """Stuck in C on every attempt: killed, retried by its rule (not requeued by
+    ``reject_on_worker_lost``, which would run it again at once and for ever), killed
+    again, exhausted."""
+    effects.incr(f"stuck-runs:{self.request.id}")
+    self.heartbeat()
+    sum(itertools.repeat(1, 10**11))
+
+
+@app.task(
+    base=ReliableTask,
     name="hb.keyed",
     bind=True,
     heartbeat_timeout=1,
