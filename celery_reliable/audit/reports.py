@@ -1,15 +1,19 @@
 """A task's reliability report: ``celery reliable report TASK``.
 
-What the task declares (queue, limits, idempotency, unique enqueue, each rule with its
-delay schedule, Celery's own ``autoretry_for`` if it kept it, the unclassified policy,
-metrics and error reports), how it stands at the gates, and what the store saw of it
-lately (outcomes of the last 24 hours, dead letters, receipts held, the median
-duration). :func:`build_report` returns the data;
-:meth:`Report.markdown` renders it for a pull request, :meth:`Report.to_dict` as JSON.
+What the task declares (queue, limits, idempotency, unique enqueue, its heartbeat and
+the steps its body names, each rule with its delay schedule, Celery's own
+``autoretry_for`` if it kept it, the unclassified policy, metrics and error reports),
+how it stands at the gates, and what the store saw of it lately (outcomes of the last
+24 hours, dead letters, receipts held, the median duration, executions beating now).
+:func:`build_report` returns the data; :meth:`Report.markdown` renders it for a pull
+request, :meth:`Report.to_dict` as JSON.
 """
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -26,12 +30,14 @@ from celery_reliable.audit.gates import (
     format_seconds,
     reliable_task,
 )
+from celery_reliable.claims import heartbeat_lease_seconds
 from celery_reliable.compat.autoretry import Autoretry
 from celery_reliable.compat.celery_internals import time_limits
 from celery_reliable.config import ReliableSettings, as_written, settings_for
 from celery_reliable.delivery.broker import BrokerFacts
 from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
+from celery_reliable.options import heartbeat_grace
 from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, retry_schedule
 from celery_reliable.store.timeutil import utcnow
@@ -133,8 +139,42 @@ def _design(
         "broker": broker.transport,
         "visibility_timeout": broker.visibility_timeout,
         "max_snoozes": task.max_snoozes,
+        "heartbeat": _heartbeat(task),
+        "steps": step_names(task),
         "waivers": dict(waivers),
     }
+
+
+def _heartbeat(task: ReliableTask) -> dict[str, Any] | None:
+    beat = task._reliable_heartbeat_timeout
+    if beat is None:
+        return None
+    return {
+        "heartbeat_timeout": beat,
+        "grace": heartbeat_grace(beat),
+        "lease": heartbeat_lease_seconds(beat) if task._reliable_key is not None else None,
+    }
+
+
+def step_names(task: Any) -> list[str]:
+    """The names of the ``self.step("...")`` blocks in the task's body, in source order
+    (names that are not string literals are not known before it runs)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(inspect.unwrap(task.run)))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):  # no source (a C function, a REPL)
+        return []
+    found = sorted(
+        (node.lineno, node.col_offset, node.args[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "step"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
+    return list(dict.fromkeys(name for _, _, name in found))
 
 
 def _name(value: Any) -> str:
@@ -247,6 +287,7 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         summary = store.history.summary(report.task, since=since)
         dead = store.dead_letters.counts_by_outcome(report.task)
         receipts = store.receipts.counts(report.task)
+        beating = [p for p in store.progress.running(limit=1000) if p.task_name == report.task]
     except StoreUnavailable as exc:
         report.store_error = f"the store is unavailable: {exc}"
         return
@@ -261,6 +302,8 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         "max_duration": summary.duration_max if summary.duration_count else None,
         "dead_letters": {o: {"total": t, "not_retried": p} for o, (t, p) in dead.items()},
         "receipts": receipts,
+        "beating_now": len(beating),
+        "oldest_beat_age": max((p.age() for p in beating), default=None),
     }
 
 
@@ -292,6 +335,7 @@ def _markdown(report: Report) -> list[str]:
             f"- Unique enqueue: one job per ({keys}) for {_seconds(unique['period'])}, "
             f"released at {unique['release']}"
         )
+    lines += _long_task_markdown(d)
     acks = "late" if d["acks_late"] else "early"
     lost = "on" if d["reject_on_worker_lost"] else "off"
     vt = d["visibility_timeout"]
@@ -338,6 +382,32 @@ def _markdown(report: Report) -> list[str]:
     verdict = "passes every gate" if passed else "misses a gate: `check` fails"
     lines += ["", f"The task {verdict}.", ""]
     lines += _recent_markdown(report)
+    return lines
+
+
+def _long_task_markdown(d: dict[str, Any]) -> list[str]:
+    beat = d["heartbeat"]
+    if beat is None:
+        hard = _seconds(d["time_limit"])
+        lines = [
+            f"- Heartbeat: none (a body that hangs holds its worker slot until the hard "
+            f"time limit, {hard})"
+        ]
+    else:
+        timeout = beat["heartbeat_timeout"]
+        lines = [
+            f"- Heartbeat: heartbeat_timeout={timeout:g}s: a silent body gets "
+            f"HeartbeatTimeout after {_seconds(timeout)}, and on prefork its process is "
+            f"killed {_seconds(beat['grace'])} later"
+            + (
+                f"; its key's lease is {_seconds(beat['lease'])}, renewed by each beat"
+                if beat["lease"] is not None
+                else ""
+            )
+        ]
+    if d["steps"]:
+        named = ", ".join(f"`{name}`" for name in d["steps"])
+        lines.append(f"- Steps: {named} (a finished step is skipped when the job runs again)")
     return lines
 
 
@@ -442,6 +512,11 @@ def _recent_markdown(report: Report) -> list[str]:
         f"- Receipts held: {r['succeeded']} succeeded, {r['in_progress']} in progress "
         f"({r['abandoned']} abandoned, lease run out)"
     )
+    if recent["beating_now"]:
+        lines.append(
+            f"- Running with a heartbeat now: {recent['beating_now']} (the longest silent "
+            f"for {_duration(recent['oldest_beat_age'])})"
+        )
     lines.append("")
     return lines
 

@@ -236,6 +236,8 @@ def test_report_after_a_real_worker_ran_the_task(env: dict[str, str]) -> None:
         "- Queue: `celery`",
         "- Timeout: timeout=30s (soft 30s, hard 35s)",
         "- Idempotency strategy: idempotency_key 'c:{order_id}': a receipt per key in the store",
+        "- Heartbeat: none (a body that hangs holds its worker slot until the hard time "
+        "limit, 35s)",
         "- Transient, retried (retry_on): `ConnectionError`",
         "- Permanent, discarded (discard_on): `CardDeclined`",
         "| 4 | 8s | 9.2s |",

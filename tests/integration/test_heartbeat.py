@@ -177,6 +177,14 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     assert data["task_id"] == result.id and 0 < data["progress"] < 1
     listed = cli(broker, store, "progress")
     assert result.id in listed.stdout
+    report = cli(broker, store, "report", "hb.import_rows")
+    assert report.returncode == 0, report.stderr
+    for expected in (
+        "- Heartbeat: heartbeat_timeout=5s: a silent body gets HeartbeatTimeout after 5s, "
+        "and on prefork its process is killed 5s later\n",
+        "- Running with a heartbeat now: 1 (the longest silent for ",
+    ):
+        assert expected in report.stdout, report.stdout
     redis.Redis.from_url(broker).set(stop, 1)
     stopped_at = result.get(timeout=30)
     assert 1 <= stopped_at < 1000

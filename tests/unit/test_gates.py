@@ -713,3 +713,35 @@ def test_a_long_time_limit_without_a_heartbeat_is_a_warning() -> None:
     assert gate["long.short"].status is Status.PASS
     # A warning never fails check.
     assert not [r for _, r in found.misses() if r.gate == "timeout"]
+
+
+def test_the_report_names_a_tasks_heartbeat_lease_and_steps() -> None:
+    app = make_app()
+
+    @app.task(name="t.import", bind=True, heartbeat_timeout=10, **{**GOOD, "timeout": 3600})
+    @retry_on(Transient, attempts=5)
+    @discard_on(Permanent)
+    def import_rows(self: Any, x: int) -> int:
+        with self.step("validate"):
+            pass
+        name = "computed"
+        with self.step(name):  # not a literal: not known before it runs
+            pass
+        with self.step("rows") as step:
+            step.advance(x)
+        return x
+
+    report = build_report(app, "t.import", with_store=False)
+    assert report.design["heartbeat"] == {"heartbeat_timeout": 10, "grace": 10, "lease": 25}
+    assert report.design["steps"] == ["validate", "rows"]
+    text = report.markdown()
+    assert (
+        "- Heartbeat: heartbeat_timeout=10s: a silent body gets HeartbeatTimeout after 10s, "
+        "and on prefork its process is killed 10s later; its key's lease is 25s, renewed by "
+        "each beat\n"
+    ) in text
+    assert (
+        "- Steps: `validate`, `rows` (a finished step is skipped when the job runs again)\n" in text
+    )
+    good_task(app)
+    assert build_report(app, "t.good", with_store=False).design["steps"] == []
