@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_web_auth": None,
     "reliable_web_read_only_auth": None,
     "reliable_waive": None,
+    "reliable_limits_url": None,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -93,6 +94,9 @@ class ReliableSettings:
     #: ``reliable_waive``: gates of ``celery reliable check`` waived for every task,
     #: gate -> reason; a task's own ``waive=`` wins for that task.
     waive: Mapping[str, str] = field(default_factory=dict)
+    #: Where ``limits=[...]`` keep their slots: a Redis URL, ``"store"`` (the SQL
+    #: store), or None: the broker's Redis (``limits/slots.py`` refuses other brokers).
+    limits_url: str | None = None
 
     @classmethod
     def from_mapping(
@@ -142,6 +146,7 @@ class ReliableSettings:
             unclassified_rule=None,
             explicit=frozenset(values),
             waive=_waive("reliable_waive", merged),
+            limits_url=_limits_url(merged),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:
@@ -153,6 +158,16 @@ class ReliableSettings:
         if self.unclassified == "retry":
             rule = default_retry_rule(self.unclassified_attempts)
         return replace(self, unclassified_rule=rule)
+
+
+def _limits_url(merged: _Values) -> str | None:
+    url = _optional_str("reliable_limits_url", merged)
+    if url is None or url == "store" or url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return url
+    raise ImproperlyConfigured(
+        f"{merged.written('reliable_limits_url')} must be a Redis URL (redis://...), "
+        f"'store' (the SQL store), or None (the broker's Redis), got {url!r}"
+    )
 
 
 def settings_for(app: Celery) -> ReliableSettings:

@@ -14,7 +14,7 @@ from celery_reliable.backoff import compute_delay
 from celery_reliable.errors import LeaseLost
 from celery_reliable.headers import Counters
 from celery_reliable.outcomes import Cancel, Discard, Outcome, OutcomeRequest, Snooze
-from celery_reliable.policy import CancelRule, DiscardRule, Policy, RetryRule, Rule
+from celery_reliable.policy import LIMITS_LABEL, CancelRule, DiscardRule, Policy, RetryRule, Rule
 
 #: Seconds a job whose claim was taken over waits before it looks at the key again.
 LEASE_LOST_SNOOZE = 1.0
@@ -81,6 +81,19 @@ def snooze(
         retry_in=seconds,
         counters=counters.with_snooze(),
         label=label,
+    )
+
+
+def limited(seconds: float, reason: str, counters: Counters, since_ms: int) -> Decision:
+    """Over a limit: SNOOZED until about when a slot frees. No attempt spent, and not
+    a snooze either (``max_snoozes`` does not count it): a job waits its turn."""
+    return Decision(
+        Outcome.SNOOZED,
+        reason,
+        None,
+        retry_in=seconds,
+        counters=counters.with_limited(since_ms),
+        label=LIMITS_LABEL,
     )
 
 

@@ -33,6 +33,15 @@ class IdempotencyKeyError(ReliableError):
     """The idempotency key could not be computed from the arguments: DISCARDED."""
 
 
+class LimitKeyError(ReliableError):
+    """A limit's key cannot be rendered from the job's arguments (``limits=[...]``)."""
+
+
+class LimitsUnavailable(StoreUnavailable):
+    """Where the limits live (Redis, or the store) cannot be reached: classified like a
+    store outage (the built-in rule retries it)."""
+
+
 class WrongArguments(ReliableError, TypeError):
     """A message's arguments do not fit the task's signature (too many, too few, an
     unknown keyword): the body cannot run with them, now or on any retry. DISCARDED,

@@ -51,6 +51,7 @@ from celery_reliable.compat.celery_internals import (
 from celery_reliable.config import settings_for
 from celery_reliable.decisions import Decision, describe_exc
 from celery_reliable.errors import (
+    LimitKeyError,
     MissingDependency,
     ResultNotSerializable,
     StoreUnavailable,
@@ -66,6 +67,7 @@ from celery_reliable.wiring import ensure_observers
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
+    from celery_reliable.limits.slots import Held
     from celery_reliable.task import ReliableTask
 
 logger = logging.getLogger("celery_reliable.execution")
@@ -117,6 +119,7 @@ class Execution:
         "args",
         "attempt",
         "heartbeat",
+        "held",
         "kwargs",
         "nested_calls",
         "queue",
@@ -153,6 +156,8 @@ class Execution:
         self.signature: Any = None
         #: The heartbeat of a task with ``heartbeat_timeout`` (longrun/heartbeat.py).
         self.heartbeat: Heartbeat | None = None
+        #: The limits' slots this execution holds (limits/slots.py).
+        self.held: Held | None = None
 
     @property
     def counters(self) -> Counters:
@@ -181,6 +186,8 @@ class Execution:
             return self._run(body)
         finally:
             _local.execution = previous
+            if self.held is not None:
+                self.held.give_back()
             if self.heartbeat is not None:
                 self.heartbeat.end()
             # One request, one execution (task.py reads it): what calls the task while
@@ -207,6 +214,10 @@ class Execution:
         )
 
     def _run(self, body: Callable[..., Any]) -> Any:
+        if self.task._reliable_slots is not None:
+            self._take_slots()
+            if self.heartbeat is not None:
+                self.heartbeat.slots = self.held
         if self.task._reliable_key is not None:
             answer = self._claim()
             if answer is not _OWNED:
@@ -347,6 +358,34 @@ class Execution:
         return self.act(
             Decision(Outcome.DISCARDED, describe_exc(got.exc), got.exc, label=IDEMPOTENCY_LABEL)
         )
+
+    def _take_slots(self) -> None:
+        """Take a slot of each of the task's limits, or end SNOOZED until about when one
+        frees (raises: the body does not run)."""
+        from celery_reliable.limits import slots
+
+        try:
+            got = slots.take(
+                self.task, cast(str, self.request.id), self.args, self.kwargs, self.counters.since
+            )
+        except LimitKeyError as exc:  # these arguments never fit: no retry helps
+            self.act(Decision(Outcome.DISCARDED, describe_exc(exc), exc, report=True))
+        except StoreUnavailable as exc:  # LimitsUnavailable: the built-in rule retries it
+            self.act(self.decide_exception(exc))
+        except Exception as exc:
+            self.act(
+                Decision(
+                    Outcome.FAILED,
+                    f"celery_reliable could not take the task's limits: {describe_exc(exc)} "
+                    "(an error in celery_reliable or its settings, not in the task; the body "
+                    "did not run)",
+                    exc,
+                    report=True,
+                )
+            )
+        if isinstance(got, slots.Waiting):
+            self.act(decisions.limited(got.seconds, got.reason, self.counters, got.since_ms))
+        self.held = got
 
     def _store_duplicate(self, value: Any, done_by: str) -> None:
         """Store SUCCESS with the stored result and, in the meta, the task id that did

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 logger = logging.getLogger("celery_reliable.execution")
@@ -26,7 +26,9 @@ MAX_NOTE = 200
 SENT_AT_HEADER = "reliable_sent_at"
 
 #: The message header that carries our counters across re-publishes:
-#: ``{"attempts": {rule_id: failed executions}, "snoozes": n, "history": [...]}``.
+#: ``{"attempts": {rule_id: failed executions}, "snoozes": n, "history": [...]}``, and
+#: for a job that waited for a limit's slot, ``"limited": n, "since": ms`` (when it
+#: first waited: its place in the line).
 HEADER = "reliable"
 
 #: The message header of a job published by retrying a dead letter: that dead letter's
@@ -47,6 +49,10 @@ class Counters:
     #: ``[attempt, epoch seconds, reason]`` of the last retries, oldest first: what an
     #: error report shows of the retries that led to it.
     history: list[list[Any]] = field(default_factory=list)
+    #: Waits for a limit's slot (not snoozes: they never count against max_snoozes).
+    limited: int = 0
+    #: When the job first waited for a slot (epoch ms), 0 if it never did.
+    since: int = 0
 
     @classmethod
     def from_headers(
@@ -90,25 +96,33 @@ class Counters:
             if not (math.isfinite(when) and 0 <= when < 1e11):
                 raise ValueError(f"retry time {at!r} out of range")
             history.append([int(n), when, str(text)])
-        return cls(attempts=parsed, snoozes=snoozes, history=history)
+        limited = int(raw.get("limited") or 0)
+        since = int(raw.get("since") or 0)
+        if limited < 0 or since < 0:
+            raise ValueError("negative counter")
+        return cls(attempts=parsed, snoozes=snoozes, history=history, limited=limited, since=since)
 
     def with_failure(self, rule_id: str) -> Counters:
         attempts = dict(self.attempts)
         attempts[rule_id] = attempts.get(rule_id, 0) + 1
-        return Counters(attempts=attempts, snoozes=self.snoozes, history=self.history)
+        return replace(self, attempts=attempts)
 
     def with_retry_note(self, attempt: int, reason: str) -> Counters:
         note = [attempt, time.time(), reason[:MAX_NOTE]]
         history = [*self.history, note][-MAX_HISTORY:]
-        return Counters(attempts=self.attempts, snoozes=self.snoozes, history=history)
+        return replace(self, history=history)
 
     def with_snooze(self) -> Counters:
-        return Counters(
-            attempts=dict(self.attempts), snoozes=self.snoozes + 1, history=self.history
-        )
+        return replace(self, attempts=dict(self.attempts), snoozes=self.snoozes + 1)
+
+    def with_limited(self, since_ms: int) -> Counters:
+        return replace(self, attempts=dict(self.attempts), limited=self.limited + 1, since=since_ms)
 
     def as_header(self) -> dict[str, Any]:
         header: dict[str, Any] = {"attempts": self.attempts, "snoozes": self.snoozes}
         if self.history:
             header["history"] = self.history
+        if self.limited:
+            header["limited"] = self.limited
+            header["since"] = self.since
         return header

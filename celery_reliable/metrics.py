@@ -4,7 +4,8 @@ Pure module (no StatsD client): the observer, the dashboards' test and the docs 
 take names from here.
 
 Dotted names (the default):
-    ``{prefix}.{task}.started``, ``{prefix}.{task}.{outcome}`` (counters),
+    ``{prefix}.{task}.started``, ``{prefix}.{task}.{outcome}``, ``{prefix}.{task}.limited``
+    (counters),
     ``{prefix}.{task}.duration``, ``{prefix}.{task}.queue_time`` (timers, ms),
     ``{prefix}.queue.{queue}.depth`` (gauge).
     ``{task}`` is the task name with every ``.`` replaced by ``_``; so is ``{queue}``.
@@ -19,10 +20,13 @@ from __future__ import annotations
 from celery_reliable.outcomes import Outcome
 
 STARTED = "started"
+#: The counter of a SNOOZED execution that waited for a limit's slot (``limits=[...]``),
+#: counted instead of ``snoozed``.
+LIMITED = "limited"
 DURATION = "duration"
 QUEUE_TIME = "queue_time"
 
-COUNTER_EVENTS = (STARTED, *(outcome.value for outcome in Outcome))
+COUNTER_EVENTS = (STARTED, *(outcome.value for outcome in Outcome), LIMITED)
 TIMER_EVENTS = (DURATION, QUEUE_TIME)
 TASK_EVENTS = COUNTER_EVENTS + TIMER_EVENTS
 

@@ -39,6 +39,9 @@ UNCLASSIFIED_LABEL = 'reliable_unclassified="retry"'
 #: ``OutcomeEvent.rule`` when the task's ``idempotency_key`` decided (DUPLICATE, a key
 #: in progress elsewhere, a key reused with other arguments).
 IDEMPOTENCY_LABEL = "idempotency_key"
+#: The ``rule`` of a SNOOZED outcome that waited for a limit's slot (``limits=[...]``):
+#: counted as ``limited``, apart from snoozes.
+LIMITS_LABEL = "limits"
 
 _T = TypeVar("_T")
 

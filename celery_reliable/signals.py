@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 
 from celery.utils.dispatch import Signal
 
+from celery_reliable.metrics import LIMITED
 from celery_reliable.outcomes import Outcome
+from celery_reliable.policy import LIMITS_LABEL
 
 # use_caching: the receivers of each sender (a task) are worked out once, not on every
 # send; connecting or disconnecting a receiver clears the cache.
@@ -90,6 +92,15 @@ class OutcomeEvent(NamedTuple):
     @property
     def task_name(self) -> str:
         return str(self.task.name)
+
+    @property
+    def counted_as(self) -> str:
+        """The counter this execution adds to (StatsD, the outcome history): its
+        outcome's name, or ``limited`` for a SNOOZED one that waited for a limit's slot
+        (``limits=[...]``), which is not a snooze."""
+        if self.rule == LIMITS_LABEL and self.outcome is Outcome.SNOOZED:
+            return LIMITED
+        return self.outcome.value
 
     def send(self) -> None:
         """Send ``task_outcome`` with this event (and its fields as keywords)."""

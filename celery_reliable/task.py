@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import Celery, Task
 from celery.exceptions import ImproperlyConfigured
@@ -36,10 +36,14 @@ from celery_reliable.execution import (
 )
 from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
+from celery_reliable.limits.spec import TaskLimits
 from celery_reliable.longrun.heartbeat import check_progress
 from celery_reliable.outcomes import CANCELLED_STATE
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
 from celery_reliable.results import make_our_states_terminal
+
+if TYPE_CHECKING:
+    from celery_reliable.limits.slots import ClassSlots
 
 
 def _own_function_rules(cls: type) -> list[Rule]:
@@ -92,6 +96,9 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     idempotency_key: ClassVar[Any] = None
     #: Unique enqueue: see the class docstring.
     unique: ClassVar[Any] = None
+    #: ``[concurrency(n, key=...), rate(n, per=..., key=...)]`` from
+    #: ``celery_reliable.limits``: global limits, across every worker.
+    limits: ClassVar[Any] = None
     #: Keep no arguments in this task's dead letters.
     dead_letter_redact: ClassVar[bool] = False
     #: Gates of ``celery reliable check`` this task waives: gate -> reason.
@@ -101,6 +108,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     #: ``heartbeat_timeout`` validated (None: the execution has no heartbeat).
     _reliable_heartbeat_timeout: ClassVar[float | None] = None
     _reliable_unique: ClassVar[UniqueSpec | None] = None
+    #: ``limits`` checked when the class is built (None: no limit).
+    _reliable_limits: ClassVar[TaskLimits | None] = None
+    #: ... and with their leases, once the class is bound (limits/slots.py).
+    _reliable_slots: ClassVar[ClassSlots | None] = None
     #: Seconds an idempotency claim lasts: hard time limit + margin (set when bound).
     _reliable_lease: ClassVar[float] = 0.0
     #: ``waive`` validated, with the parent classes' waivers merged in.
@@ -159,6 +170,13 @@ class ReliableTask(Task):  # type: ignore[type-arg]
             cls._reliable_unique = UniqueSpec.build(
                 owner, cls.unique, cls.__dict__.get("run", cls.run)
             )
+        if "limits" in cls.__dict__:
+            cls._reliable_limits = TaskLimits.build(
+                owner,
+                str(cls.__dict__.get("name") or cls.__qualname__),
+                cls.__dict__["limits"],
+                cls.__dict__.get("run", cls.run),
+            )
         own = [*cls.__dict__.get(RULES_ATTR, ()), *_own_function_rules(cls)]
         cls._reliable_policy = Policy.compose(_parent_policy(cls), own)
 
@@ -176,10 +194,13 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         from celery_reliable.compat.celery_internals import time_limits
 
         beat = cls._reliable_heartbeat_timeout
-        if beat is None and cls._reliable_key is None:
+        if beat is None and cls._reliable_key is None and cls._reliable_limits is None:
             wiring.install(app)  # the app's settings are not read here: they may not be final
             return
         _, hard = time_limits(cls, app)
+        if cls._reliable_limits is not None:
+            cls._reliable_limits = cls._reliable_limits.named(cls.name)
+            cls._reliable_slots = _class_slots(cls.name, cls._reliable_limits, beat, hard)
         if beat is not None and hard and beat >= hard:
             raise ImproperlyConfigured(
                 f"task {cls.name}: heartbeat_timeout={beat:g} is not shorter than its hard "
@@ -453,6 +474,29 @@ def _parent_policy(cls: type) -> Policy | None:
 
 
 _KNOWN: frozenset[str] | None = None
+
+
+def _class_slots(
+    name: str, limits: TaskLimits, beat: float | None, hard: float | None
+) -> ClassSlots:
+    """A concurrency slot is a lease: as long as an idempotency claim's, for the same
+    reason (a live holder is always stopped before its slot can be taken over)."""
+    from celery_reliable.claims import heartbeat_lease_seconds, lease_seconds
+    from celery_reliable.limits.slots import ClassSlots
+
+    if beat is not None:
+        lease = heartbeat_lease_seconds(beat)
+    elif hard:
+        lease = lease_seconds(hard)
+    elif limits.has_concurrency:
+        raise ImproperlyConfigured(
+            f"task {name}: a concurrency limit needs timeout= (or time_limit=, or "
+            "heartbeat_timeout=): a slot is a lease derived from it, so that the slot of a "
+            "worker that died is freed"
+        )
+    else:
+        lease = 0.0  # rate limits hold nothing
+    return ClassSlots.of(limits, lease)
 
 
 def _known_names() -> frozenset[str]:

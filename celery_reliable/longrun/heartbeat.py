@@ -24,6 +24,7 @@ from celery_reliable.longrun import board
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
+    from celery_reliable.limits.slots import Held
     from celery_reliable.store import Store
 
 logger = logging.getLogger("celery_reliable.heartbeat")
@@ -52,6 +53,7 @@ class Heartbeat:
         "lease",
         "progress",
         "receipt",
+        "slots",
         "started_at",
         "store",
         "task_id",
@@ -85,6 +87,8 @@ class Heartbeat:
         self.in_body = False
         #: The idempotency claim whose lease the beats renew (a keyed task).
         self.receipt: ReceiptHolder | None = None
+        #: The limits' slots whose leases the beats renew.
+        self.slots: Held | None = None
         self.progress: float | None = None
         self.details: dict[str, Any] = {}
         self._warned = False
@@ -123,9 +127,12 @@ class Heartbeat:
             self.progress = progress
         if details:
             self.details = details
-        if self.store is not None and self.last - self._written >= WRITE_INTERVAL:
+        if self.last - self._written >= WRITE_INTERVAL:
             self._written = self.last
-            self._write(self.store)
+            if self.store is not None:
+                self._write(self.store)
+            if self.slots is not None:
+                self.slots.renew()
 
     def _touch(self) -> None:
         self.last = monotonic()

@@ -66,7 +66,7 @@ class HistoryObserver(Observer):
         # The hot path, instead of Observer._outcome: a tuple and an append.
         if not self.active or event is None or sender is None or sender.app is not self.app:
             return
-        self._events.append((time(), sender.name, event.queue, event.outcome.value, event.duration))
+        self._events.append((time(), sender.name, event.queue, event.counted_as, event.duration))
         if self._thread is None:
             self._start()
 

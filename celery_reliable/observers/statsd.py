@@ -101,19 +101,18 @@ class StatsdObserver(Observer):
         self._send_raw("\n".join(lines))
 
     def on_outcome(self, event: OutcomeEvent) -> None:
-        outcome = event.outcome
         name = event.task.name
         names = self._task_names(name)
         duration = event.duration
         if self.tagged:
             tags = metrics.dogstatsd_tags(
-                task=name, queue=_queue(event.queue), outcome=outcome.value
+                task=name, queue=_queue(event.queue), outcome=event.counted_as
             )
-            lines = [f"{names[outcome.value]}:1|c{tags}"]
+            lines = [f"{names[event.counted_as]}:1|c{tags}"]
             if duration is not None:
                 lines.append(f"{names[metrics.DURATION]}:{duration * 1000.0:.3f}|ms{tags}")
         else:
-            lines = [f"{names[outcome.value]}:1|c"]
+            lines = [f"{names[event.counted_as]}:1|c"]
             if duration is not None:
                 lines.append(f"{names[metrics.DURATION]}:{duration * 1000.0:.3f}|ms")
         self._send_raw("\n".join(lines))

@@ -28,6 +28,7 @@ from celery_reliable.store import migrate
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
+from celery_reliable.store.limits import LimitRows
 from celery_reliable.store.outage import Outage
 from celery_reliable.store.progress import ProgressRows
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
@@ -77,6 +78,7 @@ class Store:
         self._unique = UniqueLocks(self.engine, insert)
         self._history = OutcomeHistory(self.engine, insert)
         self._progress = ProgressRows(self.engine, insert)
+        self._limits = LimitRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -141,6 +143,12 @@ class Store:
     def history(self) -> OutcomeHistory:
         self.ensure_schema()
         return self._history
+
+    @property
+    def limits(self) -> LimitRows:
+        """``limits=[...]`` kept here (``reliable_limits_url = "store"``)."""
+        self.ensure_schema()
+        return self._limits
 
     @property
     def progress(self) -> ProgressRows:

@@ -9,6 +9,7 @@ what the code queries and what the first migration creates.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -154,6 +155,43 @@ steps = Table(
     Column("updated_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=True),
     Index("ix_reliable_steps_updated_at", "updated_at"),
+)
+
+#: ``limits=[...]`` kept in the store (``reliable_limits_url = "store"``). Times are epoch
+#: milliseconds, as in Redis. One row per limit key, locked first by every take of that
+#: key (so takes of one key are serialized, on SQLite and PostgreSQL alike), with the
+#: mean time a concurrency slot is held.
+limit_keys = Table(
+    "reliable_limit_keys",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("mean_hold_ms", Float, nullable=True),
+    Column("touched_ms", BigInteger, nullable=False),
+    Index("ix_reliable_limit_keys_touched_ms", "touched_ms"),
+)
+
+#: A held concurrency slot (until its lease ends) or a start within a rate's window
+#: (until it leaves the window).
+limit_slots = Table(
+    "reliable_limit_slots",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("token", String(255), primary_key=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("until_ms", BigInteger, nullable=False),
+    Index("ix_reliable_limit_slots_key_until_ms", "key", "until_ms"),
+)
+
+#: A job that found a limit full, in line by when it first waited (``line_us``: that
+#: millisecond * 1000 + a number of the job's own, for a strict order); forgotten at
+#: ``forget_ms`` unless it comes back.
+limit_waiters = Table(
+    "reliable_limit_waiters",
+    metadata,
+    Column("key", String(255), primary_key=True),
+    Column("job", String(255), primary_key=True),
+    Column("line_us", BigInteger, nullable=False),
+    Column("forget_ms", BigInteger, nullable=False),
 )
 
 #: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their

@@ -1,0 +1,13 @@
+"""Flow control across every worker: ``limits=[concurrency(...), rate(...)]``.
+
+* ``spec.py``: the public ``concurrency`` and ``rate``, checked when the task class is
+  built, and a task's limits compiled once per class (pure: no Redis, no SQL).
+* ``slots.py``: one execution's take and give back, over a backend:
+  ``redis_slots.py`` (Lua, one round trip each) or ``sql_slots.py`` (the store).
+"""
+
+from __future__ import annotations
+
+from celery_reliable.limits.spec import Concurrency, Limit, Rate, concurrency, rate
+
+__all__ = ["Concurrency", "Limit", "Rate", "concurrency", "rate"]

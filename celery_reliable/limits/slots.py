@@ -1,0 +1,172 @@
+"""One execution's slots: taken before the body (before its idempotency claim too),
+given back when it ends, renewed by its heartbeat; and where they live, per app.
+
+A slot is a lease: a concurrency slot lasts the task's hard time limit + margin, or,
+with ``heartbeat_timeout``, heartbeat + grace + margin renewed by each beat, so a
+holder that dies (SIGKILL, a lost host) frees its slot when its lease ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_reliable.config import as_written, settings_for
+from celery_reliable.errors import LimitsUnavailable
+from celery_reliable.limits.parts import Backend, Part, Taken
+from celery_reliable.limits.spec import Concurrency, TaskLimits
+
+logger = logging.getLogger("celery_reliable.limits")
+
+_BACKEND_ATTR = "_reliable_limits_backend"
+_lock = threading.Lock()
+
+
+def limits_url(app: Celery) -> str:
+    """Where the app's limits live: ``reliable_limits_url``, else the broker's Redis."""
+    url = settings_for(app).limits_url
+    if url is not None:
+        return url
+    broker = str(app.conf.broker_url or "")
+    if broker.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return broker
+    scheme = broker.split("://", 1)[0]
+    raise ImproperlyConfigured(
+        f"limits=[...] need somewhere every worker sees: the broker ({scheme}) is not "
+        f"Redis, so set {as_written(app, 'reliable_limits_url')} to a Redis URL, or to "
+        "'store' to keep them in the SQL store"
+    )
+
+
+def backend_for(app: Celery) -> Backend:
+    """The app's limit backend in this process (built once per process: a forked pool
+    child builds its own connections)."""
+    found: tuple[int, Backend] | None = app.__dict__.get(_BACKEND_ATTR)
+    if found is not None and found[0] == os.getpid():
+        return found[1]
+    with _lock:
+        found = app.__dict__.get(_BACKEND_ATTR)
+        if found is None or found[0] != os.getpid():
+            url = limits_url(app)
+            backend: Backend
+            if url == "store":
+                from celery_reliable.store import require_store
+
+                backend = require_store(app, "reliable_limits_url = 'store'").limits
+            else:
+                from celery_reliable.limits.redis_slots import RedisSlots
+
+                backend = RedisSlots(url)
+            found = (os.getpid(), backend)
+            setattr(app, _BACKEND_ATTR, found)
+    return found[1]
+
+
+def forget_backend(app: Celery) -> None:
+    found = app.__dict__.pop(_BACKEND_ATTR, None)
+    if found is not None and found[0] == os.getpid():
+        found[1].close()
+
+
+@dataclass(frozen=True)
+class ClassSlots:
+    """A task class's limits with their spans (ms), computed when the class is bound."""
+
+    limits: TaskLimits
+    #: Per limit: kind ("c"/"r"), n, span in ms.
+    shapes: tuple[tuple[str, int, int], ...]
+
+    @classmethod
+    def of(cls, limits: TaskLimits, lease_seconds: float) -> ClassSlots:
+        shapes = []
+        for bound in limits.limits:
+            limit = bound.limit
+            if isinstance(limit, Concurrency):
+                shapes.append(("c", limit.n, int(lease_seconds * 1000)))
+            else:
+                shapes.append(("r", limit.n, int(getattr(limit, "per", 1.0) * 1000)))
+        return cls(limits, tuple(shapes))
+
+    def parts(self, args: Sequence[Any], kwargs: Any) -> list[Part]:
+        keys = self.limits.keys(args, kwargs)
+        return [
+            Part(kind, key, n, span) for (kind, n, span), key in zip(self.shapes, keys, strict=True)
+        ]
+
+
+class Held:
+    """The slots one execution holds, until it ends."""
+
+    __slots__ = ("at_ms", "backend", "parts", "task_name", "token")
+
+    def __init__(
+        self, backend: Backend, token: str, at_ms: int, parts: list[Part], task_name: str
+    ) -> None:
+        self.backend = backend
+        self.token = token
+        self.at_ms = at_ms
+        self.parts = parts
+        self.task_name = task_name
+
+    def give_back(self) -> None:
+        try:
+            self.backend.give_back(self.token, self.at_ms, self.parts)
+        except LimitsUnavailable as exc:
+            # The outcome stands: the slot frees itself when its lease ends.
+            logger.warning(
+                "task %s: %s; its slots free themselves when their lease ends", self.task_name, exc
+            )
+
+    def renew(self) -> None:
+        try:
+            kept = self.backend.renew(self.token, self.parts)
+        except LimitsUnavailable as exc:
+            logger.warning("task %s: %s", self.task_name, exc)
+            return
+        wanted = sum(1 for part in self.parts if part.kind == "c")
+        if kept < wanted:
+            logger.warning(
+                "task %s: a concurrency slot's lease ran out while it ran (no beat for longer "
+                "than the lease): another execution may hold it now",
+                self.task_name,
+            )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Every slot was not free: wait this long, then try again."""
+
+    seconds: float
+    since_ms: int
+    reason: str
+
+
+def take(task: Any, job: str, args: Sequence[Any], kwargs: Any, since_ms: int) -> Held | Waiting:
+    """Take a slot of every limit of the task, or none: LimitKeyError for arguments its
+    keys cannot be rendered from, LimitsUnavailable when the backend is down."""
+    class_slots: ClassSlots = task._reliable_slots
+    task_name = task.name
+    parts = class_slots.parts(args, kwargs)
+    backend = backend_for(task.app)
+    token = f"{job}:{uuid.uuid4().hex[:12]}"
+    got = backend.take(job, since_ms, token, parts)
+    if isinstance(got, Taken):
+        return Held(backend, token, got.at_ms, parts, task_name)
+    limit = class_slots.limits.limits[got.blocked].limit
+    key = parts[got.blocked].key.split(":", 1)[1]
+    # Up to 10 % more: waiters told the same time do not all come back at once.
+    seconds = got.wait_ms / 1000 * (1 + random.random() / 10)
+    return Waiting(
+        seconds,
+        got.since_ms,
+        f"limited by {limit.describe()} on {key!r}: waits {seconds:.2f}s for a slot",
+    )
