@@ -66,6 +66,7 @@ from celery_reliable.wiring import ensure_observers
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
+    from celery_reliable.longrun.steps import JobSteps
     from celery_reliable.task import ReliableTask
 
 logger = logging.getLogger("celery_reliable.execution")
@@ -125,7 +126,9 @@ class Execution:
         "request",
         "signature",
         "started",
+        "steps",
         "task",
+        "transaction",
     )
 
     def __init__(
@@ -153,6 +156,10 @@ class Execution:
         self.signature: Any = None
         #: The heartbeat of a task with ``heartbeat_timeout`` (longrun/heartbeat.py).
         self.heartbeat: Heartbeat | None = None
+        #: The job's steps, once the body entered one (longrun/steps.py).
+        self.steps: JobSteps | None = None
+        #: The innermost ``self.atomic()`` transaction open in the body, if any.
+        self.transaction: Any = None
 
     @property
     def counters(self) -> Counters:
