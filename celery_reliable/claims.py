@@ -94,8 +94,9 @@ class ReceiptHolder:
 
     The one owner of the lifecycle: ``Execution`` takes it before the body and
     completes or releases it after; ``ReliableTask.atomic()`` completes it inside the
-    user's own transaction. A store that fails after the claim never changes the
-    outcome: the work is done (or not) either way, and the lease frees the key.
+    user's own transaction (or, once the job entered a step, holds it there). A store
+    that fails after the claim never changes the outcome: the work is done (or not)
+    either way, and the lease frees the key.
     """
 
     __slots__ = ("claim", "task")
@@ -144,13 +145,20 @@ class ReceiptHolder:
         return Busy(got, _seconds_until(got.lease_expires_at))
 
     @contextmanager
-    def atomic(self) -> Iterator[Any]:
+    def atomic(self, *, complete: bool = True) -> Iterator[Any]:
         """A transaction whose commit also marks the receipt succeeded (``atomic()``).
+
+        With ``complete=False`` (a job that entered a step: its receipt completes when
+        the body returns, so that a crash between two items resumes the job instead of
+        ending it as a duplicate) the receipt is only held: checked to be still this
+        execution's and, with a heartbeat, its lease renewed.
 
         Raises ``LeaseLost`` inside the transaction if another execution took the key
         over, so that the caller's writes roll back with it.
         """
-        with _store(self.task).atomic(self.claim) as transaction:
+        task = self.task
+        lease = task._reliable_lease if task._reliable_heartbeat_timeout is not None else None
+        with _store(task).atomic(self.claim, complete=complete, lease_seconds=lease) as transaction:
             yield transaction
 
     def complete(self, value: Any) -> None:

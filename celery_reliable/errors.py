@@ -72,6 +72,13 @@ class LeaseLost(ReliableError):
     """
 
 
+class StepError(ReliableError, RuntimeError):
+    """``self.step(name)`` used where a step cannot work: outside an execution of the
+    task, inside ``self.atomic()``, not directly in a ``with`` statement, or under a
+    name this execution already used. Raised at once, whether or not the step would
+    have been skipped, so that a misuse shows on the first run, not on a resume."""
+
+
 class UniqueKeyError(ReliableError):
     """The unique-enqueue key could not be computed from the arguments."""
 

@@ -68,6 +68,7 @@ from celery_reliable.wiring import ensure_observers
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
     from celery_reliable.limits.slots import Held
+    from celery_reliable.longrun.steps import JobSteps
     from celery_reliable.task import ReliableTask
 
 logger = logging.getLogger("celery_reliable.execution")
@@ -128,7 +129,9 @@ class Execution:
         "request",
         "signature",
         "started",
+        "steps",
         "task",
+        "transaction",
     )
 
     def __init__(
@@ -158,6 +161,10 @@ class Execution:
         self.heartbeat: Heartbeat | None = None
         #: The limits' slots this execution holds (limits/slots.py).
         self.held: Held | None = None
+        #: The job's steps, once the body entered one (longrun/steps.py).
+        self.steps: JobSteps | None = None
+        #: The innermost ``self.atomic()`` transaction open in the body, if any.
+        self.transaction: Any = None
 
     @property
     def counters(self) -> Counters:

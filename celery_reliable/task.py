@@ -38,6 +38,7 @@ from celery_reliable.headers import HEADER
 from celery_reliable.idempotency import KeySpec, UniqueSpec
 from celery_reliable.limits.spec import TaskLimits
 from celery_reliable.longrun.heartbeat import check_progress
+from celery_reliable.longrun.steps import Step, open_step
 from celery_reliable.outcomes import CANCELLED_STATE
 from celery_reliable.policy import RULES_ATTR, Policy, Rule, make_retry_rule
 from celery_reliable.results import make_our_states_terminal
@@ -328,18 +329,40 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         connection) when ``reliable_database_url = "django"``.
 
         With an ``idempotency_key``, the receipt is marked succeeded in the same
-        transaction: the writes made inside it happen exactly once per key.
+        transaction: the writes made inside it happen exactly once per key. Once the
+        job has entered a step, the receipt is only held in it (the claim checked, and
+        with a heartbeat renewed) and marked when the body returns; a
+        ``step.advance()`` inside commits with the block (longrun/steps.py).
         """
-        execution = current_execution()
-        receipt = execution.receipt if execution is not None and execution.task is self else None
-        if receipt is not None:
-            with receipt.atomic() as transaction:
-                yield transaction
-            return
         from celery_reliable.store import require_store
 
-        with require_store(self.app, f"task {self.name}: atomic()").atomic() as transaction:
-            yield transaction
+        execution = current_execution()
+        if execution is None or execution.task is not self:
+            with require_store(self.app, f"task {self.name}: atomic()").atomic() as transaction:
+                yield transaction
+            return
+        receipt = execution.receipt
+        opened = (
+            receipt.atomic(complete=execution.steps is None)
+            if receipt is not None
+            else require_store(self.app, f"task {self.name}: atomic()").atomic()
+        )
+        outer = execution.transaction
+        with opened as transaction:
+            execution.transaction = transaction
+            try:
+                yield transaction
+            finally:
+                execution.transaction = outer
+
+    def step(self, name: str) -> Step:
+        """``with self.step(name) as step:``: a step of this job, skipped when it
+        finished in an earlier execution of the job (a retry, a redelivery). The job is
+        the ``idempotency_key`` when the task has one, else the task id.
+        ``step.cursor`` is the last ``step.advance(value)`` (a JSON value), None at
+        first; inside ``self.atomic()`` an advance commits with it. See
+        docs/long-tasks.md#steps; raises ``StepError`` outside an execution."""
+        return open_step(self, current_execution(), name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

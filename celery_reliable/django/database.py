@@ -1,17 +1,19 @@
 """Django's database as the store: its SQLAlchemy URL, its migrations, and ``atomic()``
-as Django's ``transaction.atomic()`` with the receipt marked inside it."""
+as Django's ``transaction.atomic()`` with the receipt marked (or, inside a step, held)
+and a step's cursor written inside it, with Django's cursor."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import ImproperlyConfigured
 from sqlalchemy.engine import URL
 
 from celery_reliable.store.receipts import IN_PROGRESS, SUCCEEDED, lease_lost
-from celery_reliable.store.schema import receipts
+from celery_reliable.store.schema import receipts, steps
 from celery_reliable.store.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -23,6 +25,26 @@ _COMPLETE = (
     f"UPDATE {receipts.name} SET state = %s, result = NULL, completed_at = %s, "
     "updated_at = %s, lease_expires_at = NULL "
     'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
+)
+
+#: ``Receipts.hold_in`` for Django's cursor: the claim is still this execution's (the
+#: row stays locked until the commit), and with a heartbeat its lease is renewed.
+_HOLD = (
+    f"UPDATE {receipts.name} SET updated_at = %s "
+    'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
+)
+_RENEW = (
+    f"UPDATE {receipts.name} SET lease_expires_at = %s, updated_at = %s "
+    'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
+)
+
+#: ``StepRows.advance_in`` for Django's cursor (SQLite 3.24+ and PostgreSQL both have
+#: ``ON CONFLICT ... DO UPDATE`` and ``excluded``).
+_ADVANCE_STEP = (
+    f'INSERT INTO {steps.name} (task_name, job, step, "cursor", advances, started_at, '
+    "updated_at, finished_at) VALUES (%s, %s, %s, %s, 1, %s, %s, NULL) "
+    'ON CONFLICT (task_name, job, step) DO UPDATE SET "cursor" = excluded."cursor", '
+    f"advances = {steps.name}.advances + 1, updated_at = excluded.updated_at"
 )
 
 #: Django ``OPTIONS`` that are libpq connection parameters, passed on to the store's
@@ -129,17 +151,27 @@ def refuse_a_test_transaction(alias: str) -> None:
         )
 
 
+def _as_column(vendor: str, when: Any) -> Any:
+    """A naive UTC time as the column holds it (SQLAlchemy's text, on SQLite)."""
+    return when.strftime(_SQLITE_DATETIME) if vendor == "sqlite" else when
+
+
 def _complete_params(vendor: str, claim: Claim) -> list[Any]:
-    now: Any = utcnow()
-    if vendor == "sqlite":
-        now = now.strftime(_SQLITE_DATETIME)
+    now = _as_column(vendor, utcnow())
     return [SUCCEEDED, now, now, claim.task_name, claim.key, claim.token, IN_PROGRESS]
 
 
 @contextmanager
-def atomic(alias: str, claim: Claim | None) -> Iterator[Any]:
+def atomic(
+    alias: str,
+    claim: Claim | None,
+    *,
+    complete: bool = True,
+    lease_seconds: float | None = None,
+) -> Iterator[Any]:
     """Django's ``transaction.atomic(using=alias)``; with a claim, the receipt is marked
-    succeeded as the block's last statement, so it commits with the block's writes.
+    succeeded as the block's last statement, so it commits with the block's writes
+    (with ``complete=False``, inside a step: only held, see ``Receipts.hold_in``).
     Raises ``LeaseLost`` (rolling the block back) if the claim was taken over."""
     from django.db import connections, transaction
 
@@ -149,6 +181,9 @@ def atomic(alias: str, claim: Claim | None) -> Iterator[Any]:
         yield connection
         if marking:
             assert claim is not None
+            if not complete:
+                _hold(connection, claim, lease_seconds)
+                return
             with connection.cursor() as cursor:
                 cursor.execute(_COMPLETE, _complete_params(connection.vendor, claim))
                 if cursor.rowcount != 1:
@@ -158,3 +193,39 @@ def atomic(alias: str, claim: Claim | None) -> Iterator[Any]:
             # claim is then released, not left in progress until its lease ends).
             done = claim
             transaction.on_commit(lambda: setattr(done, "completed", True), using=alias)
+
+
+def _hold(connection: Any, claim: Claim, lease_seconds: float | None) -> None:
+    vendor = connection.vendor
+    now = utcnow()
+    where = [claim.task_name, claim.key, claim.token, IN_PROGRESS]
+    with connection.cursor() as cursor:
+        if lease_seconds is None:
+            cursor.execute(_HOLD, [_as_column(vendor, now), *where])
+        else:
+            lease = now + timedelta(seconds=lease_seconds)
+            cursor.execute(_RENEW, [_as_column(vendor, lease), _as_column(vendor, now), *where])
+            if cursor.rowcount == 1:
+                claim.lease_expires_at = lease
+        if cursor.rowcount != 1:
+            raise lease_lost(claim)
+
+
+def advance_step(  # noqa: PLR0917 - which step, its cursor, and what then
+    alias: str,
+    task_name: str,
+    job: str,
+    step: str,
+    cursor_json: str,
+    on_commit: Callable[[], None],
+) -> None:
+    """A step's cursor written with Django's cursor inside the open
+    ``transaction.atomic()`` block: it commits, or rolls back, with the block's ORM
+    writes; ``on_commit`` runs once the outermost block commits."""
+    from django.db import connections, transaction
+
+    connection = connections[alias]
+    now = _as_column(connection.vendor, utcnow())
+    with connection.cursor() as cursor:
+        cursor.execute(_ADVANCE_STEP, [task_name, job, step, cursor_json, now, now])
+    transaction.on_commit(on_commit, using=alias)

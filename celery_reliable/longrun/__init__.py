@@ -1,6 +1,7 @@
 """Long tasks: heartbeats that catch a stuck execution and renew its lease
 (``heartbeat``), the beat board a worker watches (``board``), ending a silent body
-(``interrupt``) and the worker's watcher (``monitor``).
+(``interrupt``), the worker's watcher (``monitor``), reading progress (``progress``)
+and resumable steps (``steps``).
 
-A newcomer adding progress, cancel or resumable steps starts here.
+A newcomer adding to long tasks (a persistent cancel) starts here.
 """

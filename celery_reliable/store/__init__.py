@@ -1,5 +1,5 @@
-"""The SQL store: idempotency receipts, dead letters, unique-enqueue locks and the
-outcome history.
+"""The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
+outcome history, heartbeats' progress and resumable jobs' steps.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -13,11 +13,12 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,7 @@ from celery_reliable.store.limits import LimitRows
 from celery_reliable.store.outage import Outage
 from celery_reliable.store.progress import ProgressRows
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
+from celery_reliable.store.steps import StepRows
 from celery_reliable.store.unique import UniqueLocks
 
 logger = logging.getLogger("celery_reliable.store")
@@ -79,6 +81,7 @@ class Store:
         self._history = OutcomeHistory(self.engine, insert)
         self._progress = ProgressRows(self.engine, insert)
         self._limits = LimitRows(self.engine, insert)
+        self._steps = StepRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -155,16 +158,31 @@ class Store:
         self.ensure_schema()
         return self._progress
 
+    @property
+    def steps(self) -> StepRows:
+        self.ensure_schema()
+        return self._steps
+
     @contextmanager
-    def atomic(self, claim: Claim | None = None) -> Iterator[Any]:
+    def atomic(
+        self,
+        claim: Claim | None = None,
+        *,
+        complete: bool = True,
+        lease_seconds: float | None = None,
+    ) -> Iterator[Any]:
         """The transaction of ``task.atomic()``: a SQLAlchemy session on the store's
         database, or Django's ``transaction.atomic()`` when the store is Django's
-        database. With a claim, the receipt is marked succeeded inside it."""
+        database. With a claim, the receipt is marked succeeded inside it; with
+        ``complete=False`` (inside a step) it is only checked to be still this
+        execution's, and its lease renewed when ``lease_seconds`` is given."""
         if self.django_alias is not None:
             from celery_reliable.django import database
 
             self.ensure_schema()
-            with database.atomic(self.django_alias, claim) as connection:
+            with database.atomic(
+                self.django_alias, claim, complete=complete, lease_seconds=lease_seconds
+            ) as connection:
                 yield connection
             return
         marking = claim is not None and not claim.completed
@@ -172,10 +190,43 @@ class Store:
             yield session
             if marking:
                 assert claim is not None
-                self.receipts.complete_in(session, claim)
-        if marking:
+                if complete:
+                    self.receipts.complete_in(session, claim)
+                else:
+                    self.receipts.hold_in(session, claim, lease_seconds)
+        if marking and complete:
             assert claim is not None
             claim.completed = True
+
+    def in_django_transaction(self) -> bool:
+        """The store is Django's database and Django's connection is inside a
+        ``transaction.atomic()`` block (the body's own, not ``self.atomic()``)."""
+        if self.django_alias is None:
+            return False
+        from django.db import connections
+
+        return bool(connections[self.django_alias].in_atomic_block)
+
+    def advance_step_in(  # noqa: PLR0917 - where, which step, and what then
+        self,
+        transaction: Any,
+        task_name: str,
+        job: str,
+        step: str,
+        cursor: str,
+        on_commit: Callable[[], None],
+    ) -> None:
+        """Write a step's cursor inside the transaction :meth:`atomic` yielded (a
+        session; with Django's database, Django's open ``transaction.atomic()`` block,
+        whichever opened it); ``on_commit`` is called once it commits."""
+        if self.django_alias is not None:
+            from celery_reliable.django import database
+
+            database.advance_step(self.django_alias, task_name, job, step, cursor, on_commit)
+            return
+        session: Session = transaction
+        self.steps.advance_in(session.connection(), task_name, job, step, cursor)
+        event.listen(session, "after_commit", lambda _session: on_commit(), once=True)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -162,6 +162,11 @@ _RENEW = (
     .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
     .values(lease_expires_at=bindparam("p_lease"), updated_at=bindparam("p_now"))
 )
+_HOLD = (
+    update(receipts)
+    .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+    .values(updated_at=bindparam("p_now"))
+)
 
 
 def lease_lost(claim: Claim) -> LeaseLost:
@@ -265,6 +270,23 @@ class Receipts:
         caller's writes roll back with it.
         """
         if not self._complete(session.connection(), claim, None):
+            raise lease_lost(claim)
+
+    def hold_in(self, session: Session, claim: Claim, lease_seconds: float | None) -> None:
+        """Check, inside the caller's transaction, that the claim is still this
+        execution's, and keep it in progress (``atomic()`` inside a step: the receipt
+        completes when the body returns). With ``lease_seconds`` (a task with a
+        heartbeat) the lease is renewed too. The row stays locked until the commit, so
+        no takeover can come between the check and the caller's writes.
+
+        Raises :class:`LeaseLost` if another execution took the key over.
+        """
+        connection = session.connection()
+        if lease_seconds is not None:
+            held = renew_in(connection, claim, lease_seconds, utcnow())
+        else:
+            held = connection.execute(_HOLD, _claim_params(claim, p_now=utcnow())).rowcount == 1
+        if not held:
             raise lease_lost(claim)
 
     @staticmethod

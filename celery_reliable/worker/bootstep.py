@@ -1,6 +1,6 @@
 """The worker bootstep: validate settings and build observers when the worker starts,
-prune old receipts, expired unique locks and old outcome history on a timer, and
-write the outcome history when the worker stops.
+prune old receipts (and heartbeats and steps), expired unique locks and old outcome
+history on a timer, and write the outcome history when the worker stops.
 
 So that a misspelt ``reliable_*`` setting, or a task that needs a store when there is
 none, stops the worker at start-up with a clear error instead of surfacing on the
@@ -138,15 +138,18 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             minutes = store.history.prune(self.settings.history_retention)
             # Heartbeats left by workers that died: as old as a receipt kept.
             beats = store.progress.prune(self.settings.receipt_ttl)
+            # Steps of jobs that ended (or were abandoned) that long ago.
+            steps = store.steps.prune(self.settings.receipt_ttl)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks or minutes or beats:
+        if receipts or locks or minutes or beats or steps:
             logger.info(
-                "celery_reliable: pruned %d receipts and %d heartbeats older than %gs, %d "
-                "expired unique locks and %d outcome-history rows older than %gs",
+                "celery_reliable: pruned %d receipts, %d heartbeats and %d steps older than "
+                "%gs, %d expired unique locks and %d outcome-history rows older than %gs",
                 receipts,
                 beats,
+                steps,
                 self.settings.receipt_ttl,
                 locks,
                 minutes,

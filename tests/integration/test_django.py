@@ -4,7 +4,8 @@ example shop's real ``manage.py migrate`` and a real prefork ``celery -A shop wo
 The exactly-once claim for Django ORM writes, under the same SIGKILLs as the
 SQLAlchemy path (test_crash.py): a charge killed before its effect is taken over and
 written once; killed after ``atomic()`` committed, the redelivery is a DUPLICATE; a
-claim lost to another execution rolls the ORM writes back.
+claim lost to another execution rolls the ORM writes back. A step's cursor commits
+with an item's ORM writes.
 """
 
 from __future__ import annotations
@@ -192,6 +193,41 @@ def test_a_lost_claim_rolls_the_orm_write_back(
     assert outcomes[0] == "snoozed" and "LeaseLost" in events[0]["reason"], events
     assert outcomes[-1] == "succeeded", outcomes
     assert payments(migrated, order) == 1
+
+
+@pytest.mark.parametrize("block", ["reliable", "django"])
+def test_a_step_s_cursor_commits_with_the_orm_writes(
+    client: Celery, shop_env: dict[str, str], worker: WorkerProcess, migrated: str, block: str
+) -> None:
+    """``step.advance()`` in ``self.atomic()`` (and in Django's own
+    ``transaction.atomic()``) is written with Django's cursor in Django's transaction:
+    item 3's Payment and cursor roll back together, the retry starts at item 3, and
+    each item is paid once."""
+    broker = shop_env["REDIS_URL"]
+    order = new_order(migrated)
+    result = client.send_task("crash.django_steps", (order, 6, 3, block))
+    assert result.get(timeout=60) == 6, worker.output
+    events = recorded(broker, result.id, 2)
+    assert [e["outcome"] for e in events] == ["retried", "succeeded"], events
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            paid = connection.execute(
+                sa.text("SELECT amount_cents FROM orders_payment WHERE order_id = :o"),
+                {"o": order},
+            ).scalars()
+            assert sorted(paid) == [1, 2, 3, 4, 5, 6]
+            step = connection.execute(
+                sa.text(
+                    'SELECT "cursor", advances, finished_at FROM reliable_steps '
+                    "WHERE task_name = 'crash.django_steps' AND job = :job"
+                ),
+                {"job": f"pay-items:{order}"},
+            ).one()
+    finally:
+        engine.dispose()
+    # 2 advances committed by the first execution (the 3rd rolled back), 4 by the retry.
+    assert (step.cursor, step.advances) == ("6", 6) and step.finished_at is not None
 
 
 def test_the_example_app_passes_its_gates(shop_env: dict[str, str], migrated: str) -> None:

@@ -2,7 +2,7 @@
 temporary SQLite file and once against a fresh database on a real PostgreSQL server.
 
 Covers the Alembic migrations, idempotency receipts (claim, lease takeover, complete,
-complete_in, release, prune), unique-enqueue locks, dead letters (including a real
+complete_in, hold_in, release, prune), unique-enqueue locks, steps, dead letters (including a real
 re-publish through Redis to a real worker), races between real threads, and a store
 that cannot be reached.
 
@@ -47,6 +47,7 @@ from celery_reliable.store.schema import (
     unique_locks,
 )
 from celery_reliable.store.schema import progress as progress_table
+from celery_reliable.store.schema import steps as steps_table
 from celery_reliable.store.timeutil import utcnow
 from tests.helpers import dead_letter_fields as letter
 from tests.support.celery_apps import fresh_postgres_database
@@ -61,6 +62,7 @@ TABLES = {
     "reliable_unique_locks",
     "reliable_outcome_history",
     "reliable_progress",
+    "reliable_steps",
 }
 TASK = "contract.task"
 H1 = "a" * 64
@@ -1326,3 +1328,123 @@ def test_heartbeats_of_dead_workers_are_pruned(store: Store) -> None:
     )
     assert store.progress.prune(3600) == 1
     assert [p.task_id for p in store.progress.running()] == [new]
+
+
+# ------------------------------------------------------------------------------ steps
+
+
+def effect_notes(store: Store) -> list[str]:
+    with store.engine.connect() as connection:
+        return list(connection.execute(sa.select(effects.c.note).order_by(effects.c.id)).scalars())
+
+
+def test_a_step_is_advanced_finished_and_read(store: Store) -> None:
+    job = key()
+    assert store.steps.get(TASK, job, "rows") is None
+    store.steps.advance(TASK, job, "rows", '{"id": 1}')
+    first = store.steps.get(TASK, job, "rows")
+    assert first is not None
+    assert (first.cursor, first.advances, first.finished) == ('{"id": 1}', 1, False)
+    assert first.started_at == first.updated_at
+    store.steps.advance(TASK, job, "rows", '{"id": 2}')
+    store.steps.finish(TASK, job, "rows")
+    done = store.steps.get(TASK, job, "rows")
+    assert done is not None
+    assert (done.cursor, done.advances, done.finished) == ('{"id": 2}', 2, True)
+    assert done.started_at == first.started_at and done.updated_at >= first.updated_at
+    # A step that never advanced gets its row when it finishes.
+    store.steps.finish(TASK, job, "validate")
+    validate = store.steps.get(TASK, job, "validate")
+    assert validate is not None and validate.cursor is None and validate.finished
+    assert validate.advances == 0
+    assert [s.step for s in store.steps.of_job(TASK, job)] == ["rows", "validate"]
+    # Steps are per task and job.
+    assert store.steps.get(TASK, key(), "rows") is None
+    assert store.steps.get("other.task", job, "rows") is None
+
+
+def test_names_as_wide_as_the_columns(store: Store) -> None:
+    task, job, step = "t" * 255, "j" * 255, "s" * 255
+    store.steps.advance(task, job, step, "1")
+    row = store.steps.get(task, job, step)
+    assert row is not None and (row.task_name, row.job, row.step) == (task, job, step)
+
+
+def test_advance_in_commits_or_rolls_back_with_the_callers_writes(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    job = key()
+    with store.session() as session:
+        session.execute(effects.insert().values(note="item 1"))
+        store.steps.advance_in(session.connection(), TASK, job, "rows", "1")
+    with pytest.raises(ZeroDivisionError), store.session() as session:
+        session.execute(effects.insert().values(note="item 2"))
+        store.steps.advance_in(session.connection(), TASK, job, "rows", "2")
+        _ = 1 / 0
+    row = store.steps.get(TASK, job, "rows")
+    assert row is not None and (row.cursor, row.advances) == ("1", 1)
+    assert effect_notes(store) == ["item 1"]
+
+
+def test_advance_step_in_tells_when_it_committed(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    job, committed = key(), []
+    with pytest.raises(ZeroDivisionError), store.atomic() as session:
+        store.advance_step_in(session, TASK, job, "rows", "1", lambda: committed.append(1))
+        _ = 1 / 0
+    assert committed == [] and store.steps.get(TASK, job, "rows") is None
+    with store.atomic() as session:
+        store.advance_step_in(session, TASK, job, "rows", "2", lambda: committed.append(2))
+        assert committed == []
+    assert committed == [2]
+
+
+def test_hold_in_keeps_the_receipt_in_progress(store: Store) -> None:
+    """atomic() inside a step: the writes commit, the receipt stays this execution's
+    claim (completed when the body returns)."""
+    test_metadata.create_all(store.engine)
+    mine = own(claim(store, key(), lease_seconds=30))
+    lease = mine.lease_expires_at
+    with store.atomic(mine, complete=False) as session:
+        session.execute(effects.insert().values(note="item 1"))
+    held = store.receipts.get(TASK, mine.key)
+    assert held is not None and held.state == "in_progress" and not mine.completed
+    assert held.lease_expires_at == lease  # no heartbeat: the lease is not renewed
+    # With a heartbeat's lease, the transaction renews it.
+    with store.atomic(mine, complete=False, lease_seconds=600) as session:
+        session.execute(effects.insert().values(note="item 2"))
+    renewed = store.receipts.get(TASK, mine.key)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > lease + timedelta(seconds=500)
+    assert store.receipts.complete(mine, "2") is True
+    assert effect_notes(store) == ["item 1", "item 2"]
+
+
+def test_hold_in_after_takeover_raises_lease_lost_and_rolls_back(store: Store) -> None:
+    test_metadata.create_all(store.engine)
+    k, t0 = key(), utcnow()
+    first = own(claim(store, k, lease_seconds=10, now=t0))
+    own(claim(store, k, lease_seconds=10, now=t0 + timedelta(seconds=11)))
+    for lease_seconds in (None, 600.0):
+        with (
+            pytest.raises(LeaseLost),
+            store.atomic(first, complete=False, lease_seconds=lease_seconds) as session,
+        ):
+            session.execute(effects.insert().values(note=k))
+            store.steps.advance_in(session.connection(), TASK, k, "rows", "1")
+    assert effect_notes(store) == []
+    assert store.steps.get(TASK, k, "rows") is None
+
+
+def test_steps_not_written_for_the_ttl_are_pruned(store: Store) -> None:
+    old, new = key(), key()
+    store.steps.finish(TASK, old, "a")
+    store.steps.advance(TASK, new, "a", "1")
+    execute(
+        store,
+        sa.update(steps_table)
+        .where(steps_table.c.job == old)
+        .values(updated_at=utcnow() - timedelta(hours=2)),
+    )
+    assert store.steps.prune(3600) == 1
+    assert store.steps.get(TASK, old, "a") is None
+    assert store.steps.get(TASK, new, "a") is not None
