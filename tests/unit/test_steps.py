@@ -208,48 +208,6 @@ def test_a_trace_function_already_set_is_put_back_and_keeps_tracing(
     assert second.result in lines, (second.result, lines)
 
 
-@pytest.mark.skipif(not hasattr(sys, "monitoring"), reason="sys.monitoring: Python 3.12+")
-def test_a_one_line_body_is_skipped_while_another_monitoring_tool_runs(
-    app: Celery, store: Store
-) -> None:
-    """Coverage's ``sysmon`` core (and some debuggers) instrument the code with
-    ``sys.monitoring``; a trace function set mid-frame then misses a one-line body on
-    3.13. Our own tool's INSTRUCTION event does not, and leaves the other tool be."""
-    monitoring: Any = getattr(sys, "monitoring")  # noqa: B009 - absent before 3.12
-    ran: list[str] = []
-    lines: list[int] = []
-
-    def on_line(code: Any, line: int) -> Any:
-        if code.co_name == "monitored_body":
-            lines.append(line)
-        return monitoring.DISABLE if code.co_name != "monitored_body" else None
-
-    def monitored_body(self: ReliableTask) -> int:
-        with self.step("a"): ran.append("a")  # fmt: skip  # noqa: E701
-        return sys._getframe().f_lineno
-
-    task = build(app, monitored_body, name="steps.monitored")
-    perform_task(task, task_id="job-1")
-    taken = [i for i in range(6) if monitoring.get_tool(i) is not None]  # coverage's, say
-    tool = next(i for i in (1, 0, 2, 5, 3, 4) if i not in taken)
-    monitoring.use_tool_id(tool, "like coverage")
-    try:
-        monitoring.register_callback(tool, monitoring.events.LINE, on_line)
-        monitoring.set_events(tool, monitoring.events.LINE)
-        second = perform_task(task, task_id="job-1", attempt=2)
-    finally:
-        monitoring.set_events(tool, 0)
-        monitoring.register_callback(tool, monitoring.events.LINE, None)
-        monitoring.free_tool_id(tool)
-    assert ran == ["a"] and second.outcome is Outcome.SUCCEEDED, second.exc
-    assert second.result in lines
-    # The tool id taken for the skip was given back.
-    assert [i for i in range(6) if monitoring.get_tool(i) is not None] == taken
-
-
-# ------------------------------------------------------------------------ the cursor
-
-
 def test_advance_takes_json_values_only(app: Celery, store: Store) -> None:
     errors: list[str] = []
 
