@@ -98,6 +98,8 @@ def record_of(event: OutcomeEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "reason": event.reason,
         "exc_type": type(event.exc).__name__ if event.exc else None,
+        "rule": event.rule,
+        "counted_as": event.counted_as,
         "pid": os.getpid(),
         "place": execution_place(event),
     }

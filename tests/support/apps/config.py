@@ -4,7 +4,9 @@ worker process (and the test process, which imports the same module to publish):
 * ``RELIABLE_TEST_BROKER``: the broker, and the result backend unless
   ``RELIABLE_TEST_BACKEND`` names another;
 * ``RELIABLE_TEST_STORE``: the store's database URL (``reliable_database_url``);
-* ``RELIABLE_TEST_STATSD_HOST``, ``RELIABLE_TEST_STATSD_PORT``: where StatsD lines go.
+* ``RELIABLE_TEST_STATSD_HOST``, ``RELIABLE_TEST_STATSD_PORT``: where StatsD lines go;
+* ``RELIABLE_TEST_LIMITS``: where limits live (``reliable_limits_url``; empty: the
+  broker's Redis).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ FROM_ENV: dict[str, tuple[str, Any]] = {
     "reliable_database_url": ("RELIABLE_TEST_STORE", str),
     "reliable_statsd_host": ("RELIABLE_TEST_STATSD_HOST", lambda value: value or None),
     "reliable_statsd_port": ("RELIABLE_TEST_STATSD_PORT", int),
+    "reliable_limits_url": ("RELIABLE_TEST_LIMITS", lambda value: value or None),
 }
 
 #: What every helper app's worker does the same way.

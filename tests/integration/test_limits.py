@@ -1,0 +1,169 @@
+"""Global limits on real prefork workers: two ``celery worker`` processes with three
+pool processes each, a real Redis, and the limits kept in Redis, or in the SQL store
+(SQLite, PostgreSQL). What runs at once is counted outside the product, in Redis
+(``tests/support/apps/limits.py``)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_reliable.store import migrate, store_for
+from celery_reliable.testing import reset
+from tests.conftest import fresh_store_url
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.waiting import wait_until
+from tests.support.workers import WorkerProcess, celery_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.prefork]
+
+APP = "tests.support.apps.limits"
+
+
+@pytest.fixture(scope="module", params=["redis", "sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest) -> str:
+    """Where the limits live: the broker's Redis, or the store on SQLite / PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def env(where: str, redis_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    store = fresh_store_url("sqlite" if where == "redis" else where, request)
+    return {
+        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_STORE": store,
+        "RELIABLE_TEST_LIMITS": "" if where == "redis" else "store",
+    }
+
+
+@pytest.fixture(scope="module")
+def app(env: dict[str, str]) -> Any:
+    os.environ.update(env)
+    from tests.support.apps import limits
+
+    limits.app.conf.broker_url = env["RELIABLE_TEST_BROKER"]
+    limits.app.conf.result_backend = env["RELIABLE_TEST_BROKER"]
+    limits.app.conf.reliable_database_url = env["RELIABLE_TEST_STORE"]
+    limits.app.conf.reliable_limits_url = env["RELIABLE_TEST_LIMITS"] or None
+    reset(limits.app)
+    store = store_for(limits.app)
+    assert store is not None
+    migrate.upgrade(store.engine)  # PostgreSQL must be at head before a worker uses it
+    limits.effects = redis.Redis.from_url(env["RELIABLE_TEST_BROKER"])
+    return limits
+
+
+@pytest.fixture(scope="module")
+def workers(env: dict[str, str], app: Any) -> Iterator[list[WorkerProcess]]:
+    with (
+        celery_worker(APP, env, concurrency=3) as first,
+        celery_worker(APP, env, concurrency=3) as second,
+    ):
+        yield [first, second]
+
+
+def output(workers: list[WorkerProcess]) -> str:
+    return "\n".join(w.output for w in workers)
+
+
+def finish(results: list[Any], workers: list[WorkerProcess]) -> None:
+    for result in results:
+        try:
+            assert result.get(timeout=90) == "done"
+        except Exception as exc:
+            raise AssertionError(f"{result.id}: {exc!r}\n{output(workers)[-6000:]}") from exc
+
+
+def starts(effects: redis.Redis, run: str) -> list[tuple[str, float]]:
+    """(task id, Redis time) of each body's start, in order."""
+    return [
+        (job, float(at))
+        for job, at in (entry.decode().split() for entry in effects.lrange(f"starts:{run}", 0, -1))
+    ]
+
+
+def test_no_more_than_n_run_at_once_and_n_do(app: Any, workers: list[WorkerProcess]) -> None:
+    """concurrency(3) over six pool processes on two workers: exactly three at once at
+    the most, the others wait without spending an attempt, and every job runs once."""
+    run = uuid.uuid4().hex[:8]
+    results = [app.erp.delay(run, 0.3) for _ in range(15)]
+    finish(results, workers)
+    effects = app.effects
+    assert int(effects.get(f"top:{run}") or 0) == 3, output(workers)
+    assert int(effects.get(f"running:{run}") or 0) == 0
+    assert len(starts(effects, run)) == 15  # each body ran once
+    events = [e for r in results for e in recorded(app.app.conf.broker_url, r.id, 1)]
+    limited = [e for e in events if e["counted_as"] == "limited"]
+    assert limited, "six processes, three slots: some jobs must have waited"
+    assert all(e["outcome"] == "snoozed" and e["rule"] == "limits" for e in limited)
+    assert all("limited by concurrency(3, key='erp:{run}')" in e["reason"] for e in limited)
+    # A wait spends no attempt: every job succeeded on its first.
+    succeeded = [e for e in events if e["outcome"] == "succeeded"]
+    assert len(succeeded) == 15 and {e["attempt"] for e in succeeded} == {1}
+
+
+def test_no_more_than_n_start_per_window(app: Any, workers: list[WorkerProcess]) -> None:
+    """rate(4, per=1): in any second, four starts at most (a sliding window)."""
+    run = uuid.uuid4().hex[:8]
+    results = [app.api.delay(run) for _ in range(12)]
+    finish(results, workers)
+    times = sorted(at for _, at in starts(app.effects, run))
+    assert len(times) == 12
+    # The fifth start after any start is at least a second after it (Redis's clock,
+    # in milliseconds as the limit reads it).
+    gaps = [times[i + 4] - times[i] for i in range(len(times) - 4)]
+    assert min(gaps) >= 0.999, gaps
+    # And the windows are used: twelve starts need three windows (just over 2 s); a
+    # limit that made each waiter sit out a whole window, or poll, would take 8 s or more.
+    assert times[-1] - times[0] < 6.0, times
+
+
+def test_the_oldest_waiter_runs_before_newer_jobs(app: Any, workers: list[WorkerProcess]) -> None:
+    """A job that waited is not starved by newer ones: when the slot frees, the job
+    that has waited longest takes it, whoever asks first."""
+    run = uuid.uuid4().hex[:8]
+    broker = app.app.conf.broker_url
+    holder = app.one.delay(run, 1.5)
+    wait_until(lambda: app.effects.llen(f"starts:{run}") == 1, "the holder to start")
+    old = app.one.delay(run, 0.05)
+    wait_until(lambda: app.effects.llen(f"test:outcomes:{old.id}") >= 1, "the old job to wait once")
+    newer = [app.one.delay(run, 0.05) for _ in range(5)]
+    finish([holder, old, *newer], workers)
+    order = [job for job, _ in starts(app.effects, run)]
+    assert order[:2] == [holder.id, old.id], (order, old.id)
+    assert recorded(broker, old.id, 1)[0]["counted_as"] == "limited"
+
+
+def test_a_killed_holder_frees_its_slot_within_its_lease(
+    app: Any, env: dict[str, str], redis_url: str
+) -> None:
+    """A whole worker SIGKILLed while its body holds a concurrency(1) slot: another
+    job with the same key runs once the slot's lease (heartbeat 1 s + grace 2 s + 5 s,
+    renewed by each beat) ends, not after a time limit (120 s)."""
+    mine = {**env, "RELIABLE_TEST_BROKER": new_redis_db(redis_url)}  # not the module's
+    client = Celery("limits-kill", broker=mine["RELIABLE_TEST_BROKER"], set_as_current=False)
+    client.conf.result_backend = mine["RELIABLE_TEST_BROKER"]
+    effects = redis.Redis.from_url(mine["RELIABLE_TEST_BROKER"])
+    run = uuid.uuid4().hex[:8]
+    with celery_worker(APP, mine, concurrency=1, new_session=True) as doomed:
+        client.send_task("lim.beating", (run, 300))
+        wait_until(lambda: effects.llen(f"starts:{run}") == 1, "the holder to start")
+        with celery_worker(APP, mine, concurrency=1) as other:
+            doomed.kill_group()
+            killed_at = float(effects.time()[0]) + effects.time()[1] / 1e6
+            effects.decr(f"running:{run}")  # the killed body never left
+            second = client.send_task("lim.beating", (run, 0.1))
+            assert second.get(timeout=60) == "done", other.output
+    began = dict(starts(effects, run))[second.id]
+    lease = app.beating._reliable_slots.shapes[0][2] / 1000  # 1 + 2 + 5 s
+    assert lease == 8.0
+    assert began - killed_at < lease + 3.0, (began - killed_at, other.output)
+    # It did wait for the lease: the slot was not simply free.
+    assert began - killed_at > lease - 3.0, (began - killed_at, other.output)
