@@ -1,5 +1,5 @@
-"""The SQL store: idempotency receipts, dead letters, unique-enqueue locks and the
-outcome history.
+"""The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
+outcome history, heartbeats and cancels.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -25,6 +25,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.django import django_alias
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
+from celery_reliable.store.cancels import CancelRows
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
@@ -77,6 +78,7 @@ class Store:
         self._unique = UniqueLocks(self.engine, insert)
         self._history = OutcomeHistory(self.engine, insert)
         self._progress = ProgressRows(self.engine, insert)
+        self._cancels = CancelRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -146,6 +148,11 @@ class Store:
     def progress(self) -> ProgressRows:
         self.ensure_schema()
         return self._progress
+
+    @property
+    def cancels(self) -> CancelRows:
+        self.ensure_schema()
+        return self._cancels
 
     @contextmanager
     def atomic(self, claim: Claim | None = None) -> Iterator[Any]:
