@@ -9,7 +9,9 @@ worker's beat board open, as the worker's bootstep opens it):
   (the execution pins its file on the board and takes it off: the per-execution cost);
 * ``µs per beat``: ``self.heartbeat()`` called B times in one execution, with no key
   (one ``utime``) and with an idempotency key on SQLite (one lease renewal a second
-  at most: the beats in between cost what the first variant costs).
+  at most: the beats in between cost what the first variant costs);
+* ``µs per store write``: one beat's transaction on SQLite, as a beat writes it at
+  most once a second (the progress row, and the job's cancel read back with it).
 
 Figures are the median of R rounds; JSON goes to stdout.
 """
@@ -32,6 +34,8 @@ from rich.table import Table
 from benchmarks.observers import measure
 from celery_reliable import ReliableTask
 from celery_reliable.longrun import board
+from celery_reliable.store import store_for
+from celery_reliable.store.timeutil import utcnow
 
 
 def make_app(database_url: str | None) -> Celery:
@@ -65,6 +69,19 @@ def tracer(app: Celery, name: str, beats: int, **options: Any) -> Callable[[], A
         return trace(task_id, (1,), {}, request)
 
     once()
+    return once
+
+
+def store_write(app: Celery) -> Callable[[], Any]:
+    """One beat's store transaction (``store.progress.beat``), on a job not cancelled."""
+    store = store_for(app)
+    assert store is not None
+    rows = store.progress
+    task_id, started = str(uuid.uuid4()), utcnow()
+
+    def once() -> Any:
+        return rows.beat(task_id, "bench.beat", "bench@host", 1, started, 0.5, {"row": 1})
+
     return once
 
 
@@ -112,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             figures["beat, keyed (SQLite)"] = (
                 median_us(keyed, few, args.rounds) - median_us(keyed_empty, few, args.rounds)
             ) / args.beats
+            figures["store write of a beat (SQLite)"] = median_us(
+                store_write(make_app(store)), args.executions, args.rounds
+            )
     finally:
         board.close_board(path)
     table = Table(title=f"heartbeat cost ({args.rounds} rounds)")

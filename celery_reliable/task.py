@@ -104,6 +104,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     dead_letter_redact: ClassVar[bool] = False
     #: Gates of ``celery reliable check`` this task waives: gate -> reason.
     waive: ClassVar[Any] = None
+    #: The worker's request class (Celery's, by name): a revoked job that was cancelled
+    #: (``celery reliable cancel``) ends CANCELLED, not REVOKED. A task class with a
+    #: request class of its own derives it from this one to keep that.
+    Request = "celery_reliable.worker.cancels:CancellableRequest"
 
     _reliable_key: ClassVar[KeySpec | None] = None
     #: ``heartbeat_timeout`` validated (None: the execution has no heartbeat).
@@ -264,8 +268,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         """The body is alive: call it at least every ``heartbeat_timeout`` seconds.
 
         ``progress`` (0 to 1) and ``details`` (JSON values) describe how far it got.
-        Renews the idempotency claim's lease (at most one store write a second). A no-op
-        outside an execution, and for a task without ``heartbeat_timeout``.
+        Renews the idempotency claim's lease (at most one store write a second). Raises
+        ``Cancel`` once the job is cancelled (``celery reliable cancel``): the
+        execution ends ``CANCELLED``. A no-op outside an execution, and for a task
+        without ``heartbeat_timeout``.
         """
         fraction = check_progress(progress)
         execution = current_execution()

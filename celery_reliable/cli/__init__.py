@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from celery_reliable.cli.cancel import cancel_command
 from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
@@ -20,7 +21,7 @@ from celery_reliable.cli.web import web_command
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
     """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters,
-    the web view."""
+    progress and cancels of long jobs, the web view."""
 
 
 def app_of(ctx: click.Context) -> Any:
@@ -34,6 +35,7 @@ def app_of(ctx: click.Context) -> Any:
     return app
 
 
+reliable.add_command(cancel_command)
 reliable.add_command(check_command)
 reliable.add_command(db)
 reliable.add_command(dead)

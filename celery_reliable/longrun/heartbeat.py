@@ -3,9 +3,11 @@
 
 A beat costs one ``utime`` on the worker's beat board (``board.py``), and at most
 once a second one store transaction: the progress row (``store/progress.py``) and, for
-a keyed task, its claim's lease pushed to ``heartbeat_timeout`` + grace from now. A
-keyed task that beats keeps its key however long it runs, and one that stops beating
-loses it soon after it is ended, not after its hard time limit.
+a keyed task, its claim's lease pushed to ``heartbeat_timeout`` + grace from now; the
+job's cancel is read in the same transaction. A keyed task that beats keeps its key
+however long it runs, and one that stops beating loses it soon after it is ended, not
+after its hard time limit. A job cancelled while it runs (``celery reliable cancel``)
+gets ``Cancel`` raised by the beat that finds it: it ends ``CANCELLED``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.longrun import board
+from celery_reliable.outcomes import Cancel
 
 if TYPE_CHECKING:
     from celery_reliable.claims import ReceiptHolder
@@ -122,6 +125,7 @@ class Heartbeat:
             self.in_body = False
 
     def beat(self, progress: float | None, details: dict[str, Any]) -> None:
+        """Raises ``Cancel`` when the store says the job was cancelled."""
         self._touch()
         if progress is not None:
             self.progress = progress
@@ -152,7 +156,7 @@ class Heartbeat:
         receipt = self.receipt
         claim = receipt.claim if receipt is not None and not receipt.claim.completed else None
         try:
-            kept = store.progress.beat(
+            beat = store.progress.beat(
                 self.task_id,
                 self.task_name,
                 self.hostname,
@@ -172,11 +176,14 @@ class Heartbeat:
             )
             return
         self._wrote = True
-        if not kept:
+        if not beat.kept:
             self._warn_once(
                 "its idempotency key was taken over by another execution: this one's "
                 "atomic() rolls back (LeaseLost)"
             )
+        if beat.cancel is not None:
+            # Raised in the body, which called heartbeat(): the execution ends CANCELLED.
+            raise Cancel(beat.cancel.describe())
 
     def _warn_once(self, message: str, *args: Any) -> None:
         if not self._warned:

@@ -1,5 +1,5 @@
 """The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
-outcome history, heartbeats' progress and resumable jobs' steps.
+outcome history, heartbeats' progress, cancels, resumable jobs' steps and limits.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -26,6 +26,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.django import django_alias
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
+from celery_reliable.store.cancels import CancelRows
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
@@ -82,6 +83,7 @@ class Store:
         self._progress = ProgressRows(self.engine, insert)
         self._limits = LimitRows(self.engine, insert)
         self._steps = StepRows(self.engine, insert)
+        self._cancels = CancelRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -162,6 +164,11 @@ class Store:
     def steps(self) -> StepRows:
         self.ensure_schema()
         return self._steps
+
+    @property
+    def cancels(self) -> CancelRows:
+        self.ensure_schema()
+        return self._cancels
 
     @contextmanager
     def atomic(

@@ -1,7 +1,8 @@
 """The last heartbeat of each running execution: how far it got and when it last beat.
 
-Written by the execution's heartbeat at most once a second (an upsert; for a keyed
-task, in the same transaction as its lease renewal), removed when the execution ends.
+Written by the execution's heartbeat at most once a second (an upsert, which returns
+the job's cancel if it has one; for a keyed task, in the same transaction as its lease
+renewal), removed when the execution ends.
 A worker that died leaves its rows: they read as stale (their ``beat_at`` stops) and
 are pruned with the receipts.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.engine import Engine
 
+from celery_reliable.store.cancels import Cancellation
 from celery_reliable.store.engine import first_row, rowcount, run_statement, unavailable_as
 from celery_reliable.store.receipts import Claim, renew_in
-from celery_reliable.store.schema import progress
+from celery_reliable.store.schema import cancels, progress
 from celery_reliable.store.timeutil import utcnow
 
 
@@ -70,6 +72,15 @@ def _progress(row: Any) -> Progress:
     )
 
 
+class Beat(NamedTuple):
+    """What a beat's transaction found."""
+
+    #: False if the claim is no longer this execution's (the beat is kept).
+    kept: bool
+    #: The job's cancel, if it was cancelled (``celery reliable cancel``).
+    cancel: Cancellation | None
+
+
 _GET = select(progress).where(progress.c.task_id == bindparam("p_task_id"))
 _FINISH = delete(progress).where(progress.c.task_id == bindparam("p_task_id"))
 
@@ -86,6 +97,8 @@ def _upsert_statement(insert: Any) -> Any:
         details=bindparam("p_details"),
     )
     excluded = statement.excluded
+    # The job's cancel comes back with the upsert (scalar subqueries by primary key in
+    # its RETURNING): no round trip of its own. NULLs when it was not cancelled.
     return statement.on_conflict_do_update(
         index_elements=[progress.c.task_id],
         set_={
@@ -97,6 +110,14 @@ def _upsert_statement(insert: Any) -> Any:
             "progress": excluded.progress,
             "details": excluded.details,
         },
+    ).returning(
+        *(
+            select(column)
+            .where(cancels.c.task_id == bindparam("p_task_id"))
+            .scalar_subquery()
+            .label(f"cancel_{column.name}")
+            for column in (cancels.c.reason, cancels.c.requested_by, cancels.c.requested_at)
+        )
     )
 
 
@@ -116,9 +137,9 @@ class ProgressRows:
         details: dict[str, Any],
         claim: Claim | None = None,
         lease_seconds: float = 0.0,
-    ) -> bool:
-        """Record a beat; with ``claim``, renew its lease in the same transaction.
-        Returns False if the claim is no longer this execution's (the beat is kept)."""
+    ) -> Beat:
+        """Record a beat; with ``claim``, renew its lease in the same transaction; and
+        read the job's cancel in it (one primary-key lookup)."""
         now = utcnow()
         params = {
             "p_task_id": task_id,
@@ -132,10 +153,14 @@ class ProgressRows:
             "p_details": json.dumps(details, default=str) if details else None,
         }
         with unavailable_as("recording a heartbeat"), self._engine.begin() as connection:
-            connection.execute(self._upsert, params)
-            if claim is None:
-                return True
-            return renew_in(connection, claim, lease_seconds, now)
+            row = connection.execute(self._upsert, params).one()
+            kept = claim is None or renew_in(connection, claim, lease_seconds, now)
+        if row.cancel_requested_at is None:
+            return Beat(kept, None)
+        cancel = Cancellation(
+            task_id, row.cancel_reason, row.cancel_requested_by, row.cancel_requested_at
+        )
+        return Beat(kept, cancel)
 
     def finish(self, task_id: str) -> None:
         """The execution ended: its row goes."""

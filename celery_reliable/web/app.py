@@ -43,6 +43,7 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
         Route("/locks/release", receipts.release_lock, methods=["POST"]),
         Route("/gates", gates.gates_page, name="gates"),
         Route("/workers", workers.workers_page, name="workers"),
+        Route("/workers/cancel", workers.cancel, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(

@@ -18,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from celery_reliable.store import Store, store_for
-from celery_reliable.web.security import ACT, CSRF_FIELD, csrf_matches, same_origin
+from celery_reliable.web.security import ACT, CSRF_FIELD, basic_user, csrf_matches, same_origin
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -107,6 +107,12 @@ async def action_form(request: Request) -> FormData:
     if not same_origin(request.headers):
         raise HTTPException(403, "cross-origin form refused: submit it from the web view")
     return form
+
+
+def caller(request: Request) -> str:
+    """Who acts, as an action records it: ``web:alice`` (the basic-auth user), or
+    ``web:localhost`` when the view needs no credentials (loopback only)."""
+    return f"web:{basic_user(request.headers.get('authorization')) or 'localhost'}"
 
 
 def done(request: Request, path: str, notice: str) -> Response:

@@ -75,6 +75,18 @@ class Credentials:
         return role
 
 
+def basic_user(authorization: str | None) -> str | None:
+    """The user name of an ``Authorization: Basic ...`` header (the guard checked its
+    password already), or None."""
+    if not authorization or authorization[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
 def _any_matches(pairs: Iterable[tuple[str, str]], user: str, password: str) -> bool:
     found = False
     for known_user, known_password in pairs:

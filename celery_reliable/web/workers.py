@@ -1,7 +1,9 @@
 """Workers: what each worker runs now, holds reserved and keeps scheduled (ETA and
 countdown), asked with Celery's own remote control (``inspect``), as Sidekiq's Busy
 and Scheduled pages show them; and, from the store, the last heartbeat of every
-running job with one (its progress), which needs no worker to answer."""
+running job with one (its progress), which needs no worker to answer, and the recent
+cancels. Each job has a Cancel button (``longrun/cancel.py``: the cancel holds across
+retries and restarts), which asks for a confirmation first."""
 
 from __future__ import annotations
 
@@ -13,14 +15,17 @@ from typing import Any
 
 import anyio
 from celery import Celery
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
+from celery_reliable.longrun.cancel import Cancellation, cancel_job, where_is
 from celery_reliable.longrun.progress import Progress, running, stale_after
+from celery_reliable.store import store_for
 from celery_reliable.store.timeutil import utcnow
-from celery_reliable.web.common import celery_app, render
+from celery_reliable.web.common import action_form, caller, celery_app, done, render, store
 
 logger = logging.getLogger("celery_reliable.web")
 
@@ -32,6 +37,10 @@ BROKER_TIMEOUT = 5.0
 QUESTIONS = ("active", "reserved", "scheduled")
 #: Running jobs with a heartbeat shown at most.
 BEATS_SHOWN = 200
+#: Recent cancels shown.
+CANCELS_SHOWN = 20
+#: The longest reason a cancel keeps from the form.
+REASON_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ async def workers_page(request: Request) -> Response:
     error = None
     workers: list[Worker] = []
     beating, beats_error = await anyio.to_thread.run_sync(_beating, app)
+    cancels = await anyio.to_thread.run_sync(_recent_cancels, app)
     try:
         with anyio.fail_after(BROKER_TIMEOUT):
             answers = await anyio.to_thread.run_sync(_ask, app, abandon_on_cancel=True)
@@ -86,7 +96,55 @@ async def workers_page(request: Request) -> Response:
         timeout=INSPECT_TIMEOUT,
         beating=beating,
         beats_error=beats_error,
+        cancels=cancels,
     )
+
+
+async def cancel(request: Request) -> Response:
+    """POST ``task_id`` (and ``task``, its name, for the page): first a confirmation
+    saying what the cancel will do to the job, then (``confirmed=1``, with a reason)
+    the cancel itself, and back to the workers page with a notice."""
+    form = await action_form(request)
+    task_id = str(form.get("task_id") or "").strip()
+    if not task_id:
+        raise HTTPException(400, "task_id is required")
+    app = celery_app(request)
+    found = store(request)
+    if form.get("confirmed") != "1":
+        stage, fate = await anyio.to_thread.run_sync(where_is, app, task_id)
+        before = await anyio.to_thread.run_sync(found.cancels.get, task_id)
+        return render(
+            request,
+            "confirm_cancel.html",
+            page="workers",
+            task_id=task_id,
+            task_name=str(form.get("task") or ""),
+            stage=stage,
+            fate=fate,
+            before=before,
+        )
+    reason = str(form.get("reason") or "").strip()[:REASON_LENGTH] or None
+    who = caller(request)
+    cancelled = await anyio.to_thread.run_sync(lambda: cancel_job(app, task_id, reason, who))
+    if cancelled.new:
+        notice = f"cancelled {task_id}: {cancelled.fate}"
+    else:
+        notice = f"{task_id} was already {cancelled.cancellation.describe()}: {cancelled.fate}"
+    if cancelled.broadcast_error is not None:
+        notice += "; the workers read it from the store within seconds"
+    return done(request, "/workers", notice)
+
+
+def _recent_cancels(app: Celery) -> list[Cancellation]:
+    """The most recent cancels; none when the store cannot say (the heartbeats' panel
+    already says why)."""
+    found = store_for(app)
+    if found is None:
+        return []
+    try:
+        return found.cancels.all(CANCELS_SHOWN)
+    except StoreUnavailable:
+        return []
 
 
 def _beating(app: Celery) -> tuple[list[Beating], str | None]:

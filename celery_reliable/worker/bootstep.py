@@ -1,6 +1,7 @@
 """The worker bootstep: validate settings and build observers when the worker starts,
-prune old receipts (and heartbeats and steps), expired unique locks and old outcome
-history on a timer, and write the outcome history when the worker stops.
+load the store's cancels and keep reading them (``worker/cancels.py``), prune old
+receipts, heartbeats, steps and cancels, expired unique locks and old outcome history
+on a timer, and write the outcome history when the worker stops.
 
 So that a misspelt ``reliable_*`` setting, or a task that needs a store when there is
 none, stops the worker at start-up with a clear error instead of surfacing on the
@@ -25,6 +26,7 @@ from celery_reliable.longrun.interrupt import install_handler
 from celery_reliable.longrun.monitor import start_monitor, stop_monitor
 from celery_reliable.store import store_for
 from celery_reliable.wiring import activate_history, flush_history, observers_for
+from celery_reliable.worker.cancels import CancelWatch
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from celery_reliable.worker.sampler import queue_depth_sampler
 
@@ -48,6 +50,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         self._timer_entry: Any = None
         self._sampler: Any = None
         self._redelivery: Any = None
+        self._cancels: CancelWatch | None = None
         # First: a misspelt prefix may be why a setting below seems to be ignored.
         warn_of_misspelt_keys(worker.app)
         try:
@@ -98,6 +101,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             except StoreUnavailable as exc:
                 # Not fatal: executions that need the store retry until it is back.
                 logger.error("celery_reliable store not ready at start-up: %s", exc)
+            # Before the consumer (the last step) receives a message: a job cancelled
+            # while no worker ran is not started by this one.
+            self._cancels = CancelWatch(self.store, self.settings.receipt_ttl)
+            self._cancels.start(worker.timer)
             self._timer_entry = worker.timer.call_repeatedly(
                 self.settings.prune_interval, self.prune, priority=10
             )
@@ -118,6 +125,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         if self._timer_entry is not None:
             self._timer_entry.cancel()
             self._timer_entry = None
+        if self._cancels is not None:
+            self._cancels.stop()
+            self._cancels = None
 
     def terminate(self, worker: Any) -> None:
         # A cold shutdown (and an embedded test worker's exit) terminates the steps
@@ -140,16 +150,23 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             beats = store.progress.prune(self.settings.receipt_ttl)
             # Steps of jobs that ended (or were abandoned) that long ago.
             steps = store.steps.prune(self.settings.receipt_ttl)
+            # A job cancelled as long ago that has not started yet is forgotten.
+            cancels = store.cancels.prune(self.settings.receipt_ttl)
+            # Limit keys (reliable_limits_url = "store") nobody took that long.
+            limit_keys = store.limits.prune(self.settings.receipt_ttl)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks or minutes or beats or steps:
+        if receipts or locks or minutes or beats or steps or cancels or limit_keys:
             logger.info(
-                "celery_reliable: pruned %d receipts, %d heartbeats and %d steps older than "
-                "%gs, %d expired unique locks and %d outcome-history rows older than %gs",
+                "celery_reliable: pruned %d receipts, %d heartbeats, %d steps, %d cancels and "
+                "%d limit keys older than %gs, %d expired unique locks and %d outcome-history "
+                "rows older than %gs",
                 receipts,
                 beats,
                 steps,
+                cancels,
+                limit_keys,
                 self.settings.receipt_ttl,
                 locks,
                 minutes,

@@ -36,12 +36,12 @@ def test_db_upgrade_and_current(broker: str, store_url: str) -> None:
     before = run(broker, store_url, "db", "current")
     assert before.returncode == 0, before.stderr
     if store_url.startswith("postgresql"):
-        assert "at (empty), code needs 0005: run `celery reliable db upgrade`" in before.stdout
+        assert "at (empty), code needs 0006: run `celery reliable db upgrade`" in before.stdout
     upgraded = run(broker, store_url, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "-> 0005" in upgraded.stdout or "already at 0005" in upgraded.stdout
+    assert "-> 0006" in upgraded.stdout or "already at 0006" in upgraded.stdout
     again = run(broker, store_url, "db", "upgrade")
-    assert "already at 0005" in again.stdout
+    assert "already at 0006" in again.stdout
     assert "up to date" in run(broker, store_url, "db", "current").stdout
 
 
@@ -235,7 +235,7 @@ def test_store_commands_through_clicks_runner(tmp_path: Path) -> None:
         return CliRunner().invoke(reliable, list(args), obj=SimpleNamespace(app=app), input=answer)
 
     upgraded = invoke("db", "upgrade")
-    assert upgraded.exit_code == 0 and "-> 0005" in upgraded.output
+    assert upgraded.exit_code == 0 and "-> 0006" in upgraded.output
     assert "up to date" in invoke("db", "current").output
 
     store = store_for(app)

@@ -63,6 +63,7 @@ TABLES = {
     "reliable_outcome_history",
     "reliable_progress",
     "reliable_steps",
+    "reliable_cancels",
 }
 TASK = "contract.task"
 H1 = "a" * 64
@@ -1077,6 +1078,7 @@ OPERATIONS: dict[str, Callable[[Store], Any]] = {
     "claim": lambda s: s.receipts.claim(TASK, key(), H1, tid(), 30),
     "dead_letter": lambda s: s.dead_letters.write(**letter()),
     "unique": lambda s: s.unique.acquire(TASK, key(), tid(), 60),
+    "cancel": lambda s: s.cancels.request(tid(), "no store", "test"),
 }
 
 
@@ -1284,7 +1286,10 @@ def test_a_beat_is_recorded_updated_read_and_removed(store: Store) -> None:
     started = utcnow()
     job = tid()
     assert store.progress.get(job) is None
-    assert store.progress.beat(job, "long.import", "w1@host", 4242, started, 0.25, {"row": 10})
+    assert store.progress.beat(job, "long.import", "w1@host", 4242, started, 0.25, {"row": 10}) == (
+        True,
+        None,
+    )
     first = store.progress.get(job)
     assert first is not None
     assert (first.task_name, first.hostname, first.pid) == ("long.import", "w1@host", 4242)
@@ -1293,7 +1298,7 @@ def test_a_beat_is_recorded_updated_read_and_removed(store: Store) -> None:
     # A later beat replaces the row; a value JSON cannot hold is kept as its text.
     assert store.progress.beat(
         job, "long.import", "w1@host", 4242, started, 0.5, {"at": Decimal("1.5")}
-    )
+    ).kept
     second = store.progress.get(job)
     assert second is not None and second.progress == 0.5 and second.details == {"at": "1.5"}
     assert second.beat_at >= first.beat_at
@@ -1305,13 +1310,14 @@ def test_a_beat_is_recorded_updated_read_and_removed(store: Store) -> None:
 def test_a_beat_renews_its_claim_s_lease_in_the_same_transaction(store: Store) -> None:
     held = own(claim(store, key(), lease_seconds=5))
     before = held.lease_expires_at
-    assert store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    assert store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600).kept
     receipt = store.receipts.get(TASK, held.key)
     assert receipt is not None and receipt.lease_expires_at is not None
     assert receipt.lease_expires_at > before + timedelta(seconds=500)
     # Taken over: the beat is kept, the lease is not this execution's to renew.
     store.receipts.release(held)
-    assert not store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    lost = store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    assert not lost.kept
     assert store.progress.get(held.task_id) is not None
 
 
@@ -1448,3 +1454,52 @@ def test_steps_not_written_for_the_ttl_are_pruned(store: Store) -> None:
     assert store.steps.prune(3600) == 1
     assert store.steps.get(TASK, old, "a") is None
     assert store.steps.get(TASK, new, "a") is not None
+# ---------------------------------------------------------------------------- cancels
+
+
+def test_a_cancel_is_recorded_once_and_read_back(store: Store) -> None:
+    job = tid()
+    assert store.cancels.get(job) is None
+    row, new = store.cancels.request(job, "wrong file", "alice@ops")
+    assert new and (row.task_id, row.reason, row.requested_by) == (job, "wrong file", "alice@ops")
+    assert row.describe() == "cancelled by alice@ops: wrong file"
+    assert abs((utcnow() - row.requested_at).total_seconds()) < 5
+    # A second cancel changes nothing: the first one's reason, author and time stand.
+    again, new = store.cancels.request(job, "another reason", "bob@ops")
+    assert not new and again == row == store.cancels.get(job)
+    # No reason, no author: still a cancel; a name wider than the column is cut.
+    bare, _ = store.cancels.request(tid(), "", "x" * 300)
+    assert bare.reason is None and bare.requested_by == "x" * 255
+    assert bare.describe() == f"cancelled by {'x' * 255}"
+
+
+def test_cancels_since_a_time_all_and_pruned(store: Store) -> None:
+    now = utcnow()
+    old, middle, new = tid(), tid(), tid()
+    store.cancels.request(old, "old", None, now=now - timedelta(days=8))
+    store.cancels.request(middle, "middle", None, now=now - timedelta(minutes=10))
+    store.cancels.request(new, "new", None, now=now)
+    assert [c.task_id for c in store.cancels.since(None)] == [old, middle, new]
+    # At or after: a worker that read up to `now` reads `new` again, never misses it.
+    assert [c.task_id for c in store.cancels.since(now - timedelta(minutes=10))] == [middle, new]
+    assert [c.task_id for c in store.cancels.since(now)] == [new]
+    assert [c.task_id for c in store.cancels.all()] == [new, middle, old]
+    assert [c.task_id for c in store.cancels.all(limit=1)] == [new]
+    assert store.cancels.prune(7 * 24 * 3600) == 1
+    assert [c.task_id for c in store.cancels.all()] == [new, middle]
+
+
+def test_a_beat_reads_its_job_s_cancel_in_its_transaction(store: Store) -> None:
+    held = own(claim(store, key(), lease_seconds=5))
+    beat = store.progress.beat(held.task_id, TASK, None, 1, utcnow(), None, {}, held, 600)
+    assert beat == (True, None)
+    cancel, _ = store.cancels.request(held.task_id, "stop", "alice@ops")
+    beat = store.progress.beat(held.task_id, TASK, None, 1, utcnow(), 0.5, {}, held, 600)
+    assert beat.kept and beat.cancel == cancel  # requested_at read back as a datetime
+    assert beat.cancel.describe() == "cancelled by alice@ops: stop"
+    # The beat was written all the same, and the lease renewed.
+    progress = store.progress.get(held.task_id)
+    assert progress is not None and progress.progress == 0.5
+    receipt = store.receipts.get(TASK, held.key)
+    assert receipt is not None and receipt.lease_expires_at is not None
+    assert receipt.lease_expires_at > utcnow() + timedelta(seconds=500)

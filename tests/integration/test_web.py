@@ -646,3 +646,50 @@ def test_workers_page_shows_the_progress_of_jobs_with_a_heartbeat(server: str, s
         store.progress.finish("job-live")
         store.progress.finish("job-gone")
     assert "None: no job with a" in Client(server).get("/workers").text
+
+
+def test_cancel_a_job_asks_first_and_refuses_a_post_without_the_csrf_token(
+    server: str, store: Any
+) -> None:
+    """The Cancel button's form: a POST without the CSRF token (or from another site)
+    changes nothing; with it, a confirmation saying what will happen, then the cancel,
+    kept in the store and listed on the workers page."""
+    job = "job-" + os.urandom(4).hex()
+    client = Client(server)
+    assert client.get("/workers").status == 200
+    token = client.csrf()
+    act = {"task_id": job, "task": "web.ship", "confirmed": "1", "reason": "wrong order"}
+    refused = [
+        client.post("/workers/cancel", act),  # no token
+        client.post("/workers/cancel", {**act, "csrf_token": "x" * 43}),  # wrong token
+        client.post(
+            "/workers/cancel",
+            {**act, "csrf_token": token},
+            headers={"Origin": "http://evil.example"},
+        ),
+        Client(server).post("/workers/cancel", {**act, "csrf_token": token}),  # no cookie
+    ]
+    assert [answer.status for answer in refused] == [403] * 4
+    assert "CSRF token missing or wrong" in refused[0].text
+    assert store.cancels.get(job) is None
+    assert client.get(f"/workers/cancel?task_id={job}").status == 405
+
+    asked = client.post(
+        "/workers/cancel", {"task_id": job, "task": "web.ship", "csrf_token": token}
+    )
+    assert asked.status == 200, asked.text
+    assert f'Cancel job <span class="mono">{job}</span>' in asked.text
+    assert "<strong>Not started</strong>: it ends CANCELLED when a worker would start it." in (
+        asked.text
+    )
+    assert store.cancels.get(job) is None  # asking changes nothing
+
+    cancelled = client.post("/workers/cancel", {**act, "csrf_token": token})
+    assert cancelled.status == 303 and cancelled.headers["Location"].endswith("/workers")
+    row = store.cancels.get(job)
+    assert row is not None and row.reason == "wrong order"
+    assert row.requested_by == "web:localhost"
+    page = client.get("/workers").text
+    assert f"cancelled {job}: it ends CANCELLED when a worker would start it" in page
+    section = re.search(r'<section class="panel" id="cancels">(.*?)</section>', page, re.S)
+    assert section is not None and job in section[1] and "wrong order" in section[1]

@@ -279,6 +279,41 @@ def _running_on_page(browser: Any, site: str, task_id: str) -> bool:
     )
 
 
+def test_a_running_job_is_cancelled_from_the_workers_page(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    """The Cancel button of a job running with a heartbeat: a confirmation saying what
+    will happen, a reason, and the job ends CANCELLED at its next beat."""
+    from selenium.webdriver.common.by import By
+
+    from celery_reliable.longrun.progress import progress_of
+
+    result = shop.export.delay(701)
+    try:
+        wait_until(lambda: progress_of(shop.app, result.id), "a beat in the store")
+        browser.get(f"{site}/workers")
+        row = browser.find_element(By.CSS_SELECTOR, "#heartbeats tbody tr")
+        assert result.id in row.text
+        click(browser, f"cancel-beat-{result.id}")
+        assert result.id in browser.find_element(By.TAG_NAME, "h1").text
+        assert "Running with a heartbeat: it runs with a heartbeat" in text_of(browser, "fate")
+        assert "it ends CANCELLED at its next beat" in text_of(browser, "fate")
+        screenshot(browser, "cancel")
+        browser.find_element(By.ID, "reason").send_keys("customer changed the order")
+        click(browser, "confirm")
+        assert browser.current_url.endswith("/workers")
+        notice = browser.find_element(By.CSS_SELECTOR, "p.notice").text
+        assert notice.startswith(f"cancelled {result.id}: it runs with a heartbeat"), notice
+        info = result.get(timeout=30)
+        assert info["outcome"] == "cancelled"
+        assert info["reason"] == "cancelled by web:localhost: customer changed the order"
+        browser.get(f"{site}/workers")
+        listed = browser.find_element(By.ID, "cancels").text
+        assert result.id in listed and "customer changed the order" in listed
+    finally:
+        broker.set("web:release:701", 1)
+
+
 #: Where the text of each element ``arguments[0]`` selects is broken across lines, as
 #: laid out: ``[text, ["c|d", ...]]``, a pair of characters on either side of a break.
 LINE_BREAKS = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import redis
 
@@ -106,3 +107,23 @@ def slow(order_id: int) -> None:
 def import_rows(rows: int) -> None:
     """A long job with a heartbeat: the workers page shows its progress (the test
     writes its beats to the store itself)."""
+
+
+@app.task(
+    base=ReliableTask,
+    shared=False,
+    bind=True,
+    name="web.export",
+    timeout=60,
+    heartbeat_timeout=30,
+    waive={"idempotency": "a test"},
+)
+def export(self: ReliableTask, order_id: int) -> str:
+    """Beats every 0.1 s until the test releases it (``web:release:{order_id}``), at
+    most 30 s: a running job the workers page can cancel."""
+    client = _redis()
+    deadline = time.monotonic() + 30
+    while not client.exists(f"web:release:{order_id}") and time.monotonic() < deadline:
+        self.heartbeat(progress=None, order=order_id)
+        time.sleep(0.1)  # the work between two beats
+    return "exported"
