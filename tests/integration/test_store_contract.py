@@ -1454,6 +1454,8 @@ def test_steps_not_written_for_the_ttl_are_pruned(store: Store) -> None:
     assert store.steps.prune(3600) == 1
     assert store.steps.get(TASK, old, "a") is None
     assert store.steps.get(TASK, new, "a") is not None
+
+
 # ---------------------------------------------------------------------------- cancels
 
 
