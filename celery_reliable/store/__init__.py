@@ -1,5 +1,6 @@
 """The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
-outcome history, heartbeats' progress, cancels, resumable jobs' steps and limits.
+outcome history, heartbeats' progress, cancels, resumable jobs' steps, limits and
+pauses.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -32,6 +33,7 @@ from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
 from celery_reliable.store.limits import LimitRows
 from celery_reliable.store.outage import Outage
+from celery_reliable.store.pauses import PauseRows
 from celery_reliable.store.progress import ProgressRows
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
 from celery_reliable.store.steps import StepRows
@@ -84,6 +86,7 @@ class Store:
         self._limits = LimitRows(self.engine, insert)
         self._steps = StepRows(self.engine, insert)
         self._cancels = CancelRows(self.engine, insert)
+        self._pauses = PauseRows(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -169,6 +172,12 @@ class Store:
     def cancels(self) -> CancelRows:
         self.ensure_schema()
         return self._cancels
+
+    @property
+    def pauses(self) -> PauseRows:
+        """Paused queues and tasks (``celery reliable pause``)."""
+        self.ensure_schema()
+        return self._pauses
 
     @contextmanager
     def atomic(

@@ -139,6 +139,20 @@ cancels = Table(
     Index("ix_reliable_cancels_requested_at", "requested_at"),
 )
 
+#: One row per paused queue or task (``celery reliable pause``): ``kind`` is "queue" or
+#: "task". Workers read every row at start and every few seconds (``worker/pauses.py``);
+#: ``resume`` deletes the row. Never pruned: a pause lasts until it is resumed.
+pauses = Table(
+    "reliable_pauses",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("reason", Text, nullable=True),
+    #: Who paused it: "user@host" of the CLI, or the web view's caller.
+    Column("paused_by", String(255), nullable=True),
+    Column("paused_at", DateTime, nullable=False),
+)
+
 #: One row per (task, job, step) of ``self.step(name)``: a job is its idempotency key
 #: when it has one, else its task id. ``cursor`` is the last ``step.advance(value)``
 #: (JSON); ``finished_at`` is set when the step's block ended without an exception, so a

@@ -64,6 +64,7 @@ TABLES = {
     "reliable_progress",
     "reliable_steps",
     "reliable_cancels",
+    "reliable_pauses",
 }
 TASK = "contract.task"
 H1 = "a" * 64
@@ -1079,6 +1080,8 @@ OPERATIONS: dict[str, Callable[[Store], Any]] = {
     "dead_letter": lambda s: s.dead_letters.write(**letter()),
     "unique": lambda s: s.unique.acquire(TASK, key(), tid(), 60),
     "cancel": lambda s: s.cancels.request(tid(), "no store", "test"),
+    "pause": lambda s: s.pauses.pause("queue", "emails", "no store", "test"),
+    "pauses": lambda s: s.pauses.all(),
 }
 
 
@@ -1489,6 +1492,65 @@ def test_cancels_since_a_time_all_and_pruned(store: Store) -> None:
     assert [c.task_id for c in store.cancels.all(limit=1)] == [new]
     assert store.cancels.prune(7 * 24 * 3600) == 1
     assert [c.task_id for c in store.cancels.all()] == [new, middle]
+
+
+# ----------------------------------------------------------------------------- pauses
+
+
+def test_a_pause_is_recorded_once_read_back_and_resumed(store: Store) -> None:
+    assert store.pauses.all() == []
+    assert store.pauses.get("queue", "emails") is None
+    row, new = store.pauses.pause("queue", "emails", "mail server down", "alice@ops")
+    assert new and (row.kind, row.name, row.reason, row.paused_by) == (
+        "queue",
+        "emails",
+        "mail server down",
+        "alice@ops",
+    )
+    assert row.describe() == "queue emails paused by alice@ops: mail server down"
+    assert abs((utcnow() - row.paused_at).total_seconds()) < 5
+    # A second pause changes nothing: the first one's reason, author and time stand.
+    again, new = store.pauses.pause("queue", "emails", "another reason", "bob@ops")
+    assert not new and again == row == store.pauses.get("queue", "emails")
+    # A task of the same name is another pause; no reason, no author: still a pause.
+    task, new = store.pauses.pause("task", "emails", "", "x" * 300)
+    assert new and task.reason is None and task.paused_by == "x" * 255
+    assert task.describe() == f"task emails paused by {'x' * 255}"
+    store.pauses.pause("queue", "billing")
+    assert [p.key for p in store.pauses.all()] == [
+        ("queue", "billing"),
+        ("queue", "emails"),
+        ("task", "emails"),
+    ]
+    assert store.pauses.all()[1] == row  # paused_at read back as the datetime written
+    # Resume: the row is gone and returned; resuming again finds nothing.
+    assert store.pauses.resume("queue", "emails") == row
+    assert store.pauses.resume("queue", "emails") is None
+    assert store.pauses.get("queue", "emails") is None
+    assert [p.key for p in store.pauses.all()] == [("queue", "billing"), ("task", "emails")]
+    with pytest.raises(ValueError):
+        store.pauses.pause("worker", "w1")
+    with pytest.raises(ValueError):
+        store.pauses.pause("queue", "")
+
+
+def test_two_processes_pausing_at_once_write_one_pause(store: Store) -> None:
+    """Real threads racing on the same pause: one writes it, the others find it."""
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def pause_it(who: str) -> None:
+        barrier.wait()
+        results.append(store.pauses.pause("task", "shop.charge", who, who)[1])
+
+    threads = [threading.Thread(target=pause_it, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, False, False, True]
+    [row] = store.pauses.all()
+    assert row.reason == row.paused_by
 
 
 def test_a_beat_reads_its_job_s_cancel_in_its_transaction(store: Store) -> None:
