@@ -105,9 +105,10 @@ class ReliableTask(Task):  # type: ignore[type-arg]
     #: Gates of ``celery reliable check`` this task waives: gate -> reason.
     waive: ClassVar[Any] = None
     #: The worker's request class (Celery's, by name): a revoked job that was cancelled
-    #: (``celery reliable cancel``) ends CANCELLED, not REVOKED. A task class with a
-    #: request class of its own derives it from this one to keep that.
-    Request = "celery_reliable.worker.cancels:CancellableRequest"
+    #: (``celery reliable cancel``) ends CANCELLED, not REVOKED, and a paused task's
+    #: (``celery reliable pause``) is held back. A task class with a request class of
+    #: its own derives it from this one to keep that.
+    Request = "celery_reliable.worker.pauses:PausableRequest"
 
     _reliable_key: ClassVar[KeySpec | None] = None
     #: ``heartbeat_timeout`` validated (None: the execution has no heartbeat).

@@ -1,5 +1,6 @@
 """The worker bootstep: validate settings and build observers when the worker starts,
-load the store's cancels and keep reading them (``worker/cancels.py``), prune old
+load the store's cancels and pauses and keep reading them (``worker/cancels.py``,
+``worker/pauses.py``), prune old
 receipts, heartbeats, steps and cancels, expired unique locks and old outcome history
 on a timer, and write the outcome history when the worker stops.
 
@@ -28,6 +29,7 @@ from celery_reliable.store import store_for
 from celery_reliable.wiring import activate_history, flush_history, observers_for
 from celery_reliable.worker.cancels import CancelWatch
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
+from celery_reliable.worker.pauses import PauseWatch
 from celery_reliable.worker.sampler import queue_depth_sampler
 
 logger = logging.getLogger("celery_reliable.worker")
@@ -51,6 +53,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         self._sampler: Any = None
         self._redelivery: Any = None
         self._cancels: CancelWatch | None = None
+        self._pauses: PauseWatch | None = None
         # First: a misspelt prefix may be why a setting below seems to be ignored.
         warn_of_misspelt_keys(worker.app)
         try:
@@ -105,6 +108,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             # while no worker ran is not started by this one.
             self._cancels = CancelWatch(self.store, self.settings.receipt_ttl)
             self._cancels.start(worker.timer)
+            # Before the consumer too: a paused queue is not consumed at all.
+            self._pauses = PauseWatch(self.store, worker)
+            self._pauses.start(worker.timer)
             self._timer_entry = worker.timer.call_repeatedly(
                 self.settings.prune_interval, self.prune, priority=10
             )
@@ -128,6 +134,9 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         if self._cancels is not None:
             self._cancels.stop()
             self._cancels = None
+        if self._pauses is not None:
+            self._pauses.stop()
+            self._pauses = None
 
     def terminate(self, worker: Any) -> None:
         # A cold shutdown (and an embedded test worker's exit) terminates the steps

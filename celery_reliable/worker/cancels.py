@@ -3,10 +3,10 @@
 
 * :class:`CancelWatch` (started by the bootstep) loads every cancel row into Celery's
   revoked set (``celery.worker.state.revoked``) before the worker consumes, reads the
-  rows requested since the newest it saw every :data:`REFRESH_INTERVAL` seconds in a
-  thread of its own (a store that is slow or down never holds up the event loop), and
-  re-adds them all every :data:`READD_INTERVAL` seconds, since the set forgets an id
-  after ``CELERY_WORKER_REVOKE_EXPIRES`` (3 hours).
+  rows requested since the newest it saw every few seconds in a thread of its own
+  (``worker/watch.py``: a store that is slow or down never holds up the event loop),
+  and re-adds them all every :data:`READD_INTERVAL` seconds, since the set forgets an
+  id after ``CELERY_WORKER_REVOKE_EXPIRES`` (3 hours).
 * :func:`reliable_cancel`, a remote-control command of ours, which ``celery reliable
   cancel`` broadcasts after writing the row: a running worker knows at once, reason
   included; the rows are for the one that missed it (started later, disconnected,
@@ -31,8 +31,6 @@ running job with a heartbeat reads its cancel in the beat's transaction
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from datetime import datetime, timedelta
 from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
@@ -53,19 +51,15 @@ from celery_reliable.store import store_for
 from celery_reliable.store.cancels import Cancellation
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.wiring import ensure_observers
+from celery_reliable.worker.watch import StoreReader
 
 if TYPE_CHECKING:
     from celery_reliable.store import Store
 
 logger = logging.getLogger("celery_reliable.cancel")
 
-#: Seconds between two reads of the new cancel rows.
-REFRESH_INTERVAL = 2.0
 #: Seconds between two re-additions of every known cancel to the revoked set.
 READD_INTERVAL = 600.0
-#: Seconds between two hand-overs of what the reading thread found, in the worker's own
-#: timer (the event loop, on prefork): the revoked set is changed there only.
-APPLY_INTERVAL = 1.0
 #: Each read goes back this far before the newest cancel seen: a cancel written by a
 #: machine whose clock is behind, or committed late, is still found.
 CLOCK_MARGIN = timedelta(minutes=5)
@@ -137,22 +131,16 @@ class CancelWatch:
         self.store = store
         #: Cancels older than this are pruned from the store: forgotten here too.
         self.keep_seconds = keep_seconds
-        self._found: queue.SimpleQueue[list[Cancellation]] = queue.SimpleQueue()
         self._newest: datetime | None = None
         self._readded = monotonic()
-        self._down = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name="celery_reliable-cancels", daemon=True
-        )
-        self._timer_entry: Any = None
+        self._reader = StoreReader("cancels", self.read, self.apply, logger=logger)
 
     def start(self, timer: Any) -> None:
         """Load every cancel now (before the worker consumes), then keep reading."""
         try:
             rows = self.store.cancels.since(None)
         except StoreUnavailable as exc:
-            self._down = True
+            self._reader.failed_at_start()
             logger.error(
                 "celery_reliable: cancels not loaded at start-up (%s): read once the store is back",
                 exc,
@@ -162,16 +150,10 @@ class CancelWatch:
             learnt = _learn(rows)
             if learnt:
                 logger.info("celery_reliable: %d cancelled jobs loaded", learnt)
-        self._thread.start()
-        self._timer_entry = timer.call_repeatedly(APPLY_INTERVAL, self.apply, priority=10)
+        self._reader.start(timer)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._timer_entry is not None:
-            self._timer_entry.cancel()
-            self._timer_entry = None
-        if self._thread.is_alive():
-            self._thread.join(5)
+        self._reader.stop()
 
     def _seen(self, rows: list[Cancellation]) -> None:
         if rows:
@@ -179,38 +161,18 @@ class CancelWatch:
             if self._newest is None or newest > self._newest:
                 self._newest = newest
 
-    def _run(self) -> None:
-        while not self._stop.wait(REFRESH_INTERVAL):
-            self.read()
-
-    def read(self) -> None:
-        """One read of the rows requested since the newest seen (margin included)."""
+    def read(self) -> list[Cancellation]:
+        """In the reading thread: the rows requested since the newest seen (margin
+        included)."""
         since = None if self._newest is None else self._newest - CLOCK_MARGIN
-        try:
-            rows = self.store.cancels.since(since)
-        except StoreUnavailable as exc:
-            if not self._down:
-                self._down = True
-                logger.warning("celery_reliable: cancels not read, store unavailable: %s", exc)
-            return
-        except Exception:  # never let the thread die: the next read may work
-            logger.exception("celery_reliable: cancels not read")
-            return
-        if self._down:
-            self._down = False
-            logger.info("celery_reliable: cancels read again")
+        rows = self.store.cancels.since(since)
         self._seen(rows)
-        if rows:
-            self._found.put(rows)
+        return rows
 
-    def apply(self) -> None:
+    def apply(self, found: list[list[Cancellation]]) -> None:
         """In the worker's timer: what the thread read goes into the revoked set; every
         :data:`READD_INTERVAL`, every known cancel again (and the pruned ones out)."""
-        while True:
-            try:
-                rows = self._found.get_nowait()
-            except queue.Empty:
-                break
+        for rows in found:
             _learn(rows)
         if monotonic() - self._readded >= READD_INTERVAL:
             self._readded = monotonic()
