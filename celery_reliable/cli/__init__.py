@@ -11,6 +11,7 @@ from celery_reliable.cli.cancel import cancel_command
 from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
 from celery_reliable.cli.dead import dead
+from celery_reliable.cli.pause import pause_command, resume_command
 from celery_reliable.cli.progress import progress_command
 from celery_reliable.cli.receipts import receipts
 from celery_reliable.cli.report import report_command
@@ -21,7 +22,7 @@ from celery_reliable.cli.web import web_command
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
     """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters,
-    progress and cancels of long jobs, the web view."""
+    progress and cancels of long jobs, pauses of queues and tasks, the web view."""
 
 
 def app_of(ctx: click.Context) -> Any:
@@ -39,7 +40,9 @@ reliable.add_command(cancel_command)
 reliable.add_command(check_command)
 reliable.add_command(db)
 reliable.add_command(dead)
+reliable.add_command(pause_command)
 reliable.add_command(progress_command)
 reliable.add_command(receipts)
 reliable.add_command(report_command)
+reliable.add_command(resume_command)
 reliable.add_command(web_command)

@@ -3,7 +3,8 @@
 Exit status 0 when every task meets every gate it does not waive, 1 otherwise, so a CI
 step fails on a task that would ship without a timeout or with unbounded retries. A fact
 of the whole app (no StatsD, Sentry not set up) is one ``(project)`` line, not one per
-task.
+task. Queues and tasks paused in the store (``celery reliable pause``) are mentioned, one
+line each: not a gate, they never fail the check.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from celery_reliable.audit.gates import (
     check,
     format_seconds,
 )
-from celery_reliable.cli.common import one_line
+from celery_reliable.cli.common import one_line, when
 from celery_reliable.errors import UnknownTask
+from celery_reliable.limits.pause import pauses_if_any
 from celery_reliable.options import GATES
+from celery_reliable.store.pauses import QUEUE, Pause
 
 #: The table's columns: the gates found per task (the project's are printed once).
 _TASK_GATES = tuple(gate for gate in GATES if gate not in PROJECT_GATES)
@@ -69,20 +72,44 @@ def check_command(ctx: click.Context, task_name: str | None, as_json_: bool) -> 
             "`celery -A proj reliable check` with the module that defines the app "
             "and imports its tasks"
         )
+    paused, unread = pauses_if_any(app)
     if as_json_:
-        click.echo(json.dumps(findings.to_dict(), indent=2))
+        data = {
+            **findings.to_dict(),
+            "paused": [row.to_dict() for row in paused],
+            "paused_unread": unread,
+        }
+        click.echo(json.dumps(data, indent=2))
     elif sys.stdout.isatty():
-        _print_table(findings)
+        _print_table(findings, paused, unread)
     else:
-        _print_lines(findings)
+        _print_lines(findings, paused, unread)
     ctx.exit(0 if findings.passed else 1)
+
+
+def _paused_subject(row: Pause) -> str:
+    """The first column of a pause's line: the task's name, or ``(queue NAME)``."""
+    return f"(queue {row.name})" if row.kind == QUEUE else row.name
+
+
+def _paused_reason(row: Pause) -> str:
+    by = f" by {row.paused_by}" if row.paused_by else ""
+    why = f": {row.reason}" if row.reason else ""
+    return f"{row.kind} paused{by} since {when(row.paused_at)} UTC{why}"
+
+
+def _paused_summary(paused: list[Pause]) -> str:
+    if not paused:
+        return ""
+    names = ", ".join(f"{row.kind} {row.name}" for row in paused)
+    return f" (paused, not a gate: {names})"
 
 
 def _window(seconds: float | None) -> str:
     return "-" if seconds is None else format_seconds(seconds)
 
 
-def _print_table(findings: Findings) -> None:
+def _print_table(findings: Findings, paused: list[Pause], unread: str | None) -> None:
     console = Console()
     out = Table(title="celery_reliable gates")
     out.add_column("task", overflow="fold")
@@ -122,20 +149,34 @@ def _print_table(findings: Findings) -> None:
                     f"  {escape(task)}  [bold]{result.gate}[/]: {escape(result.reason)}",
                     highlight=False,
                 )
+    if paused or unread:
+        console.print("\n[bold]Paused[/] (not a gate: `celery reliable resume` ends a pause)")
+        for row in paused:
+            console.print(
+                f"  {escape(_paused_subject(row))}  {escape(_paused_reason(row))}",
+                highlight=False,
+            )
+        if unread:
+            console.print(f"  {escape(unread)}", highlight=False)
     console.print()
-    console.print(_summary(findings), highlight=False)
+    console.print(_summary(findings) + _paused_summary(paused), highlight=False)
 
 
-def _print_lines(findings: Findings) -> None:
+def _print_lines(findings: Findings, paused: list[Pause], unread: str | None) -> None:
     """Piped: one line per gate of the project, then per task and gate of its own,
-    whole, tab-separated: ``grep miss`` works."""
+    whole, tab-separated: ``grep miss`` works; then one ``paused`` line per pause."""
     click.echo("task\tgate\tstatus\treason")
     for result in findings.project:
         _echo_line(PROJECT, result)
     for audit in findings.tasks:
         for result in audit.own:
             _echo_line(audit.task, result)
-    click.echo(_summary(findings))
+    for row in paused:
+        cells = (_paused_subject(row), "-", "paused", _paused_reason(row))
+        click.echo("\t".join(one_line(cell) for cell in cells))
+    if unread:
+        click.echo("\t".join((PROJECT, "-", "paused", one_line(unread))))
+    click.echo(_summary(findings) + _paused_summary(paused))
 
 
 def _echo_line(task: str, result: GateResult) -> None:
