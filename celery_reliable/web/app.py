@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.web import dead_letters, gates, overview, receipts, workers
+from celery_reliable.web import dead_letters, gates, overview, pauses, receipts, workers
 from celery_reliable.web.common import HERE, render
 from celery_reliable.web.security import Credentials, Guard
 
@@ -44,6 +44,8 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
         Route("/gates", gates.gates_page, name="gates"),
         Route("/workers", workers.workers_page, name="workers"),
         Route("/workers/cancel", workers.cancel, methods=["POST"]),
+        Route("/pauses/pause", pauses.pause_action, methods=["POST"]),
+        Route("/pauses/resume", pauses.resume_action, methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(

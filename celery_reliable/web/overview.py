@@ -1,6 +1,7 @@
 """The overview: per task, the outcomes of the last hour and day (from the outcome
 history the workers write), a per-minute chart, the error rate and the dead letters
-waiting; the depth of each queue, from the broker."""
+waiting; the depth of each queue, from the broker; what is paused, with a Pause or
+Resume button per queue and task (``web/pauses.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from celery_reliable.audit.gates import reliable_task_names
 from celery_reliable.delivery.queue_depth import read_depths
 from celery_reliable.outcomes import Outcome
+from celery_reliable.store.pauses import QUEUE, TASK, Pause
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.web import chart
 from celery_reliable.web.common import celery_app, render, store
@@ -45,6 +47,7 @@ async def overview(request: Request) -> Response:
     refresh_seconds = int(refresh) if re.fullmatch("[0-9]{1,4}", refresh) else REFRESH_SECONDS
     depths, depth_error = await _queue_depths(request)
     rows, total, last_minute = await anyio.to_thread.run_sync(_task_rows, request)
+    pauses = await anyio.to_thread.run_sync(_pauses, request)
     return render(
         request,
         "overview.html",
@@ -57,7 +60,17 @@ async def overview(request: Request) -> Response:
         depth_error=depth_error,
         outcomes=[outcome.value for outcome in Outcome],
         now=utcnow(),
+        pauses=pauses,
+        paused={kind: _by_name(pauses, kind) for kind in (QUEUE, TASK)},
     )
+
+
+def _pauses(request: Request) -> list[Pause]:
+    return store(request).pauses.all()
+
+
+def _by_name(pauses: list[Pause], kind: str) -> dict[str, Pause]:
+    return {row.name: row for row in pauses if row.kind == kind}
 
 
 def _task_rows(request: Request) -> tuple[list[TaskRow], dict[datetime, dict[str, int]], datetime]:

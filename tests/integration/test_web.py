@@ -693,3 +693,68 @@ def test_cancel_a_job_asks_first_and_refuses_a_post_without_the_csrf_token(
     assert f"cancelled {job}: it ends CANCELLED when a worker would start it" in page
     section = re.search(r'<section class="panel" id="cancels">(.*?)</section>', page, re.S)
     assert section is not None and job in section[1] and "wrong order" in section[1]
+
+
+def test_pause_and_resume_ask_first_and_refuse_a_post_without_the_csrf_token(
+    server: str, store: Any
+) -> None:
+    """The Pause and Resume buttons' forms: a POST without the CSRF token (or from
+    another site) changes nothing; with it, a confirmation saying what will happen,
+    then the pause, kept in the store and listed on the overview, then the resume."""
+    client = Client(server)
+    page = client.get("/?refresh=0")
+    assert page.status == 200
+    assert 'id="pause-task-web.ship"' in page.text and 'id="pauses"' not in page.text
+    token = client.csrf()
+    act = {"kind": "task", "name": "web.ship", "confirmed": "1", "reason": "carrier down"}
+    for path in ("/pauses/pause", "/pauses/resume"):
+        refused = [
+            client.post(path, act),  # no token
+            client.post(path, {**act, "csrf_token": "x" * 43}),  # wrong token
+            client.post(
+                path, {**act, "csrf_token": token}, headers={"Origin": "http://evil.example"}
+            ),
+            Client(server).post(path, {**act, "csrf_token": token}),  # no cookie
+        ]
+        assert [answer.status for answer in refused] == [403] * 4, path
+        assert "CSRF token missing or wrong" in refused[0].text
+        assert client.get(f"{path}?kind=task&name=web.ship").status == 405
+    assert store.pauses.get("task", "web.ship") is None
+
+    asked = client.post("/pauses/pause", {"kind": "task", "name": "web.ship", "csrf_token": token})
+    assert asked.status == 200, asked.text
+    assert "<h1>Pause task web.<wbr>ship?</h1>" in asked.text
+    assert "No worker starts it from now on" in asked.text
+    assert store.pauses.get("task", "web.ship") is None  # asking changes nothing
+
+    paused = client.post("/pauses/pause", {**act, "csrf_token": token})
+    assert paused.status == 303 and paused.headers["Location"].endswith("/")
+    row = store.pauses.get("task", "web.ship")
+    assert row is not None and row.reason == "carrier down"
+    assert row.paused_by == "web:localhost"
+    page = client.get("/?refresh=0")
+    assert "paused task web.ship: no worker starts it from now on" in page.text
+    section = re.search(r'<section class="panel" id="pauses">(.*?)</section>', page.text, re.S)
+    assert section is not None and "carrier down" in section[1]
+    assert 'id="resume-task-web.ship"' in section[1]
+
+    # A task the app does not have, or no kind: nothing is written.
+    for bad in ({"kind": "task", "name": "web.shipp"}, {"kind": "worker", "name": "w1"}):
+        answer = client.post("/pauses/pause", {**bad, "confirmed": "1", "csrf_token": token})
+        assert answer.status == 400, answer.text
+    assert "no task named &#39;web.shipp&#39;; did you mean &#39;web.ship&#39;?" in (
+        client.post(
+            "/pauses/pause",
+            {"kind": "task", "name": "web.shipp", "confirmed": "1", "csrf_token": token},
+        ).text
+    )
+    assert [p.key for p in store.pauses.all()] == [("task", "web.ship")]
+
+    confirm = client.post(
+        "/pauses/resume", {"kind": "task", "name": "web.ship", "csrf_token": token}
+    )
+    assert confirm.status == 200 and "Paused by web:localhost since " in confirm.text
+    resumed = client.post("/pauses/resume", {**act, "csrf_token": token})
+    assert resumed.status == 303
+    assert store.pauses.get("task", "web.ship") is None
+    assert "resumed task web.ship: workers start it again" in client.get("/?refresh=0").text

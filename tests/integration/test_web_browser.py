@@ -314,6 +314,53 @@ def test_a_running_job_is_cancelled_from_the_workers_page(
         broker.set("web:release:701", 1)
 
 
+def test_a_task_is_paused_and_resumed_from_the_overview(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    """The overview's Pause button of a task: a confirmation saying what a pause does,
+    a reason, the pause listed; the worker holds the task's job until the Resume
+    button, then runs it."""
+    from selenium.webdriver.common.by import By
+
+    from celery_reliable.store import store_for
+
+    store = store_for(shop.app)
+    assert store is not None
+
+    def held() -> set[str]:
+        answers = shop.app.control.inspect(timeout=1.0)._request("reliable_held") or {}
+        return {entry["id"] for entries in answers.values() for entry in entries or []}
+
+    try:
+        browser.get(f"{site}/?refresh=0")
+        click(browser, "pause-task-web.ship")
+        assert browser.find_element(By.TAG_NAME, "h1").text == "Pause task web.ship?"
+        assert text_of(browser, "effect").startswith("No worker starts it from now on")
+        screenshot(browser, "pause")
+        browser.find_element(By.ID, "reason").send_keys("carrier strike")
+        click(browser, "confirm")
+        notice = browser.find_element(By.CSS_SELECTOR, "p.notice").text
+        assert notice.startswith("paused task web.ship: no worker starts it from now on"), notice
+        listed = browser.find_element(By.ID, "pauses").text
+        assert "web.ship" in listed and "carrier strike" in listed and "web:localhost" in listed
+        screenshot(browser, "paused")
+
+        result = shop.ship.delay(801)
+        wait_until(lambda: result.id in held(), "the worker to hold the job")
+        assert "801" not in broker.lrange(shop.SHIPPED, 0, -1)
+
+        click(browser, "resume-task-web.ship")
+        assert text_of(browser, "before").startswith("Paused by web:localhost since ")
+        click(browser, "confirm")
+        notice = browser.find_element(By.CSS_SELECTOR, "p.notice").text
+        assert notice.startswith("resumed task web.ship: workers start it again"), notice
+        result.get(timeout=30)
+        assert broker.lrange(shop.SHIPPED, 0, -1).count("801") == 1
+        assert browser.find_elements(By.ID, "pauses") == []
+    finally:
+        store.pauses.resume("task", "web.ship")
+
+
 #: Where the text of each element ``arguments[0]`` selects is broken across lines, as
 #: laid out: ``[text, ["c|d", ...]]``, a pair of characters on either side of a break.
 LINE_BREAKS = """
