@@ -34,10 +34,17 @@ def where(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(where: str, redis_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+def broker(redis_url: str) -> str:
+    """One broker for the module's three runs: the test process's app keeps the result
+    backend it first built (each run's keys are its own)."""
+    return new_redis_db(redis_url)
+
+
+@pytest.fixture(scope="module")
+def env(where: str, broker: str, request: pytest.FixtureRequest) -> dict[str, str]:
     store = fresh_store_url("sqlite" if where == "redis" else where, request)
     return {
-        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_BROKER": broker,
         "RELIABLE_TEST_STORE": store,
         "RELIABLE_TEST_LIMITS": "" if where == "redis" else "store",
     }
@@ -167,3 +174,35 @@ def test_a_killed_holder_frees_its_slot_within_its_lease(
     assert began - killed_at < lease + 3.0, (began - killed_at, other.output)
     # It did wait for the lease: the slot was not simply free.
     assert began - killed_at > lease - 3.0, (began - killed_at, other.output)
+
+
+def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any) -> None:
+    """docs/limits.md's example, on a real Redis: a call takes and gives back its slots;
+    with the ERP's five slots held elsewhere, the next ends SNOOZED as ``limited``,
+    without spending an attempt."""
+    from celery_reliable import Outcome
+    from celery_reliable.limits.parts import Part, Taken
+    from celery_reliable.limits.redis_slots import RedisSlots
+    from celery_reliable.testing import perform_task
+    from tests.docs_blocks import DOCS, marked_block
+
+    broker = new_redis_db(redis_url)
+    code = marked_block(DOCS / "limits.md", "limits-example")
+    code = code.replace("redis://localhost:6379/0", broker)
+    code = code.replace("sqlite:///reliable.db", f"sqlite:///{tmp_path}/reliable.db")
+    scope: dict[str, Any] = {"__name__": "limits_docs"}
+    exec(compile(code, "limits.md", "exec"), scope)
+    sync_repo = scope["sync_repo"]
+    done = perform_task(sync_repo, ("acme", "api"))
+    assert done.outcome is Outcome.SUCCEEDED and done.result == "acme/api synced"
+    slots = RedisSlots(broker)
+    erp = Part("c", "concurrency:erp", 5, 60_000)
+    assert slots.holders(erp) == 0  # given back
+    for n in range(5):
+        assert isinstance(slots.take(f"other{n}", 0, f"other{n}:t", [erp]), Taken)
+    waits = perform_task(sync_repo, ("acme", "web"))
+    assert waits.outcome is Outcome.SNOOZED and waits.attempt == 1, waits
+    assert waits.retry_in is not None and waits.retry_in > 0
+    assert "limited by concurrency(5, key='erp') on 'erp'" in waits.reason
+    slots.close()
+    reset(scope["app"])
