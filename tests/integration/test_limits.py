@@ -177,14 +177,16 @@ def test_a_killed_holder_frees_its_slot_within_its_lease(
 
 
 def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any) -> None:
-    """docs/limits.md's example, on a real Redis: a call takes and gives back its slots;
-    with the ERP's five slots held elsewhere, the next ends SNOOZED as ``limited``,
-    without spending an attempt."""
+    """docs/limits.md's example on a real Redis and an embedded worker: a job takes and
+    gives back its slots; with the ERP's five slots held elsewhere, the next one waits
+    (SNOOZED, counted as ``limited``, no attempt spent) and runs once they are given
+    back. An eager call takes no slot, as Celery's rate_limit does not apply to it."""
     from celery_reliable import Outcome
     from celery_reliable.limits.parts import Part, Taken
     from celery_reliable.limits.redis_slots import RedisSlots
-    from celery_reliable.testing import perform_task
+    from celery_reliable.testing import capture_outcomes, perform_task
     from tests.docs_blocks import DOCS, marked_block
+    from tests.support.workers import embedded_worker
 
     broker = new_redis_db(redis_url)
     code = marked_block(DOCS / "limits.md", "limits-example")
@@ -192,17 +194,33 @@ def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any)
     code = code.replace("sqlite:///reliable.db", f"sqlite:///{tmp_path}/reliable.db")
     scope: dict[str, Any] = {"__name__": "limits_docs"}
     exec(compile(code, "limits.md", "exec"), scope)
-    sync_repo = scope["sync_repo"]
-    done = perform_task(sync_repo, ("acme", "api"))
-    assert done.outcome is Outcome.SUCCEEDED and done.result == "acme/api synced"
+    app, sync_repo = scope["app"], scope["sync_repo"]
+    app.conf.result_backend = broker
     slots = RedisSlots(broker)
     erp = Part("c", "concurrency:erp", 5, 60_000)
-    assert slots.holders(erp) == 0  # given back
-    for n in range(5):
-        assert isinstance(slots.take(f"other{n}", 0, f"other{n}:t", [erp]), Taken)
-    waits = perform_task(sync_repo, ("acme", "web"))
-    assert waits.outcome is Outcome.SNOOZED and waits.attempt == 1, waits
-    assert waits.retry_in is not None and waits.retry_in > 0
-    assert "limited by concurrency(5, key='erp') on 'erp'" in waits.reason
-    slots.close()
-    reset(scope["app"])
+    try:
+        with embedded_worker(app), capture_outcomes() as seen:
+            assert sync_repo.delay("acme", "api").get(timeout=30) == "acme/api synced"
+            assert slots.holders(erp) == 0  # given back
+            held = [slots.take(f"other{n}", 0, f"other{n}:t", [erp]) for n in range(5)]
+            assert all(isinstance(h, Taken) for h in held)
+            waiting = sync_repo.delay("acme", "web")
+            wait_until(
+                lambda: any(e.task_id == waiting.id for e in seen), "the job to wait its turn"
+            )
+            for n, h in enumerate(held):
+                assert isinstance(h, Taken)
+                slots.give_back(f"other{n}:t", h.at_ms, [erp])
+            assert waiting.get(timeout=30) == "acme/web synced"
+        mine = [e for e in seen if e.task_id == waiting.id]
+        assert [e.counted_as for e in mine] == ["limited", "succeeded"], mine
+        assert "limited by concurrency(5, key='erp') on 'erp'" in mine[0].reason
+        assert mine[1].attempt == 1  # the wait spent no attempt
+        # Eager: no slot taken, even with the limit full.
+        for n in range(5):
+            assert isinstance(slots.take(f"x{n}", 0, f"x{n}:t", [erp]), Taken)
+        eager = perform_task(sync_repo, ("acme", "cli"))
+        assert eager.outcome is Outcome.SUCCEEDED and eager.result == "acme/cli synced"
+    finally:
+        slots.close()
+        reset(app)
