@@ -224,3 +224,32 @@ def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any)
     finally:
         slots.close()
         reset(app)
+
+
+def test_a_limits_backend_that_is_down_is_retried_by_the_rules(redis_url: str) -> None:
+    """Redis for the limits unreachable: the body does not run, the built-in
+    StoreUnavailable rule retries the job (nothing lost), and the reason says where."""
+    from celery_reliable import ReliableTask
+    from celery_reliable.limits import concurrency
+    from celery_reliable.testing import capture_outcomes
+    from tests.support.celery_apps import new_app
+    from tests.support.workers import embedded_worker
+
+    app = new_app(redis_url, "limits_down", reliable_limits_url="redis://127.0.0.1:1/0")
+    ran: list[str] = []
+
+    @app.task(base=ReliableTask, name="ld.sync", shared=False, timeout=10, limits=[concurrency(1)])
+    def sync() -> None:
+        ran.append("ran")
+
+    try:
+        with embedded_worker(app), capture_outcomes() as seen:
+            result = sync.delay()
+            wait_until(lambda: any(e.task_id == result.id for e in seen), "the first outcome")
+        first = next(e for e in seen if e.task_id == result.id)
+        assert first.outcome.value == "retried", first
+        assert type(first.exc).__name__ == "LimitsUnavailable"
+        assert "limits: taking a slot in Redis at redis://127.0.0.1:1/0 failed" in first.reason
+        assert ran == []
+    finally:
+        reset(app)
