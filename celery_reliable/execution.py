@@ -221,7 +221,9 @@ class Execution:
         )
 
     def _run(self, body: Callable[..., Any]) -> Any:
-        if self.task._reliable_slots is not None:
+        if self.task._reliable_slots is not None and not self.request.is_eager:
+            # An eager call (apply(), task_always_eager, a test) runs here and now, as
+            # Celery's own rate_limit does not apply to it either.
             self._take_slots()
             if self.heartbeat is not None:
                 self.heartbeat.slots = self.held

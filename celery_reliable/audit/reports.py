@@ -37,6 +37,7 @@ from celery_reliable.config import ReliableSettings, as_written, settings_for
 from celery_reliable.delivery.broker import BrokerFacts
 from celery_reliable.docs import docs_url
 from celery_reliable.errors import MissingDependency, StoreUnavailable
+from celery_reliable.metrics import LIMITED
 from celery_reliable.options import heartbeat_grace
 from celery_reliable.outcomes import Outcome
 from celery_reliable.policy import CancelRule, DiscardRule, RetryRule, retry_schedule
@@ -140,6 +141,9 @@ def _design(
         "visibility_timeout": broker.visibility_timeout,
         "max_snoozes": task.max_snoozes,
         "heartbeat": _heartbeat(task),
+        "limits": [b.limit.describe() for b in task._reliable_limits.limits]
+        if task._reliable_limits is not None
+        else [],
         "steps": step_names(task),
         "waivers": dict(waivers),
     }
@@ -291,7 +295,7 @@ def _add_store_figures(app: Celery, report: Report) -> None:
     except StoreUnavailable as exc:
         report.store_error = f"the store is unavailable: {exc}"
         return
-    counts = {outcome.value: summary.counts.get(outcome.value, 0) for outcome in Outcome}
+    counts = {name: summary.counts.get(name, 0) for name in (*(o.value for o in Outcome), LIMITED)}
     report.recent = {
         "since": since.isoformat(timespec="seconds") + "Z",
         "executions": summary.executions,
@@ -405,6 +409,11 @@ def _long_task_markdown(d: dict[str, Any]) -> list[str]:
                 else ""
             )
         ]
+    if d["limits"]:
+        lines.append(
+            f"- Limits: {', '.join(d['limits'])}, across every worker (a job over a limit "
+            "waits its turn, SNOOZED without spending an attempt: `limited` below)"
+        )
     if d["steps"]:
         named = ", ".join(f"`{name}`" for name in d["steps"])
         lines.append(f"- Steps: {named} (a finished step is skipped when the job runs again)")

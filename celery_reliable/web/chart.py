@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 #: Outcomes drawn together, bottom to top, with the CSS class of each group.
 GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
     ("ok", frozenset({"succeeded", "duplicate"})),
-    ("again", frozenset({"retried", "snoozed"})),
+    ("again", frozenset({"retried", "snoozed", "limited"})),
     ("cancelled", frozenset({"cancelled"})),
     ("error", frozenset({"discarded", "exhausted", "failed"})),
 )
@@ -19,7 +19,7 @@ _GROUP_OF = {outcome: name for name, outcomes in GROUPS for outcome in outcomes}
 #: Outcomes that ended a job because something went wrong (they write dead letters).
 ERRORS = frozenset({"discarded", "exhausted", "failed"})
 #: Outcomes that did not end the job: it runs again.
-NOT_ENDED = frozenset({"retried", "snoozed"})
+NOT_ENDED = frozenset({"retried", "snoozed", "limited"})
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from celery_reliable.audit.gates import reliable_task_names
 from celery_reliable.delivery.queue_depth import read_depths
+from celery_reliable.metrics import LIMITED
 from celery_reliable.outcomes import Outcome
 from celery_reliable.store.pauses import QUEUE, TASK, Pause
 from celery_reliable.store.timeutil import utcnow
@@ -58,7 +59,8 @@ async def overview(request: Request) -> Response:
         total_chart=chart.chart(total, last_minute, width=720, height=90),
         depths=depths,
         depth_error=depth_error,
-        outcomes=[outcome.value for outcome in Outcome],
+        # A wait for a limit's slot is counted apart from snoozes (metrics.LIMITED).
+        outcomes=[*(outcome.value for outcome in Outcome), LIMITED],
         now=utcnow(),
         pauses=pauses,
         paused={kind: _by_name(pauses, kind) for kind in (QUEUE, TASK)},

@@ -52,6 +52,19 @@ def refuse_ignored_declarations(sender: Any = None, **_: Any) -> None:
                 "base=ReliableTask to their @app.task"
             )
         )
+    limited = sorted(
+        name
+        for name, task in app.tasks.items()
+        if isinstance(task, ReliableTask) and task._reliable_limits is not None
+    )
+    if limited:
+        from celery_reliable.limits.slots import limits_url
+
+        try:
+            limits_url(app)
+        except ImproperlyConfigured as exc:
+            # At start, not at each execution: every limited job would end FAILED.
+            raise WorkerMisconfigured(ImproperlyConfigured(f"tasks {limited}: {exc}")) from exc
 
 
 def report_ended_outside_the_body(

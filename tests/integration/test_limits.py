@@ -34,10 +34,17 @@ def where(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(where: str, redis_url: str, request: pytest.FixtureRequest) -> dict[str, str]:
+def broker(redis_url: str) -> str:
+    """One broker for the module's three runs: the test process's app keeps the result
+    backend it first built (each run's keys are its own)."""
+    return new_redis_db(redis_url)
+
+
+@pytest.fixture(scope="module")
+def env(where: str, broker: str, request: pytest.FixtureRequest) -> dict[str, str]:
     store = fresh_store_url("sqlite" if where == "redis" else where, request)
     return {
-        "RELIABLE_TEST_BROKER": new_redis_db(redis_url),
+        "RELIABLE_TEST_BROKER": broker,
         "RELIABLE_TEST_STORE": store,
         "RELIABLE_TEST_LIMITS": "" if where == "redis" else "store",
     }
@@ -167,3 +174,82 @@ def test_a_killed_holder_frees_its_slot_within_its_lease(
     assert began - killed_at < lease + 3.0, (began - killed_at, other.output)
     # It did wait for the lease: the slot was not simply free.
     assert began - killed_at > lease - 3.0, (began - killed_at, other.output)
+
+
+def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any) -> None:
+    """docs/limits.md's example on a real Redis and an embedded worker: a job takes and
+    gives back its slots; with the ERP's five slots held elsewhere, the next one waits
+    (SNOOZED, counted as ``limited``, no attempt spent) and runs once they are given
+    back. An eager call takes no slot, as Celery's rate_limit does not apply to it."""
+    from celery_reliable import Outcome
+    from celery_reliable.limits.parts import Part, Taken
+    from celery_reliable.limits.redis_slots import RedisSlots
+    from celery_reliable.testing import capture_outcomes, perform_task
+    from tests.docs_blocks import DOCS, marked_block
+    from tests.support.workers import embedded_worker
+
+    broker = new_redis_db(redis_url)
+    code = marked_block(DOCS / "limits.md", "limits-example")
+    code = code.replace("redis://localhost:6379/0", broker)
+    code = code.replace("sqlite:///reliable.db", f"sqlite:///{tmp_path}/reliable.db")
+    scope: dict[str, Any] = {"__name__": "limits_docs"}
+    exec(compile(code, "limits.md", "exec"), scope)
+    app, sync_repo = scope["app"], scope["sync_repo"]
+    app.conf.result_backend = broker
+    slots = RedisSlots(broker)
+    erp = Part("c", "concurrency:erp", 5, 60_000)
+    try:
+        with embedded_worker(app), capture_outcomes() as seen:
+            assert sync_repo.delay("acme", "api").get(timeout=30) == "acme/api synced"
+            assert slots.holders(erp) == 0  # given back
+            held = [slots.take(f"other{n}", 0, f"other{n}:t", [erp]) for n in range(5)]
+            assert all(isinstance(h, Taken) for h in held)
+            waiting = sync_repo.delay("acme", "web")
+            wait_until(
+                lambda: any(e.task_id == waiting.id for e in seen), "the job to wait its turn"
+            )
+            for n, h in enumerate(held):
+                assert isinstance(h, Taken)
+                slots.give_back(f"other{n}:t", h.at_ms, [erp])
+            assert waiting.get(timeout=30) == "acme/web synced"
+        mine = [e for e in seen if e.task_id == waiting.id]
+        assert [e.counted_as for e in mine] == ["limited", "succeeded"], mine
+        assert "limited by concurrency(5, key='erp') on 'erp'" in mine[0].reason
+        assert mine[1].attempt == 1  # the wait spent no attempt
+        # Eager: no slot taken, even with the limit full.
+        for n in range(5):
+            assert isinstance(slots.take(f"x{n}", 0, f"x{n}:t", [erp]), Taken)
+        eager = perform_task(sync_repo, ("acme", "cli"))
+        assert eager.outcome is Outcome.SUCCEEDED and eager.result == "acme/cli synced"
+    finally:
+        slots.close()
+        reset(app)
+
+
+def test_a_limits_backend_that_is_down_is_retried_by_the_rules(redis_url: str) -> None:
+    """Redis for the limits unreachable: the body does not run, the built-in
+    StoreUnavailable rule retries the job (nothing lost), and the reason says where."""
+    from celery_reliable import ReliableTask
+    from celery_reliable.limits import concurrency
+    from celery_reliable.testing import capture_outcomes
+    from tests.support.celery_apps import new_app
+    from tests.support.workers import embedded_worker
+
+    app = new_app(redis_url, "limits_down", reliable_limits_url="redis://127.0.0.1:1/0")
+    ran: list[str] = []
+
+    @app.task(base=ReliableTask, name="ld.sync", shared=False, timeout=10, limits=[concurrency(1)])
+    def sync() -> None:
+        ran.append("ran")
+
+    try:
+        with embedded_worker(app), capture_outcomes() as seen:
+            result = sync.delay()
+            wait_until(lambda: any(e.task_id == result.id for e in seen), "the first outcome")
+        first = next(e for e in seen if e.task_id == result.id)
+        assert first.outcome.value == "retried", first
+        assert type(first.exc).__name__ == "LimitsUnavailable"
+        assert "limits: taking a slot in Redis at redis://127.0.0.1:1/0 failed" in first.reason
+        assert ran == []
+    finally:
+        reset(app)

@@ -554,7 +554,7 @@ def test_overview_counts_from_the_history(server: str, store: Any) -> None:
 
     minute = utcnow().replace(second=0, microsecond=0)
     counts = {}
-    for outcome, n in (("succeeded", 40), ("retried", 6), ("failed", 2)):
+    for outcome, n in (("succeeded", 40), ("retried", 6), ("failed", 2), ("limited", 9)):
         c = MinuteCounts()
         for _ in range(n):
             c.add(0.02)
@@ -565,7 +565,8 @@ def test_overview_counts_from_the_history(server: str, store: Any) -> None:
     assert row is not None
     cells = row.group(1)
     assert "40 succeeded" in cells and "6 retried" in cells and "2 failed" in cells
-    assert "4.8 %" in cells  # 2 of the 42 that ended their job
+    assert "9 limited" in cells  # waits for a limit's slot, beside the outcomes
+    assert "4.8 %" in cells  # 2 of the 42 that ended their job (waits did not end it)
     assert 'http-equiv="refresh"' not in text
     assert 'http-equiv="refresh" content="5"' in Client(server).get("/").text
 

@@ -39,6 +39,29 @@ def test_declarations_on_a_plain_task_stop_an_embedded_worker(make_app: Any) -> 
     assert isinstance(stop.value.cause, ImproperlyConfigured)
 
 
+def test_limits_on_a_broker_without_redis_stop_the_worker(make_app: Any) -> None:
+    """Limits need somewhere every worker sees: on a broker that is not Redis, with no
+    reliable_limits_url, the worker refuses to start rather than fail every job."""
+    from celery_reliable.limits import concurrency
+
+    app = make_app("limits_nowhere")
+    app.conf.broker_url = "memory://"
+
+    @app.task(base=ReliableTask, shared=False, name="ln.sync", timeout=10, limits=[concurrency(2)])
+    def sync() -> None:
+        return None
+
+    with (
+        pytest.raises(
+            WorkerMisconfigured,
+            match=r"^tasks \['ln.sync'\]: limits=\[\.\.\.\] need somewhere every worker sees: "
+            r"the broker \(memory\) is not Redis, so set reliable_limits_url to a Redis URL",
+        ),
+        embedded_worker(app),
+    ):
+        pass
+
+
 def test_declarations_on_a_plain_task_stop_a_worker_process(redis_url: str) -> None:
     """The app has no ReliableTask at all: the check still runs (worker_init)."""
     returncode, output = run_worker_to_exit(

@@ -22,6 +22,7 @@ from celery_reliable.audit.gates import (
 from celery_reliable.audit.reports import build_report
 from celery_reliable.backoff import exponential, fixed, polynomial
 from celery_reliable.errors import UnknownTask
+from celery_reliable.limits import concurrency, rate
 from celery_reliable.options import GATES
 from celery_reliable.policy import make_retry_rule, retry_schedule
 from celery_reliable.testing import perform_task
@@ -718,7 +719,13 @@ def test_a_long_time_limit_without_a_heartbeat_is_a_warning() -> None:
 def test_the_report_names_a_tasks_heartbeat_lease_and_steps() -> None:
     app = make_app()
 
-    @app.task(name="t.import", bind=True, heartbeat_timeout=10, **{**GOOD, "timeout": 3600})
+    @app.task(
+        name="t.import",
+        bind=True,
+        heartbeat_timeout=10,
+        limits=[concurrency(2, key="imports"), rate(10, per=60)],
+        **{**GOOD, "timeout": 3600},
+    )
     @retry_on(Transient, attempts=5)
     @discard_on(Permanent)
     def import_rows(self: Any, x: int) -> int:
@@ -734,6 +741,7 @@ def test_the_report_names_a_tasks_heartbeat_lease_and_steps() -> None:
     report = build_report(app, "t.import", with_store=False)
     assert report.design["heartbeat"] == {"heartbeat_timeout": 10, "grace": 10, "lease": 25}
     assert report.design["steps"] == ["validate", "rows"]
+    assert report.design["limits"] == ["concurrency(2, key='imports')", "rate(10, per=60)"]
     text = report.markdown()
     assert (
         "- Heartbeat: heartbeat_timeout=10s: a silent body gets HeartbeatTimeout after 10s, "
