@@ -9,7 +9,15 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_reliable.cli.common import as_json, store_errors, store_of, table, when
 from celery_reliable.errors import UnknownTask
-from celery_reliable.limits.pause import QUEUE, TASK, pause, pauses, resume, unrouted_queue
+from celery_reliable.limits.pause import (
+    QUEUE,
+    TASK,
+    held_by_workers,
+    pause,
+    pauses,
+    resume,
+    unrouted_queue,
+)
 
 
 def _what(queue: str | None, task: str | None, command: str) -> tuple[str, str]:
@@ -51,7 +59,8 @@ def pause_command(
     """Pause QUEUE (no worker consumes it) or --task NAME (no worker starts it) on
     every worker, until `reliable resume`: kept in the store, so it holds across
     restarts and for workers started later. Messages are kept, none lost; running
-    jobs go on to their end. --list lists what is paused."""
+    jobs go on to their end. --list lists what is paused, and how many messages the
+    running workers hold back for each."""
     from celery_reliable.cli import app_of
 
     if list_:
@@ -122,20 +131,39 @@ def resume_command(ctx: click.Context, queue: str | None, task: str | None, as_j
 def _list(ctx: click.Context, as_json_: bool) -> None:
     from celery_reliable.cli import app_of
 
+    app = app_of(ctx)
     store_of(ctx)
     try:
         with store_errors():
-            found = pauses(app_of(ctx))
+            found = pauses(app)
     except ImproperlyConfigured as exc:
         raise click.ClickException(str(exc)) from exc
+    held, unasked = held_by_workers(app) if found else ({}, None)
+    if unasked is not None:
+        click.echo(f"the workers could not be asked what they hold (broker: {unasked})", err=True)
     if as_json_:
-        as_json([row.to_dict() for row in found])
+        as_json(
+            [
+                {**row.to_dict(), "held": None if unasked is not None else held.get(row.key, 0)}
+                for row in found
+            ]
+        )
         return
     if not found:
         click.echo("nothing is paused")
         return
     table(
         "Paused",
-        ("kind", "name", "paused at (UTC)", "paused by", "reason"),
-        [(p.kind, p.name, when(p.paused_at), p.paused_by, p.reason) for p in found],
+        ("kind", "name", "paused at (UTC)", "paused by", "held", "reason"),
+        [
+            (
+                p.kind,
+                p.name,
+                when(p.paused_at),
+                p.paused_by,
+                "?" if unasked is not None else held.get(p.key, 0),
+                p.reason,
+            )
+            for p in found
+        ],
     )

@@ -4,6 +4,8 @@
   built, and a task's limits compiled once per class (pure: no Redis, no SQL).
 * ``slots.py``: one execution's take and give back, over a backend:
   ``redis_slots.py`` (Lua, one round trip each) or ``sql_slots.py`` (the store).
+* ``pause.py``: pausing a queue or a task on every worker (``celery reliable pause``);
+  the workers' side is ``worker/pauses.py``.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ __all__ = [
     "Pause",
     "Paused",
     "Resumed",
+    "held_by_workers",
     "pause",
     "pauses",
     "resume",
@@ -151,6 +152,35 @@ def resume(app: Any, kind: str, name: str) -> Resumed:
 def pauses(app: Any) -> list[Pause]:
     """Every pause in force, queues first. Raises as :func:`pause` does."""
     return require_store(app, "listing pauses").pauses.all()
+
+
+#: Seconds the workers have to say what they hold.
+INSPECT_TIMEOUT = 1.0
+
+
+def held_by_workers(
+    app: Any, timeout: float = INSPECT_TIMEOUT
+) -> tuple[dict[tuple[str, str], int], str | None]:
+    """How many messages the running workers hold back, per pause (``(kind, name)``),
+    asked with the remote-control command ``reliable_held`` (workers started with
+    ``--without-control`` do not answer); the broker's error instead when it cannot be
+    reached."""
+    counts: dict[tuple[str, str], int] = {}
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=1)
+            replies = app.control.broadcast(
+                "reliable_held", reply=True, timeout=timeout, connection=connection
+            )
+    except Exception as exc:  # a broker that is down: say so, list what the store has
+        return counts, str(exc) or type(exc).__name__
+    for reply in replies or []:
+        for held in reply.values():
+            for entry in held if isinstance(held, list) else []:
+                pause = entry.get("pause") or {}
+                key = (str(pause.get("kind")), str(pause.get("name")))
+                counts[key] = counts.get(key, 0) + 1
+    return counts, None
 
 
 def pauses_if_any(app: Any) -> tuple[list[Pause], str | None]:

@@ -395,8 +395,8 @@ def _hold(request: Any, pause: Pause) -> None:
 
 @inspect_command()
 def reliable_held(state: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """The requests this worker holds back because of a pause (``celery inspect
-    reliable_held``): each one's id, task name and pause."""
+    """The requests this worker holds back because of a pause, each one's id, task name
+    and pause (``celery reliable pause --list`` counts them)."""
     return [
         {"id": held.request.id, "name": held.request.name, "pause": held.pause.to_dict()}
         for held in list(_here.held.values())

@@ -93,9 +93,9 @@ def waiting_in(effects: redis.Redis, queue: str) -> int:
 
 
 def held_on(celery: Celery) -> set[str]:
-    """The task ids the running workers hold back (``celery inspect reliable_held``)."""
-    answers = celery.control.inspect(timeout=1.0)._request("reliable_held") or {}
-    return {entry["id"] for entries in answers.values() for entry in entries or []}
+    """The task ids the running workers hold back (remote control: ``reliable_held``)."""
+    replies = celery.control.broadcast("reliable_held", reply=True, timeout=1.0) or []
+    return {entry["id"] for reply in replies for held in reply.values() for entry in held}
 
 
 def reserved_on(celery: Celery) -> set[str]:
@@ -165,6 +165,12 @@ def test_a_paused_queue_and_task_run_nothing_across_a_warm_restart_and_once_afte
             assert runs(effects, name) == 0, (name, first.output)
         assert waiting_in(effects, app.PAUSED_QUEUE) == 4
         wait_until(lambda: held_on(client) == ids, "both pz.held messages held by the worker")
+        listed = cli(env, "pause", "--list").stdout.splitlines()
+        assert listed[0] == "kind\tname\tpaused at (UTC)\tpaused by\theld\treason"
+        assert [line.split("\t")[:2] + line.split("\t")[4:] for line in listed[1:]] == [
+            ["queue", app.PAUSED_QUEUE, "0", reason],
+            ["task", "pz.held", "2", ""],
+        ]
         assert "Holding paused task: pz.held[" in first.output
         assert f"(task pz.held paused by {requester()})" in first.output
 
@@ -285,12 +291,11 @@ def test_pause_and_resume_say_what_they_did_and_list_what_is_paused(
         "declared (did you mean 'pz.open'?)"
     ), odd.stderr
     listed = cli(env, "pause", "--list").stdout.splitlines()
-    assert listed[0] == "kind\tname\tpaused at (UTC)\tpaused by\treason"
     assert [line.split("\t")[:2] for line in listed[1:]] == [
         ["queue", "pz.opne"],
         ["task", "pz.mark"],
     ]
-    assert listed[2].endswith(f"\t{requester()}\tdeploy")
+    assert listed[2].endswith(f"\t{requester()}\t0\tdeploy")
     # `check` mentions them, one line each, without failing for them.
     check = cli(env, "check", "--task", "pz.mark")
     assert "(queue pz.opne)\t-\tpaused\tqueue paused by " in check.stdout, check.stdout

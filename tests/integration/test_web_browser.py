@@ -347,8 +347,8 @@ def test_a_task_is_paused_and_resumed_from_the_overview(
     assert store is not None
 
     def held() -> set[str]:
-        answers = shop.app.control.inspect(timeout=1.0)._request("reliable_held") or {}
-        return {entry["id"] for entries in answers.values() for entry in entries or []}
+        replies = shop.app.control.broadcast("reliable_held", reply=True, timeout=1.0) or []
+        return {entry["id"] for reply in replies for held in reply.values() for entry in held}
 
     try:
         browser.get(f"{site}/?refresh=0")
