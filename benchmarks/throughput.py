@@ -7,7 +7,10 @@ One no-op task on one ``celery worker -P prefork -c 2`` and a real Redis broker:
 ``sqlite`` and ``postgresql`` (ReliableTask with an idempotency key per job: a claim
 and a completion per execution, PostgreSQL at its production defaults, fsync and
 synchronous commit on); ``history`` (ReliableTask, the outcome history on, SQLite);
-``heartbeat`` (ReliableTask with ``heartbeat_timeout``, one beat per execution).
+``heartbeat`` (ReliableTask with ``heartbeat_timeout``, one beat per execution);
+``limited`` (ReliableTask with ``limits=[concurrency(1000, key="bench")]``, a limit
+never reached, in the broker's Redis: a slot taken and given back per execution,
+compared with ``reliable``, the same task without limits).
 A ReliableTask's worker fetches atomically (one Lua script per message, instead of
 kombu's BRPOP and a second round trip to record it): ``-kombu`` variants turn that
 off, and ``plain-atomic`` gives it to plain Celery, so that the table can show the
@@ -55,6 +58,7 @@ VARIANTS = (
     "postgresql-kombu",
     "history",
     "heartbeat",
+    "limited",
 )
 
 
@@ -117,7 +121,12 @@ def one_run(variant: str, broker: str, store: str | None, statsd_port: int, jobs
 
 @contextlib.contextmanager
 def stores(variants: list[str], folder: Path) -> Iterator[dict[str, str | None]]:
-    found: dict[str, str | None] = {"plain": None, "reliable": None, "heartbeat": None}
+    found: dict[str, str | None] = {
+        "plain": None,
+        "reliable": None,
+        "heartbeat": None,
+        "limited": None,
+    }
     found["sqlite"] = f"sqlite:///{folder}/receipts.sqlite3"
     found["history"] = f"sqlite:///{folder}/history.sqlite3"
     with contextlib.ExitStack() as stack:
@@ -184,6 +193,13 @@ def main() -> int:
             rounds,
         )
     console.print(table)
+    against_reliable = {
+        v: medians[v] / medians["reliable"]
+        for v in ("limited", "heartbeat")
+        if v in medians and medians.get("reliable")
+    }
+    for variant, ratio in against_reliable.items():
+        console.print(f"{variant} / reliable (the same task without it): {ratio:.2f}")
     result = {
         "jobs": args.jobs,
         "rounds": args.rounds,
@@ -193,6 +209,7 @@ def main() -> int:
         "median": medians,
         "ratio_to_plain": {v: medians[v] / base for v in variants} if base else {},
         "ratio_to_plain_same_fetch": same_fetch,
+        "ratio_to_reliable": against_reliable,
     }
     out = ROOT / ".cache" / "bench-throughput.json"
     out.parent.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import os
 from celery import Celery
 
 from celery_reliable import ReliableTask
+from celery_reliable.limits import concurrency
 
 VARIANT, _, FETCH = os.environ["BENCH_VARIANT"].partition("-")
 #: "-kombu": kombu's BRPOP fetch for a ReliableTask (reliable_atomic_fetch off);
@@ -50,6 +51,15 @@ elif VARIANT in ("sqlite", "postgresql"):
         waive={"classified": "benchmark"},
     )
     def noop(n: int, run: str = "") -> None:  # type: ignore[misc]
+        return None
+
+elif VARIANT == "limited":
+    # A limit that is never reached: what taking and giving back a slot costs (in the
+    # broker's Redis, the default place of limits).
+    @app.task(
+        base=ReliableTask, name="bench.noop", timeout=30, limits=[concurrency(1000, key="bench")]
+    )
+    def noop(n: int) -> None:  # type: ignore[misc]
         return None
 
 elif VARIANT == "heartbeat":

@@ -1,6 +1,8 @@
 """The worker app of the chaos suite: each job writes one effect row to PostgreSQL,
 through ``self.atomic()`` (``CHAOS_MODE=atomic``: exactly once) or with a plain
-write (``CHAOS_MODE=plain``: at least once, for comparison)."""
+write (``CHAOS_MODE=plain``: at least once, for comparison). ``CHAOS_MODE=limits`` is
+``atomic`` under ``limits=[concurrency(CHAOS_LIMIT)]``, each body counted at once by
+the tally in a Redis of its own (``CHAOS_TALLY``, ``tests/chaos/at_once.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ from sqlalchemy.exc import OperationalError
 
 from celery_reliable import ReliableTask, retry_on
 from celery_reliable.backoff import exponential
+from celery_reliable.limits import concurrency
+from celery_reliable.signals import OutcomeEvent, task_outcome
+from tests.chaos.at_once import Tally
 from tests.chaos.effects import effects
 
 MODE = os.environ["CHAOS_MODE"]
@@ -21,6 +26,8 @@ STORE = os.environ["CHAOS_STORE"]
 VISIBILITY_TIMEOUT = float(os.environ.get("CHAOS_VISIBILITY_TIMEOUT", "5"))
 #: Mean seconds of work per job (uniform between 0 and twice this).
 JOB_SECONDS = float(os.environ.get("CHAOS_JOB_SECONDS", "0.05"))
+#: ``limits`` mode: the n of ``concurrency(n)``.
+LIMIT = int(os.environ.get("CHAOS_LIMIT", "3"))
 
 app = Celery("chaos", broker=os.environ["CHAOS_BROKER"])
 app.conf.update(
@@ -70,6 +77,33 @@ if MODE == "atomic":
         time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
         with self.atomic() as session:
             session.execute(effects.insert().values(_effect(job_id, self.request.id, published_at)))
+
+elif MODE == "limits":
+    tally = Tally(os.environ["CHAOS_TALLY"])
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="chaos.job",
+        timeout=5,
+        idempotency_key="job:{job_id}",
+        limits=[concurrency(LIMIT)],
+    )
+    @retry_on(OperationalError, **RETRY)
+    def job(self: ReliableTask, job_id: int, published_at: float) -> None:
+        with tally.running(job_id):
+            time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
+            with self.atomic() as session:
+                session.execute(
+                    effects.insert().values(_effect(job_id, self.request.id, published_at))
+                )
+
+    def _count_limited(event: OutcomeEvent | None = None, **_: object) -> None:
+        """Each wait for a slot (SNOOZED by the limit, StatsD's ``limited``)."""
+        if event is not None and event.counted_as == "limited":
+            tally.count_limited()
+
+    task_outcome.connect(_count_limited, weak=False)
 
 else:
 

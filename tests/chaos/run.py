@@ -3,7 +3,7 @@ SIGKILLed (whole process group) and restarted while Redis restarts and PostgreSQ
 crashes.
 
     python -m tests.chaos.run [--jobs 2000] [--workers 2] [--kill-every 3]
-                              [--mode atomic|plain|both]
+                              [--mode atomic|plain|limits|both|all] [--limit 3]
 
 Both servers run as production ones would: Redis with an fsync'd append-only file
 (its queues survive a restart), PostgreSQL with fsync and synchronous commit on, and
@@ -11,6 +11,13 @@ stopped with ``-m immediate`` (a crash: what was not flushed is lost). It prints
 mode, the figures the docs quote: jobs lost (no effect), effects duplicated, receipts
 left in progress, wall time, and the longest a job waited from publish to its effect.
 Exit status 1 when the ``atomic`` run lost a job or duplicated an effect.
+
+``limits`` is the ``atomic`` run with the job under ``concurrency(3)`` (``--limit``),
+its slots in the broker's Redis: what runs at once is counted outside the product, in
+a Redis of its own that no fault touches (``tests/chaos/at_once.py``). It also prints
+the most bodies seen at once, the waits for a slot (``limited``) and the bodies that
+ran to their end twice; exit status 1 when more than n ran at once, or n never did.
+``both`` is ``atomic`` and ``plain``; ``all`` adds ``limits``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from tests.chaos import at_once
 from tests.support.servers import PostgresServer, RedisServer
 from tests.support.workers import WorkerProcess, celery_worker
 
@@ -51,6 +59,8 @@ class Plan:
     deadline: float = 600.0
     mode: str = "atomic"
     seed: int = 7
+    #: ``limits`` mode: the job's ``concurrency(limit)``.
+    limit: int = 3
 
 
 @dataclass
@@ -70,8 +80,38 @@ class Figures:
     missing: list[int] = field(default_factory=list)
     missing_ids: list[str] = field(default_factory=list)
     broker_left: dict[str, int] = field(default_factory=dict)
+    #: ``limits`` mode: the limit's n, and what the tally counted.
+    limit: int | None = None
+    counted: at_once.Counted | None = None
+
+    def limit_broken(self) -> str | None:
+        """Why the limits run failed its promise, or None."""
+        counted = self.counted
+        if self.limit is None or counted is None:
+            return None
+        if counted.top > self.limit:
+            return f"{counted.top} bodies ran at once under concurrency({self.limit})"
+        if counted.top < self.limit:
+            return f"never {self.limit} bodies at once (at most {counted.top}): not reached"
+        if counted.gaps:
+            return f"{counted.gaps} tally gaps: a body's presence went stale while it ran"
+        if counted.completed_twice:
+            return f"{counted.completed_twice} jobs' bodies ran to their end twice"
+        return None
 
     def lines(self) -> list[str]:
+        counted = self.counted
+        limits = (
+            [
+                f"  most bodies at once:        {counted.top} (concurrency({self.limit}))",
+                f"  waits for a slot (limited): {counted.limited}",
+                f"  bodies started:             {counted.starts} ({counted.killed} killed)",
+                f"  bodies run to the end twice: {counted.completed_twice}",
+                f"  tally gaps:                 {counted.gaps}",
+            ]
+            if counted is not None
+            else []
+        )
         return [
             f"chaos ({self.mode}): {self.jobs} jobs, {self.kills} worker kills, "
             f"{', '.join(self.events)}",
@@ -81,6 +121,7 @@ class Figures:
             f"  receipts left in progress:  {self.in_progress}",
             f"  wall time:                  {self.wall_time:.1f} s",
             f"  longest wait for an effect: {self.longest_wait:.1f} s",
+            *limits,
             *(
                 [
                     f"  lost: {self.missing[:20]} {self.missing_ids[:20]}; "
@@ -160,6 +201,16 @@ class Workers:
 
 
 @contextmanager
+def redis_server_of_its_own() -> Iterator[str]:
+    server = RedisServer()
+    try:
+        server.start()
+        yield f"{server.url}/0"
+    finally:
+        server.remove()
+
+
+@contextmanager
 def servers() -> Iterator[tuple[RedisServer, PostgresServer]]:
     redis_server = RedisServer(persistent=True)
     postgres = PostgresServer(durable=True)
@@ -184,6 +235,11 @@ def run(plan: Plan) -> Figures:
             "CHAOS_VISIBILITY_TIMEOUT": str(plan.visibility_timeout),
             "CHAOS_JOB_SECONDS": str(plan.job_seconds),
         }
+        tally: str | None = None
+        if plan.mode == "limits":
+            # The witness's Redis: not the broker (restarted by a fault), never faulted.
+            tally = stack.enter_context(redis_server_of_its_own())
+            env.update(CHAOS_TALLY=tally, CHAOS_LIMIT=str(plan.limit))
         task_ids = publish(broker, plan.jobs)
         started = time.monotonic()
         workers = Workers(env, plan, stack)
@@ -248,6 +304,8 @@ def run(plan: Plan) -> Figures:
             missing=sorted(set(range(plan.jobs)) - ended),
             missing_ids=[task_ids[j] for j in sorted(set(range(plan.jobs)) - ended)],
             broker_left=left,
+            limit=plan.limit if tally is not None else None,
+            counted=at_once.read(tally) if tally is not None else None,
         )
 
 
@@ -358,17 +416,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-every", type=float, default=3.0)
-    parser.add_argument("--mode", choices=["atomic", "plain", "both"], default="both")
+    parser.add_argument(
+        "--mode", choices=["atomic", "plain", "limits", "both", "all"], default="both"
+    )
+    parser.add_argument("--limit", type=int, default=3, help="limits mode: concurrency(n)")
     args = parser.parse_args(argv)
-    modes = ["atomic", "plain"] if args.mode == "both" else [args.mode]
+    modes = {"both": ["atomic", "plain"], "all": ["atomic", "plain", "limits"]}.get(
+        args.mode, [args.mode]
+    )
     failed = False
     for mode in modes:
-        plan = Plan(jobs=args.jobs, workers=args.workers, kill_every=args.kill_every, mode=mode)
+        plan = Plan(
+            jobs=args.jobs,
+            workers=args.workers,
+            kill_every=args.kill_every,
+            mode=mode,
+            limit=args.limit,
+        )
         figures = run(plan)
         print("\n".join(figures.lines()), flush=True)
         print(f"  figures: {asdict(figures)}", file=sys.stderr)
-        # Both modes must lose nothing (delivery); only atomic() promises no duplicate.
-        if figures.lost or figures.in_progress or (mode == "atomic" and figures.duplicated):
+        # Every mode must lose nothing (delivery); only atomic() promises no duplicate.
+        exactly_once = mode in ("atomic", "limits")
+        if figures.lost or figures.in_progress or (exactly_once and figures.duplicated):
+            failed = True
+        broken = figures.limit_broken()
+        if broken:
+            print(f"  LIMIT BROKEN: {broken}", flush=True)
             failed = True
     return 1 if failed else 0
 
