@@ -62,7 +62,7 @@ statsd-daemon: $(STATSD_DAEMON)
 # The suite mostly waits on workers and servers: two processes, a file each at a time
 # (a module's worker and servers stay in one process), halve its time on two cores.
 test: system-deps $(STAMP) $(STATSD_DAEMON) lint typecheck
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 	$(MAKE) --no-print-directory example-tests
 	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory celery-suite

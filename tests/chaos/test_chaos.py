@@ -9,8 +9,8 @@ memory. The full run hits that window after PostgreSQL's crash, when every job's
 retry floods the queue and the workers fetch without pause (docs/operations.md, "A
 known gap"); this subset does not claim what the project cannot yet keep.
 
-The second test is the ``limits`` mode, short: the same jobs under ``concurrency(3)``
-with workers SIGKILLed, what runs at once counted outside the product."""
+The ``limits`` mode's subset is in ``test_chaos_limits.py`` (a file of its own, so that
+``pytest -n 2 --dist loadfile`` runs the two side by side)."""
 
 from __future__ import annotations
 
@@ -38,36 +38,6 @@ def test_no_job_lost_and_no_effect_duplicated_under_faults() -> None:
     report = "\n".join(figures.lines())
     assert figures.kills >= 2, report
     assert len(figures.events) == 2, report
-    assert figures.lost == 0, report
-    assert figures.duplicated == 0, report
-    assert figures.dead_letters == {}, report
-    assert figures.in_progress == 0, report
-
-
-@pytest.mark.timeout(120)
-def test_no_more_than_n_bodies_at_once_under_kills() -> None:
-    """``limits`` mode, short: jobs under ``concurrency(3)`` on four pool processes, a
-    whole worker SIGKILLed (and its slots held until their leases end); counted
-    outside the product (tests/chaos/at_once.py): never more than three bodies at
-    once, three reached, none lost, none run twice."""
-    figures = run(
-        Plan(
-            mode="limits",
-            limit=3,
-            jobs=200,
-            job_seconds=0.1,
-            kill_every=3.0,
-            chaos_for=10.0,
-            redis_restart_at=None,
-            postgres_crash_at=None,
-            deadline=90.0,
-        )
-    )
-    report = "\n".join(figures.lines())
-    assert figures.kills >= 2, report
-    assert figures.limit_broken() is None, report
-    assert figures.counted is not None and figures.counted.limited > 0, report
-    assert figures.counted.killed >= 1, report  # a kill hit a body holding its slot
     assert figures.lost == 0, report
     assert figures.duplicated == 0, report
     assert figures.dead_letters == {}, report
