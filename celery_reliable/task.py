@@ -309,7 +309,9 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         *more: Any,
         **options: Any,
     ) -> Any:
-        if getattr(options.get("producer"), "reliable_outbox_capture", False):
+        if (self._reliable_unique is not None or settings_for(self.app).outbox) and (
+            _outbox_capturing()
+        ):
             # publish_in: the message is being built for the outbox's row.
             if self._reliable_unique is not None:
                 from celery_reliable.errors import OutboxError
@@ -502,6 +504,12 @@ class OutcomeEagerResult(EagerResult):  # type: ignore[type-arg]
         if self.state == CANCELLED_STATE:
             return self.result
         return super().get(*args, **kwargs)
+
+
+def _outbox_capturing() -> bool:
+    from celery_reliable.outbox.message import capturing
+
+    return capturing()
 
 
 def _is_republish(options: dict[str, Any]) -> bool:

@@ -3,17 +3,21 @@ published later as it was built.
 
 ``publish_in`` calls the signature's ``apply_async`` (``Task.apply_async`` ->
 ``app.send_task`` -> ``app.amqp.send_task_message`` -> kombu's ``Producer.publish``)
-with a :class:`Capture` as its producer. Everything up to the wire runs as for a
-direct publish: routing, the task's options, countdown and ETA, expiry, the
-``before_task_publish`` receivers (tracing headers, ours), serializing and compressing
-the body. The capture keeps what kombu would hand the channel, and sends nothing; the
-relay hands the same parts to a real producer. Nothing of Celery's message format is
-written here.
+inside :func:`capturing_for`: while it runs, in this thread, the app's
+``send_task_message`` is handed a :class:`Capture` for its producer. (Passing
+``producer=`` to ``apply_async`` would not do: a chain drops it before publishing its
+first task.) Everything up to the wire runs as for a direct publish: routing, the
+task's options, countdown and ETA, expiry, the ``before_task_publish`` receivers
+(tracing headers, ours), serializing and compressing the body. The capture keeps what
+kombu would hand the channel, and sends nothing; the relay hands the same parts to a
+real producer. Nothing of Celery's message format is written here.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +25,6 @@ from typing import Any
 from kombu import Producer, Queue
 from kombu.utils.json import dumps, loads
 
-from celery_reliable.errors import OutboxError
 from celery_reliable.headers import OUTBOX_HEADER
 from celery_reliable.store.outbox import OutboxRow
 
@@ -79,14 +82,18 @@ class OutboxMessage:
         first (``queues``: the app's ``app.amqp.queues``), the body as it was
         serialized (a content type given, kombu sends the bytes as they are)."""
         properties = dict(self.properties)
+        # Properties kombu's publish() takes as parameters, and sets itself from them:
+        # the expiration as captured is kombu's milliseconds, the parameter seconds.
         delivery_mode = properties.pop("delivery_mode", None)
         priority = properties.pop("priority", None)
+        expiration = properties.pop("expiration", None)
         producer.publish(
             self.body,
             exchange=self.exchange,
             routing_key=self.routing_key,
             delivery_mode=delivery_mode,
             priority=priority,
+            expiration=None if expiration is None else int(expiration) / 1000,
             content_type=self.content_type,
             content_encoding=self.content_encoding,
             headers=dict(self.headers),
@@ -123,9 +130,6 @@ class Capture(Producer):
     they would say "sent" of a message that may never be.
     """
 
-    #: What ``ReliableTask.apply_async`` recognises a capture by (without importing it).
-    reliable_outbox_capture = True
-
     def __init__(self) -> None:
         # No channel: nothing binds, nothing connects. No default exchange to declare.
         super().__init__(None, auto_declare=False)  # type: ignore[arg-type]
@@ -134,20 +138,6 @@ class Capture(Producer):
     @property
     def connection(self) -> Any:
         return _NoConnection()
-
-    @property
-    def channel(self) -> Any:
-        # The rpc:// result backend declares the caller's reply queue on the
-        # producer's channel: a reply to a process that may be gone when it is relayed.
-        raise OutboxError(
-            "publish_in: the result backend needs the broker's channel at publish time "
-            "(rpc:// replies to the publishing process): use another result backend "
-            "(Redis, a database) with the outbox"
-        )
-
-    @channel.setter
-    def channel(self, value: Any) -> None:
-        self._channel = value
 
     def publish(self, body: Any, *args: Any, **kwargs: Any) -> None:
         # Nothing is sent, so nothing to retry: kombu would look for a connection.
@@ -199,3 +189,47 @@ class Capture(Producer):
                 declare=tuple(entity.name for entity in declare if isinstance(entity, Queue)),
             )
         )
+
+
+#: The capture of the ``publish_in`` running in this thread (or task), if any.
+_active: ContextVar[Capture | None] = ContextVar("reliable_outbox_capture", default=None)
+
+#: Set on an app's ``AMQP`` once its ``send_task_message`` looks for a capture.
+_INSTALLED = "_reliable_outbox_sender"
+
+
+def capturing() -> bool:
+    """A ``publish_in`` is building its messages here (``ReliableTask.apply_async``
+    then publishes as usual, into the capture)."""
+    return _active.get() is not None
+
+
+@contextmanager
+def capturing_for(app: Any) -> Iterator[Capture]:
+    """While the block runs, every task message ``app`` sends from this thread goes to
+    the capture yielded, whatever producer it was given."""
+    _install(app)
+    capture = Capture()
+    token = _active.set(capture)
+    try:
+        yield capture
+    finally:
+        _active.reset(token)
+
+
+def _install(app: Any) -> None:
+    """Once per app, in a process that uses ``publish_in``: its ``send_task_message``
+    (Celery's closure, a cached attribute of ``app.amqp``) wrapped to hand a capture
+    over when one is active. Other apps, and processes that never call publish_in, are
+    untouched; a publish with no capture active costs one ContextVar read."""
+    amqp = app.amqp
+    if amqp.__dict__.get(_INSTALLED):
+        return
+    send = amqp.send_task_message
+
+    def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        capture = _active.get()
+        return send(producer if capture is None else capture, name, message, **options)
+
+    amqp.send_task_message = send_task_message
+    amqp.__dict__[_INSTALLED] = True

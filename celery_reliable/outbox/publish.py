@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from celery_reliable.errors import OutboxError
-from celery_reliable.outbox.message import Capture
+from celery_reliable.outbox.message import capturing_for
 from celery_reliable.store import Store, migrate, require_store
 from celery_reliable.store.outbox import write_in
 from celery_reliable.store.schema import VERSION_TABLE
@@ -49,8 +49,8 @@ def publish_in(session_or_connection: Any, signature: Any, **options: Any) -> An
     if app.conf.task_always_eager:
         return signature.apply_async(**options)
     _check_schema(store, target)
-    capture = Capture()
-    result = signature.apply_async(producer=capture, **options)
+    with capturing_for(app) as capture:
+        result = signature.apply_async(**options)
     if not capture.messages:
         raise OutboxError(
             f"publish_in: {signature!r} produced no task message to write (task_protocol "

@@ -137,7 +137,9 @@ class Relay:
         finally:
             self._waker.close()
             self._disconnect()
-            self.report(logging.INFO, f"relay stopped ({self.published} messages published by it)")
+            self.report(
+                logging.INFO, f"relay stopped ({_messages(self.published)} published by it)"
+            )
 
     def round(self) -> int:
         """Look, then publish one batch: how many messages it moved (0: none waits, or
@@ -166,7 +168,7 @@ class Relay:
         first, last = batch.done[0], batch.done[-1]
         self.report(
             logging.DEBUG,
-            f"published {moved} message{'s' if moved != 1 else ''} (outbox ids {first}"
+            f"published {_messages(moved)} (outbox ids {first}"
             f"{f'..{last}' if last != first else ''}) in {(monotonic() - started) * 1000:.0f} ms",
         )
         return moved
@@ -241,6 +243,10 @@ class RelayThread:
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+
+
+def _messages(count: int) -> str:
+    return f"{count} message" if count == 1 else f"{count} messages"
 
 
 def _url(url: Any) -> str:
