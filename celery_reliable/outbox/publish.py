@@ -82,6 +82,15 @@ class _SqlAlchemy:
         value = found.scalar()
         return None if value is None else str(value)
 
+    def migrate(self) -> bool:
+        """Apply the store's migrations in the caller's transaction (SQLite only: its
+        DDL is transactional, and the caller holds the lock another connection would
+        wait for)."""
+        if self.url.get_backend_name() != "sqlite":
+            return False
+        migrate.upgrade_in(self.connection)
+        return True
+
 
 class _Django:
     """Django's connection to one of its ``DATABASES``."""
@@ -106,6 +115,9 @@ class _Django:
         from celery_reliable.django.database import schema_version
 
         return schema_version(self.connection)
+
+    def migrate(self) -> bool:
+        return False  # Django's own: manage.py migrate
 
 
 def _target_of(given: Any, store: Store) -> _SqlAlchemy | _Django:
@@ -169,10 +181,11 @@ def _shown(url: URL) -> str:
 
 def _check_schema(store: Store, target: _SqlAlchemy | _Django) -> None:
     """Once per process and store: the outbox's table is there. A SQLite store is
-    migrated on first use, as everywhere, unless the caller's transaction already holds
-    the write lock (the migration, on a connection of its own, would wait for it); then,
-    as on PostgreSQL, the caller's connection reads the schema's revision, and one
-    that is behind is refused, saying how to migrate."""
+    migrated on first use, as everywhere: on a connection of its own, or, when the
+    caller's transaction already holds the write lock (which that connection would
+    wait for), in the caller's transaction. Otherwise (PostgreSQL, Django's SQLite)
+    the caller's connection reads the schema's revision, and one that is behind is
+    refused, saying how to migrate."""
     if store in _ready:
         return
     if store.dialect == "sqlite" and not target.holds_sqlite_write_lock():
@@ -186,6 +199,8 @@ def _check_schema(store: Store, target: _SqlAlchemy | _Django) -> None:
             if not _is_database_error(exc):
                 raise
             found = None  # no version table: never migrated
+        if found != _head[0] and target.migrate():
+            return  # committed with the caller's transaction, or not: look again next time
         if found != _head[0]:
             how = (
                 "python manage.py migrate celery_reliable"
