@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from threading import Lock
 from typing import Any
 
 from kombu import Producer, Queue
@@ -196,6 +197,7 @@ _active: ContextVar[Capture | None] = ContextVar("reliable_outbox_capture", defa
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` looks for a capture.
 _INSTALLED = "_reliable_outbox_sender"
+_install_lock = Lock()
 
 
 def capturing() -> bool:
@@ -225,11 +227,14 @@ def _install(app: Any) -> None:
     amqp = app.amqp
     if amqp.__dict__.get(_INSTALLED):
         return
-    send = amqp.send_task_message
+    with _install_lock:
+        if amqp.__dict__.get(_INSTALLED):
+            return
+        send = amqp.send_task_message
 
-    def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
-        capture = _active.get()
-        return send(producer if capture is None else capture, name, message, **options)
+        def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+            capture = _active.get()
+            return send(producer if capture is None else capture, name, message, **options)
 
-    amqp.send_task_message = send_task_message
-    amqp.__dict__[_INSTALLED] = True
+        amqp.send_task_message = send_task_message
+        amqp.__dict__[_INSTALLED] = True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from time import monotonic
@@ -191,7 +190,7 @@ class Relay:
             self.report(logging.ERROR, f"publishing failed ({_short(exc)}); trying again")
 
     def _is_broker_error(self, exc: Exception) -> bool:
-        if isinstance(exc, (OperationalError, OSError, socket.error)):
+        if isinstance(exc, (OperationalError, OSError)):
             return True
         connection = self._connection or self.app.connection_for_write()
         try:

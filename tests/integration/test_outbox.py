@@ -30,7 +30,7 @@ from celery import Celery, chain, group
 from kombu import Producer
 from sqlalchemy.orm import Session
 
-from celery_reliable import ReliableTask, retry_on
+from celery_reliable import Discard, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
 from celery_reliable.errors import OutboxError
 from celery_reliable.outbox import publish_in
@@ -114,12 +114,22 @@ class Shop:
         def unique(self: ReliableTask, key: str) -> str:
             return key
 
-        self.mark, self.block, self.flaky, self.keyed, self.unique = (
+        @app.task(base=ReliableTask, name="ob.follow", bind=True, timeout=30, shared=False)
+        def follow(self: ReliableTask, key: str, fail: bool) -> str:
+            """Publishes its follow-up in its own transaction, then fails, or not."""
+            with self.atomic() as session:
+                publish_in(session, mark.s(f"{key}:next"))
+                if fail:
+                    raise Discard("rolled back with the follow-up")
+            return key
+
+        self.mark, self.block, self.flaky, self.keyed, self.unique, self.follow = (
             mark,
             block,
             flaky,
             keyed,
             unique,
+            follow,
         )
         store = store_for(app)
         assert store is not None
@@ -341,6 +351,20 @@ def test_a_unique_task_is_refused(shop: Shop) -> None:
     refused = pytest.raises(OutboxError, match="has unique=, which publish_in does not take")
     with refused, shop.engine.begin() as connection:
         publish_in(connection, shop.unique.s("x"))
+    assert waiting(shop) == []
+
+
+def test_a_task_publishes_its_follow_up_in_its_own_transaction(
+    shop: Shop, worker: Any, outcomes: OutcomeRecorder
+) -> None:
+    kept, dropped = key("kept"), key("dropped")
+    with relaying(shop.app, shop.store):
+        assert shop.follow.delay(kept, False).get(timeout=30) == kept
+        wait_until(lambda: shop.runs(f"{kept}:next") == 1, "the follow-up to run")
+        failed = shop.follow.delay(dropped, True)
+        assert [e.outcome.value for e in outcomes.wait_for(failed.id)] == ["discarded"]
+        settle(shop.app)
+    assert shop.runs(f"{dropped}:next") == 0
     assert waiting(shop) == []
 
 
