@@ -153,24 +153,36 @@ class OutboxRows:
         takes no lock (the store's transactions begin with the write lock)."""
         if self._postgresql:
             return run_statement(self._engine, "looking at the outbox", _FIRST_ID, {}, _id_of)
+        found = self._sqlite_read(f"SELECT id FROM {outbox.name} ORDER BY id LIMIT 1")
+        return None if found is None else int(found[0])
+
+    def depth(self) -> tuple[int, datetime | None]:
+        """How many messages wait, and when the oldest was written (None: none waits):
+        the gauges a worker samples. Takes no lock on SQLite either."""
+        if self._postgresql:
+            with unavailable_as("counting the outbox"), self._engine.connect() as connection:
+                count, oldest = connection.execute(_DEPTH).one()
+            return int(count), oldest
+        found = self._sqlite_read(f"SELECT count(*), min(created_at) FROM {outbox.name}")
+        assert found is not None
+        count, oldest = found
+        # SQLAlchemy's text of a naive datetime (the column's type, read raw here).
+        return int(count), None if oldest is None else datetime.fromisoformat(oldest)
+
+    def _sqlite_read(self, sql: str) -> Any:
+        """One row of a read in autocommit, on a pooled connection (whose isolation
+        level the store sets to None: no BEGIN, so no lock)."""
         with unavailable_as("looking at the outbox"):
             raw = self._engine.raw_connection()
             try:
                 cursor = raw.cursor()
                 try:
-                    cursor.execute(f"SELECT id FROM {outbox.name} ORDER BY id LIMIT 1")
-                    found = cursor.fetchone()
+                    cursor.execute(sql)
+                    return cursor.fetchone()
                 finally:
                     cursor.close()
             finally:
                 raw.close()
-            return None if found is None else int(found[0])
-
-    def depth(self) -> tuple[int, datetime | None]:
-        """How many messages wait, and when the oldest was written (None: none waits)."""
-        with unavailable_as("counting the outbox"), self._engine.connect() as connection:
-            count, oldest = connection.execute(_DEPTH).one()
-        return int(count), oldest
 
     def all(self) -> list[OutboxRow]:
         """Every waiting message, oldest first (tests, and a look at a backlog)."""

@@ -584,3 +584,24 @@ def test_the_relay_says_one_line_per_event(shop: Shop, caplog: pytest.LogCapture
     assert said[0].startswith("celery_reliable outbox: relay started: outbox in ")
     assert said[1].startswith("celery_reliable outbox: published 1 message (outbox ids ")
     assert said[-1] == "celery_reliable outbox: relay stopped (1 message published by it)"
+
+
+def test_a_worker_samples_the_outbox_s_depth_and_oldest_age(shop: Shop) -> None:
+    """What the StatsD observer's gauges are given (the pipeline test follows them
+    into Graphite): two messages waiting, the oldest written a moment ago; then none."""
+    from celery_reliable.worker.sampler import QueueDepthSampler
+
+    seen: list[tuple[int, float]] = []
+    sampler = QueueDepthSampler(
+        shop.app, [], 1.0, lambda depths: None, outbox=lambda *g: seen.append(g), store=shop.store
+    )
+    with shop.engine.begin() as connection:
+        for n in range(2):
+            publish_in(connection, shop.app.signature("ob.none", (n,), queue="nobody"))
+    sampler.sample_outbox()
+    with relaying(shop.app, shop.store):
+        wait_until(lambda: waiting(shop) == [], "the outbox emptied")
+    sampler.sample_outbox()
+    (depth, age), after = seen
+    assert depth == 2 and 0 <= age < 30
+    assert after == (0, 0.0)
