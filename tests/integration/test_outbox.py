@@ -605,3 +605,41 @@ def test_a_worker_samples_the_outbox_s_depth_and_oldest_age(shop: Shop) -> None:
     (depth, age), after = seen
     assert depth == 2 and 0 <= age < 30
     assert after == (0, 0.0)
+
+
+def test_on_rabbitmq_the_relay_publishes_with_confirms(
+    rabbitmq_url: str, redis_url: str, shop: Shop
+) -> None:
+    """RabbitMQ: the relay's channel is in confirm mode (a publish returns once the
+    broker has the message), and the message arrives as written."""
+    from tests.support.celery_apps import new_amqp_app
+
+    app = new_amqp_app(rabbitmq_url, redis_url, "outbox-amqp", reliable_database_url=shop.store.url)
+    try:
+        store = store_for(app)
+        assert store is not None
+        with shop.engine.begin() as connection:
+            sent = publish_in(connection, app.signature("ob.none", ("amqp",)))
+        lines = Lines()
+        relay = Relay(app, store, poll_interval=0.2, report=lines)
+        stop = threading.Event()
+        thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+        thread.start()
+        try:
+            wait_until(
+                lambda: relay.published == 1, "the message published", seen=lambda: lines.said
+            )
+            assert relay._producer is not None
+            assert relay._producer.channel._confirm_selected  # py-amqp's confirm mode
+        finally:
+            stop.set()
+            thread.join(10)
+        with app.connection_for_read() as connection:
+            queue = connection.SimpleQueue(app.conf.task_default_queue)
+            message = queue.get(timeout=10)
+            assert message.headers["id"] == sent.id
+            assert message.headers["reliable_outbox"] == 1
+            message.ack()
+            queue.close()
+    finally:
+        app.close()
