@@ -44,9 +44,10 @@ OUTBOX_HEADER = "reliable_outbox"
 OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER})
 
 
-def from_outbox(headers: Mapping[str, Any] | None) -> bool:
-    """The message came through the outbox (its custom headers, ``request.headers``)."""
-    return headers is not None and OUTBOX_HEADER in headers
+def from_outbox(headers: object) -> bool:
+    """The message came through the outbox (its custom headers, ``request.headers``:
+    a dict from a message, but whatever ``apply(headers=...)`` was given eagerly)."""
+    return isinstance(headers, dict) and OUTBOX_HEADER in headers
 
 
 @dataclass

@@ -67,4 +67,5 @@ def test_the_outbox_header() -> None:
     assert from_outbox({OUTBOX_HEADER: 1})
     assert not from_outbox({"reliable_sent_at": 1.0})
     assert not from_outbox(None)
+    assert not from_outbox(123)  # apply(headers=123): Celery's own tests do it
     assert OUTBOX_HEADER in OWN_HEADERS  # never copied into a dead letter's re-publish
