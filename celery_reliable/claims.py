@@ -41,6 +41,16 @@ logger = logging.getLogger("celery_reliable.receipts")
 #: is always killed by the hard limit before its lease can be taken over.
 LEASE_MARGIN = 5.0
 
+#: The lease of an outbox message's receipt when its task has no time limit (nor a
+#: heartbeat): nothing bounds how long a live execution runs, so a long one, to make a
+#: second copy of the message wait (SNOOZED) rather than run beside it; a worker killed
+#: mid-run leaves the job to be taken over after this.
+OUTBOX_LEASE = 3600.0
+
+#: The payload hash of an outbox message's receipt: the task id is the job, whatever
+#: its arguments (a Celery retry may change them), so two copies never conflict.
+OUTBOX_PAYLOAD = "outbox"
+
 
 def lease_seconds(time_limit: float) -> float:
     return time_limit + LEASE_MARGIN
@@ -109,15 +119,22 @@ class ReceiptHolder:
     def take(
         cls, task: ReliableTask, task_id: str, args: Any, kwargs: Any
     ) -> ReceiptHolder | Duplicate | Busy | Refused:
-        """Claim the key of this execution; raises ``StoreUnavailable``."""
-        spec: KeySpec = task._reliable_key  # type: ignore[assignment]
-        try:
-            key, payload = spec.key_and_hash(tuple(args or ()), dict(kwargs or {}))
-        except IdempotencyKeyError as exc:
-            return Refused(exc)
+        """Claim the key of this execution; raises ``StoreUnavailable``. A task without
+        an ``idempotency_key`` claims its task id: a message from the outbox, which a
+        relay may have published twice (the task's own key, when it has one, already
+        makes a second copy a DUPLICATE)."""
+        spec: KeySpec | None = task._reliable_key
+        if spec is None:
+            key, payload, lease = task_id, OUTBOX_PAYLOAD, outbox_lease(task)
+        else:
+            try:
+                key, payload = spec.key_and_hash(tuple(args or ()), dict(kwargs or {}))
+            except IdempotencyKeyError as exc:
+                return Refused(exc)
+            lease = task._reliable_lease
         store = _store(task)
         try:
-            got = store.receipts.claim(task.name, key, payload, task_id, task._reliable_lease)
+            got = store.receipts.claim(task.name, key, payload, task_id, lease)
         except StoreUnavailable as exc:
             store.outage.failed(exc)
             raise
@@ -209,6 +226,21 @@ class ReceiptHolder:
                 claim.key,
                 exc,
             )
+
+
+def outbox_lease(task: ReliableTask) -> float:
+    """The lease of an outbox message's receipt: the task's own (its heartbeat's or its
+    hard time limit's, as for an idempotency key), else :data:`OUTBOX_LEASE`. Read once
+    per task class (the worker's settings are final by its first execution)."""
+    lease = task._reliable_lease
+    if lease:
+        return lease
+    from celery_reliable.compat.celery_internals import time_limits
+
+    _, hard = time_limits(task, task.app)
+    lease = lease_seconds(hard) if hard else OUTBOX_LEASE
+    type(task)._reliable_lease = lease
+    return lease
 
 
 def _seconds_until(when: datetime | None) -> float:

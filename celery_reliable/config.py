@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "reliable_web_read_only_auth": None,
     "reliable_waive": None,
     "reliable_limits_url": None,
+    "reliable_outbox": False,
+    "reliable_outbox_relay": True,
+    "reliable_outbox_poll_interval": 0.2,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -97,6 +100,13 @@ class ReliableSettings:
     #: Where ``limits=[...]`` keep their slots: a Redis URL, ``"store"`` (the SQL
     #: store), or None: the broker's Redis (``limits/slots.py`` refuses other brokers).
     limits_url: str | None = None
+    #: Django: a ReliableTask's ``delay()`` / ``apply_async()`` inside
+    #: ``transaction.atomic()`` is written to the outbox (``outbox/django.py``).
+    outbox: bool = False
+    #: A worker runs a relay of the outbox in a thread (when it has a store).
+    outbox_relay: bool = True
+    #: Seconds between a relay's looks at the outbox when nothing wakes it.
+    outbox_poll_interval: float = 0.2
 
     @classmethod
     def from_mapping(
@@ -147,6 +157,9 @@ class ReliableSettings:
             explicit=frozenset(values),
             waive=_waive("reliable_waive", merged),
             limits_url=_limits_url(merged),
+            outbox=_bool("reliable_outbox", merged),
+            outbox_relay=_bool("reliable_outbox_relay", merged),
+            outbox_poll_interval=_seconds("reliable_outbox_poll_interval", merged),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:

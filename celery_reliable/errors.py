@@ -79,6 +79,12 @@ class StepError(ReliableError, RuntimeError):
     have been skipped, so that a misuse shows on the first run, not on a resume."""
 
 
+class OutboxError(ReliableError):
+    """``publish_in`` cannot write this message where it was asked to (another database
+    than the store's, a schema not migrated, a task it cannot take): nothing was
+    written; the message says what to change."""
+
+
 class UniqueKeyError(ReliableError):
     """The unique-enqueue key could not be computed from the arguments."""
 

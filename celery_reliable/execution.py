@@ -57,7 +57,7 @@ from celery_reliable.errors import (
     StoreUnavailable,
     WrongArguments,
 )
-from celery_reliable.headers import HEADER, Counters
+from celery_reliable.headers import HEADER, Counters, from_outbox
 from celery_reliable.longrun.heartbeat import Heartbeat
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import IDEMPOTENCY_LABEL, DiscardRule, RetryRule
@@ -227,7 +227,14 @@ class Execution:
             self._take_slots()
             if self.heartbeat is not None:
                 self.heartbeat.slots = self.held
-        if self.task._reliable_key is not None:
+        # A message from the outbox may have been published twice (a relay killed
+        # between its publish and its delete): it claims its task id, as a key (on a
+        # worker with a store). For every other message this costs one lookup in its
+        # custom headers.
+        if self.task._reliable_key is not None or (
+            from_outbox(self.request.headers)
+            and settings_for(self.task.app).database_url is not None
+        ):
             answer = self._claim()
             if answer is not _OWNED:
                 return answer  # a duplicate's stored result (other answers raised)
@@ -338,21 +345,25 @@ class Execution:
         if isinstance(got, claims.ReceiptHolder):
             self.receipt = got
             return _OWNED
+        keyed = self.task._reliable_key is not None
         if isinstance(got, claims.Duplicate):
             receipt = got.receipt
-            self.emit(
-                Decision(
-                    Outcome.DUPLICATE,
-                    f"idempotency key {receipt.key!r} already succeeded (task {receipt.task_id})",
-                    label=IDEMPOTENCY_LABEL,
-                )
+            reason = (
+                f"idempotency key {receipt.key!r} already succeeded (task {receipt.task_id})"
+                if keyed
+                else "this outbox message already ran and succeeded (a relay published it twice)"
             )
+            self.emit(Decision(Outcome.DUPLICATE, reason, label=IDEMPOTENCY_LABEL))
             self._release_unique(Outcome.DUPLICATE)
             self._store_duplicate(got.value, receipt.task_id)
             return got.value
         if isinstance(got, claims.Busy):
             receipt = got.receipt
-            reason = f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
+            reason = (
+                f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
+                if keyed
+                else "this outbox message is running elsewhere (a relay published it twice)"
+            )
             retry_in = got.retry_in(self.counters.snoozes, self.task.max_snoozes)
             return self.act(
                 decisions.snooze(

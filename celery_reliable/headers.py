@@ -35,8 +35,19 @@ HEADER = "reliable"
 #: id, so that the dead letter the job may end in links back to the one it came from.
 RETRY_OF_HEADER = "reliable_retry_of"
 
+#: The message header of a job written to the outbox (``publish_in``): a relay may
+#: publish it twice (killed between the publish and the delete), so the worker takes a
+#: receipt for its task id, and the second message is a DUPLICATE (``execution.py``).
+OUTBOX_HEADER = "reliable_outbox"
+
 #: Headers of ours, never copied into what a dead letter re-publishes.
-OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER})
+OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER})
+
+
+def from_outbox(headers: object) -> bool:
+    """The message came through the outbox (its custom headers, ``request.headers``:
+    a dict from a message, but whatever ``apply(headers=...)`` was given eagerly)."""
+    return isinstance(headers, dict) and OUTBOX_HEADER in headers
 
 
 @dataclass

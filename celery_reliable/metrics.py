@@ -7,12 +7,16 @@ Dotted names (the default):
     ``{prefix}.{task}.started``, ``{prefix}.{task}.{outcome}``, ``{prefix}.{task}.limited``
     (counters),
     ``{prefix}.{task}.duration``, ``{prefix}.{task}.queue_time`` (timers, ms),
-    ``{prefix}.queue.{queue}.depth`` (gauge).
+    ``{prefix}.queue.{queue}.depth`` (gauge),
+    ``{prefix}.outbox.depth``, ``{prefix}.outbox.oldest_age`` (gauges: messages waiting
+    in the outbox, and the seconds the oldest has waited).
     ``{task}`` is the task name with every ``.`` replaced by ``_``; so is ``{queue}``.
 
 Tagged names (``reliable_statsd_tags = "dogstatsd"``):
     ``{prefix}.task.{event}`` with tags ``task:``, ``queue:`` and, on outcome counters
-    and the duration timer, ``outcome:``; ``{prefix}.queue.depth`` with tag ``queue:``.
+    and the duration timer, ``outcome:``; ``{prefix}.queue.depth`` with tag ``queue:``;
+    the outbox's two gauges by the same names as dotted, without tags (there is one
+    outbox per store).
 """
 
 from __future__ import annotations
@@ -42,6 +46,17 @@ def task_metric(prefix: str, task_name: str, event: str) -> str:
 
 def queue_depth_metric(prefix: str, queue: str) -> str:
     return f"{prefix}.queue.{flatten(queue)}.depth"
+
+
+#: The outbox's gauges: messages waiting, and the age of the oldest (seconds; 0 when
+#: none waits).
+OUTBOX_DEPTH = "depth"
+OUTBOX_OLDEST_AGE = "oldest_age"
+OUTBOX_GAUGES = (OUTBOX_DEPTH, OUTBOX_OLDEST_AGE)
+
+
+def outbox_metric(prefix: str, gauge: str) -> str:
+    return f"{prefix}.outbox.{gauge}"
 
 
 def tagged_task_metric(prefix: str, event: str) -> str:

@@ -213,19 +213,19 @@ class ReliableTask(Task):  # type: ignore[type-arg]
                 f"time limit ({hard:g}s), so it would never end a stuck execution first: "
                 "lower it, or drop it"
             )
-        if cls._reliable_key is not None:
-            if beat is not None:
-                # Each beat renews the lease; a silent execution is ended (killed, on
-                # prefork) within heartbeat_timeout + grace, before the lease ends.
-                cls._reliable_lease = heartbeat_lease_seconds(beat)
-            elif not hard:
+        if beat is not None:
+            # Each beat renews the lease; a silent execution is ended (killed, on
+            # prefork) within heartbeat_timeout + grace, before the lease ends. (Also
+            # without a key: a message from the outbox claims its task id.)
+            cls._reliable_lease = heartbeat_lease_seconds(beat)
+        elif cls._reliable_key is not None:
+            if not hard:
                 raise ImproperlyConfigured(
                     f"task {cls.name}: idempotency_key needs timeout= (or time_limit=, or "
                     "heartbeat_timeout=): a claim's lease is derived from it, so that a live "
                     "worker is always stopped before another can take its key over"
                 )
-            else:
-                cls._reliable_lease = lease_seconds(hard)
+            cls._reliable_lease = lease_seconds(hard)
         wiring.install(app)
 
     def retry(
@@ -309,6 +309,34 @@ class ReliableTask(Task):  # type: ignore[type-arg]
         *more: Any,
         **options: Any,
     ) -> Any:
+        if (self._reliable_unique is not None or settings_for(self.app).outbox) and (
+            _outbox_capturing()
+        ):
+            # publish_in: the message is being built for the outbox's row.
+            if self._reliable_unique is not None:
+                from celery_reliable.errors import OutboxError
+
+                raise OutboxError(
+                    f"task {self.name} has unique=, which publish_in does not take (its lock "
+                    "would be held outside your transaction, and kept if it rolled back): "
+                    "publish it after the commit, or drop unique= (an outbox message already "
+                    "runs once)"
+                )
+            return super().apply_async(args, kwargs, task_id, *more, **options)
+        if (
+            settings_for(self.app).outbox
+            and not _is_republish(options)
+            and not self.app.conf.task_always_eager
+        ):
+            # CELERY_RELIABLE_OUTBOX: inside Django's transaction.atomic(), the outbox.
+            # (Never a retry or a snooze: raised inside atomic(), its rollback would
+            # take the message with it.)
+            from celery_reliable.outbox.django import POSITIONAL, divert
+
+            named = {**dict(zip(POSITIONAL, more, strict=False)), **options}
+            diverted = divert(self, args, kwargs, {"task_id": task_id, **named})
+            if diverted is not None:
+                return diverted
         if (
             self._reliable_unique is not None
             and not _is_republish(options)
@@ -476,6 +504,12 @@ class OutcomeEagerResult(EagerResult):  # type: ignore[type-arg]
         if self.state == CANCELLED_STATE:
             return self.result
         return super().get(*args, **kwargs)
+
+
+def _outbox_capturing() -> bool:
+    from celery_reliable.outbox.message import capturing
+
+    return capturing()
 
 
 def _is_republish(options: dict[str, Any]) -> bool:

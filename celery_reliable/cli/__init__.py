@@ -14,6 +14,7 @@ from celery_reliable.cli.dead import dead
 from celery_reliable.cli.pause import pause_command, resume_command
 from celery_reliable.cli.progress import progress_command
 from celery_reliable.cli.receipts import receipts
+from celery_reliable.cli.relay import relay_command
 from celery_reliable.cli.report import report_command
 from celery_reliable.cli.web import web_command
 
@@ -22,7 +23,8 @@ from celery_reliable.cli.web import web_command
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
     """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters,
-    progress and cancels of long jobs, pauses of queues and tasks, the web view."""
+    progress and cancels of long jobs, pauses of queues and tasks, the outbox's relay,
+    the web view."""
 
 
 def app_of(ctx: click.Context) -> Any:
@@ -43,6 +45,7 @@ reliable.add_command(dead)
 reliable.add_command(pause_command)
 reliable.add_command(progress_command)
 reliable.add_command(receipts)
+reliable.add_command(relay_command)
 reliable.add_command(report_command)
 reliable.add_command(resume_command)
 reliable.add_command(web_command)

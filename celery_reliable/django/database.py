@@ -1,6 +1,7 @@
 """Django's database as the store: its SQLAlchemy URL, its migrations, and ``atomic()``
 as Django's ``transaction.atomic()`` with the receipt marked (or, inside a step, held)
-and a step's cursor written inside it, with Django's cursor."""
+and a step's cursor written inside it, with Django's cursor; and the outbox's rows
+written with it (``publish_in``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import ImproperlyConfigured
 from sqlalchemy.engine import URL
 
+from celery_reliable.store.outbox import CHANNEL as OUTBOX_CHANNEL
 from celery_reliable.store.receipts import IN_PROGRESS, SUCCEEDED, lease_lost
-from celery_reliable.store.schema import receipts, steps
+from celery_reliable.store.schema import VERSION_TABLE, outbox, receipts, steps
 from celery_reliable.store.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -229,3 +231,48 @@ def advance_step(  # noqa: PLR0917 - which step, its cursor, and what then
     with connection.cursor() as cursor:
         cursor.execute(_ADVANCE_STEP, [task_name, job, step, cursor_json, now, now])
     transaction.on_commit(on_commit, using=alias)
+
+
+#: The outbox's insert (``store/outbox.py``'s ``write_in``) for Django's cursor: every
+#: name quoted, as ``declare`` is a keyword to PostgreSQL.
+_OUTBOX_COLUMNS = (
+    "task_id", "task_name", "exchange", "routing_key", "body", "content_type",
+    "content_encoding", "headers", "properties", "declare", "created_at",
+)  # fmt: skip
+_QUOTED_COLUMNS = ", ".join('"' + column + '"' for column in _OUTBOX_COLUMNS)
+_WRITE_OUTBOX = (
+    f"INSERT INTO {outbox.name} ({_QUOTED_COLUMNS}) "
+    f"VALUES ({', '.join(['%s'] * len(_OUTBOX_COLUMNS))})"
+)
+_NOTIFY_OUTBOX = f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
+_VERSION = f"SELECT version_num FROM {VERSION_TABLE}"
+
+
+def write_outbox(connection: Any, rows: list[dict[str, Any]]) -> None:
+    """Outbox rows written with Django's cursor on ``connection``, in its open
+    transaction (or committed at once in autocommit); on PostgreSQL the relays are
+    NOTIFYed in it too, so that they hear of the rows at the commit."""
+    vendor = connection.vendor
+    values = [
+        [_as_column(vendor, row[c]) if c == "created_at" else row[c] for c in _OUTBOX_COLUMNS]
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(_WRITE_OUTBOX, values)
+        if vendor == "postgresql":
+            cursor.execute(_NOTIFY_OUTBOX)
+
+
+def schema_version(connection: Any) -> str | None:
+    """The store's Alembic revision as Django's ``connection`` sees it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_VERSION)
+        row = cursor.fetchone()
+    return None if row is None else str(row[0])
+
+
+def holds_sqlite_write_lock(connection: Any) -> bool:
+    """Django's SQLite connection is inside a transaction (which may hold the write
+    lock: the example shop's ``transaction_mode = "IMMEDIATE"`` takes it at BEGIN)."""
+    raw = getattr(connection, "connection", None)
+    return connection.vendor == "sqlite" and bool(getattr(raw, "in_transaction", False))

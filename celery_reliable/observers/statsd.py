@@ -2,9 +2,10 @@
 
 At start: the ``started`` counter and the ``queue_time`` timer; at the end: the outcome's
 counter and the ``duration`` timer; every few seconds, per consumed queue: the depth
-gauge. Each group goes out as one UDP packet. The host is resolved once, when the
-observer is built; the socket is non-blocking and the ``statsd`` client swallows send
-errors, so a StatsD that is down costs the packets and nothing else.
+gauge, and the outbox's depth and oldest age. Each group goes out as one UDP packet.
+The host is resolved once, when the observer is built; the socket is non-blocking and
+the ``statsd`` client swallows send errors, so a StatsD that is down costs the packets
+and nothing else.
 """
 
 from __future__ import annotations
@@ -125,3 +126,10 @@ class StatsdObserver(Observer):
             lines = [f"{metrics.queue_depth_metric(self.prefix, q)}:{n}|g" for q, n in depths]
         if lines:
             self._send_raw("\n".join(lines))
+
+    def outbox(self, depth: int, oldest_age: float) -> None:
+        """The outbox's gauges (the same names in both modes: one outbox per store)."""
+        self._send_raw(
+            f"{metrics.outbox_metric(self.prefix, metrics.OUTBOX_DEPTH)}:{depth}|g\n"
+            f"{metrics.outbox_metric(self.prefix, metrics.OUTBOX_OLDEST_AGE)}:{oldest_age:.1f}|g"
+        )

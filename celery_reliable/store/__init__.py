@@ -1,6 +1,6 @@
 """The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
-outcome history, heartbeats' progress, cancels, resumable jobs' steps, limits and
-pauses.
+outcome history, heartbeats' progress, cancels, resumable jobs' steps, limits,
+pauses and the outbox.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -33,6 +33,7 @@ from celery_reliable.store.engine import create_store_engine, unavailable_as
 from celery_reliable.store.history import OutcomeHistory
 from celery_reliable.store.limits import LimitRows
 from celery_reliable.store.outage import Outage
+from celery_reliable.store.outbox import OutboxRows
 from celery_reliable.store.pauses import PauseRows
 from celery_reliable.store.progress import ProgressRows
 from celery_reliable.store.receipts import Claim, Receipt, Receipts
@@ -87,6 +88,7 @@ class Store:
         self._steps = StepRows(self.engine, insert)
         self._cancels = CancelRows(self.engine, insert)
         self._pauses = PauseRows(self.engine, insert)
+        self._outbox = OutboxRows(self.engine)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -178,6 +180,12 @@ class Store:
         """Paused queues and tasks (``celery reliable pause``)."""
         self.ensure_schema()
         return self._pauses
+
+    @property
+    def outbox(self) -> OutboxRows:
+        """Messages written by ``publish_in``, waiting for a relay (``outbox/``)."""
+        self.ensure_schema()
+        return self._outbox
 
     @contextmanager
     def atomic(

@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from celery_reliable.store.schema import VERSION_TABLE
 
@@ -75,6 +75,16 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
         ).get_current_revision()
     assert after is not None
     return before, after
+
+
+def upgrade_in(connection: Connection) -> None:
+    """Upgrade to head inside the caller's own open transaction (on SQLite, one that
+    already holds the write lock, which no other connection could take): the schema
+    commits, or rolls back, with it."""
+    config = _config()
+    config.attributes["connection"] = connection
+    with _quiet_alembic():
+        command.upgrade(config, "head")
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:

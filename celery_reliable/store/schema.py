@@ -1,4 +1,5 @@
-"""The tables: receipts, dead letters, unique-enqueue locks, outcome history.
+"""The tables: receipts, dead letters, unique-enqueue locks, outcome history, and the
+others listed below (heartbeats, cancels, pauses, steps, limits, the outbox).
 
 Times are naive UTC ``DateTime`` columns (SQLite has no time zones), written by the
 workers' clocks: keep them NTP-synchronised, as any lease-based system needs.
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -151,6 +153,40 @@ pauses = Table(
     #: Who paused it: "user@host" of the CLI, or the web view's caller.
     Column("paused_by", String(255), nullable=True),
     Column("paused_at", DateTime, nullable=False),
+)
+
+#: One row per message written by ``publish_in`` (``celery_reliable/outbox``) in the
+#: caller's own transaction: what Celery would have handed the broker, whole (the
+#: serialized body, its headers and properties, where it goes). A relay publishes the
+#: committed rows in ``id`` order and deletes each once the broker accepted it; the table
+#: stays empty while relays keep up. ``id`` never repeats (AUTOINCREMENT on SQLite), so
+#: ``id`` order is the order the rows were written in.
+outbox = Table(
+    "reliable_outbox",
+    metadata,
+    Column(
+        "id",
+        BigInteger().with_variant(Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column("task_id", String(255), nullable=False),
+    Column("task_name", String(255), nullable=False),
+    #: The exchange's name ("" for Celery's default direct routing) and routing key.
+    Column("exchange", String(255), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    #: The body as serialized (and compressed) for the broker.
+    Column("body", LargeBinary, nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("content_encoding", String(64), nullable=False),
+    #: JSON (kombu's, which keeps dates and UUIDs) of the message's headers and of its
+    #: properties (delivery mode, priority, correlation id, reply-to, expiration).
+    Column("headers", Text, nullable=False),
+    Column("properties", Text, nullable=False),
+    #: JSON list of the queues declared before publishing, by name (as Celery does).
+    Column("declare", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 #: One row per (task, job, step) of ``self.step(name)``: a job is its idempotency key

@@ -1,6 +1,6 @@
 """The worker bootstep: validate settings and build observers when the worker starts,
 load the store's cancels and pauses and keep reading them (``worker/cancels.py``,
-``worker/pauses.py``), prune old
+``worker/pauses.py``), relay the outbox in a thread (``outbox/relay.py``), prune old
 receipts, heartbeats, steps and cancels, expired unique locks and old outcome history
 on a timer, and write the outcome history when the worker stops.
 
@@ -54,6 +54,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         self._redelivery: Any = None
         self._cancels: CancelWatch | None = None
         self._pauses: PauseWatch | None = None
+        self._relay: Any = None
         # First: a misspelt prefix may be why a setting below seems to be ignored.
         warn_of_misspelt_keys(worker.app)
         try:
@@ -114,6 +115,8 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             self._timer_entry = worker.timer.call_repeatedly(
                 self.settings.prune_interval, self.prune, priority=10
             )
+            if self.settings.outbox_relay:
+                self._relay = start_relay(worker.app, self.store, self.settings)
 
     def stop(self, worker: Any) -> None:
         # A warm shutdown stops this step before the pool, whose threads may still be
@@ -137,6 +140,11 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         if self._pauses is not None:
             self._pauses.stop()
             self._pauses = None
+        if self._relay is not None:
+            # Nothing is lost by stopping mid-batch: what was not deleted is published
+            # again (and runs once).
+            self._relay.stop()
+            self._relay = None
 
     def terminate(self, worker: Any) -> None:
         # A cold shutdown (and an embedded test worker's exit) terminates the steps
@@ -193,6 +201,17 @@ def warn_of_misspelt_keys(app: Any) -> None:
             meant,
             docs_url("configuration"),
         )
+
+
+def start_relay(app: Any, store: Any, settings: Any) -> Any:
+    """The outbox's relay in a thread of this worker (``reliable_outbox_relay``): every
+    worker of an app with a store runs one, so that the outbox never waits for a
+    process of its own; relays take turns (``store/outbox.py``)."""
+    from celery_reliable.outbox.relay import RelayThread
+
+    relay = RelayThread(app, store, settings.outbox_poll_interval)
+    relay.start()
+    return relay
 
 
 def install_atomic_fetch(app: Any, settings: Any) -> bool:

@@ -141,6 +141,12 @@ def ran(make_app: Any, pipeline: Pipeline) -> Iterator[SimpleNamespace]:
             timeout=30,
             interval=0.5,
         )
+        wait_until(
+            lambda: pipeline.render("stats.gauges.celery.outbox.oldest_age"),
+            "the outbox's gauges in Graphite",
+            timeout=30,
+            interval=0.5,
+        )
         yield SimpleNamespace(expected=expected, queue=queue)
         release.set()
         still_running.get(timeout=30)
@@ -220,6 +226,7 @@ FIRING = {
     "CeleryQueueBacklog": set(),  # the queue is nearly empty
     "CeleryTaskExhaustedRate": {"p_exhausts"},  # 1 of 2 outcomes: 50 % > 5 %
     "CeleryTaskExecutionsLost": {"p_held"},  # started, no outcome yet
+    "CeleryOutboxStuck": set(),  # the outbox is empty
 }
 
 

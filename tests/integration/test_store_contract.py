@@ -65,6 +65,7 @@ TABLES = {
     "reliable_steps",
     "reliable_cancels",
     "reliable_pauses",
+    "reliable_outbox",
 }
 TASK = "contract.task"
 H1 = "a" * 64

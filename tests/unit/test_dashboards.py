@@ -52,6 +52,8 @@ PROM_NAMES = {
     metrics.DURATION: "celery_task_duration_seconds",
     metrics.QUEUE_TIME: "celery_task_queue_time_seconds",
     "depth": "celery_queue_depth",
+    "outbox_depth": "celery_outbox_depth",
+    "outbox_oldest_age": "celery_outbox_oldest_age_seconds",
 }
 DOCUMENTED = frozenset(PROM_NAMES.values())
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -120,6 +122,12 @@ def emitted(prefix: str = PREFIX) -> list[dict[str, Any]]:
         name = metrics.tagged_queue_depth_metric(prefix)
         samples.append(
             {"name": name, "kind": GAUGE, "tags": tags, "event": "depth", "labels": tags}
+        )
+    for gauge in metrics.OUTBOX_GAUGES:
+        # The same name in both modes, no tags: one outbox per store.
+        name = metrics.outbox_metric(prefix, gauge)
+        samples.append(
+            {"name": name, "kind": GAUGE, "tags": {}, "event": f"outbox_{gauge}", "labels": {}}
         )
     return samples
 
@@ -525,13 +533,15 @@ def test_every_emitted_name_is_mapped_to_its_documented_metric(mapping: dict[str
     assert check_mapping(mapping) == []
 
 
-def test_the_mapping_produces_the_five_documented_metrics(outputs: dict[str, str]) -> None:
+def test_the_mapping_produces_the_seven_documented_metrics(outputs: dict[str, str]) -> None:
     assert outputs == {
         "celery_task_started_total": "counter",
         "celery_task_outcomes_total": "counter",
         "celery_task_duration_seconds": "histogram",
         "celery_task_queue_time_seconds": "histogram",
         "celery_queue_depth": "gauge",
+        "celery_outbox_depth": "gauge",
+        "celery_outbox_oldest_age_seconds": "gauge",
     }
 
 
@@ -564,7 +574,7 @@ def test_prometheus_dashboard_queries_only_mapped_metrics(outputs: dict[str, str
 def test_prometheus_alerts_query_only_mapped_metrics(outputs: dict[str, str]) -> None:
     config = load_yaml(PROMETHEUS_ALERTS)
     rules = [rule for group in config["groups"] for rule in group["rules"]]
-    assert len(rules) == 3
+    assert len(rules) == 4
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
@@ -581,7 +591,7 @@ def test_graphite_alerts_read_only_emitted_series() -> None:
     config = load_yaml(GRAPHITE_ALERTS)
     assert config["apiVersion"] == 1
     rules = [rule for group in config["groups"] for rule in group["rules"]]
-    assert len(rules) == 3
+    assert len(rules) == 4
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["title"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["title"]

@@ -1,0 +1,110 @@
+"""The outbox in a Django project whose store is Django's database (the example shop,
+``manage.py migrate``, a real prefork ``celery -A shop worker`` running the relay, a
+SQLite and a PostgreSQL database).
+
+With ``CELERY_RELIABLE_OUTBOX = True``, ``.delay()`` inside ``transaction.atomic()``
+is written to the outbox on Django's connection: it runs once if the block commits,
+never if it rolls back; ``publish_in(transaction, sig)`` does the same explicitly;
+outside a transaction ``.delay()`` publishes as usual (no outbox row, no receipt for
+its task id).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+
+from tests.integration.test_django import EXAMPLE, as_database_url, manage, python
+from tests.support.celery_apps import new_redis_db
+from tests.support.outcomes import recorded
+from tests.support.workers import ROOT, WorkerProcess, celery_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.prefork]
+
+
+@pytest.fixture(scope="module")
+def shop_env(
+    module_store_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "tests.support.apps.django_outbox.settings",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE)]),
+        "DATABASE_URL": as_database_url(module_store_url),
+        "REDIS_URL": new_redis_db(redis_url),
+        "SHOP_DATA_DIR": str(tmp_path_factory.mktemp("shop")),
+    }
+
+
+@pytest.fixture(scope="module")
+def migrated(shop_env: dict[str, str], module_store_url: str) -> str:
+    out = manage(shop_env, "migrate", "--no-input")
+    assert "Applying celery_reliable.0008_outbox... OK" in out, out
+    return module_store_url
+
+
+@pytest.fixture(scope="module")
+def worker(shop_env: dict[str, str], migrated: str) -> Iterator[WorkerProcess]:
+    with celery_worker("shop", shop_env, concurrency=2) as process:
+        yield process
+
+
+SCRIPT = """
+import django
+django.setup()
+from django.db import transaction
+from celery_reliable.outbox import publish_in
+from tests.support.apps.django_crash.tasks import note
+
+class Rollback(Exception):
+    pass
+
+try:
+    with transaction.atomic():
+        rolled_back = note.delay(1)
+        raise Rollback()
+except Rollback:
+    pass
+with transaction.atomic():
+    committed = note.delay(2)
+    explicit = publish_in(transaction, note.s(3))
+direct = note.delay(4)
+print(rolled_back.id, committed.id, explicit.id, direct.id)
+"""
+
+
+def test_delay_inside_atomic_goes_through_the_outbox(
+    shop_env: dict[str, str], worker: WorkerProcess, migrated: str
+) -> None:
+    rolled_back, committed, explicit, direct = python(shop_env, "-c", SCRIPT).split()
+    broker = shop_env["REDIS_URL"]
+    client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
+    try:
+        for task_id, n in ((committed, 2), (explicit, 3), (direct, 4)):
+            assert client.AsyncResult(task_id).get(timeout=60) == f"noted {n}", worker.output
+            assert [e["outcome"] for e in recorded(broker, task_id, 1)] == ["succeeded"]
+        # Published after the rolled-back one, and run: had it been sent, it had run.
+        assert client.AsyncResult(rolled_back).state == "PENDING"
+    finally:
+        client.close()
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT count(*) FROM reliable_outbox")).scalar() == 0
+            claimed = set(
+                connection.execute(
+                    sa.text(
+                        'SELECT "key" FROM reliable_receipts '
+                        "WHERE task_name = 'crash.django_note'"
+                    )
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    # The outbox's messages claimed their task ids; the direct one (and the rolled-back
+    # one, never sent) did not.
+    assert {committed, explicit} <= claimed
+    assert not {direct, rolled_back} & claimed
