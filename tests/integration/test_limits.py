@@ -181,6 +181,8 @@ def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any)
     gives back its slots; with the ERP's five slots held elsewhere, the next one waits
     (SNOOZED, counted as ``limited``, no attempt spent) and runs once they are given
     back. An eager call takes no slot, as Celery's rate_limit does not apply to it."""
+    from celery import _state as celery_state
+
     from celery_reliable import Outcome
     from celery_reliable.limits.parts import Part, Taken
     from celery_reliable.limits.redis_slots import RedisSlots
@@ -193,7 +195,14 @@ def test_the_docs_example_runs_and_waits_its_turn(redis_url: str, tmp_path: Any)
     code = code.replace("redis://localhost:6379/0", broker)
     code = code.replace("sqlite:///reliable.db", f"sqlite:///{tmp_path}/reliable.db")
     scope: dict[str, Any] = {"__name__": "limits_docs"}
-    exec(compile(code, "limits.md", "exec"), scope)
+    # The example's @app.task is shared (Celery's default): every app finalized later in
+    # this process would get its limited task, and a worker on a broker that is not
+    # Redis refuses to start with one. Keep it to the example's app.
+    finalizers = set(celery_state._on_app_finalizers)
+    try:
+        exec(compile(code, "limits.md", "exec"), scope)
+    finally:
+        celery_state._on_app_finalizers.intersection_update(finalizers)
     app, sync_repo = scope["app"], scope["sync_repo"]
     app.conf.result_backend = broker
     slots = RedisSlots(broker)

@@ -43,6 +43,7 @@ def leave(run: str) -> None:
 
 @app.task(
     base=ReliableTask,
+    shared=False,  # limited tasks in every later app would stop non-Redis workers
     name="lim.erp",
     bind=True,
     timeout=30,
@@ -59,6 +60,7 @@ def erp(self: ReliableTask, run: str, seconds: float) -> str:
 
 @app.task(
     base=ReliableTask,
+    shared=False,  # limited tasks in every later app would stop non-Redis workers
     name="lim.api",
     bind=True,
     timeout=30,
@@ -72,6 +74,7 @@ def api(self: ReliableTask, run: str) -> str:
 
 @app.task(
     base=ReliableTask,
+    shared=False,  # limited tasks in every later app would stop non-Redis workers
     name="lim.one",
     bind=True,
     timeout=30,
@@ -88,6 +91,7 @@ def one(self: ReliableTask, run: str, seconds: float) -> str:
 
 @app.task(
     base=ReliableTask,
+    shared=False,  # limited tasks in every later app would stop non-Redis workers
     name="lim.beating",
     bind=True,
     timeout=120,
