@@ -33,6 +33,7 @@ that is itself stalled, and then the next refresh of every other body counts a g
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -123,7 +124,9 @@ class Tally:
 
     @contextmanager
     def running(self, job: int) -> Iterator[None]:
-        member = f"{job}:{uuid.uuid4().hex[:12]}"
+        # The worker's process group in the member: the run can aim a kill at a worker
+        # whose body holds a slot (``holding_groups``).
+        member = f"{job}:{os.getpgid(0)}:{uuid.uuid4().hex[:12]}"
         self._enter(keys=[KEYS.live, KEYS.top, KEYS.starts], args=[member, WINDOW_MS, FORGET_MS])
         stop = threading.Event()
         refresher = threading.Thread(target=self._keep_fresh, args=(member, stop), daemon=True)
@@ -161,6 +164,15 @@ class Counted:
     limited: int
     #: Bodies that never left: killed while they ran, holding a slot.
     killed: int
+
+
+def holding_groups(url: str) -> set[int]:
+    """The process groups (one per worker) with a body running now."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        return {int(m.split(b":")[1]) for m in client.zrange(KEYS.live, 0, -1)}
+    finally:
+        client.close()
 
 
 def read(url: str) -> Counted:
