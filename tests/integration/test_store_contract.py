@@ -66,6 +66,7 @@ TABLES = {
     "reliable_cancels",
     "reliable_pauses",
     "reliable_outbox",
+    "reliable_beat_runs",
 }
 TASK = "contract.task"
 H1 = "a" * 64
