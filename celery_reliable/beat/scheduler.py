@@ -25,8 +25,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from time import monotonic
@@ -374,17 +378,18 @@ class Scheduler(CeleryScheduler):
     def _claim_and_publish(self, name: str, entry: Any, due: datetime) -> bool:
         """Claim the slot; publish it if this beat won. True when it did both."""
         task_id = task_id_for(name, entry.task, due)
-        won = self.store.beat_runs.claim(
-            name,
-            _naive(due),
-            task_name=entry.task,
-            task_id=task_id,
-            by=self.ident,
-            lease_seconds=CLAIM_LEASE,
-        )
-        if not won:
-            return False
-        return self._publish_claimed(_Slot(name, due, task_id), entry)
+        with _stop_signals_held():
+            won = self.store.beat_runs.claim(
+                name,
+                _naive(due),
+                task_name=entry.task,
+                task_id=task_id,
+                by=self.ident,
+                lease_seconds=CLAIM_LEASE,
+            )
+            if not won:
+                return False
+            return self._publish_claimed(_Slot(name, due, task_id), entry)
 
     # -- publishing -------------------------------------------------------------------
 
@@ -477,7 +482,8 @@ class Scheduler(CeleryScheduler):
                     run.claimed_by,
                     run.task_id,
                 )
-            self._publish_claimed(_Slot(run.entry, due, run.task_id), entry)
+            with _stop_signals_held():
+                self._publish_claimed(_Slot(run.entry, due, run.task_id), entry)
 
     def _send(self, slot: _Slot, entry: Any) -> Any:
         """Publish as Celery's scheduler would (the entry's args, kwargs and options,
@@ -550,6 +556,30 @@ class Scheduler(CeleryScheduler):
     def close(self) -> None:
         self._disconnect()
         super().close()
+
+
+#: What celery beat stops on: its handler raises SystemExit wherever the loop is.
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT wait while a slot goes from its claim to its mark (in the
+    main thread, where celery beat runs the loop): a beat asked to stop finishes the
+    slot first, instead of leaving a claim for another beat to take over in
+    :data:`CLAIM_LEASE` s. SIGKILL cannot wait: that is what the take-over is for."""
+    if (
+        not hasattr(signal, "pthread_sigmask")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        # A signal that came meanwhile is delivered here, and its handler runs now.
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _naive(moment: datetime) -> datetime:

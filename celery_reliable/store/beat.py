@@ -20,7 +20,12 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
 
-from celery_reliable.store.engine import rowcount, run_statement, single_statement_engine
+from celery_reliable.store.engine import (
+    first_row,
+    rowcount,
+    run_statement,
+    single_statement_engine,
+)
 from celery_reliable.store.schema import beat_runs
 from celery_reliable.store.timeutil import utcnow
 
@@ -103,8 +108,11 @@ def _insert_statement(insert: Any) -> Any:
         skipped=bindparam("p_skipped"),
         skipped_from=bindparam("p_skipped_from"),
     )
-    # The slot is someone's already: this beat's insert changes nothing.
-    return statement.on_conflict_do_nothing(index_elements=[_c.entry, _c.due_at])
+    # The slot is someone's already: this beat's insert changes nothing, and returns no
+    # row (a row count is not what every driver reports for an INSERT).
+    return statement.on_conflict_do_nothing(index_elements=[_c.entry, _c.due_at]).returning(
+        _c.entry
+    )
 
 
 _PUBLISHED = (
@@ -186,7 +194,7 @@ class BeatRuns:
             "p_skipped": None,
             "p_skipped_from": None,
         }
-        return self._write("claiming a periodic slot", self._insert, params)
+        return self._inserted("claiming a periodic slot", params)
 
     def skip(
         self,
@@ -214,7 +222,7 @@ class BeatRuns:
             "p_skipped": skipped,
             "p_skipped_from": skipped_from,
         }
-        return self._write("recording skipped periodic slots", self._insert, params)
+        return self._inserted("recording skipped periodic slots", params)
 
     def published(self, entry: str, due_at: datetime, now: datetime | None = None) -> None:
         params = {"p_entry": entry, "p_due": due_at, "p_now": now or utcnow()}
@@ -269,6 +277,9 @@ class BeatRuns:
             {},
             lambda result: {str(entry): due for entry, due in result},
         )
+
+    def _inserted(self, what: str, params: dict[str, Any]) -> bool:
+        return run_statement(self._single, what, self._insert, params, first_row) is not None
 
     def _write(self, what: str, statement: Any, params: dict[str, Any]) -> bool:
         return run_statement(self._single, what, statement, params, rowcount) == 1

@@ -47,3 +47,10 @@ def tick(self: ReliableTask, entry: str) -> str:
     due = str((self.request.headers or {})[BEAT_HEADER]["due"])
     effects.hincrby(f"runs:{entry}", due, 1)
     return due
+
+
+@app.task(name="bt.sentinel")
+def sentinel() -> str:
+    """Published last, after every beat stopped: once it ran, so had every message the
+    beats published before it (one queue, a solo worker, first in first out)."""
+    return "sentinel"
