@@ -160,7 +160,9 @@ class Scheduler(CeleryScheduler):
         #: While the broker is down: when to try it again (monotonic).
         self._broker_retry_at = 0.0
         self._loaded = False
-        self._last_look: datetime | None = None
+        #: When the previous look began (successful or not): a slot due since then is
+        #: on time; one due before it was missed (not published at that look).
+        self._previous_look: datetime | None = None
         self._next_orphan_look = 0.0
         self._store_outage = _Outage("store")
         self._broker_outage = _Outage("broker")
@@ -222,6 +224,12 @@ class Scheduler(CeleryScheduler):
         if self._broker_outage.down and monotonic() < self._broker_retry_at:
             return self._broker_retry_at - monotonic()
         try:
+            return self._look(now)
+        finally:
+            self._previous_look = now
+
+    def _look(self, now: datetime) -> float:
+        try:
             if not self._loaded:
                 self._load(now)
             self._mark_unmarked()
@@ -237,7 +245,6 @@ class Scheduler(CeleryScheduler):
             )
         except _BrokerDown:
             return self._broker_retry_at - monotonic()
-        self._last_look = now
         return self._sleep()
 
     def _sleep(self) -> float:
@@ -303,10 +310,10 @@ class Scheduler(CeleryScheduler):
         timeline = state.timeline
         try:
             oldest_kept = now - timedelta(seconds=self.catch_up)
-            if self._last_look is not None:
-                # What became due since the previous look is on time, however long the
-                # look took.
-                oldest_kept = min(oldest_kept, self._last_look)
+            if self._previous_look is not None:
+                # What became due since the previous look is on time, however long that
+                # look took (with a catch-up of 0, too).
+                oldest_kept = min(oldest_kept, self._previous_look)
             if state.next < oldest_kept and state.next <= now:
                 kept = first_at_or_after(timeline, oldest_kept)
                 self._skip(name, entry, timeline, state.next, kept or now)
@@ -336,7 +343,7 @@ class Scheduler(CeleryScheduler):
             self._broken(name, state, exc)
 
     def _missed(self, due: datetime) -> bool:
-        return self._last_look is None or due < self._last_look
+        return self._previous_look is None or due < self._previous_look
 
     def _skip(
         self, name: str, entry: Any, timeline: Timeline, first: datetime, end: datetime

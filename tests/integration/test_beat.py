@@ -303,7 +303,8 @@ def test_every_beat_down_for_30s_catches_up_the_newest_slots_and_skips_the_rest(
     assert second_back is not None
     lines = first_back.lines + second_back.lines
     [skipped] = [m for line in lines if (m := SKIPPED.search(line))]
-    [caught] = [m for line in lines if (m := CAUGHT_UP.search(line))]
+    # (The second beat may publish a slot of its first look too, "caught up" as well.)
+    [caught] = [m for line in first_back.lines if (m := CAUGHT_UP.search(line))]
     assert skipped[2] == caught[2] == entry
     skip_first, skip_last = _parse(skipped[3]), _parse(skipped[4])
     up_first, up_last = _parse(caught[3]), _parse(caught[4])
@@ -327,11 +328,8 @@ def test_every_beat_down_for_30s_catches_up_the_newest_slots_and_skips_the_rest(
     dues = [aware(r) for r in rows if r.state == "published"]
     assert sorted(ran) == sorted(iso(d) for d in dues)
     gaps = [d for d in seconds_from(dues[0], dues[-1]) if d not in dues]
-    assert gaps[: int(skipped[1])] == seconds_from(skip_first, skip_last) or gaps == [
-        last_before,
-        *seconds_from(skip_first, skip_last),
-    ]
-    assert not [d for d in gaps if d > skip_last]
+    skipped_slots = seconds_from(skip_first, skip_last)
+    assert gaps in (skipped_slots, [last_before, *skipped_slots]), gaps
 
 
 def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig, module_store_url: str) -> None:
