@@ -375,3 +375,30 @@ def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig, module_stor
     finally:
         own.dispose()
         server.remove()
+
+
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [
+        (
+            {"RELIABLE_TEST_STORE": ""},
+            "reliable_database_url is None: celery_reliable.beat:Scheduler claims each due "
+            "time in the store; set it to the database every beat shares",
+        ),
+        (
+            {"RELIABLE_TEST_BEAT_CATCH_UP": "700000"},
+            "reliable_beat_catch_up (700000s) must be shorter than reliable_receipt_ttl "
+            "(604800s): a slot published twice runs once only while its receipt is kept",
+        ),
+    ],
+    ids=["no-store", "catch-up-too-long"],
+)
+def test_a_beat_that_cannot_work_refuses_to_start_in_one_line(
+    rig: Rig, more: dict[str, str], said: str
+) -> None:
+    beat = BeatProcess(APP, entry_env(rig.env, new_entry("refused"), **more), "refused")
+    beat.proc.wait(60)
+    beat.stop()
+    assert beat.proc.returncode == 1, beat.output
+    assert f"celery_reliable: beat cannot start: {said}" in beat.lines, beat.output
+    assert "Traceback" not in beat.output
