@@ -173,6 +173,11 @@ class Scheduler(CeleryScheduler):
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         super().__init__(app, *args, **kwargs)
 
+    @staticmethod
+    def clock() -> datetime:
+        """Now, aware UTC (a test steps it instead)."""
+        return datetime.now(UTC)
+
     # -- start ------------------------------------------------------------------------
 
     def setup_schedule(self) -> None:
@@ -220,7 +225,7 @@ class Scheduler(CeleryScheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Publish what is due; the seconds until the next look."""
-        now = datetime.now(UTC)
+        now = self.clock()
         if self._broker_outage.down and monotonic() < self._broker_retry_at:
             return self._broker_retry_at - monotonic()
         try:
@@ -251,7 +256,7 @@ class Scheduler(CeleryScheduler):
         upcoming = [state.next for state in self._entries.values() if state.next is not None]
         if not upcoming:
             return float(self.max_interval)
-        seconds = (min(upcoming) - datetime.now(UTC)).total_seconds()
+        seconds = (min(upcoming) - self.clock()).total_seconds()
         return max(0.0, min(seconds, float(self.max_interval)))
 
     def _load(self, now: datetime) -> None:
@@ -370,6 +375,7 @@ class Scheduler(CeleryScheduler):
             by=self.ident,
             skipped=int(count.rsplit(" ", 1)[-1]),
             skipped_from=_naive(first),
+            now=_naive(self.clock()),
         )
         if wrote:
             logger.warning(
@@ -393,6 +399,7 @@ class Scheduler(CeleryScheduler):
                 task_id=task_id,
                 by=self.ident,
                 lease_seconds=CLAIM_LEASE,
+                now=_naive(self.clock()),
             )
             if not won:
                 return False
@@ -429,7 +436,7 @@ class Scheduler(CeleryScheduler):
             slot.task_id,
         )
         try:
-            self.store.beat_runs.published(slot.entry, _naive(slot.due))
+            self.store.beat_runs.published(slot.entry, _naive(slot.due), _naive(self.clock()))
         except StoreUnavailable:
             self._unmarked.append(slot)
             raise
@@ -439,7 +446,9 @@ class Scheduler(CeleryScheduler):
         self._disconnect()
         # Given back at once: a beat whose broker answers publishes it at its next look
         # for abandoned claims (this one too, once its broker is back).
-        self.store.beat_runs.give_back(slot.entry, _naive(slot.due), self.ident)
+        self.store.beat_runs.give_back(
+            slot.entry, _naive(slot.due), self.ident, _naive(self.clock())
+        )
         wait = self._broker_outage.failed(
             exc, "this beat claims nothing until it answers (the slot claimed is given back)"
         )

@@ -232,10 +232,10 @@ class BeatRuns:
         params = {"p_entry": entry, "p_due": due_at}
         self._write("marking a periodic slot failed", _FAILED, params)
 
-    def give_back(self, entry: str, due_at: datetime, by: str) -> bool:
+    def give_back(self, entry: str, due_at: datetime, by: str, now: datetime | None = None) -> bool:
         """End this beat's claim's lease now (its broker refused the message): the
         next beat to look for abandoned claims publishes the slot."""
-        params = {"p_entry": entry, "p_due": due_at, "p_by": by, "p_now": utcnow()}
+        params = {"p_entry": entry, "p_due": due_at, "p_by": by, "p_now": now or utcnow()}
         return self._write("giving back a periodic claim", _GIVE_BACK, params)
 
     def orphans(self, now: datetime | None = None, limit: int = 100) -> list[BeatRun]:
