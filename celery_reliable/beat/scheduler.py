@@ -298,8 +298,7 @@ class Scheduler(CeleryScheduler):
         if state.broken != said:
             state.broken = said
             logger.error(
-                "celery_reliable beat: the due times of %r cannot be computed (%s); it is "
-                "not published",
+                "celery_reliable beat: %r is not published until this beat restarts: %s",
                 name,
                 said,
             )
