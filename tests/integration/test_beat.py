@@ -352,6 +352,7 @@ def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig, module_stor
             server.stop()
             stopped = utcnow()  # from here to `restarting` the store is down for sure
             wait_until(lambda: beat.said("the store is unreachable"), "the outage said")
+            time.sleep(4)  # the outage itself: a few slots due while the store is down
             restarting = utcnow()
             server.start()
             wait_until(lambda: beat.said("the store answers again"), "the store back", timeout=30)
