@@ -82,9 +82,10 @@ def beat(app: Celery, ident: str, clock: Clock) -> Scheduler:
 
 
 def published(broker: str) -> list[tuple[str, str]]:
-    """(entry, due) of every message on the default queue, as sent."""
+    """(entry, due) of every message on the default queue, oldest first."""
     found = []
-    for raw in redis.Redis.from_url(broker).lrange("celery", 0, -1):
+    # kombu pushes each message at the head of the list (and pops at its tail).
+    for raw in reversed(redis.Redis.from_url(broker).lrange("celery", 0, -1)):
         headers = json.loads(raw)["headers"]
         mark = headers[BEAT_HEADER]
         found.append((mark["entry"], mark["due"]))
