@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_outbox": False,
     "reliable_outbox_relay": True,
     "reliable_outbox_poll_interval": 0.2,
+    "reliable_beat_catch_up": 3600.0,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -107,6 +108,9 @@ class ReliableSettings:
     outbox_relay: bool = True
     #: Seconds between a relay's looks at the outbox when nothing wakes it.
     outbox_poll_interval: float = 0.2
+    #: ``celery_reliable.beat:Scheduler``: a slot missed while every beat was down is
+    #: published late if it is at most this many seconds old, else skipped (0: never).
+    beat_catch_up: float = 3600.0
 
     @classmethod
     def from_mapping(
@@ -160,6 +164,7 @@ class ReliableSettings:
             outbox=_bool("reliable_outbox", merged),
             outbox_relay=_bool("reliable_outbox_relay", merged),
             outbox_poll_interval=_seconds("reliable_outbox_poll_interval", merged),
+            beat_catch_up=_beat_catch_up(merged),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:
@@ -171,6 +176,18 @@ class ReliableSettings:
         if self.unclassified == "retry":
             rule = default_retry_rule(self.unclassified_attempts)
         return replace(self, unclassified_rule=rule)
+
+
+def _beat_catch_up(merged: _Values) -> float:
+    value = merged["reliable_beat_catch_up"]
+    if hasattr(value, "total_seconds"):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ImproperlyConfigured(
+            f"{merged.written('reliable_beat_catch_up')} must be a number of seconds >= 0, "
+            f"got {value!r}"
+        )
+    return float(value)
 
 
 def _limits_url(merged: _Values) -> str | None:

@@ -57,7 +57,7 @@ from celery_reliable.errors import (
     StoreUnavailable,
     WrongArguments,
 )
-from celery_reliable.headers import HEADER, Counters, from_outbox
+from celery_reliable.headers import HEADER, Counters, once_per_task_id
 from celery_reliable.longrun.heartbeat import Heartbeat
 from celery_reliable.outcomes import Discard, Outcome, OutcomeRequest
 from celery_reliable.policy import IDEMPOTENCY_LABEL, DiscardRule, RetryRule
@@ -228,11 +228,12 @@ class Execution:
             if self.heartbeat is not None:
                 self.heartbeat.slots = self.held
         # A message from the outbox may have been published twice (a relay killed
-        # between its publish and its delete): it claims its task id, as a key (on a
+        # between its publish and its delete), and so may a beat's slot (a beat that
+        # took it over from one that died): it claims its task id, as a key (on a
         # worker with a store). For every other message this costs one lookup in its
         # custom headers.
         if self.task._reliable_key is not None or (
-            from_outbox(self.request.headers)
+            once_per_task_id(self.request.headers)
             and settings_for(self.task.app).database_url is not None
         ):
             answer = self._claim()

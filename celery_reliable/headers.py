@@ -40,14 +40,26 @@ RETRY_OF_HEADER = "reliable_retry_of"
 #: receipt for its task id, and the second message is a DUPLICATE (``execution.py``).
 OUTBOX_HEADER = "reliable_outbox"
 
+#: The message header of a periodic job published by ``celery_reliable.beat``:
+#: ``{"entry": name, "due": ISO 8601 UTC}``. Its task id is derived from both, and a
+#: beat that took over a slot whose first publisher died may publish it a second time:
+#: the worker takes a receipt for the task id, as for the outbox's messages.
+BEAT_HEADER = "reliable_beat"
+
 #: Headers of ours, never copied into what a dead letter re-publishes.
-OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER})
+OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER, BEAT_HEADER})
 
 
 def from_outbox(headers: object) -> bool:
     """The message came through the outbox (its custom headers, ``request.headers``:
     a dict from a message, but whatever ``apply(headers=...)`` was given eagerly)."""
     return isinstance(headers, dict) and OUTBOX_HEADER in headers
+
+
+def once_per_task_id(headers: object) -> bool:
+    """The message may have been published twice under one task id, which is then the
+    job (the outbox's relay, or a beat slot): the worker claims a receipt for it."""
+    return isinstance(headers, dict) and (OUTBOX_HEADER in headers or BEAT_HEADER in headers)
 
 
 @dataclass

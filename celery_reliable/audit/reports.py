@@ -4,7 +4,8 @@ What the task declares (queue, limits, idempotency, unique enqueue, its heartbea
 the steps its body names, each rule with its delay schedule, Celery's own
 ``autoretry_for`` if it kept it, the unclassified policy, metrics and error reports),
 how it stands at the gates, and what the store saw of it lately (outcomes of the last
-24 hours, dead letters, receipts held, the median duration, executions beating now).
+24 hours, dead letters, receipts held, the median duration, executions beating now),
+with the ``beat_schedule`` entries that publish it: each one's last and next run.
 :func:`build_report` returns the data; :meth:`Report.markdown` renders it for a pull
 request, :meth:`Report.to_dict` as JSON.
 """
@@ -60,6 +61,10 @@ class Report:
     recent: dict[str, Any] | None = None
     store_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The ``beat_schedule`` entries publishing the task, with their last and next run.
+    periodic: list[dict[str, Any]] = field(default_factory=list)
+    #: ``beat_scheduler`` is ``celery_reliable.beat:Scheduler`` (else no run is recorded).
+    periodic_recorded: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,7 @@ class Report:
             "monitoring": self.monitoring,
             "gates": self.audit.to_dict(with_project=True),
             "last_24h": self.recent,
+            "periodic": self.periodic,
             "store_error": self.store_error,
         }
 
@@ -95,7 +101,25 @@ def build_report(app: Celery, task_name: str, *, with_store: bool = True) -> Rep
     )
     if with_store:
         _add_store_figures(app, report)
+    _add_periodic(app, report, with_store=with_store and report.store_error is None)
     return report
+
+
+def _add_periodic(app: Celery, report: Report, *, with_store: bool) -> None:
+    from celery_reliable.beat.status import entries_of, entry_statuses, read_runs, scheduler_is_ours
+
+    if not entries_of(app, report.task):
+        return
+    runs = None
+    if with_store:
+        from celery_reliable.store import store_for
+
+        try:
+            runs = read_runs(store_for(app))
+        except StoreUnavailable as exc:
+            report.store_error = f"the store is unavailable: {exc}"
+    report.periodic = [s.to_dict() for s in entry_statuses(app, runs, task=report.task)]
+    report.periodic_recorded = scheduler_is_ours(app)
 
 
 def queue_of(app: Celery, task: Any) -> str:
@@ -347,6 +371,7 @@ def _markdown(report: Report) -> list[str]:
     lines += [
         f"- Delivery: acks {acks}, reject_on_worker_lost {lost}; broker {broker}",
         f"- Snoozes allowed: {d['max_snoozes']}",
+        *_periodic_markdown(report),
         "",
         "## Error classification",
         "",
@@ -417,6 +442,33 @@ def _long_task_markdown(d: dict[str, Any]) -> list[str]:
     if d["steps"]:
         named = ", ".join(f"`{name}`" for name in d["steps"])
         lines.append(f"- Steps: {named} (a finished step is skipped when the job runs again)")
+    return lines
+
+
+def _periodic_markdown(report: Report) -> list[str]:
+    lines = []
+    for entry in report.periodic:
+        if entry["error"]:
+            name, error = entry["entry"], entry["error"]
+            lines.append(f"- Periodic: `{name}`: its due times cannot be computed ({error})")
+            continue
+        last = entry["last_run"]
+        if last is not None:
+            ran = (
+                f"last run due {last['due_at']} (published {last['published_at']}, "
+                f"task id `{last['task_id']}`)"
+            )
+        elif not report.periodic_recorded:
+            ran = "runs not recorded (beat_scheduler is not celery_reliable.beat:Scheduler)"
+        else:
+            ran = "no run recorded"
+        other = entry["newest_other"]
+        if other is not None:
+            ran += f"; newest slot {other['state']} (due {other['due_at']})"
+        upcoming = entry["next_due"] or "never"
+        lines.append(
+            f"- Periodic: `{entry['entry']}`, {entry['schedule']}: {ran}; next due {upcoming}"
+        )
     return lines
 
 

@@ -1,6 +1,6 @@
 """The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
 outcome history, heartbeats' progress, cancels, resumable jobs' steps, limits,
-pauses and the outbox.
+pauses, the outbox and the periodic jobs' slots.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -27,6 +27,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.django import django_alias
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
+from celery_reliable.store.beat import BeatRuns
 from celery_reliable.store.cancels import CancelRows
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
 from celery_reliable.store.engine import create_store_engine, unavailable_as
@@ -89,6 +90,7 @@ class Store:
         self._cancels = CancelRows(self.engine, insert)
         self._pauses = PauseRows(self.engine, insert)
         self._outbox = OutboxRows(self.engine)
+        self._beat_runs = BeatRuns(self.engine, insert)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -186,6 +188,12 @@ class Store:
         """Messages written by ``publish_in``, waiting for a relay (``outbox/``)."""
         self.ensure_schema()
         return self._outbox
+
+    @property
+    def beat_runs(self) -> BeatRuns:
+        """The periodic jobs' slots, claimed by ``celery_reliable.beat:Scheduler``."""
+        self.ensure_schema()
+        return self._beat_runs
 
     @contextmanager
     def atomic(

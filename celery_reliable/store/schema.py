@@ -189,6 +189,36 @@ outbox = Table(
     sqlite_autoincrement=True,
 )
 
+#: One row per (periodic entry, due time) of ``celery_reliable.beat:Scheduler``: the
+#: primary key is the claim that lets any number of beat processes publish each slot
+#: once (of N inserts, one wins). ``state`` is "claimed" from the insert until the
+#: broker took the message ("published"), "skipped" for a slot older than
+#: ``reliable_beat_catch_up`` (a row standing for ``skipped`` slots, the first due at
+#: ``skipped_from``). A claimed row whose lease ran out (its beat died before
+#: publishing) is taken over by another beat. Pruned with the receipts, but for each
+#: entry's newest row, which says where the schedule stands.
+beat_runs = Table(
+    "reliable_beat_runs",
+    metadata,
+    Column("entry", String(255), primary_key=True),
+    Column("due_at", DateTime, primary_key=True),
+    Column("task_name", String(255), nullable=False),
+    #: Derived from (entry, due time): the same on every beat, so a second publish of
+    #: the slot is recognised by the worker's receipt.
+    Column("task_id", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    #: "host:pid" of the beat holding (or last holding) the claim.
+    Column("claimed_by", String(255), nullable=False),
+    Column("claimed_at", DateTime, nullable=False),
+    Column("lease_expires_at", DateTime, nullable=True),
+    Column("published_at", DateTime, nullable=True),
+    Column("publishes", Integer, nullable=False, default=0),
+    Column("skipped", Integer, nullable=True),
+    Column("skipped_from", DateTime, nullable=True),
+    Index("ix_reliable_beat_runs_due_at", "due_at"),
+    Index("ix_reliable_beat_runs_state_lease_expires_at", "state", "lease_expires_at"),
+)
+
 #: One row per (task, job, step) of ``self.step(name)``: a job is its idempotency key
 #: when it has one, else its task id. ``cursor`` is the last ``step.advance(value)``
 #: (JSON); ``finished_at`` is set when the step's block ended without an exception, so a

@@ -1,7 +1,8 @@
 """The overview: per task, the outcomes of the last hour and day (from the outcome
 history the workers write), a per-minute chart, the error rate and the dead letters
 waiting; the depth of each queue, from the broker; what is paused, with a Pause or
-Resume button per queue and task (``web/pauses.py``)."""
+Resume button per queue and task (``web/pauses.py``); each periodic entry of the app's
+``beat_schedule`` with its last and next run (``beat/status.py``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from celery_reliable.audit.gates import reliable_task_names
+from celery_reliable.beat.status import (
+    EntryStatus,
+    entries_of,
+    entry_statuses,
+    read_runs,
+    scheduler_is_ours,
+)
 from celery_reliable.delivery.queue_depth import read_depths
 from celery_reliable.metrics import LIMITED
 from celery_reliable.outcomes import Outcome
@@ -49,6 +57,7 @@ async def overview(request: Request) -> Response:
     depths, depth_error = await _queue_depths(request)
     rows, total, last_minute = await anyio.to_thread.run_sync(_task_rows, request)
     pauses = await anyio.to_thread.run_sync(_pauses, request)
+    periodic = await anyio.to_thread.run_sync(_periodic, request)
     return render(
         request,
         "overview.html",
@@ -64,7 +73,16 @@ async def overview(request: Request) -> Response:
         now=utcnow(),
         pauses=pauses,
         paused={kind: _by_name(pauses, kind) for kind in (QUEUE, TASK)},
+        periodic=periodic,
+        periodic_recorded=scheduler_is_ours(celery_app(request)),
     )
+
+
+def _periodic(request: Request) -> list[EntryStatus]:
+    app = celery_app(request)
+    if not entries_of(app):
+        return []
+    return entry_statuses(app, read_runs(store(request)))
 
 
 def _pauses(request: Request) -> list[Pause]:

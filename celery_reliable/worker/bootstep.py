@@ -1,8 +1,8 @@
 """The worker bootstep: validate settings and build observers when the worker starts,
 load the store's cancels and pauses and keep reading them (``worker/cancels.py``,
 ``worker/pauses.py``), relay the outbox in a thread (``outbox/relay.py``), prune old
-receipts, heartbeats, steps and cancels, expired unique locks and old outcome history
-on a timer, and write the outcome history when the worker stops.
+receipts, heartbeats, steps, cancels and periodic slots, expired unique locks and old
+outcome history on a timer, and write the outcome history when the worker stops.
 
 So that a misspelt ``reliable_*`` setting, or a task that needs a store when there is
 none, stops the worker at start-up with a clear error instead of surfacing on the
@@ -171,19 +171,23 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             cancels = store.cancels.prune(self.settings.receipt_ttl)
             # Limit keys (reliable_limits_url = "store") nobody took that long.
             limit_keys = store.limits.prune(self.settings.receipt_ttl)
+            # Periodic slots as old as a receipt kept (the beat refuses a catch-up that
+            # long), but each entry's newest: where its schedule stands.
+            slots = store.beat_runs.prune(self.settings.receipt_ttl)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks or minutes or beats or steps or cancels or limit_keys:
+        if receipts or locks or minutes or beats or steps or cancels or limit_keys or slots:
             logger.info(
-                "celery_reliable: pruned %d receipts, %d heartbeats, %d steps, %d cancels and "
-                "%d limit keys older than %gs, %d expired unique locks and %d outcome-history "
-                "rows older than %gs",
+                "celery_reliable: pruned %d receipts, %d heartbeats, %d steps, %d cancels, "
+                "%d limit keys and %d periodic slots older than %gs, %d expired unique locks "
+                "and %d outcome-history rows older than %gs",
                 receipts,
                 beats,
                 steps,
                 cancels,
                 limit_keys,
+                slots,
                 self.settings.receipt_ttl,
                 locks,
                 minutes,

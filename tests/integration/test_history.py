@@ -115,6 +115,12 @@ def test_the_prune_cycle_deletes_minutes_past_the_retention(make_app: Any, store
     history.add({(work.name, now, "celery", "succeeded"): counts})
     week = now - timedelta(days=7)
     assert history.summary(work.name, since=week).executions == 2
+    # Periodic slots older than the receipts kept (7 days) go in the same cycle, but for
+    # each entry's newest, which says where its schedule stands.
+    slots = store_for(app).beat_runs
+    for days in (9, 8):
+        assert slots.claim("e", now - timedelta(days=days), task_name="t", task_id=f"{days}",
+                           by="b", lease_seconds=1)  # fmt: skip
     with embedded_worker(app):
         wait_until(
             lambda: history.summary(work.name, since=week).executions == 1,
@@ -123,7 +129,9 @@ def test_the_prune_cycle_deletes_minutes_past_the_retention(make_app: Any, store
             interval=0.1,
             seen=lambda: history.summary(work.name, since=week),
         )
+        wait_until(lambda: len(slots.all("e")) == 1, "the old slot pruned", seen=slots.all)
     assert [row[0] for row in history.minutes(work.name, since=week)] == [now]
+    assert [run.task_id for run in slots.all("e")] == ["8"]
 
 
 def test_counts_are_kept_while_the_store_is_down_and_written_when_it_is_back(

@@ -66,6 +66,7 @@ TABLES = {
     "reliable_cancels",
     "reliable_pauses",
     "reliable_outbox",
+    "reliable_beat_runs",
 }
 TASK = "contract.task"
 H1 = "a" * 64
@@ -1568,3 +1569,107 @@ def test_a_beat_reads_its_job_s_cancel_in_its_transaction(store: Store) -> None:
     receipt = store.receipts.get(TASK, held.key)
     assert receipt is not None and receipt.lease_expires_at is not None
     assert receipt.lease_expires_at > utcnow() + timedelta(seconds=500)
+
+
+# ------------------------------------------------------------------ periodic slots (beat)
+
+DUE = datetime(2026, 12, 7, 13, 0, 0)
+
+
+def beat_claim(store: Store, entry: str, due: datetime, by: str, lease: float = 10) -> bool:
+    return store.beat_runs.claim(
+        entry, due, task_name="bt.tick", task_id=f"{entry}-{due}", by=by, lease_seconds=lease
+    )
+
+
+def test_of_n_beats_claiming_one_slot_one_wins(store: Store, store_url: str) -> None:
+    """Eight claims at once, each on a store of its own (as eight beat processes):
+    one insert wins the (entry, due time); claims of the next slot are a new race."""
+    stores = [new_store(store_url) for _ in range(8)]
+    try:
+        won = race(8, lambda i: beat_claim(stores[i], "e", DUE, f"beat-{i}"))
+        assert sorted(won) == [False] * 7 + [True]
+        [row] = store.beat_runs.all("e")
+        assert (row.state, row.claimed_by) == ("claimed", f"beat-{won.index(True)}")
+        assert row.lease_expires_at is not None and row.publishes == 0
+        assert beat_claim(stores[0], "e", DUE + timedelta(seconds=1), "beat-0")
+    finally:
+        for each in stores:
+            each.dispose()
+
+
+def test_a_claim_published_abandoned_taken_over_or_given_back(store: Store) -> None:
+    runs = store.beat_runs
+    assert beat_claim(store, "e", DUE, "a")
+    runs.published("e", DUE)
+    [row] = runs.all("e")
+    assert (row.state, row.publishes, row.lease_expires_at) == ("published", 1, None)
+    assert row.published_at is not None
+    # A claim whose lease ran out (its beat died before publishing) is an orphan: one
+    # beat of several takes it over.
+    assert beat_claim(store, "e", DUE + timedelta(seconds=1), "dead", lease=0.01)
+    later = utcnow() + timedelta(seconds=1)
+    [orphan] = runs.orphans(later)
+    assert (orphan.entry, orphan.due_at, orphan.claimed_by) == (
+        "e",
+        DUE + timedelta(seconds=1),
+        "dead",
+    )
+    taken = race(4, lambda i: runs.take_over("e", orphan.due_at, f"b{i}", 10, later))
+    assert taken.count(True) == 1
+    assert runs.orphans(later) == []  # its new lease runs
+    assert not runs.abandon("e", orphan.due_at, "x", later)  # not an orphan any more
+    # An orphan older than the catch-up is skipped instead.
+    assert beat_claim(store, "e", DUE + timedelta(seconds=2), "dead", lease=0.01)
+    assert runs.abandon("e", DUE + timedelta(seconds=2), "b0", later)
+    row = runs.all("e")[-1]
+    assert (row.state, row.skipped, row.skipped_from) == ("skipped", 1, row.due_at)
+    # A beat whose broker refused the message gives its claim back: an orphan at once.
+    assert beat_claim(store, "e", DUE + timedelta(seconds=3), "c")
+    assert not runs.give_back("e", DUE + timedelta(seconds=3), "someone else")
+    assert runs.give_back("e", DUE + timedelta(seconds=3), "c")
+    assert [r.due_at for r in runs.orphans(utcnow() + timedelta(milliseconds=5))] == [
+        DUE + timedelta(seconds=3)
+    ]
+    runs.failed("e", DUE + timedelta(seconds=3))
+    assert runs.all("e")[-1].state == "failed"
+
+
+def test_skipped_slots_are_one_row_and_where_each_entry_stands(store: Store) -> None:
+    runs = store.beat_runs
+    wrote = [
+        runs.skip(
+            "e",
+            DUE,
+            task_name="bt.tick",
+            task_id="t",
+            by=f"b{i}",
+            skipped=20,
+            skipped_from=DUE - timedelta(seconds=19),
+        )
+        for i in range(2)
+    ]
+    assert wrote == [True, False]  # the second beat to skip them does not say it again
+    assert beat_claim(store, "e", DUE + timedelta(seconds=1), "b0")
+    runs.published("e", DUE + timedelta(seconds=1))
+    assert beat_claim(store, "e", DUE + timedelta(seconds=2), "b0")
+    assert beat_claim(store, "f", DUE - timedelta(days=1), "b0")
+    assert runs.last_due() == {"e": DUE + timedelta(seconds=2), "f": DUE - timedelta(days=1)}
+    assert {e: r.due_at for e, r in runs.latest("published").items()} == {
+        "e": DUE + timedelta(seconds=1)
+    }
+    assert {e: r.state for e, r in runs.latest().items()} == {"e": "claimed", "f": "claimed"}
+
+
+def test_pruning_keeps_each_entry_s_newest_slot(store: Store) -> None:
+    """The newest row says where an entry's schedule stands after every beat was down
+    (which slots to catch up): it stays however old it is."""
+    runs = store.beat_runs
+    for seconds in range(5):
+        assert beat_claim(store, "e", DUE + timedelta(seconds=seconds), "b")
+    assert beat_claim(store, "old", DUE - timedelta(days=30), "b")
+    assert beat_claim(store, "old", DUE - timedelta(days=29), "b")
+    now = DUE + timedelta(days=1)
+    assert runs.prune(3600, now=now) == 5
+    assert runs.last_due() == {"e": DUE + timedelta(seconds=4), "old": DUE - timedelta(days=29)}
+    assert runs.prune(3600, now=now) == 0

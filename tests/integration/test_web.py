@@ -759,3 +759,28 @@ def test_pause_and_resume_ask_first_and_refuse_a_post_without_the_csrf_token(
     assert resumed.status == 303
     assert store.pauses.get("task", "web.ship") is None
     assert "resumed task web.ship: workers start it again" in client.get("/?refresh=0").text
+
+
+def test_overview_shows_each_periodic_entry_s_last_and_next_run(server: str, store: Any) -> None:
+    """The app's beat_schedule, the newest slot published of each entry (the rows a
+    beat writes, written here), and the next due time from the schedule."""
+    due = utcnow().replace(microsecond=0) - timedelta(minutes=2)
+    due = due.replace(second=0)
+    runs = store.beat_runs
+    assert runs.claim("charge-every-minute", due, task_name="web.charge", task_id="slot-1",
+                      by="host:1", lease_seconds=10)  # fmt: skip
+    runs.published("charge-every-minute", due)
+    later = due + timedelta(minutes=1)
+    assert runs.claim("charge-every-minute", later, task_name="web.charge", task_id="slot-2",
+                      by="host:2", lease_seconds=10)  # fmt: skip
+    page = Client(server).get("/?refresh=0")
+    assert page.status == 200
+    section = page.text.split('id="periodic"', 1)[1].split("</section>", 1)[0]
+    row = section.split('id="periodic-charge-every-minute"', 1)[1].split("</tr>", 1)[0]
+    assert "every minute (aligned to the epoch, UTC)" in row
+    assert f"{due:%Y-%m-%d %H:%M:%S}" in row and "slot-1" in row
+    assert f"claimed {later:%Y-%m-%d %H:%M:%S}" in row  # published by nobody yet
+    nightly = section.split('id="periodic-nightly-shipments"', 1)[1].split("</tr>", 1)[0]
+    assert "crontab 30 2 * * * (UTC)" in nightly and "none yet" in nightly
+    assert ":30:00" in nightly.rsplit("<td", 1)[1]  # the next due time
+    assert "each due time published once by" in section

@@ -439,3 +439,13 @@ def test_as_written_names_a_setting_in_the_apps_own_spelling(app: Celery) -> Non
         assert as_written(django_app, "reliable_database_url") == "CELERY_RELIABLE_DATABASE_URL"
     finally:
         django_app.close()
+
+
+def test_the_beat_s_catch_up_is_seconds_and_may_be_zero() -> None:
+    assert ReliableSettings.from_mapping({}).beat_catch_up == 3600
+    assert ReliableSettings.from_mapping({"reliable_beat_catch_up": 0}).beat_catch_up == 0
+    catch_up = {"reliable_beat_catch_up": timedelta(minutes=5)}
+    assert ReliableSettings.from_mapping(catch_up).beat_catch_up == 300
+    for wrong in (-1, "1h", float("inf"), True):
+        with pytest.raises(ImproperlyConfigured, match="reliable_beat_catch_up must be a number"):
+            ReliableSettings.from_mapping({"reliable_beat_catch_up": wrong})

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.exceptions import ImproperlyConfigured
+from celery.schedules import crontab
 
 from celery_reliable import Outcome, ReliableTask, cancel_on, discard_on, retry_on
 from celery_reliable.audit.gates import (
@@ -753,3 +754,28 @@ def test_the_report_names_a_tasks_heartbeat_lease_and_steps() -> None:
     )
     good_task(app)
     assert build_report(app, "t.good", with_store=False).design["steps"] == []
+
+
+def test_the_report_shows_the_periodic_entries_publishing_the_task() -> None:
+    app = make_app(
+        beat_scheduler="celery_reliable.beat:Scheduler",
+        beat_schedule={
+            "good-every-10s": {"task": "t.good", "schedule": 10.0},
+            "other": {"task": "t.other", "schedule": 5.0},
+            "good-hourly": {"task": "t.good", "schedule": crontab(minute=15)},
+        },
+    )
+    good_task(app)
+    report = build_report(app, "t.good", with_store=False)
+    assert [entry["entry"] for entry in report.periodic] == ["good-every-10s", "good-hourly"]
+    hourly = report.periodic[1]
+    assert hourly["schedule"] == "crontab 15 * * * * (UTC)"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:15:00\.000000Z", hourly["next_due"])
+    text = report.markdown()
+    assert "- Periodic: `good-every-10s`, every 10 s (aligned to the epoch, UTC): no run " in text
+    assert f"recorded; next due {report.periodic[0]['next_due']}" in text
+    assert report.to_dict()["periodic"] == report.periodic
+    # Another scheduler records no run: the report says so instead of "no run".
+    app.conf.beat_scheduler = "celery.beat:PersistentScheduler"
+    other = build_report(app, "t.good", with_store=False).markdown()
+    assert "runs not recorded (beat_scheduler is not celery_reliable.beat:Scheduler)" in other

@@ -8,6 +8,7 @@ import os
 import time
 
 import redis
+from celery.schedules import crontab
 
 from celery_reliable import ReliableTask, discard_on
 from tests.support.apps.config import helper_app
@@ -22,6 +23,12 @@ app = helper_app(
     broker_connection_max_retries=1,
     task_acks_late=True,
     task_reject_on_worker_lost=True,
+    # Shown on the overview (no beat runs: the test writes the slots' rows itself).
+    beat_scheduler="celery_reliable.beat:Scheduler",
+    beat_schedule={
+        "charge-every-minute": {"task": "web.charge", "schedule": 60.0, "args": (0,)},
+        "nightly-shipments": {"task": "web.ship", "schedule": crontab(minute=30, hour=2)},
+    },
 )
 
 BROKER = app.conf.broker_url
