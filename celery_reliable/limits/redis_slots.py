@@ -1,24 +1,28 @@
 """Limits kept in Redis: one Lua script to take every slot a job needs, one to give
 them back, one to renew them (each one round trip, atomic, timed by Redis's clock).
 
-Per limit, four keys sharing one hash tag (``{concurrency:erp}``):
+Per limit, six keys sharing one hash tag (``{concurrency:erp}``):
 
 * ``used``: a sorted set. ``concurrency``: one member per holder, scored by the end of
   its lease (a holder that dies frees its slot when the lease ends). ``rate``: one
   member per start, scored by its time; starts older than ``per`` are dropped (a
   sliding window: at most ``n`` starts in any ``per`` seconds).
 * ``waiters``: jobs that found the limit full, scored by when they first waited (the
-  job's own time, carried in its message headers across its waits). A job may take a
-  free slot only when fewer older jobs are waiting than there are free slots: the
-  oldest waiter goes first, so no job starves behind newer ones.
-* ``seen``: when each waiter is forgotten if it does not come back (its wait + 30 s):
-  a waiter whose message was lost does not hold the line for ever.
+  job's own time, carried in its message headers across its waits).
+* ``seen``: when each waiter is forgotten if it does not come back: the time it was
+  told to come back (when it is *due*) + ``FORGET_AFTER_MS``.
 * ``avg``: the mean time a slot is held (moving average), for a concurrency wait.
+* ``keep``: from when each waiter keeps a free slot from newer jobs: when it was told
+  to wait if its turn is in the next round, else when it is due.
+* ``pace``: a hash, for a concurrency wait: ``gap``, the mean time between two takes;
+  ``last``, the last take; ``refused``, the last time a job was turned away.
 
-A job that cannot take is told how long to wait: for ``rate``, until the start that
-frees its turn leaves the window; for ``concurrency``, the mean hold time times the
-number of rounds of ``n`` holders ahead of it. Waiters ahead of it wake first, so a
-freed slot does not wake everyone at once.
+A job may take a free slot when fewer waiters ahead of it keep one than there are free
+slots (the next in line, and those due and not long overdue: a sleeper further back
+keeps nothing). One that cannot is told how long to wait: for ``rate``, until the
+start that frees its turn leaves the window; for ``concurrency``, by the ideal
+turnover and the measured one. How and why: ``parts.py``, whose functions the script
+mirrors (same constants, same arithmetic), as the SQL backend calls them.
 """
 
 from __future__ import annotations
@@ -27,9 +31,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery_reliable.errors import LimitsUnavailable
-from celery_reliable.limits.parts import Full, Part, Taken, tiebreak
+from celery_reliable.limits.parts import (
+    DEFAULT_MEAN_MS,
+    EARLY,
+    FORGET_AFTER_MS,
+    LATE_MS,
+    LOOK,
+    MIN_WAIT_MS,
+    SLOWEST,
+    WEIGHT,
+    Full,
+    Part,
+    Taken,
+    tiebreak,
+)
 
 _TAKE = """
+local FORGET, LATE, LOOK, EARLY, SLOWEST = @FORGET@, @LATE@, @LOOK@, @EARLY@, @SLOWEST@
+local DEFAULT_MEAN, MIN_WAIT, WEIGHT = @DEFAULT_MEAN@, @MIN_WAIT@, @WEIGHT@
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, token = ARGV[1], ARGV[3]
@@ -38,10 +57,11 @@ if since <= 0 or since > now then since = now end
 -- The place in line: microseconds, the last three digits the job's own (ARGV[4]), so
 -- two jobs that first waited in the same millisecond are still in a strict order.
 local line = since * 1000 + tonumber(ARGV[4])
-local count = #KEYS / 4
-local wait, blocked = 0, {}
+local count = #KEYS / 6
+local wait, blocked, head = 0, {}, {}
 for i = 0, count - 1 do
-  local used, waiters, seen, avg = KEYS[i*4+1], KEYS[i*4+2], KEYS[i*4+3], KEYS[i*4+4]
+  local used, waiters, seen, avg = KEYS[i*6+1], KEYS[i*6+2], KEYS[i*6+3], KEYS[i*6+4]
+  local keep, pace = KEYS[i*6+5], KEYS[i*6+6]
   local kind, n, span = ARGV[i*3+5], tonumber(ARGV[i*3+6]), tonumber(ARGV[i*3+7])
   if kind == 'c' then
     redis.call('ZREMRANGEBYSCORE', used, '-inf', now)
@@ -52,20 +72,48 @@ for i = 0, count - 1 do
   for _, w in ipairs(gone) do
     redis.call('ZREM', waiters, w)
     redis.call('ZREM', seen, w)
+    redis.call('ZREM', keep, w)
   end
   local mine = redis.call('ZSCORE', waiters, me)
   local place = line
   if mine then place = tonumber(mine) end
   -- string.format, not '..': Lua prints a number with 14 digits, and a place has 16.
-  local ahead = redis.call('ZCOUNT', waiters, '-inf', '(' .. string.format('%.0f', place))
+  local before = '(' .. string.format('%.0f', place)
   local holding = redis.call('ZCARD', used)
   local free = n - holding
-  if free <= ahead then
-    local position = ahead - free
+  local keeping = 0
+  if free > 0 then
+    -- A free slot is kept only for the waiters ahead that keep one now (parts.py),
+    -- among the LOOK oldest: bounded work however long the line.
+    local older = redis.call('ZRANGEBYSCORE', waiters, '-inf', before, 'LIMIT', 0, LOOK)
+    for _, w in ipairs(older) do
+      local forget = redis.call('ZSCORE', seen, w)
+      if forget then
+        local due = tonumber(forget) - FORGET
+        local from = tonumber(redis.call('ZSCORE', keep, w) or due)
+        if from <= now and now <= due + LATE then
+          keeping = keeping + 1
+          if keeping >= free then break end
+        end
+      end
+    end
+  end
+  if free <= keeping then
+    local position = redis.call('ZCOUNT', waiters, '-inf', before) - free
+    if position < 0 then position = 0 end
     local w
     if kind == 'c' then
-      local mean = tonumber(redis.call('GET', avg) or '1000')
-      w = mean * (math.floor(position / n) + 1)
+      -- parts.concurrency_wait
+      local mean = tonumber(redis.call('GET', avg) or DEFAULT_MEAN)
+      local ideal = mean / n
+      local gap = tonumber(redis.call('HGET', pace, 'gap') or ideal)
+      if gap < ideal then gap = ideal elseif gap > SLOWEST * ideal then gap = SLOWEST * ideal end
+      w = mean
+      if position >= n then
+        w = math.max(mean * (math.floor(position / n) + 1), EARLY * (position + 1) * gap)
+      end
+      redis.call('HSET', pace, 'refused', now)
+      redis.call('PEXPIRE', pace, 86400000)
     elseif holding > 0 then
       local index = position % holding
       local first = redis.call('ZRANGE', used, index, index, 'WITHSCORES')
@@ -75,30 +123,62 @@ for i = 0, count - 1 do
     end
     if w > wait then wait = w end
     blocked[#blocked + 1] = i
+    head[#head + 1] = position < n
   end
 end
 if #blocked > 0 then
-  if wait < 50 then wait = 50 end
-  for _, i in ipairs(blocked) do
-    redis.call('ZADD', KEYS[i*4+2], 'NX', string.format('%.0f', line), me)
-    redis.call('ZADD', KEYS[i*4+3], now + wait + 30000, me)
+  if wait < MIN_WAIT then wait = MIN_WAIT end
+  wait = math.floor(wait)
+  for j, i in ipairs(blocked) do
+    redis.call('ZADD', KEYS[i*6+2], 'NX', string.format('%.0f', line), me)
+    redis.call('ZADD', KEYS[i*6+3], now + wait + FORGET, me)
+    -- Next in line keeps a free slot from now on; further back, once it is due.
+    if head[j] then
+      redis.call('ZADD', KEYS[i*6+5], now, me)
+    else
+      redis.call('ZADD', KEYS[i*6+5], now + wait, me)
+    end
   end
-  return {0, math.floor(wait), blocked[1] + 1, since}
+  return {0, wait, blocked[1] + 1, since}
 end
 for i = 0, count - 1 do
-  local used = KEYS[i*4+1]
-  local kind, span = ARGV[i*3+5], tonumber(ARGV[i*3+7])
+  local used, waiters, seen, keep = KEYS[i*6+1], KEYS[i*6+2], KEYS[i*6+3], KEYS[i*6+5]
+  local kind, n, span = ARGV[i*3+5], tonumber(ARGV[i*3+6]), tonumber(ARGV[i*3+7])
   if kind == 'c' then
     redis.call('ZADD', used, now + span, token)
+    -- parts.next_gap: an interval is a sample when a job was turned away during it.
+    local pace = KEYS[i*6+6]
+    local got = redis.call('HMGET', pace, 'gap', 'last', 'refused')
+    local gap, last, refused = tonumber(got[1]), tonumber(got[2]), tonumber(got[3])
+    if last and refused and refused >= last then
+      local mean = tonumber(redis.call('GET', KEYS[i*6+4]) or DEFAULT_MEAN)
+      local sample = math.min(math.max(now - last, 0), SLOWEST * mean / n)
+      if gap then gap = gap * (1 - WEIGHT) + sample * WEIGHT else gap = sample end
+      redis.call('HSET', pace, 'gap', gap)
+    end
+    redis.call('HSET', pace, 'last', now)
+    redis.call('PEXPIRE', pace, 86400000)
   else
     redis.call('ZADD', used, now, token)
     redis.call('PEXPIRE', used, span + 1000)
   end
-  redis.call('ZREM', KEYS[i*4+2], me)
-  redis.call('ZREM', KEYS[i*4+3], me)
+  redis.call('ZREM', waiters, me)
+  redis.call('ZREM', seen, me)
+  redis.call('ZREM', keep, me)
 end
 return {1, now}
 """
+for _name, _value in {
+    "FORGET": FORGET_AFTER_MS,
+    "LATE": LATE_MS,
+    "LOOK": LOOK,
+    "EARLY": EARLY,
+    "SLOWEST": SLOWEST,
+    "DEFAULT_MEAN": DEFAULT_MEAN_MS,
+    "MIN_WAIT": MIN_WAIT_MS,
+    "WEIGHT": WEIGHT,
+}.items():  # parts.py's constants, so the script and the SQL backend cannot drift
+    _TAKE = _TAKE.replace(f"@{_name}@", repr(_value))
 
 _GIVE_BACK = """
 local t = redis.call('TIME')
@@ -132,10 +212,17 @@ return kept
 PREFIX = "reliable:limits:"
 
 
-def _names(part: Part) -> tuple[str, str, str, str]:
-    """The four keys of one limit, under one hash tag."""
+def _names(part: Part) -> tuple[str, str, str, str, str, str]:
+    """The six keys of one limit, under one hash tag."""
     base = f"{PREFIX}{{{part.key}}}"
-    return f"{base}:used", f"{base}:waiters", f"{base}:seen", f"{base}:avg"
+    return (
+        f"{base}:used",
+        f"{base}:waiters",
+        f"{base}:seen",
+        f"{base}:avg",
+        f"{base}:keep",
+        f"{base}:pace",
+    )
 
 
 class RedisSlots:
@@ -180,7 +267,7 @@ class RedisSlots:
         keys: list[str] = []
         for part in parts:
             if part.kind == "c":
-                used, _, _, avg = _names(part)
+                used, _, _, avg, _, _ = _names(part)
                 keys.extend((used, avg))
         if not keys:
             return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import uuid
 from collections.abc import Sequence
@@ -163,8 +162,10 @@ def take(task: Any, job: str, args: Sequence[Any], kwargs: Any, since_ms: int) -
         return Held(backend, token, got.at_ms, parts, task_name)
     limit = class_slots.limits.limits[got.blocked].limit
     key = parts[got.blocked].key.split(":", 1)[1]
-    # Up to 10 % more: waiters told the same time do not all come back at once.
-    seconds = got.wait_ms / 1000 * (1 + random.random() / 10)
+    # As told, no random part: the backend expects the waiter back at that time (it
+    # keeps a free slot for it from then on, parts.py), and waiters at different places
+    # in line are told different times already.
+    seconds = got.wait_ms / 1000
     return Waiting(
         seconds,
         got.since_ms,

@@ -240,13 +240,17 @@ steps = Table(
 #: ``limits=[...]`` kept in the store (``reliable_limits_url = "store"``). Times are epoch
 #: milliseconds, as in Redis. One row per limit key, locked first by every take of that
 #: key (so takes of one key are serialized, on SQLite and PostgreSQL alike), with the
-#: mean time a concurrency slot is held.
+#: mean time a concurrency slot is held and the pace of its takes (``limits/parts.py``):
+#: the mean gap between two takes, the last take, the last job turned away.
 limit_keys = Table(
     "reliable_limit_keys",
     metadata,
     Column("key", String(255), primary_key=True),
     Column("mean_hold_ms", Float, nullable=True),
     Column("touched_ms", BigInteger, nullable=False),
+    Column("take_gap_ms", Float, nullable=True),
+    Column("last_take_ms", BigInteger, nullable=True),
+    Column("refused_ms", BigInteger, nullable=True),
     Index("ix_reliable_limit_keys_touched_ms", "touched_ms"),
 )
 
@@ -264,7 +268,8 @@ limit_slots = Table(
 
 #: A job that found a limit full, in line by when it first waited (``line_us``: that
 #: millisecond * 1000 + a number of the job's own, for a strict order); forgotten at
-#: ``forget_ms`` unless it comes back.
+#: ``forget_ms`` unless it comes back; keeping a free slot from newer jobs from
+#: ``keep_ms`` (``limits/parts.py``; NULL, from rows written before it: once due).
 limit_waiters = Table(
     "reliable_limit_waiters",
     metadata,
@@ -272,6 +277,9 @@ limit_waiters = Table(
     Column("job", String(255), primary_key=True),
     Column("line_us", BigInteger, nullable=False),
     Column("forget_ms", BigInteger, nullable=False),
+    Column("keep_ms", BigInteger, nullable=True),
+    # A take reads the line in order: the oldest waiters ahead of it, how many are ahead.
+    Index("ix_reliable_limit_waiters_key_line_us", "key", "line_us"),
 )
 
 #: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their

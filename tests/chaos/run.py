@@ -104,7 +104,8 @@ class Figures:
         limits = (
             [
                 f"  most bodies at once:        {counted.top} (concurrency({self.limit}))",
-                f"  waits for a slot (limited): {counted.limited}",
+                f"  waits for a slot (limited): {counted.limited} "
+                f"({counted.limited / max(self.jobs, 1):.1f} per job)",
                 f"  bodies started:             {counted.starts} ({counted.killed} killed)",
                 f"  bodies run to the end twice: {counted.completed_twice}",
                 f"  tally gaps:                 {counted.gaps}",

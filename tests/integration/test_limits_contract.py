@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celery_reliable.limits.parts import Backend, Full, Part, Taken
+from celery_reliable.limits.parts import EARLY, LATE_MS, SLOWEST, Backend, Full, Part, Taken
 from celery_reliable.limits.redis_slots import RedisSlots
 from celery_reliable.store import migrate, store_for
 from celery_reliable.testing import reset
@@ -75,6 +75,8 @@ def test_concurrency_takes_n_slots_then_says_how_long_to_wait(backend: Backend) 
 
 
 def test_the_oldest_waiter_goes_first(backend: Backend) -> None:
+    """The next in line keeps a free slot from the moment it is told to wait: a newer
+    job that finds the slot free first waits behind it."""
     k = key()
     first = backend.take("holder", 0, "holder:t", [c(k, 1)])
     assert isinstance(first, Taken)
@@ -82,11 +84,124 @@ def test_the_oldest_waiter_goes_first(backend: Backend) -> None:
     assert isinstance(old, Full)
     backend.give_back("holder:t", first.at_ms, [c(k, 1)])
     time.sleep(0.005)  # a later millisecond: within one, jobs are ordered by their ids
-    # A newer job finds the slot free but a job waiting before it: it waits, longer.
+    # A newer job finds the slot free but a job waiting before it: it waits.
     newer = take(backend, "newer", c(k, 1))
     assert isinstance(newer, Full), newer
     assert newer.since_ms > old.since_ms
     assert isinstance(take(backend, "old", c(k, 1), since=old.since_ms), Taken)
+
+
+def held_for(backend: Backend, part: Part, ms: int) -> None:
+    """A slot of ``part`` taken and given back as if held ``ms``: its mean hold."""
+    got = backend.take("warm", 0, "warm:t", [part])
+    assert isinstance(got, Taken), got
+    backend.give_back("warm:t", got.at_ms - ms, [part])
+
+
+def test_a_waiter_further_back_keeps_no_free_slot_while_it_sleeps(backend: Backend) -> None:
+    """A waiter that is not next in line keeps nothing until it is due: a slot that
+    frees while it sleeps goes to whoever asks. Once back it goes before every newer
+    job, even one that asks first."""
+    part = c(key(), 1)
+    held_for(backend, part, 500)
+    holder = backend.take("holder", 0, "holder:t", [part])
+    assert isinstance(holder, Taken)
+    head = take(backend, "head", part)
+    time.sleep(0.005)
+    told = time.monotonic()
+    back = take(backend, "back", part)  # second in line: asleep until due
+    assert isinstance(head, Full) and isinstance(back, Full)
+    assert back.wait_ms >= 2 * 500, back  # a round of holds behind the head
+    backend.give_back("holder:t", holder.at_ms, [part])
+    got = backend.take("head", head.since_ms, "head:t", [part])
+    assert isinstance(got, Taken), got
+    backend.give_back("head:t", got.at_ms, [part])
+    # Free again, "back" asleep: a newer job takes the slot rather than leave it idle.
+    newer = backend.take("newer", 0, "newer:t", [part])
+    assert isinstance(newer, Taken), newer
+    time.sleep(max(0.0, told + back.wait_ms / 1000 + 0.05 - time.monotonic()))
+    again = take(backend, "back", part, since=back.since_ms)  # due, back: still held
+    assert isinstance(again, Full) and again.since_ms == back.since_ms
+    backend.give_back("newer:t", newer.at_ms, [part])
+    time.sleep(0.005)
+    assert isinstance(take(backend, "newest", part), Full)  # asks first, waits
+    assert isinstance(take(backend, "back", part, since=back.since_ms), Taken)
+
+
+def test_an_overdue_waiter_keeps_a_free_slot_at_most_late_ms(backend: Backend) -> None:
+    """The bound on a slot left idle for an absent waiter: the next in line keeps a
+    free slot from newer jobs until ``LATE_MS`` after it was due, not longer. When it
+    does come back, it still goes first."""
+    part = c(key(), 1)
+    held_for(backend, part, 100)
+    holder = backend.take("holder", 0, "holder:t", [part])
+    assert isinstance(holder, Taken)
+    told = time.monotonic()
+    late = take(backend, "late", part)
+    assert isinstance(late, Full) and late.wait_ms < 500, late
+    due = told + late.wait_ms / 1000
+    backend.give_back("holder:t", holder.at_ms, [part])
+    time.sleep(0.005)
+    assert isinstance(take(backend, "newer", part), Full)  # kept for the next in line
+    time.sleep(max(0.0, due + LATE_MS / 1000 / 2 - time.monotonic()))
+    assert isinstance(take(backend, "newer", part), Full)  # due, late: still kept
+    time.sleep(max(0.0, due + LATE_MS / 1000 + 0.25 - time.monotonic()))
+    newer = backend.take("newer", 0, "newer:t", [part])
+    assert isinstance(newer, Taken), newer  # overslept: the slot no longer waits for it
+    again = take(backend, "late", part, since=late.since_ms)  # back, the slot busy
+    assert isinstance(again, Full)
+    backend.give_back("newer:t", newer.at_ms, [part])
+    time.sleep(0.005)
+    assert isinstance(take(backend, "newest", part), Full)
+    assert isinstance(take(backend, "late", part, since=late.since_ms), Taken)
+
+
+def slow_turnover(backend: Backend, part: Part, idle: float) -> float:
+    """Eight takes of ``part`` (n=1), each given back as if held 20 ms more than it was
+    (so two keys get about the same mean hold, however loaded the machine), the next
+    take ``idle`` s after the give back, a job turned away in each interval (so it
+    counts). Returns the longest hold, as long as or longer than the backend's."""
+    took = time.monotonic()
+    holder = backend.take("h", 0, "h:t", [part])
+    assert isinstance(holder, Taken)
+    token, at, longest = "h:t", holder.at_ms, 0.0
+    for n in range(8):
+        waiting = take(backend, f"r{n}", part)
+        assert isinstance(waiting, Full), waiting
+        backend.give_back(token, at - 20, [part])
+        longest = max(longest, time.monotonic() - took + 0.02)
+        time.sleep(idle)
+        token = f"r{n}:t"
+        took = time.monotonic()
+        got = backend.take(f"r{n}", waiting.since_ms, token, [part])
+        assert isinstance(got, Taken), got
+        at = got.at_ms
+    backend.give_back(token, at - 20, [part])
+    return max(longest, time.monotonic() - took + 0.02) * 1000
+
+
+def deep_wait(backend: Backend, part: Part) -> Full:
+    """The wait of a job with nine waiters ahead of it and the slot held."""
+    assert isinstance(backend.take("holder", 0, "holder:t", [part]), Taken)
+    for n in range(9):
+        assert isinstance(take(backend, f"w{n}", part), Full)
+        time.sleep(0.002)
+    deep = take(backend, "deep", part)
+    assert isinstance(deep, Full)
+    return deep
+
+
+def test_a_deep_waiters_wait_follows_the_observed_turnover(backend: Backend) -> None:
+    """The same holds (~20 ms) and the same place (ten takes ahead), but slots taken
+    again 0.15 s after they free instead of at once: the deep waiter is told to come
+    back later, by the pace measured, never more than ``SLOWEST`` times the ideal (at
+    most ``SLOWEST`` mean holds between takes, n being 1)."""
+    fast, slow = c(key(), 1), c(key(), 1)
+    slow_turnover(backend, fast, idle=0.0)
+    longest = slow_turnover(backend, slow, idle=0.15)
+    quick, paced = deep_wait(backend, fast), deep_wait(backend, slow)
+    assert paced.wait_ms >= 2 * quick.wait_ms, (quick, paced)
+    assert paced.wait_ms <= EARLY * 10 * SLOWEST * longest, (paced, longest)
 
 
 def test_a_holder_that_never_gives_back_frees_its_slot_when_its_lease_ends(
