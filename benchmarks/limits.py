@@ -14,9 +14,20 @@ key="bench")]`` (never reached, as on a task whose limit is rarely hit), its slo
 
 Each row times the execution's own calls (``limits.slots.take``, then
 ``Held.give_back``, as ``Execution`` makes them: the key, the token, the round trip),
-each call timed on its own; ``backend only`` calls the backend with the parts built
-once, so the difference is the Python around the round trip. ``PING`` is one Redis
-round trip with nothing to do: the floor of any Redis call from this client.
+each call timed on its own. On Redis the give back is written and not waited for (its
+answer is read by the next one): ``give back`` is what the execution spends on it,
+and ``until free`` the time until Redis's answer is read (the slot is free; timed in a
+loop of its own, waiting for each); ``pair`` is take + give back, what the execution
+spends. On the store the give back is synchronous: ``give back`` and ``until free``
+time the same call. ``backend only`` calls the backend with the parts built once (its
+synchronous give back), so the difference is the Python around the round trip.
+``PING`` is one Redis round trip with nothing to do (redis-py's ``ping()``, the
+client's pool and all): the floor of any Redis call from this client.
+
+On Redis, whole executions too: the tracer a worker builds for a task
+(``celery.app.trace.build_tracer``) called as a pool process calls it, back to back,
+for the limited task, for the same task without limits, and for the limited one with
+its give back synchronous: the difference is what a limit adds to an execution.
 
 Figures are µs per call: the median of R rounds, each the mean over N executions.
 Progress and the table go to stderr, JSON to stdout.
@@ -63,6 +74,10 @@ def make_task(database_url: str | None, limits_url: str) -> Any:
     def limited(n: int) -> int:
         return n
 
+    @app.task(base=ReliableTask, name="bench.free", timeout=30, shared=False)
+    def free(n: int) -> int:
+        return n
+
     app.finalize()
     if database_url is not None:
         store = store_for(app)
@@ -103,6 +118,21 @@ def execution_path(task: Any) -> tuple[Callable[[int], Any], Callable[[Any], Non
     return take, lambda held: held.give_back()
 
 
+def until_free(task: Any, executions: int, rounds: int) -> float:
+    """Median µs from the give back's call until its answer is read (its slot is free
+    in Redis), each waited for before the next take."""
+    backend = slots.backend_for(task.app)
+    settle = getattr(backend, "settle", None)
+    take, give_back = execution_path(task)
+
+    def given_and_answered(held: Any) -> None:
+        give_back(held)
+        if settle is not None:
+            assert settle(5.0), "no answer to a give back within 5 s"
+
+    return time_pairs(take, given_and_answered, executions, rounds)[1]
+
+
 def backend_only(task: Any) -> tuple[Callable[[int], Any], Callable[[Any], None]]:
     backend = slots.backend_for(task.app)
     parts = task._reliable_slots.parts((1,), {})
@@ -118,6 +148,72 @@ def backend_only(task: Any) -> tuple[Callable[[int], Any], Callable[[Any], None]
         backend.give_back(held[0], held[1], parts)
 
     return take, give_back
+
+
+def tracer_of(task: Any) -> Callable[[], None]:
+    """One execution as a pool process runs it (a new job id each time)."""
+    from celery.app.trace import build_tracer
+
+    trace = build_tracer(task.name, task, app=task.app, hostname="bench@host")
+    numbers = iter(range(10**9))
+
+    def once() -> None:
+        job = f"job-{next(numbers)}"
+        request = {
+            "id": job,
+            "task": task.name,
+            "delivery_info": {"exchange": "", "routing_key": "celery", "priority": 0},
+            "retries": 0,
+        }
+        trace(job, (1,), {}, request)
+
+    return once
+
+
+def time_executions(
+    runs: dict[str, Callable[[], None]], executions: int, rounds: int
+) -> dict[str, float]:
+    """Median µs per execution of each, the variants alternating round by round."""
+    for once in runs.values():
+        for _ in range(min(executions, 500)):
+            once()
+    found: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, once in runs.items():
+            gc.collect()
+            began = time.perf_counter_ns()
+            for _ in range(executions):
+                once()
+            found[name].append((time.perf_counter_ns() - began) / executions / 1000)
+    return {name: statistics.median(times) for name, times in found.items()}
+
+
+def executions_us(task: Any, executions: int, rounds: int) -> dict[str, float]:
+    """The limited task, the same without limits, and with a synchronous give back."""
+    backend: Any = slots.backend_for(task.app)
+    limited = tracer_of(task)
+
+    def give_back_now(token: str, at_ms: int, parts: Any, _: str) -> None:
+        backend.give_back(token, at_ms, parts)
+
+    def synchronous() -> None:
+        backend.give_back_soon = give_back_now  # on this instance only
+        try:
+            limited()
+        finally:
+            del backend.give_back_soon
+
+    times = time_executions(
+        {
+            "execution without limits": tracer_of(task.app.tasks["bench.free"]),
+            "execution, limited": limited,
+            "execution, limited, give back synchronous": synchronous,
+        },
+        executions,
+        rounds,
+    )
+    assert backend.settle(5.0)
+    return times
 
 
 def ping_us(url: str, executions: int, rounds: int) -> float:
@@ -167,31 +263,50 @@ def main(argv: list[str] | None = None) -> int:
                 row["take"], row["give back"] = time_pairs(
                     *execution_path(task), args.executions, args.rounds
                 )
+                row["give back, until free"] = until_free(task, args.executions, args.rounds)
                 row["take (backend only)"], row["give back (backend only)"] = time_pairs(
                     *backend_only(task), args.executions, args.rounds
                 )
                 if db == "redis":
                     row["PING"] = ping_us(limits_url, args.executions, args.rounds)
+                    row.update(executions_us(task, args.executions, args.rounds))
                 slots.forget_backend(task.app)
                 figures[db] = row
                 console.print(f"{db}: " + ", ".join(f"{k} {v:.1f} µs" for k, v in row.items()))
     table = Table(
         title=f"one concurrency slot, µs per call (median of {args.rounds} x {args.executions})"
     )
-    for column in ("backend", "take", "give back", "pair", "backend only: take", "give back"):
+    columns = (
+        "backend",
+        "take",
+        "give back",
+        "until free",
+        "pair",
+        "backend only: take",
+        "give back",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "backend" else "right")
     for db, row in figures.items():
         table.add_row(
             db,
             f"{row['take']:.0f}",
             f"{row['give back']:.0f}",
+            f"{row['give back, until free']:.0f}",
             f"{row['take'] + row['give back']:.0f}",
             f"{row['take (backend only)']:.0f}",
             f"{row['give back (backend only)']:.0f}",
         )
     console.print(table)
     if "redis" in figures:
-        console.print(f"Redis PING from this client: {figures['redis']['PING']:.0f} µs")
+        redis_row = figures["redis"]
+        console.print(f"Redis PING from this client: {redis_row['PING']:.0f} µs")
+        base = redis_row["execution without limits"]
+        for name in ("execution, limited", "execution, limited, give back synchronous"):
+            console.print(
+                f"{name}: {redis_row[name]:.0f} µs, {redis_row[name] - base:+.0f} µs over the "
+                f"same task without limits ({base:.0f} µs)"
+            )
     result = {
         "executions": args.executions,
         "rounds": args.rounds,

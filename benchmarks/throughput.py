@@ -10,7 +10,10 @@ synchronous commit on); ``history`` (ReliableTask, the outcome history on, SQLit
 ``heartbeat`` (ReliableTask with ``heartbeat_timeout``, one beat per execution);
 ``limited`` (ReliableTask with ``limits=[concurrency(1000, key="bench")]``, a limit
 never reached, in the broker's Redis: a slot taken and given back per execution,
-compared with ``reliable``, the same task without limits).
+compared with ``reliable``, the same task without limits; its give back is written
+and its answer read later); ``limited-thread`` (the same, its give back made by a
+thread of the pool process, the design measured against it); ``limited-sync`` (the
+same, the execution waiting for its give back's round trip).
 A ReliableTask's worker fetches atomically (one Lua script per message, instead of
 kombu's BRPOP and a second round trip to record it): ``-kombu`` variants turn that
 off, and ``plain-atomic`` gives it to plain Celery, so that the table can show the
@@ -20,8 +23,12 @@ StatsD to a local socket.
 
 Each run publishes N jobs with no worker running, starts the worker, and times from
 the first message taken to the queue and the unacknowledged set both empty. The
-variants run alternately, R rounds; the table gives the median jobs per second and
-the ratio to ``plain`` from the same run. JSON goes to ``.cache/bench-throughput.json``.
+variants run alternately, R rounds (``--rotate``: each round starts one variant
+further on, so that none always runs right after the same one); the table gives the
+median jobs per second and the ratio to ``plain`` from the same run. A variant
+measured against ``reliable`` is also given as the median of each round's own ratio
+(rounds next to each other in time share the machine's load). JSON goes to
+``.cache/bench-throughput.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ VARIANTS = (
     "history",
     "heartbeat",
     "limited",
+    "limited-thread",
+    "limited-sync",
 )
 
 
@@ -154,6 +163,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--rotate", action="store_true", help="rotate the order each round")
     args = parser.parse_args()
     variants = args.variants.split(",")
     console = Console(stderr=True)
@@ -166,7 +176,8 @@ def main() -> int:
         for variant in variants:
             prepare(urls.get(variant.partition("-")[0]))
         for round_ in range(1, args.rounds + 1):
-            for variant in variants:
+            turn = (round_ - 1) % len(variants) if args.rotate else 0
+            for variant in variants[turn:] + variants[:turn]:
                 store = urls.get(variant.partition("-")[0])
                 rate = one_run(variant, broker, store, sink.getsockname()[1], args.jobs)
                 figures[variant].append(rate)
@@ -195,11 +206,18 @@ def main() -> int:
     console.print(table)
     against_reliable = {
         v: medians[v] / medians["reliable"]
-        for v in ("limited", "heartbeat")
+        for v in ("limited", "limited-thread", "limited-sync", "heartbeat")
         if v in medians and medians.get("reliable")
     }
+    per_round = {
+        v: statistics.median(a / b for a, b in zip(figures[v], figures["reliable"], strict=True))
+        for v in against_reliable
+    }
     for variant, ratio in against_reliable.items():
-        console.print(f"{variant} / reliable (the same task without it): {ratio:.2f}")
+        console.print(
+            f"{variant} / reliable (the same task without it): {ratio:.2f} "
+            f"(median of the rounds' own ratios: {per_round[variant]:.2f})"
+        )
     result = {
         "jobs": args.jobs,
         "rounds": args.rounds,
@@ -210,6 +228,8 @@ def main() -> int:
         "ratio_to_plain": {v: medians[v] / base for v in variants} if base else {},
         "ratio_to_plain_same_fetch": same_fetch,
         "ratio_to_reliable": against_reliable,
+        "ratio_to_reliable_per_round": per_round,
+        "rotated": args.rotate,
     }
     out = ROOT / ".cache" / "bench-throughput.json"
     out.parent.mkdir(exist_ok=True)

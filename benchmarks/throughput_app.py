@@ -4,6 +4,9 @@ as plain Celery or as a ReliableTask, by ``BENCH_VARIANT``."""
 from __future__ import annotations
 
 import os
+import queue
+import threading
+from typing import Any
 
 from celery import Celery
 
@@ -14,6 +17,7 @@ VARIANT, _, FETCH = os.environ["BENCH_VARIANT"].partition("-")
 #: "-kombu": kombu's BRPOP fetch for a ReliableTask (reliable_atomic_fetch off);
 #: "-atomic": the atomic fetch for plain Celery (broker_transport set by hand). The
 #: others take the default: plain Celery kombu's, a ReliableTask the atomic fetch.
+#: "limited-sync", "limited-thread": the atomic fetch, and another way of giving back.
 
 app = Celery("bench", broker=os.environ["BENCH_BROKER"])
 app.conf.update(
@@ -54,6 +58,33 @@ elif VARIANT in ("sqlite", "postgresql"):
         return None
 
 elif VARIANT == "limited":
+    # Other ways of giving back, for comparison (benchmark only): "limited-sync", the
+    # execution waits for the round trip; "limited-thread", a thread of the pool process
+    # makes it (a queue and a daemon thread, started with the first give back).
+    from celery_reliable.limits.redis_slots import RedisSlots
+
+    def give_back_now(self: RedisSlots, token: str, at_ms: int, parts: Any, _: str) -> None:
+        self.give_back(token, at_ms, parts)
+
+    pending: queue.SimpleQueue[tuple[RedisSlots, str, int, Any]] = queue.SimpleQueue()
+    started: list[threading.Thread] = []
+
+    def give_backs() -> None:
+        while True:
+            slots, token, at_ms, parts = pending.get()
+            slots.give_back(token, at_ms, parts)
+
+    def give_back_on_a_thread(self: RedisSlots, token: str, at_ms: int, parts: Any, _: str) -> None:
+        if not started:
+            started.append(threading.Thread(target=give_backs, daemon=True))
+            started[0].start()
+        pending.put((self, token, at_ms, parts))
+
+    if FETCH == "sync":
+        RedisSlots.give_back_soon = give_back_now  # type: ignore[method-assign]
+    elif FETCH == "thread":
+        RedisSlots.give_back_soon = give_back_on_a_thread  # type: ignore[method-assign]
+
     # A limit that is never reached: what taking and giving back a slot costs (in the
     # broker's Redis, the default place of limits).
     @app.task(

@@ -55,6 +55,7 @@ is capped at ``SLOWEST * mean_hold / n`` too.
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,6 +145,22 @@ def tiebreak(job: str) -> int:
     return zlib.crc32(job.encode()) % 1000
 
 
+def not_given_back(task_names: Sequence[str], exc: Exception) -> None:
+    """A give back that failed for good: said once (the outcome stands, and the slots
+    free themselves when their leases end)."""
+    logger = logging.getLogger("celery_reliable.limits")
+    if len(task_names) == 1:
+        logger.warning(
+            "task %s: %s; its slots free themselves when their lease ends", task_names[0], exc
+        )
+        return
+    logger.warning(
+        "tasks %s: %s; their slots free themselves when their leases end",
+        ", ".join(sorted(set(task_names))),
+        exc,
+    )
+
+
 class Backend(Protocol):
     """Where slots live: every worker of every app that names it shares them."""
 
@@ -151,7 +168,15 @@ class Backend(Protocol):
         """Take a slot of every part, or none (and line ``me`` up where one was full)."""
         ...
 
-    def give_back(self, token: str, at_ms: int, parts: Sequence[Part]) -> None: ...
+    def give_back(self, token: str, at_ms: int, parts: Sequence[Part]) -> None:
+        """Give back now (LimitsUnavailable if it cannot)."""
+        ...
+
+    def give_back_soon(self, token: str, at_ms: int, parts: Sequence[Part], task_name: str) -> None:
+        """Give back without making the execution wait for it if the backend can
+        (Redis: sent, its answer read later); never raises: a failure is logged,
+        naming ``task_name`` (``not_given_back``)."""
+        ...
 
     def renew(self, token: str, parts: Sequence[Part]) -> int:
         """Push the leases of this holder's concurrency slots; how many it still held."""

@@ -34,6 +34,7 @@ from celery_reliable.limits.parts import (
     Taken,
     concurrency_wait,
     next_gap,
+    not_given_back,
     tiebreak,
 )
 from celery_reliable.store.engine import unavailable_as
@@ -255,6 +256,14 @@ class LimitRows:
                         )
         except StoreUnavailable as exc:
             raise LimitsUnavailable(str(exc)) from exc
+
+    def give_back_soon(self, token: str, at_ms: int, parts: Sequence[Part], task_name: str) -> None:
+        """Here and now, one transaction: a write left for later would buy little (on
+        SQLite it would wait for the same write lock as the next take)."""
+        try:
+            self.give_back(token, at_ms, parts)
+        except LimitsUnavailable as exc:
+            not_given_back([task_name], exc)
 
     def renew(self, token: str, parts: Sequence[Part]) -> int:
         held = [part for part in parts if part.kind == "c"]

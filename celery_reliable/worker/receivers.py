@@ -16,6 +16,7 @@ from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLos
 
 from celery_reliable import wiring
 from celery_reliable.delivery.redelivery import stop_redelivery
+from celery_reliable.limits import exiting
 from celery_reliable.longrun.interrupt import install_handler
 from celery_reliable.longrun.monitor import stop_monitor
 from celery_reliable.policy import RULES_ATTR
@@ -102,6 +103,13 @@ def at_pool_child_start(**_: Any) -> None:
     install_handler()
 
 
+def settle_limits_of_pool_child(**_: Any) -> None:
+    """``worker_process_shutdown``: a prefork child exits, by ``os._exit`` (so its
+    ``atexit`` never runs): the answers to its last give backs are read first, for two
+    seconds at most (``limits/exiting.py``)."""
+    exiting.settle_all()
+
+
 def write_history_of_pool_child(**_: Any) -> None:
     """``worker_process_shutdown``: a prefork child exits; what it counted is written."""
     wiring.flush_history_everywhere()
@@ -124,5 +132,6 @@ celery_signals.worker_init.connect(refuse_ignored_declarations, weak=False)
 celery_signals.task_failure.connect(report_ended_outside_the_body, weak=False)
 celery_signals.task_revoked.connect(decide_killed_by_the_monitor, weak=False)
 celery_signals.worker_process_init.connect(at_pool_child_start, weak=False)
+celery_signals.worker_process_shutdown.connect(settle_limits_of_pool_child, weak=False)
 celery_signals.worker_process_shutdown.connect(write_history_of_pool_child, weak=False)
 celery_signals.worker_shutdown.connect(at_worker_shutdown, weak=False)

@@ -74,6 +74,19 @@ def test_concurrency_takes_n_slots_then_says_how_long_to_wait(backend: Backend) 
     assert isinstance(take(backend, "job3", c(k, 3), since=over.since_ms), Taken)
 
 
+def test_give_back_soon_frees_the_slot_without_being_asked_again(backend: Backend) -> None:
+    """What an execution calls: Redis hands it to a thread of the process, the store
+    gives it back there and then; either way the slot is free promptly."""
+    k = key()
+    got = backend.take("a", 0, "a:t", [c(k, 1)])
+    assert isinstance(got, Taken)
+    backend.give_back_soon("a:t", got.at_ms, [c(k, 1)], "tests.soon")
+    wait_until(
+        lambda: backend.holders(c(k, 1)) == 0, "the slot given back", timeout=5, interval=0.001
+    )
+    assert isinstance(take(backend, "b", c(k, 1)), Taken)
+
+
 def test_the_oldest_waiter_goes_first(backend: Backend) -> None:
     """The next in line keeps a free slot from the moment it is told to wait: a newer
     job that finds the slot free first waits behind it."""
