@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -125,7 +126,7 @@ class Tally:
     @contextmanager
     def running(self, job: int) -> Iterator[None]:
         # The worker's process group in the member: the run can aim a kill at a worker
-        # whose body holds a slot (``holding_groups``).
+        # whose body holds a slot (``a_body_just_started``).
         member = f"{job}:{os.getpgid(0)}:{uuid.uuid4().hex[:12]}"
         self._enter(keys=[KEYS.live, KEYS.top, KEYS.starts], args=[member, WINDOW_MS, FORGET_MS])
         stop = threading.Event()
@@ -166,11 +167,25 @@ class Counted:
     killed: int
 
 
-def holding_groups(url: str) -> set[int]:
-    """The process groups (one per worker) with a body running now."""
+def a_body_just_started(url: str, within: float) -> int | None:
+    """The process group (one per worker) of a body that started in the last few ms,
+    waiting up to ``within`` seconds for one; ``None`` when none started.
+
+    A kill aimed at any body seen running could land after it ended (a chaos body runs
+    for 0.1 s at most, and most of the run's time is spent waiting for slots); one that
+    appeared between two looks 10 ms apart still has most of its body to run."""
     client = redis.Redis.from_url(url, socket_timeout=5)
     try:
-        return {int(m.split(b":")[1]) for m in client.zrange(KEYS.live, 0, -1)}
+        seen = set(client.zrange(KEYS.live, 0, -1))
+        until = time.monotonic() + within
+        while time.monotonic() < until:
+            time.sleep(0.01)
+            now = set(client.zrange(KEYS.live, 0, -1))
+            new = now - seen
+            if new:
+                return int(min(new).split(b":")[1])
+            seen = now
+        return None
     finally:
         client.close()
 

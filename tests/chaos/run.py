@@ -193,11 +193,11 @@ class Workers:
         self.running.append(worker)
         self.all.append(worker)
 
-    def kill_one(self, rng: random.Random, holding: set[int] | None = None) -> None:
-        """SIGKILL a running worker, one whose process group is in ``holding`` when
-        there is one (the limits mode: a worker with a body holding its slot, so that
-        the run always proves a dead holder's slot frees), else any."""
-        aimed = [w for w in self.running if holding and w.proc.pid in holding]
+    def kill_one(self, rng: random.Random, holding: int | None = None) -> None:
+        """SIGKILL a running worker: the one whose process group is ``holding`` when
+        given (the limits mode: a worker with a body holding its slot, so that the run
+        always proves a dead holder's slot frees), else any."""
+        aimed = [w for w in self.running if w.proc.pid == holding]
         victim = rng.choice(aimed or self.running)
         self.running.remove(victim)
         victim.kill_group()
@@ -260,7 +260,8 @@ def run(plan: Plan) -> Figures:
             now = time.monotonic()
             chaos = now - started < plan.chaos_for
             if chaos and now >= next_kill and not faults.busy.is_set():
-                workers.kill_one(rng, at_once.holding_groups(tally) if tally else None)
+                holder = at_once.a_body_just_started(tally, within=2.0) if tally else None
+                workers.kill_one(rng, holder)
                 next_kill = now + plan.kill_every
             found = effect_counts(postgres.url)
             if found is not None:
