@@ -262,7 +262,8 @@ def run(plan: Plan) -> Figures:
             if chaos and now >= next_kill and not faults.busy.is_set():
                 holder = at_once.a_body_just_started(tally, within=2.0) if tally else None
                 workers.kill_one(rng, holder)
-                next_kill = now + plan.kill_every
+                # From the kill, not from when it was due: an aimed kill may have waited.
+                next_kill = time.monotonic() + plan.kill_every
             found = effect_counts(postgres.url)
             if found is not None:
                 counts = found

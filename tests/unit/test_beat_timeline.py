@@ -224,7 +224,6 @@ def test_a_relative_interval_is_aligned_all_the_same() -> None:
 
 
 def test_solar_slots_are_whole_minutes_and_converge() -> None:
-    pytest.importorskip("ephem")
     sunrise = solar("sunrise", 48.85, 2.35)
     sunrise.app = APPS["UTC"]
     timeline = timeline_for(sunrise)
