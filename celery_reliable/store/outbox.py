@@ -6,9 +6,13 @@ relay``). They take turns at the head, so that messages leave in the order they 
 written, and none waits on another:
 
 * PostgreSQL: a relay locks a batch at the head with ``FOR UPDATE SKIP LOCKED`` and
-  keeps it only if no row older than its batch is left (``min(id)``): one is, when
-  another relay holds the head, and publishing later rows first would break the order.
-  So one relay publishes at a time; the others look again when woken. A relay that dies
+  keeps of it only the rows up to the first one it skipped: it reads the ids of every
+  row up to its batch's last, and keeps its rows while they match. None, when another
+  relay holds the head; a prefix, when the batch went past rows another relay holds
+  (a writer's rows that committed under a lower id after that relay took its batch, then
+  this relay locked them and the rows after the other's). Publishing past rows another
+  relay holds would publish later rows first, and break the order. So one relay
+  publishes at a time; the others look again when woken. A relay that dies
   loses its lock with its connection, and its rows are taken again (published twice:
   the worker recognises the second, see ``execution.py``).
 * SQLite: the relay's transaction takes the database's write lock at BEGIN (the store's
@@ -44,7 +48,12 @@ _INSERT = insert(outbox)
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
 _HEAD = select(outbox).order_by(outbox.c.id).limit(bindparam("p_limit"))
 _HEAD_LOCKED = _HEAD.with_for_update(skip_locked=True)
-_OLDEST_ID = select(func.min(outbox.c.id))
+_IDS_UP_TO = (
+    select(outbox.c.id)
+    .where(outbox.c.id <= bindparam("p_last"))
+    .order_by(outbox.c.id)
+    .limit(bindparam("p_limit"))
+)
 _FIRST_ID = select(outbox.c.id).order_by(outbox.c.id).limit(1)
 _DELETE = delete(outbox).where(outbox.c.id.in_(bindparam("p_ids", expanding=True)))
 _DEPTH = select(func.count(), func.min(outbox.c.created_at))
@@ -178,11 +187,20 @@ class OutboxRows:
         if not self._postgresql:
             return Batch([_row(r) for r in connection.execute(_HEAD, params)])
         rows = [_row(r) for r in connection.execute(_HEAD_LOCKED, params)]
-        if rows:
-            oldest = connection.execute(_OLDEST_ID).scalar()
-            if oldest is not None and oldest < rows[0].id:
-                return None  # another relay holds older rows: it goes first
-        return Batch(rows)
+        if not rows:
+            return Batch(rows)
+        # Every row up to the batch's last, locked by another relay or not: the batch
+        # is kept up to the first it does not hold (the rest stay locked, unpublished,
+        # until this transaction ends).
+        seen = connection.execute(_IDS_UP_TO, {"p_last": rows[-1].id, "p_limit": len(rows)})
+        kept = 0
+        for row, visible in zip(rows, seen.scalars(), strict=False):
+            if row.id != visible:
+                break
+            kept += 1
+        if kept == 0:
+            return None  # another relay holds older rows: it goes first
+        return Batch(rows[:kept])
 
     def first_id(self) -> int | None:
         """The id at the head of the outbox, or None when it is empty: what a relay

@@ -570,6 +570,42 @@ def test_a_thousand_messages_of_four_writers_leave_through_two_relays_once_in_or
     assert all(published), "both relays published"
 
 
+def test_a_relay_never_publishes_past_rows_another_relay_holds(shop: Shop) -> None:
+    """PostgreSQL, two relays: one holds a writer's first two messages; a message of
+    another writer commits under a lower id, then the first writer's third. The second
+    relay's SKIP LOCKED batch is the late message and the third one, past the rows the
+    first holds: it keeps the late message only, so the first writer's messages still
+    leave in its order."""
+    from celery_reliable.store.schema import outbox
+
+    if shop.store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite: a relay holds the database's write lock, one at a time")
+
+    def message(name: str) -> Any:
+        return shop.app.signature("ob.none", (name,), queue="nobody")
+
+    with shop.engine.begin() as connection:
+        connection.execute(sa.delete(outbox))  # what an earlier test may have left
+    with shop.engine.connect() as late:
+        pending = late.begin()
+        first = publish_in(late, message("late")).id  # the lowest id, not committed yet
+        with shop.engine.begin() as connection:
+            ours = [publish_in(connection, message(f"w:{n}")).id for n in (0, 1)]
+        try:
+            with shop.store.outbox.head(100) as held:
+                assert held is not None and [r.task_id for r in held.rows] == ours
+                pending.commit()
+                with shop.engine.begin() as connection:
+                    third = publish_in(connection, message("w:2")).id
+                with shop.store.outbox.head(100) as other:
+                    assert other is not None
+                    assert [r.task_id for r in other.rows] == [first]  # not the third
+            assert waiting(shop) == [first, *ours, third]  # none published: all stay
+        finally:
+            with shop.engine.begin() as connection:
+                connection.execute(sa.delete(outbox))
+
+
 def test_the_relay_says_one_line_per_event(shop: Shop, caplog: pytest.LogCaptureFixture) -> None:
     """A worker's relay logs on ``celery_reliable.outbox``: started and stopped at INFO,
     each batch at DEBUG."""
