@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration celery-suite celery-integration plain-install compat \
-        compat-one bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
+        compat-one compat-outbox bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -134,6 +134,22 @@ compat-one: $(STAMP) $(STATSD_DAEMON)
 	  --json $(COMPAT_FIGURES)/$(MINOR)-celery.json || status=1; \
 	exit $$status
 
+# The outbox's hook into Celery and kombu (it captures what send_task_message hands
+# kombu's Producer._publish, and publishes it later as it was built) on each Celery
+# minor: the outbox's tests alone, in the venvs `compat-one` makes (a few minutes per
+# minor; `make compat` runs them too, within the whole suite).
+OUTBOX_TESTS := tests/integration/test_outbox.py tests/integration/test_outbox_processes.py \
+  tests/integration/test_outbox_django.py tests/integration/test_outbox_docs.py
+compat-outbox: system-deps $(STAMP)
+	@status=0; for minor in $(CELERY_MINORS); do \
+	  echo "== Celery $$minor.x: the outbox"; \
+	  [ -x .venv-celery$$minor/bin/python ] || $(PYTHON) -m venv .venv-celery$$minor; \
+	  .venv-celery$$minor/bin/python -m pip install -q -e '.[test]' \
+	    "celery==$$minor.*" "kombu==$$minor.*" || status=1; \
+	  .venv-celery$$minor/bin/python -m pytest -q -p no:cacheprovider $(OUTBOX_TESTS) \
+	    --junitxml=$(COMPAT_FIGURES)/$$minor-outbox.xml || status=1; \
+	done; exit $$status
+
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
@@ -158,13 +174,15 @@ web: $(STAMP)
 
 # Benchmarks print figures; they are not tests. They start their own Redis and
 # PostgreSQL servers. benchmarks.throughput: a real prefork worker, ReliableTask
-# variants against plain Celery; benchmarks.limits: a slot's take and give back in µs
-# (docs/performance.md).
+# variants against plain Celery; benchmarks.limits: a slot's take and give back in µs;
+# benchmarks.outbox: publish_in + commit against apply_async, and the relay's latency
+# from commit to publish, on SQLite and PostgreSQL (docs/performance.md).
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
 	$(PY) -m benchmarks.heartbeat
 	$(PY) -m benchmarks.limits
+	$(PY) -m benchmarks.outbox
 	$(PY) -m benchmarks.throughput
 
 # The web view's pages over HTTP with a large store (100,000 dead letters, 1,000,000
