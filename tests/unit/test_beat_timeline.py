@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule, solar
 from hypothesis import HealthCheck, given, settings
