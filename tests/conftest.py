@@ -51,14 +51,16 @@ def fresh_store_url(kind: str, request: pytest.FixtureRequest) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked ``own_store`` in a module run over both stores does not use the
-    module's store: its sqlite copy would repeat the postgresql one, so it is
-    deselected (said in the summary), not skipped (CI allows no skip)."""
+    """A test marked ``only_store(kind)`` in a module run over several stores proves
+    something of that store alone (or brings a store of its own): its copies under the
+    other stores would repeat it or prove nothing, so they are deselected (said in the
+    summary), not skipped (CI allows no skip)."""
     kept, dropped = [], []
     for item in items:
-        callspec = getattr(item, "callspec", None)
-        param = callspec.params.get("module_store_url") if callspec else None
-        if item.get_closest_marker("own_store") and param == "sqlite":
+        marker = item.get_closest_marker("only_store")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kinds = {v for v in params.values() if isinstance(v, str) and v in {"sqlite", "postgresql"}}
+        if marker is not None and kinds and marker.args[0] not in kinds:
             dropped.append(item)
         else:
             kept.append(item)

@@ -332,7 +332,7 @@ def test_every_beat_down_for_30s_catches_up_the_newest_slots_and_skips_the_rest(
     assert gaps in (skipped_slots, [last_before, *skipped_slots]), gaps
 
 
-@pytest.mark.own_store
+@pytest.mark.only_store("postgresql")  # its own PostgreSQL, stopped
 def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig) -> None:
     """A PostgreSQL store of its own, stopped for a few seconds under a running beat;
     the module's worker keeps its receipts in the module's store."""
