@@ -77,6 +77,8 @@ class OutboxFigures:
     #: Relays (a worker's, or ``celery reliable relay``) killed between a publish and
     #: its delete, and the aims no relay took (no row was waiting).
     relay_kills_between: int
+    #: Of which a worker's relay thread (its worker killed: counted in ``worker_kills``).
+    relay_kills_in_workers: int
     relay_aims_missed: int
     worker_kills: int
     #: Task ids the relays published twice, and how their executions ended.
@@ -122,7 +124,8 @@ class OutboxFigures:
             f"  publisher kills:            {self.publisher_kills} "
             f"({self.publisher_kills_after_commit} right after a commit)",
             f"  relay kills:                {self.relay_kills_between} between publish and "
-            f"delete ({self.relay_aims_missed} aims missed), {self.relay_kills} at random",
+            f"delete ({self.relay_kills_in_workers} in a worker, {self.relay_aims_missed} "
+            f"aims missed), {self.relay_kills} at random",
             f"  relay publishes:            {seen.publishes} ({seen.published_twice} task ids "
             f"published twice or more, {seen.extra_publishes} extra publishes)",
             f"  held rows published again:  {self.held_published_again} of {len(self.held)}",
@@ -332,6 +335,7 @@ class RelayKills:
     def __init__(self, witness: str, relays: Relays, workers: Workers) -> None:
         self.witness, self.relays, self.workers = witness, relays, workers
         self.between = 0
+        self.in_workers = 0
         self.missed = 0
         self.at_random = 0
         self.held: list[str] = []
@@ -347,6 +351,7 @@ class RelayKills:
             self.relays.kill(relay)
         elif any(w.proc.pid == pgid for w in self.workers.running):
             self.workers.kill_one(rng, holding=pgid)  # its relay thread held the row
+            self.in_workers += 1
         else:
             self.missed += 1  # not a process of this run's: cannot be
             return
@@ -475,6 +480,7 @@ def run_outbox(plan: Plan) -> OutboxFigures:
             publisher_kills_after_commit=publishers.kills_after_commit,
             relay_kills=relay_kills.at_random,
             relay_kills_between=relay_kills.between,
+            relay_kills_in_workers=relay_kills.in_workers,
             relay_aims_missed=relay_kills.missed,
             worker_kills=workers.kills,
             seen=seen,
