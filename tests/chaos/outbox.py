@@ -244,7 +244,8 @@ class Publishers:
         if after_commit:
             victim.kill_at_commit.set()
             try:
-                victim.proc.wait(5)  # it commits every PAUSE seconds
+                # It commits every PAUSE seconds, once started (an import of seconds).
+                victim.proc.wait(15)
             except subprocess.TimeoutExpired:
                 victim.kill_at_commit.clear()
         killed = victim.kill()
@@ -265,6 +266,32 @@ class Publishers:
     def stop(self) -> None:
         for publisher in self.current.values():
             publisher.stop()
+
+
+class OutboxWorkers(Workers):
+    """The workers, each killed one replaced in the background: the run goes on killing
+    publishers and relays while it starts (a worker takes seconds to be ready)."""
+
+    def __init__(self, env: dict[str, str], plan: Plan, stack: ExitStack) -> None:
+        super().__init__(env, plan, stack)
+        self.starting: list[threading.Thread] = []
+
+    def all_up(self) -> bool:
+        return len(self.running) >= self.plan.workers
+
+    def kill_one(self, rng: random.Random, holding: int | None = None) -> None:
+        aimed = [w for w in self.running if w.proc.pid == holding]
+        victim = rng.choice(aimed or self.running)
+        self.running.remove(victim)
+        victim.kill_group()
+        self.kills += 1
+        replacement = threading.Thread(target=self.start_one)
+        replacement.start()
+        self.starting.append(replacement)
+
+    def settle(self) -> None:
+        for thread in self.starting:
+            thread.join()
 
 
 class Relays:
@@ -332,7 +359,7 @@ def state_of(url: str) -> State | None:
 class RelayKills:
     """Relays SIGKILLed: aimed between a publish and its delete, or at random."""
 
-    def __init__(self, witness: str, relays: Relays, workers: Workers) -> None:
+    def __init__(self, witness: str, relays: Relays, workers: OutboxWorkers) -> None:
         self.witness, self.relays, self.workers = witness, relays, workers
         self.between = 0
         self.in_workers = 0
@@ -341,7 +368,7 @@ class RelayKills:
         self.held: list[str] = []
 
     def aimed(self, rng: random.Random) -> None:
-        found = relay_witness.aim(self.witness, within=3.0)
+        found = relay_witness.aim(self.witness, within=5.0)
         if found is None:
             self.missed += 1
             return
@@ -382,18 +409,19 @@ def run_outbox(plan: Plan) -> OutboxFigures:
         stack.callback(relays.stop)
         publishers = Publishers(plan, env)
         stack.callback(publishers.stop)
-        began = time.monotonic()
-        for index in range(plan.publishers):
-            publishers.start(index)
-        workers = Workers(env, plan, stack)
+        workers = OutboxWorkers(env, plan, stack)
         starting = [threading.Thread(target=workers.start_one) for _ in range(plan.workers)]
-        for thread in starting:  # side by side, while the publishers start writing
+        for thread in starting:  # side by side
             thread.start()
         for thread in starting:
             thread.join()
         if len(workers.running) < plan.workers:
             raise RuntimeError("a chaos worker did not start (its error is above)")
-        started = time.monotonic()  # the chaos's clock: every process is up
+        # The chaos's clock: the workers are up, the publishers start writing (so that
+        # however slow the machine, the kills come while they write).
+        started = time.monotonic()
+        for index in range(plan.publishers):
+            publishers.start(index)
         events: list[str] = []
         faults = Faults(plan, redis_server, postgres, events)
         faults.start()
@@ -420,7 +448,7 @@ def run_outbox(plan: Plan) -> OutboxFigures:
                     publishers.kill_one(rng, after_commit=publisher_aim)
                     publisher_aim = not publisher_aim
                     next_publisher_kill = time.monotonic() + plan.publisher_kill_every
-                if now >= next_worker_kill:
+                if now >= next_worker_kill and workers.all_up():
                     workers.kill_one(rng)
                     next_worker_kill = time.monotonic() + plan.kill_every
             found = state_of(postgres.url)
@@ -436,12 +464,13 @@ def run_outbox(plan: Plan) -> OutboxFigures:
                 if not chaos and settled and now - last_progress > quiet(plan):
                     break  # nothing moves any more: what is missing is lost
             time.sleep(0.25)  # the monitor's pace
-        wall = time.monotonic() - began
+        wall = time.monotonic() - started
         # A late duplicate would show within a visibility timeout and a rescue.
         time.sleep(plan.visibility_timeout + 2)
         state = state_of(postgres.url) or state
         assert state is not None, "PostgreSQL never answered"
         faults.join()
+        workers.settle()
         relays.stop()
         publishers.stop()
         for worker in list(workers.running):
