@@ -200,8 +200,10 @@ metrics: system-deps $(STAMP) $(STATSD_DAEMON)
 
 # The chaos suite: 2,000 jobs with effects in PostgreSQL on two prefork workers that
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
-# once; with atomic() (exactly once), without (at least once), and with atomic() under
-# concurrency(3), what runs at once counted outside the product. Prints its figures.
+# once; with atomic() (exactly once), without (at least once), with atomic() under
+# concurrency(3), what runs at once counted outside the product, and the jobs written
+# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox).
+# Prints its figures.
 chaos: system-deps $(STAMP)
 	$(PY) -m tests.chaos.run --jobs 2000 --mode all
 
