@@ -21,14 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from celery_reliable.store.engine import unavailable_as
 from celery_reliable.store.schema import batch_members, batches
+from celery_reliable.store.timeutil import utcnow
 
 #: The outcomes that end a member, and the count column each adds to.
 ENDINGS = ("succeeded", "duplicate", "cancelled", "discarded", "exhausted", "failed")
@@ -264,3 +265,25 @@ class BatchRows:
         )
         with unavailable_as("reading a batch's members"), self._engine.connect() as connection:
             return [(r.task_id, r.task_name, r.outcome) for r in connection.execute(query)]
+
+    def prune(self, ttl_seconds: float, now: datetime | None = None) -> int:
+        """Delete batches (and their members) completed or abandoned longer ago than
+        the TTL, and those whose block never exited (its process died) created that
+        long ago. A sealed batch that never completed is kept: it is one to look at."""
+        cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
+        old = select(batches.c.id).where(
+            or_(
+                and_(batches.c.state == COMPLETED, batches.c.completed_at < cutoff),
+                and_(batches.c.state == ABANDONED, batches.c.sealed_at < cutoff),
+                and_(batches.c.state == OPEN, batches.c.created_at < cutoff),
+            )
+        )
+        with unavailable_as("pruning batches"), self._engine.begin() as connection:
+            ids = [row.id for row in connection.execute(old)]
+            if not ids:
+                return 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                connection.execute(delete(batch_members).where(batch_members.c.batch_id.in_(chunk)))
+                connection.execute(delete(batches).where(batches.c.id.in_(chunk)))
+            return len(ids)

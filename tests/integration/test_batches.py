@@ -403,3 +403,23 @@ def test_members_carry_the_batch_across_retries_and_others_carry_none(
     outcomes.wait_for(member.id, 2)
     assert importer.batch_of(flaky) == [batch.id, batch.id]
     assert importer.batch_of(alone) == ["None"]
+
+
+def test_completed_abandoned_and_unsealed_batches_are_pruned_after_the_ttl(
+    importer: Importer,
+) -> None:
+    rows = importer.store.batches
+    then = datetime(2020, 1, 1)
+    ids = {name: f"{name}-{uuid.uuid4()}" for name in ("done", "abandoned", "open", "stuck")}
+    for batch_id in ids.values():
+        rows.open(batch_id, None, None, None, then)
+    rows.seal(ids["done"], [("m1", "t")], then, lambda *a: None)
+    assert rows.member_ended(ids["done"], "m1", "t", "succeeded", then, lambda *a: None)
+    rows.seal(ids["abandoned"], [("m2", "t")], then, lambda *a: None, abandon=True)
+    rows.seal(ids["stuck"], [("m3", "t")], then, lambda *a: None)
+    assert rows.prune(3600, now=datetime(2020, 1, 1, 0, 30)) == 0
+    assert rows.prune(3600, now=datetime(2020, 1, 2)) == 3
+    assert [rows.get(ids[n]) for n in ("done", "abandoned", "open")] == [None, None, None]
+    assert rows.members(ids["done"]) == [] and rows.members(ids["abandoned"]) == []
+    # Sealed and never completed: kept, for someone to look at.
+    assert rows.get(ids["stuck"]) is not None and len(rows.members(ids["stuck"])) == 1
