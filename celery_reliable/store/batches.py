@@ -256,6 +256,14 @@ class BatchRows:
             row = connection.execute(_BY_ID, {"p_id": batch_id}).first()
         return None if row is None else _batch(row)
 
+    def recent(self, *, state: str | None = None, limit: int = 50) -> list[BatchRow]:
+        """Batches, newest first (``state``: only those in it)."""
+        query = select(batches).order_by(batches.c.created_at.desc(), batches.c.id).limit(limit)
+        if state is not None:
+            query = query.where(batches.c.state == state)
+        with unavailable_as("listing batches"), self._engine.connect() as connection:
+            return [_batch(row) for row in connection.execute(query)]
+
     def members(self, batch_id: str) -> list[tuple[str, str | None, str | None]]:
         """(task id, task name, outcome or None while pending) of every member known."""
         query = (

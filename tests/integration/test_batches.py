@@ -35,11 +35,14 @@ from celery_reliable.outbox import publish_in
 from celery_reliable.store import Store, migrate, store_for
 from celery_reliable.store.batches import ENDINGS
 from tests.support.celery_apps import new_app
+from tests.support.cli import run_reliable
 from tests.support.outcomes import OutcomeRecorder
 from tests.support.waiting import wait_until
 from tests.support.workers import embedded_worker, settle
 
 pytestmark = pytest.mark.integration
+
+CLI_APP = "tests.support.apps.cli"
 
 
 class Flaky(Exception):
@@ -423,3 +426,33 @@ def test_completed_abandoned_and_unsealed_batches_are_pruned_after_the_ttl(
     assert rows.members(ids["done"]) == [] and rows.members(ids["abandoned"]) == []
     # Sealed and never completed: kept, for someone to look at.
     assert rows.get(ids["stuck"]) is not None and len(rows.members(ids["stuck"])) == 1
+
+
+def test_batch_list_and_show_on_the_command_line(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    label = key("cli")
+    with Batch(on_complete=importer.collect.s(label), description="rows\tof cli") as batch:
+        importer.row.delay(key("ok"))
+        bad = importer.row.delay(key("bad"), "discard")
+    importer.wait_got(label)
+    env = {
+        "RELIABLE_TEST_BROKER": importer.app.conf.broker_url,
+        "RELIABLE_TEST_STORE": module_store_url,
+    }
+    listed = run_reliable(CLI_APP, env, "batch", "list", "--state", "completed")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "id\tstate\tdone\toutcomes\tdescription\tcreated\tcompleted"
+    [row] = [line.split("\t") for line in lines[1:] if line.startswith(batch.id)]
+    # Piped: one line per batch, every value whole (its own tab written as \t).
+    assert row[1:5] == ["completed", "2/2", "1 succeeded, 1 discarded", "rows\\tof cli"]
+    shown = run_reliable(CLI_APP, env, "batch", "show", batch.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "      state: completed" in shown.stdout
+    assert f"{bad.id}\tbt.row\tdiscarded" in shown.stdout.splitlines()
+    as_json = json.loads(run_reliable(CLI_APP, env, "batch", "show", batch.id, "--json").stdout)
+    assert as_json["batch"]["outcomes"] == counts(succeeded=1, discarded=1)
+    missing = run_reliable(CLI_APP, env, "batch", "show", "no-such-batch")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == "Error: no batch 'no-such-batch'"
