@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from celery_reliable.cli.common import as_json, store_errors, store_of, table, when
@@ -68,7 +70,7 @@ def show(ctx: click.Context, batch_id: str, as_json_: bool) -> None:
     if as_json_:
         as_json(
             {
-                "batch": row,
+                "batch": asdict(row),
                 "members": [{"task_id": t, "task_name": n, "outcome": o} for t, n, o in members],
             }
         )

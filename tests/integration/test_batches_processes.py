@@ -4,6 +4,7 @@ PostgreSQL store.
 * The last two members end at the same instant on two workers (released by one Redis
   push), many times over: each batch completes once, its callbacks run once, its
   counts are exact.
+* A member ended by its hard time limit (by the worker's main process) is counted.
 * A worker SIGKILLed mid-batch, with a member inside its body, or with a member whose
   end was counted but whose message was not yet acked: the survivor rescues the
   message and runs it again; the member is counted once, the callbacks fire once.
@@ -195,3 +196,22 @@ def test_a_worker_sigkilled_mid_batch_counts_each_member_once_and_fires_once(  #
     assert stored is not None and (stored.done, stored.total) == (5, 5)
     assert {r.id for r in steps} | {doomed.id} == set(batch.members)
     assert len(recorded(broker, f"{batch.id}-on_complete", 1)) == 1
+
+
+def test_a_member_ended_by_its_hard_time_limit_is_counted(
+    helper: Any, store: Store, effects: redis.Redis, workers: list[WorkerProcess]
+) -> None:
+    """The worker's main process ends it (the body never decides): still one ending,
+    FAILED, counted by the batch header of its message."""
+    label, name = key("limit"), key("stuck")
+    with Batch(on_complete=helper.collect.s(label)) as batch:
+        helper.step.delay(key("s"))
+        stuck = helper.stuck.delay(name)
+    (summary,) = wait_got(effects, label)
+    assert summary["total"] == 2
+    assert summary["outcomes"] == counts(succeeded=1, failed=1)
+    assert summary["failed"] == [stuck.id]
+    last_batch(helper, effects)
+    assert len(got(effects, label)) == 1
+    stored = store.batches.get(batch.id)
+    assert stored is not None and (stored.done, stored.total) == (2, 2)

@@ -8,6 +8,7 @@ short ``visibility_timeout`` and rescue, ``acks_late``, one message at a time.
   SIGKILLed: inside its body (``point="body"``), or once its end was counted
   (``point="ended"``: a ``task_outcome`` receiver connected after the batch's own,
   before the message is acked). Later runs end at once.
+* ``bp.stuck(key)``: its first run outlasts its hard time limit.
 * ``bp.collect(summary, label)``: keeps each summary it gets in Redis.
 """
 
@@ -74,6 +75,15 @@ def _after_the_count(sender: Any = None, event: OutcomeEvent | None = None, **_:
 
 
 task_outcome.connect(_after_the_count, weak=False)
+
+
+@app.task(base=ReliableTask, bind=True, name="bp.stuck", time_limit=1.5)
+def stuck(self: ReliableTask, key: str) -> str:
+    """Its first run outlasts its hard time limit: the worker's main process ends it."""
+    if effects.incr(f"runs:{key}") == 1:
+        effects.set(f"stuck:{key}", 1)
+        time.sleep(30)
+    return key
 
 
 @app.task(base=ReliableTask, bind=True, name="bp.collect", timeout=30)
