@@ -7,6 +7,7 @@ signals); see ``docs/`` for the guide.
 # Every process that imports celery_reliable stamps the publish time on what it sends,
 # and a worker process answers Celery's worker signals (a worker of an app with rules
 # declared on a plain task is refused at start even with no ReliableTask at all).
+from celery_reliable.batches import Batch
 from celery_reliable.delivery import sent_at as _sent_at  # noqa: F401  (connects)
 from celery_reliable.errors import HeartbeatTimeout
 from celery_reliable.outcomes import Cancel, Discard, Outcome, Snooze
@@ -15,6 +16,7 @@ from celery_reliable.task import ReliableTask
 from celery_reliable.worker import receivers as _receivers  # noqa: F401  (connects)
 
 __all__ = [
+    "Batch",
     "Cancel",
     "Discard",
     "HeartbeatTimeout",

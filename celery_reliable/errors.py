@@ -85,6 +85,12 @@ class OutboxError(ReliableError):
     written; the message says what to change."""
 
 
+class BatchError(ReliableError):
+    """A ``Batch`` used in a way it cannot keep its promise (nested, re-entered, a
+    member that cannot report its outcome, an eager app): raised before anything is
+    published, or at the publish of the offending task."""
+
+
 class UniqueKeyError(ReliableError):
     """The unique-enqueue key could not be computed from the arguments."""
 

@@ -46,8 +46,16 @@ OUTBOX_HEADER = "reliable_outbox"
 #: the worker takes a receipt for the task id, as for the outbox's messages.
 BEAT_HEADER = "reliable_beat"
 
+#: The message header of a batch's member (``celery_reliable.Batch``): the batch's id.
+#: Stamped when the member is published inside the batch's block, kept by its retries
+#: and snoozes (they copy the request's headers); its ending is counted once
+#: (``batches/ending.py``). A dead letter's retry is not a member: the batch ended.
+BATCH_HEADER = "reliable_batch"
+
 #: Headers of ours, never copied into what a dead letter re-publishes.
-OWN_HEADERS = frozenset({HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER, BEAT_HEADER})
+OWN_HEADERS = frozenset(
+    {HEADER, SENT_AT_HEADER, RETRY_OF_HEADER, OUTBOX_HEADER, BEAT_HEADER, BATCH_HEADER}
+)
 
 
 def from_outbox(headers: object) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from celery_reliable.cli.batch import batch
 from celery_reliable.cli.cancel import cancel_command
 from celery_reliable.cli.check import check_command
 from celery_reliable.cli.db import db
@@ -23,7 +24,7 @@ from celery_reliable.cli.web import web_command
 @click.pass_context
 def reliable(ctx: click.Context) -> None:
     """Reliability tooling for ReliableTask apps: gates, reports, the store, dead letters,
-    progress and cancels of long jobs, pauses of queues and tasks, the outbox's relay,
+    batches, progress and cancels of long jobs, pauses of queues and tasks, the outbox's relay,
     the web view."""
 
 
@@ -38,6 +39,7 @@ def app_of(ctx: click.Context) -> Any:
     return app
 
 
+reliable.add_command(batch)
 reliable.add_command(cancel_command)
 reliable.add_command(check_command)
 reliable.add_command(db)

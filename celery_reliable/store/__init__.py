@@ -1,6 +1,6 @@
 """The SQL store: idempotency receipts, dead letters, unique-enqueue locks, the
 outcome history, heartbeats' progress, cancels, resumable jobs' steps, limits,
-pauses, the outbox and the periodic jobs' slots.
+pauses, the outbox, the periodic jobs' slots and batches.
 
 One database per app (``reliable_database_url``; SQLite by default, PostgreSQL in
 production), reached through :func:`store_for`. The schema belongs to the Alembic
@@ -27,6 +27,7 @@ from celery_reliable.config import settings_for
 from celery_reliable.django import django_alias
 from celery_reliable.errors import DeadLetterError, StoreUnavailable
 from celery_reliable.store import migrate
+from celery_reliable.store.batches import BatchRows
 from celery_reliable.store.beat import BeatRuns
 from celery_reliable.store.cancels import CancelRows
 from celery_reliable.store.dead_letters import DeadLetter, DeadLetters
@@ -91,6 +92,7 @@ class Store:
         self._pauses = PauseRows(self.engine, insert)
         self._outbox = OutboxRows(self.engine)
         self._beat_runs = BeatRuns(self.engine, insert)
+        self._batches = BatchRows(self.engine)
         #: Said once per outage: keyed executions that cannot claim (claims.py).
         self.outage = Outage()
         self._schema_ready = False
@@ -194,6 +196,12 @@ class Store:
         """The periodic jobs' slots, claimed by ``celery_reliable.beat:Scheduler``."""
         self.ensure_schema()
         return self._beat_runs
+
+    @property
+    def batches(self) -> BatchRows:
+        """Batches and their members' endings (``celery_reliable.Batch``)."""
+        self.ensure_schema()
+        return self._batches
 
     @contextmanager
     def atomic(

@@ -282,6 +282,54 @@ limit_waiters = Table(
     Index("ix_reliable_limit_waiters_key_line_us", "key", "line_us"),
 )
 
+#: One row per ``Batch`` (``celery_reliable/batches``): written when its block opens
+#: (``state`` "open"), sealed when it exits ("sealed", ``total`` members; "abandoned"
+#: when the block raised: its callbacks never fire), "completed" once every member has
+#: ended. ``done`` and the per-outcome counts are added to by one statement per member
+#: ending (``reliable_batch_members`` keeps each member's ending once). The callbacks
+#: are Celery signatures as JSON. Pruned with the receipts once completed.
+batches = Table(
+    "reliable_batches",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("total", Integer, nullable=True),
+    *(
+        Column(name, Integer, nullable=False, server_default="0")
+        for name in (
+            "done",
+            "succeeded",
+            "duplicate",
+            "cancelled",
+            "discarded",
+            "exhausted",
+            "failed",
+        )
+    ),
+    Column("on_complete", Text, nullable=True),
+    Column("on_success", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("sealed_at", DateTime, nullable=True),
+    Column("completed_at", DateTime, nullable=True),
+    Index("ix_reliable_batches_created_at", "created_at"),
+    Index("ix_reliable_batches_completed_at", "completed_at"),
+)
+
+#: One row per member of a batch: written pending (``outcome`` NULL) at the seal, or
+#: ended by the member itself when it ends before the seal. A member's ending sets
+#: ``outcome`` only while it is NULL, so a second execution of the same task id (a
+#: redelivery, a DUPLICATE) never counts twice.
+batch_members = Table(
+    "reliable_batch_members",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("task_id", String(255), primary_key=True),
+    Column("task_name", String(255), nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("ended_at", DateTime, nullable=True),
+)
+
 #: Upper bounds (seconds, inclusive) of the duration histogram's buckets, and their
 #: columns; a last column counts the durations above the last bound.
 DURATION_BOUNDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0)

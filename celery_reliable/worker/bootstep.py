@@ -174,20 +174,24 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             # Periodic slots as old as a receipt kept (the beat refuses a catch-up that
             # long), but each entry's newest: where its schedule stands.
             slots = store.beat_runs.prune(self.settings.receipt_ttl)
+            # Batches completed (or abandoned) as long ago as a receipt kept.
+            batches = store.batches.prune(self.settings.receipt_ttl)
         except StoreUnavailable as exc:
             logger.warning("celery_reliable: pruning skipped, store unavailable: %s", exc)
             return
-        if receipts or locks or minutes or beats or steps or cancels or limit_keys or slots:
+        pruned = (receipts, locks, minutes, beats, steps, cancels, limit_keys, slots, batches)
+        if any(pruned):
             logger.info(
                 "celery_reliable: pruned %d receipts, %d heartbeats, %d steps, %d cancels, "
-                "%d limit keys and %d periodic slots older than %gs, %d expired unique locks "
-                "and %d outcome-history rows older than %gs",
+                "%d limit keys, %d periodic slots and %d batches older than %gs, %d expired "
+                "unique locks and %d outcome-history rows older than %gs",
                 receipts,
                 beats,
                 steps,
                 cancels,
                 limit_keys,
                 slots,
+                batches,
                 self.settings.receipt_ttl,
                 locks,
                 minutes,

@@ -12,6 +12,7 @@ body would have (a retry re-published, a dead letter written, Celery's FAILURE s
 
 from __future__ import annotations
 
+import sys
 import threading
 from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
@@ -72,8 +73,15 @@ def report_external_failure(
         duration = float(exc.args[0])  # TimeLimitExceeded(limit): it ran that long
     if not known:
         # What the main process knows of the job, so that its dead letter can be
-        # re-published (to the task's default queue: the delivery info was the child's).
-        request = Context(id=task_id, task=task.name, args=args, kwargs=kwargs)
+        # re-published (to the task's default queue: the delivery info was the child's),
+        # with its message's custom headers (a batch member's end is counted by them).
+        request = Context(
+            id=task_id,
+            task=task.name,
+            args=args,
+            kwargs=kwargs,
+            headers=_headers_of_timed_out(task_id),
+        )
     queue = (request.delivery_info or {}).get("routing_key")
     reason = f"{describe_exc(exc)} (ended outside the task body)"
     OutcomeEvent(
@@ -89,6 +97,25 @@ def report_external_failure(
         queue=queue,
         request=request,
     ).send()
+
+
+def _headers_of_timed_out(task_id: str | None) -> dict[str, Any] | None:
+    """The custom headers of the message whose hard time limit ran out. Celery's
+    ``Request.on_timeout`` sends ``task_failure`` without putting its request on the
+    task's stack (it does for a lost child): the request is the ``self`` of a frame
+    that called this receiver, a few frames up (Celery's signal dispatch between)."""
+    from celery.worker.request import Request
+
+    frame = sys._getframe(1)
+    for _ in range(12):
+        found = frame.f_locals.get("self")
+        if isinstance(found, Request) and found.id == task_id:
+            headers = getattr(getattr(found, "_context", None), "headers", None)
+            return dict(headers) if isinstance(headers, dict) else None
+        if frame.f_back is None:
+            return None
+        frame = frame.f_back
+    return None
 
 
 class _KilledExecution(Execution):
