@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-slow lint typecheck unit integration celery-suite celery-integration plain-install compat \
         plain-install-build plain-install-check \
-        compat-one bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
+        compat-one compat-outbox bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { \
@@ -156,6 +156,22 @@ compat-one: $(STAMP) $(STATSD_DAEMON)
 test-slow: system-deps $(STAMP)
 	$(PY) -m pytest $(PYTEST_XDIST) --store-variants=others
 
+# The outbox's hook into Celery and kombu (it captures what send_task_message hands
+# kombu's Producer._publish, and publishes it later as it was built) on each Celery
+# minor: the outbox's tests alone, in the venvs `compat-one` makes (a few minutes per
+# minor; `make compat` runs them too, within the whole suite).
+OUTBOX_TESTS := tests/integration/test_outbox.py tests/integration/test_outbox_processes.py \
+  tests/integration/test_outbox_django.py tests/integration/test_outbox_docs.py
+compat-outbox: system-deps $(STAMP)
+	@status=0; for minor in $(CELERY_MINORS); do \
+	  echo "== Celery $$minor.x: the outbox"; \
+	  [ -x .venv-celery$$minor/bin/python ] || $(PYTHON) -m venv .venv-celery$$minor; \
+	  .venv-celery$$minor/bin/python -m pip install -q -e '.[test]' \
+	    "celery==$$minor.*" "kombu==$$minor.*" || status=1; \
+	  .venv-celery$$minor/bin/python -m pytest -q -p no:cacheprovider $(OUTBOX_TESTS) \
+	    --junitxml=$(COMPAT_FIGURES)/$$minor-outbox.xml || status=1; \
+	done; exit $$status
+
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
@@ -180,13 +196,15 @@ web: $(STAMP)
 
 # Benchmarks print figures; they are not tests. They start their own Redis and
 # PostgreSQL servers. benchmarks.throughput: a real prefork worker, ReliableTask
-# variants against plain Celery; benchmarks.limits: a slot's take and give back in µs
-# (docs/performance.md).
+# variants against plain Celery; benchmarks.limits: a slot's take and give back in µs;
+# benchmarks.outbox: publish_in + commit against apply_async, and the relay's latency
+# from commit to publish, on SQLite and PostgreSQL (docs/performance.md).
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
 	$(PY) -m benchmarks.heartbeat
 	$(PY) -m benchmarks.limits
+	$(PY) -m benchmarks.outbox
 	$(PY) -m benchmarks.throughput
 
 # The web view's pages over HTTP with a large store (100,000 dead letters, 1,000,000
@@ -204,8 +222,10 @@ metrics: system-deps $(STAMP) $(STATSD_DAEMON)
 
 # The chaos suite: 2,000 jobs with effects in PostgreSQL on two prefork workers that
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
-# once; with atomic() (exactly once), without (at least once), and with atomic() under
-# concurrency(3), what runs at once counted outside the product. Prints its figures.
+# once; with atomic() (exactly once), without (at least once), with atomic() under
+# concurrency(3), what runs at once counted outside the product, and the jobs written
+# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox).
+# Prints its figures.
 chaos: system-deps $(STAMP)
 	$(PY) -m tests.chaos.run --jobs 2000 --mode all
 

@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def store_kind(item: pytest.Item) -> str | None:
     """The store a parametrized test runs on (its fixture parameter), if any."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    kinds = [value for value in params.values() if value in STORE_KINDS]
+    kinds = [value for value in params.values() if isinstance(value, str) and value in STORE_KINDS]
     return kinds[0] if len(kinds) == 1 else None
 
 
@@ -68,7 +68,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """``--store-variants``: a slow test marked ``one_store_in_make_test(kind)`` proves
     the same behaviour on each store; `make test` runs it on ``kind`` only (the store's
     own primitives are proven on every store by ``test_store_contract.py``), and `make
-    test-slow` runs the other variants. Under xdist: the slowest files first."""
+    test-slow` runs the other variants. Under xdist: the slowest files first. And
+    ``only_store(kind)`` (``deselect_other_stores_copies``)."""
+    deselect_other_stores_copies(config, items)
     if hasattr(config, "workerinput"):  # an xdist worker: each collects, in one order
         slowest_files_first(items)
     mode = config.getoption("--store-variants")
@@ -117,6 +119,25 @@ def fresh_store_url(kind: str, request: pytest.FixtureRequest) -> str:
         folder = request.getfixturevalue("tmp_path_factory").mktemp("store")
         return f"sqlite:///{folder}/store.sqlite3"
     return fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def deselect_other_stores_copies(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``only_store(kind)`` in a module run over several stores proves
+    something of that store alone (or brings a store of its own): its copies under the
+    other stores would repeat it or prove nothing, so they are deselected (said in the
+    summary), not skipped (CI allows no skip)."""
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("only_store")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        kinds = {v for v in params.values() if isinstance(v, str) and v in {"sqlite", "postgresql"}}
+        if marker is not None and kinds and marker.args[0] not in kinds:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -4,8 +4,9 @@ What the task declares (queue, limits, idempotency, unique enqueue, its heartbea
 the steps its body names, each rule with its delay schedule, Celery's own
 ``autoretry_for`` if it kept it, the unclassified policy, metrics and error reports),
 how it stands at the gates, and what the store saw of it lately (outcomes of the last
-24 hours, dead letters, receipts held, the median duration, executions beating now),
-with the ``beat_schedule`` entries that publish it: each one's last and next run.
+24 hours, dead letters, receipts held, the median duration, executions beating now,
+and the store's outbox: its depth, oldest message and relays listening), with the
+``beat_schedule`` entries that publish it: each one's last and next run.
 :func:`build_report` returns the data; :meth:`Report.markdown` renders it for a pull
 request, :meth:`Report.to_dict` as JSON.
 """
@@ -65,6 +66,9 @@ class Report:
     periodic: list[dict[str, Any]] = field(default_factory=list)
     #: ``beat_scheduler`` is ``celery_reliable.beat:Scheduler`` (else no run is recorded).
     periodic_recorded: bool = True
+    #: The store's outbox now (every task's messages): ``OutboxStatus.to_dict()`` and
+    #: how relays run; None without figures from the store.
+    outbox: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class Report:
             "gates": self.audit.to_dict(with_project=True),
             "last_24h": self.recent,
             "periodic": self.periodic,
+            "outbox": self.outbox,
             "store_error": self.store_error,
         }
 
@@ -316,6 +321,7 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         dead = store.dead_letters.counts_by_outcome(report.task)
         receipts = store.receipts.counts(report.task)
         beating = [p for p in store.progress.running(limit=1000) if p.task_name == report.task]
+        outbox = store.outbox.status(relays=True)
     except StoreUnavailable as exc:
         report.store_error = f"the store is unavailable: {exc}"
         return
@@ -332,6 +338,12 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         "receipts": receipts,
         "beating_now": len(beating),
         "oldest_beat_age": max((p.age() for p in beating), default=None),
+    }
+    settings = settings_for(app)
+    report.outbox = {
+        **outbox.to_dict(),
+        "relay_in_workers": settings.outbox_relay,
+        "poll_interval": settings.outbox_poll_interval,
     }
 
 
@@ -578,8 +590,33 @@ def _recent_markdown(report: Report) -> list[str]:
             f"- Running with a heartbeat now: {recent['beating_now']} (the longest silent "
             f"for {_duration(recent['oldest_beat_age'])})"
         )
+    if report.outbox is not None:
+        lines.append(outbox_line(report.outbox))
     lines.append("")
     return lines
+
+
+def outbox_line(outbox: dict[str, Any]) -> str:
+    """The report's line on the outbox (every task's messages, not this one's only)."""
+    depth = outbox["depth"]
+    if depth == 0:
+        waiting = "empty"
+    else:
+        noun = "message waits" if depth == 1 else "messages wait"
+        waiting = (
+            f"{depth} {noun}, the oldest written {outbox['oldest_at']} "
+            f"({_duration(outbox['oldest_age'])} ago)"
+        )
+    relays = outbox["relays"]
+    if relays is not None:
+        seen = f"{relays} relay{'' if relays == 1 else 's'} listening for its commits"
+    else:
+        seen = f"relays not seen from SQLite (they poll every {outbox['poll_interval']:g}s)"
+    workers = "on" if outbox["relay_in_workers"] else "off"
+    return (
+        f"- Outbox (every task's, now): {waiting}; {seen}; a relay in each worker "
+        f"{workers} (reliable_outbox_relay)"
+    )
 
 
 def _duration(seconds: float | None) -> str:

@@ -6,9 +6,13 @@ relay``). They take turns at the head, so that messages leave in the order they 
 written, and none waits on another:
 
 * PostgreSQL: a relay locks a batch at the head with ``FOR UPDATE SKIP LOCKED`` and
-  keeps it only if no row older than its batch is left (``min(id)``): one is, when
-  another relay holds the head, and publishing later rows first would break the order.
-  So one relay publishes at a time; the others look again when woken. A relay that dies
+  keeps of it only the rows up to the first one it skipped: it reads the ids of every
+  row up to its batch's last, and keeps its rows while they match. None, when another
+  relay holds the head; a prefix, when the batch went past rows another relay holds
+  (a writer's rows that committed under a lower id after that relay took its batch, then
+  this relay locked them and the rows after the other's). Publishing past rows another
+  relay holds would publish later rows first, and break the order. So one relay
+  publishes at a time; the others look again when woken. A relay that dies
   loses its lock with its connection, and its rows are taken again (published twice:
   the worker recognises the second, see ``execution.py``).
 * SQLite: the relay's transaction takes the database's write lock at BEGIN (the store's
@@ -16,6 +20,9 @@ written, and none waits on another:
   Looking for rows (:meth:`OutboxRows.first_id`) takes no lock at all.
 
 The store deals in column values; what they mean as a message is ``outbox/message.py``'s.
+:meth:`OutboxRows.status` is the one read of how the outbox stands (depth, the oldest
+message's age, the relays listening), for the worker's gauges, ``celery reliable
+report`` and the web view's overview alike.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from celery_reliable.store.engine import first_row, run_statement, unavailable_as
 from celery_reliable.store.schema import outbox
+from celery_reliable.store.timeutil import utcnow
 
 #: The PostgreSQL channel a writer NOTIFYs inside its transaction (delivered at commit,
 #: and only then) and relays LISTEN on.
@@ -40,10 +48,48 @@ _INSERT = insert(outbox)
 _NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
 _HEAD = select(outbox).order_by(outbox.c.id).limit(bindparam("p_limit"))
 _HEAD_LOCKED = _HEAD.with_for_update(skip_locked=True)
-_OLDEST_ID = select(func.min(outbox.c.id))
+_IDS_UP_TO = (
+    select(outbox.c.id)
+    .where(outbox.c.id <= bindparam("p_last"))
+    .order_by(outbox.c.id)
+    .limit(bindparam("p_limit"))
+)
 _FIRST_ID = select(outbox.c.id).order_by(outbox.c.id).limit(1)
 _DELETE = delete(outbox).where(outbox.c.id.in_(bindparam("p_ids", expanding=True)))
 _DEPTH = select(func.count(), func.min(outbox.c.created_at))
+# A relay's LISTEN connection sends nothing after its LISTEN (psycopg waits for
+# notifications without a query), so its last statement stays that one. Another
+# role's connections show no query text without pg_read_all_stats: not counted.
+_LISTENING = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+    f"AND query = 'LISTEN {CHANNEL}'"
+)
+
+
+@dataclass(frozen=True)
+class OutboxStatus:
+    """How the outbox stands."""
+
+    #: Messages waiting (written, not yet published, or published and not yet deleted).
+    depth: int
+    #: When the oldest waiting message was written (naive UTC), None when none waits.
+    oldest_at: datetime | None
+    #: Seconds the oldest has waited (0.0 when none waits).
+    oldest_age: float
+    #: PostgreSQL: the connections LISTENing for the outbox's commits, one per relay
+    #: running (a worker's thread or ``celery reliable relay``); None when not known
+    #: (not asked, or SQLite: a polling relay leaves no trace in the database).
+    relays: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "oldest_at": None
+            if self.oldest_at is None
+            else self.oldest_at.isoformat(timespec="seconds") + "Z",
+            "oldest_age": round(self.oldest_age, 1),
+            "relays": self.relays,
+        }
 
 
 @dataclass(frozen=True)
@@ -141,11 +187,20 @@ class OutboxRows:
         if not self._postgresql:
             return Batch([_row(r) for r in connection.execute(_HEAD, params)])
         rows = [_row(r) for r in connection.execute(_HEAD_LOCKED, params)]
-        if rows:
-            oldest = connection.execute(_OLDEST_ID).scalar()
-            if oldest is not None and oldest < rows[0].id:
-                return None  # another relay holds older rows: it goes first
-        return Batch(rows)
+        if not rows:
+            return Batch(rows)
+        # Every row up to the batch's last, locked by another relay or not: the batch
+        # is kept up to the first it does not hold (the rest stay locked, unpublished,
+        # until this transaction ends).
+        seen = connection.execute(_IDS_UP_TO, {"p_last": rows[-1].id, "p_limit": len(rows)})
+        kept = 0
+        for row, visible in zip(rows, seen.scalars(), strict=False):
+            if row.id != visible:
+                break
+            kept += 1
+        if kept == 0:
+            return None  # another relay holds older rows: it goes first
+        return Batch(rows[:kept])
 
     def first_id(self) -> int | None:
         """The id at the head of the outbox, or None when it is empty: what a relay
@@ -169,6 +224,18 @@ class OutboxRows:
         # SQLAlchemy's text of a naive datetime (the column's type, read raw here).
         return int(count), None if oldest is None else datetime.fromisoformat(oldest)
 
+    def status(self, *, relays: bool = False) -> OutboxStatus:
+        """Depth and the oldest message's age (the query of :meth:`depth`), and with
+        ``relays`` on PostgreSQL, how many relays listen for commits."""
+        count, oldest = self.depth()
+        age = 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
+        listening = None
+        if relays and self._postgresql:
+            listening = run_statement(
+                self._engine, "counting the outbox's relays", _LISTENING, {}, _count_of
+            )
+        return OutboxStatus(depth=count, oldest_at=oldest, oldest_age=age, relays=listening)
+
     def _sqlite_read(self, sql: str) -> Any:
         """One row of a read in autocommit, on a pooled connection (whose isolation
         level the store sets to None: no BEGIN, so no lock)."""
@@ -188,6 +255,10 @@ class OutboxRows:
         """Every waiting message, oldest first (tests, and a look at a backlog)."""
         with unavailable_as("reading the outbox"), self._engine.connect() as connection:
             return [_row(r) for r in connection.execute(select(outbox).order_by(outbox.c.id))]
+
+
+def _count_of(result: Any) -> int:
+    return int(result.scalar() or 0)
 
 
 def _id_of(result: Any) -> int | None:

@@ -2,7 +2,9 @@
 history the workers write), a per-minute chart, the error rate and the dead letters
 waiting; the depth of each queue, from the broker; what is paused, with a Pause or
 Resume button per queue and task (``web/pauses.py``); each periodic entry of the app's
-``beat_schedule`` with its last and next run (``beat/status.py``)."""
+``beat_schedule`` with its last and next run (``beat/status.py``); the outbox's depth,
+the age of its oldest message and the relays listening (``OutboxRows.status``, the read
+behind the worker's outbox gauges)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from celery_reliable.audit.gates import reliable_task_names
+from celery_reliable.audit.gates import format_seconds, reliable_task_names
 from celery_reliable.beat.status import (
     EntryStatus,
     entries_of,
@@ -27,6 +29,7 @@ from celery_reliable.beat.status import (
 from celery_reliable.delivery.queue_depth import read_depths
 from celery_reliable.metrics import LIMITED
 from celery_reliable.outcomes import Outcome
+from celery_reliable.store.outbox import OutboxStatus
 from celery_reliable.store.pauses import QUEUE, TASK, Pause
 from celery_reliable.store.timeutil import utcnow
 from celery_reliable.web import chart
@@ -58,6 +61,7 @@ async def overview(request: Request) -> Response:
     rows, total, last_minute = await anyio.to_thread.run_sync(_task_rows, request)
     pauses = await anyio.to_thread.run_sync(_pauses, request)
     periodic = await anyio.to_thread.run_sync(_periodic, request)
+    outbox = await anyio.to_thread.run_sync(_outbox, request)
     return render(
         request,
         "overview.html",
@@ -75,7 +79,13 @@ async def overview(request: Request) -> Response:
         paused={kind: _by_name(pauses, kind) for kind in (QUEUE, TASK)},
         periodic=periodic,
         periodic_recorded=scheduler_is_ours(celery_app(request)),
+        outbox=outbox,
+        format_seconds=format_seconds,
     )
+
+
+def _outbox(request: Request) -> OutboxStatus:
+    return store(request).outbox.status(relays=True)
 
 
 def _periodic(request: Request) -> list[EntryStatus]:

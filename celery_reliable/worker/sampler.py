@@ -15,7 +15,6 @@ from typing import Any
 from celery_reliable.config import settings_for
 from celery_reliable.delivery.queue_depth import depth_of
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.store.timeutil import utcnow
 from celery_reliable.wiring import observers_for
 
 logger = logging.getLogger("celery_reliable.queue_depth")
@@ -69,13 +68,12 @@ class QueueDepthSampler:
         if self.outbox is None or self.store is None:
             return
         try:
-            depth, oldest = self.store.outbox.depth()
+            status = self.store.outbox.status()
         except StoreUnavailable as exc:
             # The store's own outage is said by those who need it (the relay, claims).
             logger.debug("outbox depth not sampled (%s)", exc)
             return
-        age = 0.0 if oldest is None else max((utcnow() - oldest).total_seconds(), 0.0)
-        self.outbox(depth, age)
+        self.outbox(status.depth, status.oldest_age)
 
     def sample(self) -> list[tuple[str, int]]:
         with self.app.connection_for_read() as connection:

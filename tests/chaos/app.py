@@ -2,7 +2,11 @@
 through ``self.atomic()`` (``CHAOS_MODE=atomic``: exactly once) or with a plain
 write (``CHAOS_MODE=plain``: at least once, for comparison). ``CHAOS_MODE=limits`` is
 ``atomic`` under ``limits=[concurrency(CHAOS_LIMIT)]``, each body counted at once by
-the tally in a Redis of its own (``CHAOS_TALLY``, ``tests/chaos/at_once.py``)."""
+the tally in a Redis of its own (``CHAOS_TALLY``, ``tests/chaos/at_once.py``).
+``CHAOS_MODE=outbox`` is ``atomic`` without an ``idempotency_key``: its jobs are
+written with ``publish_in`` (``tests/chaos/publisher.py``), and a message from the
+outbox claims its task id, so a double publish runs once; every process that relays
+is watched by ``tests/chaos/relay_witness.py`` (``CHAOS_WITNESS``)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from celery_reliable import ReliableTask, retry_on
 from celery_reliable.backoff import exponential
 from celery_reliable.limits import concurrency
 from celery_reliable.signals import OutcomeEvent, task_outcome
+from tests.chaos import relay_witness
 from tests.chaos.at_once import Tally
 from tests.chaos.effects import effects
 
@@ -104,6 +109,31 @@ elif MODE == "limits":
             tally.count_limited()
 
     task_outcome.connect(_count_limited, weak=False)
+
+elif MODE == "outbox":
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="chaos.job",
+        timeout=5,
+        waive={"idempotency": "published with publish_in: the job claims its task id"},
+    )
+    @retry_on(OperationalError, **RETRY)
+    def job(self: ReliableTask, job_id: int, published_at: float) -> None:
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
+        with self.atomic() as session:
+            session.execute(effects.insert().values(_effect(job_id, self.request.id, published_at)))
+
+    if os.environ.get("CHAOS_WITNESS"):
+        relay_witness.install(os.environ["CHAOS_WITNESS"])
+        outcomes = relay_witness.OutcomeCounter(os.environ["CHAOS_WITNESS"])
+
+        def _count_outcome(event: OutcomeEvent | None = None, **_: object) -> None:
+            if event is not None and event.task_id is not None:
+                outcomes.count(event.outcome.value)
+
+        task_outcome.connect(_count_outcome, weak=False)
 
 else:
 

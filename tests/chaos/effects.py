@@ -1,4 +1,5 @@
-"""The chaos suite's effect table: one row per execution that wrote its effect."""
+"""The chaos suite's tables: one row per execution that wrote its effect, and the
+``outbox`` mode's committed jobs."""
 
 from __future__ import annotations
 
@@ -13,4 +14,15 @@ effects = sa.Table(
     sa.Column("task_id", sa.String(64), nullable=False),
     sa.Column("published_at", sa.Float, nullable=False),
     sa.Column("done_at", sa.Float, nullable=False),
+)
+#: The ``outbox`` mode's application table: the row a publisher's transaction writes
+#: beside its outbox message, so that a job's transaction committed if, and only if,
+#: its row is here (``tests/chaos/publisher.py``).
+jobs = sa.Table(
+    "chaos_jobs",
+    metadata,
+    sa.Column("job_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("publisher", sa.Integer, nullable=False, index=True),
+    sa.Column("task_id", sa.String(64), nullable=False),
+    sa.Column("committed_at", sa.Float, nullable=False),
 )

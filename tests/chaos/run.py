@@ -3,7 +3,7 @@ SIGKILLed (whole process group) and restarted while Redis restarts and PostgreSQ
 crashes.
 
     python -m tests.chaos.run [--jobs 2000] [--workers 2] [--kill-every 3]
-                              [--mode atomic|plain|limits|both|all] [--limit 3]
+                              [--mode atomic|plain|limits|outbox|both|all] [--limit 3]
 
 Both servers run as production ones would: Redis with an fsync'd append-only file
 (its queues survive a restart), PostgreSQL with fsync and synchronous commit on, and
@@ -17,7 +17,11 @@ its slots in the broker's Redis: what runs at once is counted outside the produc
 a Redis of its own that no fault touches (``tests/chaos/at_once.py``). It also prints
 the most bodies seen at once, the waits for a slot (``limited``) and the bodies that
 ran to their end twice; exit status 1 when more than n ran at once, or n never did.
-``both`` is ``atomic`` and ``plain``; ``all`` adds ``limits``.
+``outbox`` (``tests/chaos/outbox.py``) has the jobs written with ``publish_in`` by
+publisher processes, some transactions rolled back, and SIGKILLs publishers and relays
+besides the workers; exit status 1 when a committed job was lost, an effect
+duplicated, a job ran that never committed, or outbox rows were left.
+``both`` is ``atomic`` and ``plain``; ``all`` adds ``limits`` and ``outbox``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ class Plan:
     seed: int = 7
     #: ``limits`` mode: the job's ``concurrency(limit)``.
     limit: int = 3
+    #: ``outbox`` mode (``tests/chaos/outbox.py``): publisher processes, the seconds
+    #: they take to write every job, the share of transactions rolled back on purpose,
+    #: ``celery reliable relay`` processes, and how often a publisher and a relay are
+    #: SIGKILLed.
+    publishers: int = 3
+    publish_for: float = 30.0
+    rollback_share: float = 0.1
+    relays: int = 1
+    publisher_kill_every: float = 4.0
+    relay_kill_every: float = 6.0
 
 
 @dataclass
@@ -266,7 +280,8 @@ def run(plan: Plan) -> Figures:
             if chaos and now >= next_kill and not faults.busy.is_set():
                 holder = at_once.a_body_just_started(tally, within=2.0) if tally else None
                 workers.kill_one(rng, holder)
-                next_kill = now + plan.kill_every
+                # From the kill, not from when it was due: an aimed kill may have waited.
+                next_kill = time.monotonic() + plan.kill_every
             found = effect_counts(postgres.url)
             if found is not None:
                 counts = found
@@ -427,11 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument(
-        "--mode", choices=["atomic", "plain", "limits", "both", "all"], default="both"
+        "--mode", choices=["atomic", "plain", "limits", "outbox", "both", "all"], default="both"
     )
     parser.add_argument("--limit", type=int, default=3, help="limits mode: concurrency(n)")
     args = parser.parse_args(argv)
-    modes = {"both": ["atomic", "plain"], "all": ["atomic", "plain", "limits"]}.get(
+    modes = {"both": ["atomic", "plain"], "all": ["atomic", "plain", "limits", "outbox"]}.get(
         args.mode, [args.mode]
     )
     failed = False
@@ -443,6 +458,16 @@ def main(argv: list[str] | None = None) -> int:
             mode=mode,
             limit=args.limit,
         )
+        if mode == "outbox":
+            from tests.chaos.outbox import run_outbox
+
+            outbox = run_outbox(plan)
+            print("\n".join(outbox.lines()), flush=True)
+            print(f"  figures: {asdict(outbox)}", file=sys.stderr)
+            for broken in outbox.broken():
+                print(f"  BROKEN: {broken}", flush=True)
+                failed = True
+            continue
         figures = run(plan)
         print("\n".join(figures.lines()), flush=True)
         print(f"  figures: {asdict(figures)}", file=sys.stderr)

@@ -24,7 +24,7 @@ def test_no_more_than_n_bodies_at_once_under_kills() -> None:
             jobs=200,
             job_seconds=0.1,
             kill_every=3.0,
-            chaos_for=10.0,
+            chaos_for=15.0,
             redis_restart_at=None,
             postgres_crash_at=None,
             deadline=90.0,

@@ -334,11 +334,10 @@ def test_every_beat_down_for_22s_catches_up_the_newest_slots_and_skips_the_rest(
     assert gaps in (skipped_slots, [last_before, *skipped_slots]), gaps
 
 
-def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig, module_store_url: str) -> None:
+@pytest.mark.only_store("postgresql")  # its own PostgreSQL, stopped
+def test_the_store_down_publishes_nothing_and_says_it_once(rig: Rig) -> None:
     """A PostgreSQL store of its own, stopped for a few seconds under a running beat;
     the module's worker keeps its receipts in the module's store."""
-    if not module_store_url.startswith("postgresql"):
-        pytest.skip("stops a PostgreSQL server of its own")
     server = PostgresServer()
     server.start()
     app = Celery("beat-down-store", set_as_current=False)

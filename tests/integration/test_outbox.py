@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -39,6 +41,7 @@ from celery_reliable.outbox.relay import Relay
 from celery_reliable.store import Store, migrate, store_for
 from celery_reliable.store.schema import receipts
 from celery_reliable.store.timeutil import utcnow
+from tests.docs_blocks import DOCS, marked_block
 from tests.support.celery_apps import new_app, new_redis_db
 from tests.support.outcomes import OutcomeRecorder
 from tests.support.servers import RedisServer
@@ -567,6 +570,42 @@ def test_a_thousand_messages_of_four_writers_leave_through_two_relays_once_in_or
     assert all(published), "both relays published"
 
 
+@pytest.mark.only_store("postgresql")  # SQLite: a relay holds the write lock, one at a time
+def test_a_relay_never_publishes_past_rows_another_relay_holds(shop: Shop) -> None:
+    """PostgreSQL, two relays: one holds a writer's first two messages; a message of
+    another writer commits under a lower id, then the first writer's third. The second
+    relay's SKIP LOCKED batch is the late message and the third one, past the rows the
+    first holds: it keeps the late message only, so the first writer's messages still
+    leave in its order."""
+    from celery_reliable.store.schema import outbox
+
+    assert shop.store.engine.dialect.name == "postgresql"
+
+    def message(name: str) -> Any:
+        return shop.app.signature("ob.none", (name,), queue="nobody")
+
+    with shop.engine.begin() as connection:
+        connection.execute(sa.delete(outbox))  # what an earlier test may have left
+    with shop.engine.connect() as late:
+        pending = late.begin()
+        first = publish_in(late, message("late")).id  # the lowest id, not committed yet
+        with shop.engine.begin() as connection:
+            ours = [publish_in(connection, message(f"w:{n}")).id for n in (0, 1)]
+        try:
+            with shop.store.outbox.head(100) as held:
+                assert held is not None and [r.task_id for r in held.rows] == ours
+                pending.commit()
+                with shop.engine.begin() as connection:
+                    third = publish_in(connection, message("w:2")).id
+                with shop.store.outbox.head(100) as other:
+                    assert other is not None
+                    assert [r.task_id for r in other.rows] == [first]  # not the third
+            assert waiting(shop) == [first, *ours, third]  # none published: all stay
+        finally:
+            with shop.engine.begin() as connection:
+                connection.execute(sa.delete(outbox))
+
+
 def test_the_relay_says_one_line_per_event(shop: Shop, caplog: pytest.LogCaptureFixture) -> None:
     """A worker's relay logs on ``celery_reliable.outbox``: started and stopped at INFO,
     each batch at DEBUG."""
@@ -605,6 +644,66 @@ def test_a_worker_samples_the_outbox_s_depth_and_oldest_age(shop: Shop) -> None:
     (depth, age), after = seen
     assert depth == 2 and 0 <= age < 30
     assert after == (0, 0.0)
+
+
+def test_report_says_how_the_outbox_stands(shop: Shop) -> None:
+    """``celery reliable report``'s outbox line, in Markdown and JSON: two messages
+    waiting, the oldest written 95 s ago; then, a relay running, none, and on
+    PostgreSQL that relay seen listening (SQLite's relays poll, unseen)."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from celery_reliable.cli import reliable
+    from celery_reliable.store.schema import outbox
+
+    def report(*args: str) -> str:
+        done = CliRunner().invoke(
+            reliable, ["report", "ob.mark", *args], obj=SimpleNamespace(app=shop.app)
+        )
+        assert done.exit_code == 0, done.output
+        return str(done.output)
+
+    with shop.engine.begin() as connection:
+        connection.execute(sa.delete(outbox))  # what an earlier test may have left
+        for n in range(2):
+            publish_in(connection, shop.app.signature("ob.none", (n,), queue="nobody"))
+        written = utcnow().replace(microsecond=0) - timedelta(seconds=95)
+        connection.execute(sa.update(outbox).values(created_at=written))
+    postgresql = shop.store.engine.dialect.name == "postgresql"
+    unseen = "relays not seen from SQLite (they poll every 0.2s)"
+    line = next(x for x in report().splitlines() if x.startswith("- Outbox"))
+    assert line == (
+        f"- Outbox (every task's, now): 2 messages wait, the oldest written "
+        f"{written.isoformat()}Z ({line.split('(')[2].split(' ago')[0]} ago); "
+        f"{'0 relays listening for its commits' if postgresql else unseen}; a relay in each "
+        "worker off (reliable_outbox_relay)"
+    )
+    assert re.fullmatch(r"1m 3[5-9]s", line.split("(")[2].split(" ago")[0]), line
+    data = json.loads(report("--json"))["outbox"]
+    assert data["depth"] == 2 and data["oldest_at"] == f"{written.isoformat()}Z"
+    assert 95 <= data["oldest_age"] < 100
+    assert data["relays"] == (0 if postgresql else None)
+    assert data["relay_in_workers"] is False and data["poll_interval"] == 0.2
+
+    with relaying(shop.app, shop.store):
+        wait_until(lambda: waiting(shop) == [], "the outbox emptied")
+        if postgresql:
+            wait_until(lambda: shop.store.outbox.status(relays=True).relays == 1, "1 relay")
+        line = next(x for x in report().splitlines() if x.startswith("- Outbox"))
+    seen = "1 relay listening for its commits" if postgresql else unseen
+    assert line == (
+        f"- Outbox (every task's, now): empty; {seen}; a relay in each worker off "
+        "(reliable_outbox_relay)"
+    )
+    # docs/cli.md's example line has the shape of the report's.
+    shown = marked_block(DOCS / "cli.md", "report-outbox-line", "text").strip()
+    assert re.fullmatch(
+        r"- Outbox \(every task's, now\): \d+ messages wait, the oldest written "
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(\d+m \d+s ago\); \d+ relays? listening for its "
+        r"commits; a relay in each worker (on|off) \(reliable_outbox_relay\)",
+        shown,
+    ), shown
 
 
 def test_on_rabbitmq_the_relay_publishes_with_confirms(

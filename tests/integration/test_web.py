@@ -784,3 +784,41 @@ def test_overview_shows_each_periodic_entry_s_last_and_next_run(server: str, sto
     assert "crontab 30 2 * * * (UTC)" in nightly and "none yet" in nightly
     assert ":30:00" in nightly.rsplit("<td", 1)[1]  # the next due time
     assert "each due time published once by" in section
+
+
+def test_overview_shows_the_outbox_s_depth_and_oldest_age(
+    env: dict[str, str], server: str, store: Any
+) -> None:
+    """Two messages committed with publish_in (no relay runs here), the oldest written
+    90 s ago: the overview shows them, and how long the oldest has waited; on SQLite the
+    relays poll and leave no trace, so how many run is not known. Then none waits."""
+    import sqlalchemy as sa
+
+    from celery_reliable.outbox import publish_in
+    from celery_reliable.store.schema import outbox
+
+    app = load_app(env).app
+    written = utcnow().replace(microsecond=0) - timedelta(seconds=90)
+    with store.engine.begin() as connection:
+        for order in (1, 2):
+            publish_in(connection, app.signature("web.ship", (order,)))
+        connection.execute(sa.update(outbox).values(created_at=written))
+
+    def panel() -> str:
+        page = Client(server).get("/?refresh=0")
+        assert page.status == 200, page.text[:500]
+        return page.text.split('id="outbox"', 1)[1].split("</section>", 1)[0]
+
+    try:
+        shown = panel()
+        assert '<td class="num" id="outbox-depth">2</td>' in shown
+        assert f"{written:%Y-%m-%d %H:%M:%S}" in shown
+        age = re.search(r'id="outbox-age"><span class="bad">([^<]*)</span>', shown)
+        assert age is not None and re.fullmatch(r"1m 3[0-4]s", age[1]), shown
+        assert 'id="outbox-relays"><span class="quiet"' in shown and "not known" in shown
+    finally:
+        with store.engine.begin() as connection:
+            connection.execute(sa.delete(outbox))
+    shown = panel()
+    assert '<td class="num" id="outbox-depth">0</td>' in shown
+    assert 'id="outbox-age"><span class="quiet">-</span>' in shown

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule, solar
 from hypothesis import HealthCheck, given, settings
@@ -224,7 +223,6 @@ def test_a_relative_interval_is_aligned_all_the_same() -> None:
 
 
 def test_solar_slots_are_whole_minutes_and_converge() -> None:
-    pytest.importorskip("ephem")
     sunrise = solar("sunrise", 48.85, 2.35)
     sunrise.app = APPS["UTC"]
     timeline = timeline_for(sunrise)
