@@ -19,6 +19,77 @@ from tests.support import servers
 from tests.support.celery_apps import fresh_postgres_database, new_app
 from tests.support.outcomes import OutcomeRecorder
 
+#: The stores a test can be parametrized over (by a fixture's parameter).
+STORE_KINDS = frozenset({"sqlite", "postgresql", "redis"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--store-variants",
+        choices=("all", "kept", "others"),
+        default="all",
+        help="tests marked one_store_in_make_test(kind): every store variant (all, the "
+        "default), only the kind kept (kept: `make test`), or only the other variants "
+        "(others: `make test-slow`)",
+    )
+
+
+def store_kind(item: pytest.Item) -> str | None:
+    """The store a parametrized test runs on (its fixture parameter), if any."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    kinds = [value for value in params.values() if isinstance(value, str) and value in STORE_KINDS]
+    return kinds[0] if len(kinds) == 1 else None
+
+
+#: A rough cost per test, by marker, in seconds: a chaos run, a test with real
+#: ``celery worker`` processes, one with other real servers, any other.
+COSTS = (("chaos", 40.0), ("prefork", 6.0), ("integration", 0.6))
+OTHER_COST = 0.02
+
+
+def slowest_files_first(items: list[pytest.Item]) -> None:
+    """Order the test files by their rough cost, highest first, each file's tests kept
+    together and in their order. Under xdist (``--dist loadfile``, without its reorder by
+    number of tests) a worker that finishes a file takes the next: the long files start
+    early and the short ones fill the end, so the workers finish at about the same time
+    instead of one running a long file alone at the end."""
+    cost: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        path = item.nodeid.split("::")[0]
+        first.setdefault(path, index)
+        names = {marker.name for marker in item.iter_markers()}
+        each = next((c for name, c in COSTS if name in names), OTHER_COST)
+        cost[path] = cost.get(path, 0.0) + each
+    items.sort(key=lambda item: (-cost[p := item.nodeid.split("::")[0]], first[p]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--store-variants``: a slow test marked ``one_store_in_make_test(kind)`` proves
+    the same behaviour on each store; `make test` runs it on ``kind`` only (the store's
+    own primitives are proven on every store by ``test_store_contract.py``), and `make
+    test-slow` runs the other variants. Under xdist: the slowest files first. And
+    ``only_store(kind)`` (``deselect_other_stores_copies``)."""
+    deselect_other_stores_copies(config, items)
+    if hasattr(config, "workerinput"):  # an xdist worker: each collects, in one order
+        slowest_files_first(items)
+    mode = config.getoption("--store-variants")
+    if mode == "all":
+        return
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("one_store_in_make_test")
+        if marker is None:
+            keep = mode == "kept"
+        else:
+            kind = store_kind(item)
+            assert kind is not None, f"{item.nodeid}: one_store_in_make_test needs a store param"
+            keep = (kind == marker.args[0]) == (mode == "kept")
+        (selected if keep else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
@@ -50,7 +121,7 @@ def fresh_store_url(kind: str, request: pytest.FixtureRequest) -> str:
     return fresh_postgres_database(request.getfixturevalue("postgres_url"))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def deselect_other_stores_copies(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``only_store(kind)`` in a module run over several stores proves
     something of that store alone (or brings a store of its own): its copies under the
     other stores would repeat it or prove nothing, so they are deselected (said in the

@@ -52,7 +52,8 @@ class Plan:
     workers: int = 2
     concurrency: int = 2
     kill_every: float = 3.0
-    #: Seconds of faults (worker kills); then the run drains in calm.
+    #: Seconds of faults (worker kills), from when the first workers are ready (as the
+    #: server faults' moments); then the run drains in calm.
     chaos_for: float = 40.0
     #: Seconds into the run of each server fault (None: not this run).
     redis_restart_at: float | None = 8.0
@@ -267,12 +268,15 @@ def run(plan: Plan) -> Figures:
         events: list[str] = []
         faults = Faults(plan, redis_server, postgres, events)
         faults.start()
+        # The kills' window starts with the faults' schedule, once the workers are up: a
+        # slow start (a loaded machine) must not eat into it.
+        chaos_began = time.monotonic()
         next_kill = time.monotonic() + plan.kill_every
         counts: dict[int, int] = {}
         last_progress, progress = time.monotonic(), -1
         while time.monotonic() - started < plan.deadline:
             now = time.monotonic()
-            chaos = now - started < plan.chaos_for
+            chaos = now - chaos_began < plan.chaos_for
             if chaos and now >= next_kill and not faults.busy.is_set():
                 holder = at_once.a_body_just_started(tally, within=2.0) if tally else None
                 workers.kill_one(rng, holder)

@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -189,8 +190,14 @@ def main(argv: list[str] | None = None) -> int:
 
     celery_version = version("celery")
     suite = fetch_suite(celery_version)
-    plain = run_suite(suite, "plain Task", None)
-    reliable = run_suite(suite, "ReliableTask", "tests.compat.reliable_default")
+    # The two runs side by side (a pytest process each, on two cores): they share
+    # nothing but the suite's files, which neither writes.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        plain_run = pool.submit(run_suite, suite, "plain Task", None)
+        reliable_run = pool.submit(
+            run_suite, suite, "ReliableTask", "tests.compat.reliable_default"
+        )
+        plain, reliable = plain_run.result(), reliable_run.result()
     regressions = sorted(plain.passed - reliable.passed)
 
     print(f"Celery {celery_version} (kombu {version('kombu')}): {' '.join(SUITE_PATHS)}")

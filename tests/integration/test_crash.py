@@ -101,6 +101,7 @@ def running_in(result: Any, pid: int) -> bool:
     )
 
 
+@pytest.mark.one_store_in_make_test("sqlite")
 def test_killed_before_the_effect_is_taken_over_and_runs_once(
     client: Celery, broker: str, worker: WorkerProcess, module_store_url: str
 ) -> None:

@@ -147,6 +147,7 @@ def payments(store_url: str, order_id: int) -> int:
         engine.dispose()
 
 
+@pytest.mark.one_store_in_make_test("postgresql")
 def test_killed_before_the_orm_write_is_taken_over_and_writes_once(
     client: Celery, shop_env: dict[str, str], worker: WorkerProcess, migrated: str
 ) -> None:
@@ -179,6 +180,7 @@ def test_killed_after_the_orm_commit_is_a_duplicate(
     assert redis.Redis.from_url(broker).llen(f"crash:started:{order}") == 1
 
 
+@pytest.mark.one_store_in_make_test("sqlite")
 def test_a_lost_claim_rolls_the_orm_write_back(
     client: Celery, shop_env: dict[str, str], worker: WorkerProcess, migrated: str
 ) -> None:

@@ -115,6 +115,7 @@ def test_a_body_stuck_in_c_code_is_decided_by_its_rules_once_killed(
     assert runs == b"2", (runs, worker.output)
 
 
+@pytest.mark.one_store_in_make_test("postgresql")
 def test_a_beating_keyed_task_keeps_its_key_past_its_lease(
     app: Any, broker: str, worker: WorkerProcess
 ) -> None:
@@ -195,6 +196,7 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     assert "no heartbeat recorded for" in gone.stderr
 
 
+@pytest.mark.one_store_in_make_test("sqlite")
 def test_a_whole_worker_killed_mid_beat_frees_its_key_within_its_lease(
     redis_url: str, store: str, app: Any
 ) -> None:

@@ -127,6 +127,7 @@ def ran_once_as_first_attempt(effects: redis.Redis, names: list[str]) -> None:
         assert effects.lrange(f"attempts:{name}", 0, -1) == [b"0"], name
 
 
+@pytest.mark.one_store_in_make_test("sqlite")
 def test_a_paused_queue_and_task_run_nothing_across_a_warm_restart_and_once_after_resume(
     app: Any, lone: tuple[dict[str, str], Celery]
 ) -> None:

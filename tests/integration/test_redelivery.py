@@ -129,6 +129,8 @@ def test_without_the_keepalive_the_long_task_runs_twice(broker: str, client: Cel
     with celery_worker(APP, env, concurrency=1), celery_worker(APP, env, concurrency=1):
         client.send_task("redelivery.hold", ("unkept", 3 * VISIBILITY_TIMEOUT))
         found = wait_for_runs(broker, "unkept", 2, timeout=30)
+        # Seen: the first run need not work out its 12 s before the workers stop.
+        redis.Redis.from_url(broker).set("redelivery:release:unkept", 1)
     assert found[1][1] != found[0][1]
 
 

@@ -69,6 +69,7 @@ def step_rows(app: Any, batch: str) -> dict[str, Any]:
     return {row.step: row for row in store.steps.of_job("steps.import_items", f"import:{batch}")}
 
 
+@pytest.mark.one_store_in_make_test("postgresql")
 def test_a_whole_worker_killed_mid_item_is_resumed_elsewhere_and_writes_each_item_once(
     redis_url: str, store: str, app: Any
 ) -> None:

@@ -29,15 +29,16 @@ record_outcomes_to(app.conf.broker_url)
 _redis = redis.Redis.from_url(app.conf.broker_url)
 
 
-# time_limit=12: the claim's lease is 12 + 5 = 17 s, so a takeover comes 17 s after
-# the dead child's claim. The limit must outlast the time the worker takes to notice a
-# dead child (its pool checks every few seconds, then waits worker_lost_wait), or the
-# hard limit fires first and the job ends FAILED instead of being redelivered.
+# time_limit=8: the claim's lease is 8 + 5 = 13 s, so a takeover comes 13 s after the
+# dead child's claim. The limit must outlast the time the worker takes to notice a
+# dead child (at once on SIGCHLD, else at its pool's next check, at most 5 s later;
+# then worker_lost_wait), or the hard limit fires first and the job ends FAILED
+# instead of being redelivered.
 @app.task(
     base=ReliableTask,
     bind=True,
     name="crash.charge",
-    time_limit=12,
+    time_limit=8,
     idempotency_key="charge:{order_id}",
 )
 def charge(self: ReliableTask, order_id: str, kill_point: str) -> str:
