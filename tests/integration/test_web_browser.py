@@ -411,8 +411,9 @@ return found;
 def test_task_names_break_only_after_dots_and_underscores(
     shop: Any, site: str, browser: Any
 ) -> None:
-    """A long task name in a narrow column is folded after a ``.`` or a ``_``, never
-    inside a word, at a phone's width and at a laptop's."""
+    """A long task name in a narrow column is folded after a ``.`` or a ``_`` (or the
+    ``-`` of a periodic entry's name, ``charge-every-minute``), never inside a word, at
+    a phone's width and at a laptop's."""
     from celery_reliable.store import store_for
 
     name = "web.orders.tasks.forget_abandoned_orders_after_thirty_days"
@@ -433,7 +434,7 @@ def test_task_names_break_only_after_dots_and_underscores(
                     assert name in [text for text, _ in names], (width, path)
                 for text, breaks in names:
                     # Each break follows a separator: the words stay whole.
-                    assert all(pair[0] in "._" for pair in breaks), (width, path, text, breaks)
+                    assert all(pair[0] in "._-" for pair in breaks), (width, path, text, breaks)
                     folded += len(breaks)
         assert folded, "no name was folded at 420 px: the test saw nothing"
     finally:
