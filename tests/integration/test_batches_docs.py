@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,25 @@ from tests.support.workers import embedded_worker, settle
 pytestmark = pytest.mark.integration
 
 
+def waited(app: Any, batch_id: str, which: str) -> Any:
+    """The callback's result; when it does not come, where the batch stands (its row,
+    its members, the outbox), so a failure says which step did not happen."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    from celery_reliable.store import store_for
+
+    try:
+        return app.AsyncResult(f"{batch_id}-{which}").get(timeout=30)
+    except ResultTimeout:
+        store = store_for(app)
+        assert store is not None
+        raise AssertionError(
+            f"no {which} result: batch {store.batches.get(batch_id)}, members "
+            f"{store.batches.members(batch_id)}, outbox {store.outbox.status()}"
+        ) from None
+
+
+@pytest.mark.usefixtures("no_shared_tasks")  # the example's app: its own tasks only
 def test_the_batches_example_runs(redis_url: str, tmp_path: Path) -> None:
     broker = new_redis_db(redis_url)
     code = marked_block(DOCS / "batches.md", "batches-example")
@@ -41,7 +61,7 @@ def test_the_batches_example_runs(redis_url: str, tmp_path: Path) -> None:
     try:
         with embedded_worker(app):
             batch_id = module.start_import(42, rows)
-            summary = app.AsyncResult(f"{batch_id}-on_complete").get(timeout=30)
+            summary = waited(app, batch_id, "on_complete")
             assert summary == "import 42: 2 of 3 rows, failed: 1"
             settle(app)
             # Written with on_complete's message, or never: a row was DISCARDED.
@@ -49,8 +69,6 @@ def test_the_batches_example_runs(redis_url: str, tmp_path: Path) -> None:
         good = [{"id": 4, "email": "linus@example.com"}]
         with embedded_worker(app):
             batch_id = module.start_import(43, good)
-            assert app.AsyncResult(f"{batch_id}-on_success").get(timeout=30) == (
-                "import 43 complete"
-            )
+            assert waited(app, batch_id, "on_success") == "import 43 complete"
     finally:
         app.close()

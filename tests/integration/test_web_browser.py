@@ -233,7 +233,7 @@ def test_every_page_at_laptop_width(shop: Any, site: str, browser: Any) -> None:
         interval=0.1,
     )
     screenshot(browser, "overview")
-    depths = browser.find_element(By.CSS_SELECTOR, "table.queues").text
+    depths = browser.find_element(By.CSS_SELECTOR, "#queues table").text
     assert "celery" in depths
     for path, name in (("/receipts", "receipts"), ("/locks", "locks"), ("/gates", "gates")):
         browser.get(site + path)
