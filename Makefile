@@ -70,7 +70,7 @@ statsd-daemon: $(STATSD_DAEMON)
 # Then the four other checks side by side (none of them times anything; Celery's
 # suite and the no-extras worker keep the two cores busy together): about a minute
 # instead of two.
-PYTEST_XDIST := -n 3 --dist loadfile --no-loadscope-reorder
+PYTEST_XDIST := -n 3 --dist loadfile
 test: system-deps $(STAMP) $(STATSD_DAEMON) lint typecheck
 	$(PY) -m pytest $(PYTEST_XDIST) --durations=15 --store-variants=kept
 	$(MAKE) --no-print-directory plain-install-build
