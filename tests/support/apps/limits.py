@@ -12,6 +12,7 @@ import time
 import redis
 
 from celery_reliable import ReliableTask
+from celery_reliable.execution import current_execution
 from celery_reliable.limits import concurrency, rate
 from tests.support.apps.config import helper_app
 from tests.support.outcomes import record_outcomes_to
@@ -67,6 +68,11 @@ def erp(self: ReliableTask, run: str, seconds: float) -> str:
     limits=[rate(4, per=1, key="api:{run}")],
 )
 def api(self: ReliableTask, run: str) -> str:
+    # The window is the limit's: when each slot was taken (Redis's clock, in ms, as the
+    # take script read it), not when the body got to run after the take.
+    execution = current_execution()
+    assert execution is not None and execution.held is not None
+    effects.rpush(f"takes:{run}", f"{self.request.id} {execution.held.at_ms / 1000:.3f}")
     enter(run, str(self.request.id))
     leave(run)
     return "done"
