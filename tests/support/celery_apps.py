@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 
 from tests.support import servers
+from tests.support.apps.config import OwnTasksCelery
 
 _databases = itertools.count(1)
 _pg_databases = itertools.count(1)
@@ -46,7 +47,7 @@ def new_app(redis_url: str, name: str, **conf: Any) -> Celery:
     url = new_redis_db(redis_url)
     db = url.rsplit("/", 1)[1]
     conf.setdefault("reliable_database_url", f"sqlite:///{_store_dir}/{name}-{db}.sqlite3")
-    app = Celery(name, broker=url, backend=url, set_as_current=False)
+    app = OwnTasksCelery(name, broker=url, backend=url, set_as_current=False)
     app.conf.update(
         broker_connection_retry_on_startup=False,
         worker_hijack_root_logger=False,

@@ -31,6 +31,21 @@ COMMON: dict[str, Any] = {
 }
 
 
+class OwnTasksCelery(Celery):
+    """A Celery app whose ``@app.task`` is not shared unless asked (``shared=True``).
+
+    Celery's default, ``shared=True``, adds the task to every app finalized later in
+    the process: a test process imports helper apps to publish, and their tasks then
+    joined the apps of later test modules, where a task of the same name (``ob.mark``)
+    was silently not registered and the helper's body ran instead, counting its runs
+    in another Redis database (DuplicateTaskNameWarning; the suite now fails on it).
+    """
+
+    def task(self, *args: Any, **opts: Any) -> Any:
+        opts.setdefault("shared", False)
+        return super().task(*args, **opts)
+
+
 def helper_app(
     name: str,
     *,
@@ -52,6 +67,6 @@ def helper_app(
     settings.update(conf)
     if "reliable_database_url" not in settings:
         raise KeyError(f"{name}: set RELIABLE_TEST_STORE (the store's database URL)")
-    app = Celery(name, broker=broker, backend=backend, set_as_current=set_as_current)
+    app = OwnTasksCelery(name, broker=broker, backend=backend, set_as_current=set_as_current)
     app.conf.update(settings)
     return app
