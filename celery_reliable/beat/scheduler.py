@@ -163,6 +163,9 @@ class Scheduler(CeleryScheduler):
         #: When the previous look began (successful or not): a slot due since then is
         #: on time; one due before it was missed (not published at that look).
         self._previous_look: datetime | None = None
+        #: The previous look met an outage (store or broker): what it could not publish,
+        #: and what fell due while this beat waited to look again, is caught up now.
+        self._previous_look_failed = False
         self._next_orphan_look = 0.0
         self._store_outage = _Outage("store")
         self._broker_outage = _Outage("broker")
@@ -245,11 +248,14 @@ class Scheduler(CeleryScheduler):
         except StoreUnavailable as exc:
             # Reloaded when it answers: another beat may have gone on meanwhile.
             self._loaded = False
+            self._previous_look_failed = True
             return self._store_outage.failed(
                 exc, "nothing is published until it answers (a slot is published only once claimed)"
             )
         except _BrokerDown:
+            self._previous_look_failed = True
             return self._broker_retry_at - monotonic()
+        self._previous_look_failed = False
         return self._sleep()
 
     def _sleep(self) -> float:
@@ -347,7 +353,9 @@ class Scheduler(CeleryScheduler):
             self._broken(name, state, exc)
 
     def _missed(self, due: datetime) -> bool:
-        return self._previous_look is None or due < self._previous_look
+        """Due before the previous look, or at all since a look that met an outage (the
+        slot fell due while this beat waited to try again)."""
+        return self._previous_look is None or self._previous_look_failed or due < self._previous_look
 
     def _skip(
         self, name: str, entry: Any, timeline: Timeline, first: datetime, end: datetime
