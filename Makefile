@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint typecheck unit integration celery-suite celery-integration plain-install compat \
+.PHONY: demo test suite test-slow lint typecheck unit integration celery-suite celery-integration plain-install compat \
         plain-install-build plain-install-check \
         compat-one compat-outbox bench bench-web system-deps clean example-tests docs chaos metrics statsd-daemon web screenshots
 
@@ -67,15 +67,18 @@ statsd-daemon: $(STATSD_DAEMON)
 # A few slow tests that prove the same behaviour on each store (a crash waited out to
 # a lease's end, a 22-s beat outage) run on one store here (--store-variants=kept;
 # their marker one_store_in_make_test names it) and on the others in `make test-slow`.
-# Then the four other checks side by side (none of them times anything; Celery's
-# suite and the no-extras worker keep the two cores busy together): about a minute
-# instead of two.
-PYTEST_XDIST := -n 3 --dist loadfile
+# The no-extras venv is built while the suite runs; then the four other checks side by
+# side (none of them times anything; Celery's suite and the no-extras worker keep the
+# two cores busy together): about a minute instead of two.
+PYTEST_XDIST := -n 3 --dist loadfile --no-loadscope-reorder
 test: system-deps $(STAMP) $(STATSD_DAEMON) lint typecheck
-	$(PY) -m pytest $(PYTEST_XDIST) --durations=15 --store-variants=kept
-	$(MAKE) --no-print-directory plain-install-build
+	$(MAKE) --no-print-directory -j2 suite plain-install-build
 	$(MAKE) --no-print-directory -j4 --output-sync=target \
 	  example-tests docs celery-suite plain-install-check
+
+# The suite alone (the no-extras venv is built beside it: pip mostly waits too).
+suite: system-deps $(STAMP) $(STATSD_DAEMON)
+	$(PY) -m pytest $(PYTEST_XDIST) --durations=15 --store-variants=kept
 
 # The Django example's own suite (pytest-django and our plugin), as its team runs it,
 # on a database of its own under .cache/; strict rule coverage: every rule its tasks
@@ -107,21 +110,25 @@ celery-integration: system-deps $(STAMP)
 # worker reaches every outcome; a configured feature without its library stops it.
 PLAIN_VENV := .venv-plain
 PLAIN_RUN  := .cache/plain-run
+# The wheel is built from a copy of the project's files (tracked, and new ones git does
+# not ignore): a build here would rewrite celery_reliable.egg-info in this folder, which
+# every process with it on sys.path (the suite's workers) reads its entry points from.
+PLAIN_SRC  := .cache/plain-src
 $(PLAIN_VENV)/.installed: pyproject.toml
 	[ -x $(PLAIN_VENV)/bin/python ] || $(PYTHON) -m venv $(PLAIN_VENV)
 	$(PLAIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PLAIN_VENV)/bin/python -m pip install -q .
 	touch $@
 
-# (Two steps, for `make test`: the wheel's build rewrites celery_reliable.egg-info in
-# this folder, which every process with it on sys.path reads its entry points from, so
-# nothing else runs meanwhile; the check then runs beside the other checks.)
+# (Two steps: `make test` builds while the suite runs, and checks beside the other checks.)
 plain-install:
 	$(MAKE) --no-print-directory plain-install-build
 	$(MAKE) --no-print-directory plain-install-check
 
 plain-install-build: $(PLAIN_VENV)/.installed
-	$(PLAIN_VENV)/bin/python -m pip install -q --force-reinstall --no-deps .
+	@rm -rf $(PLAIN_SRC) && mkdir -p $(PLAIN_SRC)
+	git ls-files -z --cached --others --exclude-standard \
+	  | tar --null --files-from=- --ignore-failed-read -c | tar -x -C $(PLAIN_SRC)
+	$(PLAIN_VENV)/bin/python -m pip install -q ./$(PLAIN_SRC)  # a local folder: always reinstalled
 
 plain-install-check:
 	@rm -rf $(PLAIN_RUN) && mkdir -p $(PLAIN_RUN) && ln -s $(CURDIR)/tests $(PLAIN_RUN)/tests
