@@ -69,6 +69,9 @@ class Report:
     #: The store's outbox now (every task's messages): ``OutboxStatus.to_dict()`` and
     #: how relays run; None without figures from the store.
     outbox: dict[str, Any] | None = None
+    #: The task as a batch's callback: one ``CallbackUse.to_dict()`` per role
+    #: (``on_complete``, ``on_success``) it has in the batches the store keeps.
+    batch_callback: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class Report:
             "last_24h": self.recent,
             "periodic": self.periodic,
             "outbox": self.outbox,
+            "batch_callback": self.batch_callback,
             "store_error": self.store_error,
         }
 
@@ -322,6 +326,7 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         receipts = store.receipts.counts(report.task)
         beating = [p for p in store.progress.running(limit=1000) if p.task_name == report.task]
         outbox = store.outbox.status(relays=True)
+        callback_uses = store.batches.callback_uses(report.task)
     except StoreUnavailable as exc:
         report.store_error = f"the store is unavailable: {exc}"
         return
@@ -339,6 +344,7 @@ def _add_store_figures(app: Celery, report: Report) -> None:
         "beating_now": len(beating),
         "oldest_beat_age": max((p.age() for p in beating), default=None),
     }
+    report.batch_callback = [use.to_dict() for use in callback_uses]
     settings = settings_for(app)
     report.outbox = {
         **outbox.to_dict(),
@@ -590,10 +596,34 @@ def _recent_markdown(report: Report) -> list[str]:
             f"- Running with a heartbeat now: {recent['beating_now']} (the longest silent "
             f"for {_duration(recent['oldest_beat_age'])})"
         )
+    lines += [batch_callback_line(use) for use in report.batch_callback]
     if report.outbox is not None:
         lines.append(outbox_line(report.outbox))
     lines.append("")
     return lines
+
+
+def batch_callback_line(use: dict[str, Any]) -> str:
+    """The report's line on the task as one callback of batches (those the store keeps:
+    completed ones are pruned after ``reliable_receipt_ttl``)."""
+    which = use["which"]
+    parts = [f"{use['fired']} fired"]
+    if use["skipped"]:
+        parts.append(f"{use['skipped']} not fired (a member ended discarded, exhausted or failed)")
+    if use["waiting"]:
+        parts.append(f"{use['waiting']} waiting for their last member")
+    if use["abandoned"]:
+        parts.append(f"{use['abandoned']} abandoned (their block raised)")
+    last = use["last"]
+    total = "?" if last["total"] is None else last["total"]
+    described = f" ({last['description']!r})" if last["description"] else ""
+    ended = f", completed {last['completed_at']}" if last["completed_at"] else ""
+    noun = "batch" if use["batches"] == 1 else "batches"
+    return (
+        f"- Batch callback: `{which}` of {use['batches']} {noun} kept: {', '.join(parts)}; "
+        f"the newest `{last['batch']}`{described}, {last['state']} {last['done']}/{total}, "
+        f"created {last['created_at']}{ended} (its task id `{last['batch']}-{which}`)"
+    )
 
 
 def outbox_line(outbox: dict[str, Any]) -> str:

@@ -19,12 +19,13 @@ ending); on SQLite, two statements in one transaction on a local file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 
 from celery_reliable.store.engine import unavailable_as
@@ -37,6 +38,11 @@ ENDINGS = ("succeeded", "duplicate", "cancelled", "discarded", "exhausted", "fai
 BAD = ("discarded", "exhausted", "failed")
 
 OPEN, SEALED, ABANDONED, COMPLETED = "open", "sealed", "abandoned", "completed"
+STATES = (OPEN, SEALED, COMPLETED, ABANDONED)
+#: What a member's outcome reads as until it ends (its column is NULL).
+PENDING = "pending"
+#: The callbacks a batch may have, as its columns (and its callbacks' task ids) name them.
+CALLBACKS = ("on_complete", "on_success")
 
 _OPEN = insert(batches)
 _BY_ID = select(batches).where(batches.c.id == bindparam("p_id"))
@@ -142,6 +148,79 @@ def _batch(row: Any) -> BatchRow:
         sealed_at=row.sealed_at,
         completed_at=row.completed_at,
     )
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """A member of a batch as stored."""
+
+    task_id: str
+    task_name: str | None
+    #: Its ending (one of :data:`ENDINGS`), None while pending.
+    outcome: str | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CallbackUse:
+    """How a task stands as one callback (``on_complete`` or ``on_success``) of the
+    batches the store keeps (completed ones are pruned after ``reliable_receipt_ttl``)."""
+
+    which: str
+    #: Batches that name the task as this callback.
+    batches: int = 0
+    #: Completed batches that published it (``on_success``: those with no bad member).
+    fired: int = 0
+    #: ``on_success`` of completed batches with a member DISCARDED, EXHAUSTED or FAILED.
+    skipped: int = 0
+    #: Batches still open or sealed: it fires when their last member ends.
+    waiting: int = 0
+    #: Batches whose block raised: it never fires.
+    abandoned: int = 0
+    #: The newest of those batches.
+    last: BatchRow | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "which": self.which,
+            "batches": self.batches,
+            "fired": self.fired,
+            "skipped": self.skipped,
+            "waiting": self.waiting,
+            "abandoned": self.abandoned,
+            "last": None
+            if last is None
+            else {
+                "batch": last.id,
+                "description": last.description,
+                "state": last.state,
+                "done": last.done,
+                "total": last.total,
+                "created_at": _iso(last.created_at),
+                "completed_at": _iso(last.completed_at),
+            },
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds") + "Z"
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def callback_task(raw: str | None) -> str | None:
+    """The task name of a callback's stored signature (a canvas: its own, e.g.
+    ``celery.chain``)."""
+    if raw is None:
+        return None
+    try:
+        found = json.loads(raw).get("task")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 #: Called once per batch, by whichever writer completed it, inside its transaction:
@@ -273,6 +352,167 @@ class BatchRows:
         )
         with unavailable_as("reading a batch's members"), self._engine.connect() as connection:
             return [(r.task_id, r.task_name, r.outcome) for r in connection.execute(query)]
+
+    def page(
+        self,
+        *,
+        state: str | None = None,
+        text: str | None = None,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[BatchRow]:
+        """A page of batches, newest first (by creation, then id): those older than the
+        batch ``before``, or the ``limit`` nearest ones newer than the batch ``after``
+        (a cursor: a batch id of the page next to it). ``state``: only those in it;
+        ``text``: only those whose description contains it (any case) or whose id
+        starts with it."""
+        query = select(batches).where(*self._filter(state, text))
+        column = batches.c
+        cursor_id = before if before is not None else after
+        if cursor_id is not None:
+            at = select(column.created_at).where(column.id == cursor_id).scalar_subquery()
+            if before is not None:
+                query = query.where(
+                    or_(column.created_at < at, and_(column.created_at == at, column.id < before))
+                )
+            else:
+                query = query.where(
+                    or_(column.created_at > at, and_(column.created_at == at, column.id > after))
+                )
+        if after is not None:
+            query = query.order_by(column.created_at, column.id).limit(limit)
+        else:
+            query = query.order_by(column.created_at.desc(), column.id.desc()).limit(limit)
+        with unavailable_as("listing batches"), self._engine.connect() as connection:
+            rows = [_batch(row) for row in connection.execute(query)]
+        return rows[::-1] if after is not None else rows
+
+    def count(
+        self, *, state: str | None = None, text: str | None = None, cap: int | None = None
+    ) -> int:
+        """Batches :meth:`page` would list; with ``cap``, counted up to ``cap + 1`` only
+        (more: "over cap"), so that a page load never reads every row."""
+        matching = select(batches.c.id).where(*self._filter(state, text))
+        if cap is not None:
+            matching = matching.limit(cap + 1)
+        query = select(func.count()).select_from(matching.subquery())
+        with unavailable_as("counting batches"), self._engine.connect() as connection:
+            return int(connection.execute(query).scalar_one())
+
+    @staticmethod
+    def _filter(state: str | None, text: str | None) -> list[Any]:
+        where: list[Any] = []
+        if state is not None:
+            where.append(batches.c.state == state)
+        if text:
+            pattern = "%" + _escape_like(text.lower()) + "%"
+            where.append(
+                or_(
+                    func.lower(func.coalesce(batches.c.description, "")).like(pattern, escape="\\"),
+                    batches.c.id.startswith(text, autoescape=True),
+                )
+            )
+        return where
+
+    def member_page(
+        self,
+        batch_id: str,
+        *,
+        outcome: str | None = None,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> list[MemberRow]:
+        """A page of a batch's members in task id order: those after the task id
+        ``after``, or the ``limit`` nearest ones before the task id ``before``.
+        ``outcome``: only members that ended so (:data:`ENDINGS`), or :data:`PENDING`.
+        Read along the members' primary key: a page of a 10,000-member batch costs
+        what a page of a small one does."""
+        column = batch_members.c
+        query = select(batch_members).where(column.batch_id == batch_id)
+        if outcome == PENDING:
+            query = query.where(column.outcome.is_(None))
+        elif outcome is not None:
+            query = query.where(column.outcome == outcome)
+        if before is not None:
+            query = query.where(column.task_id < before).order_by(column.task_id.desc())
+        else:
+            if after is not None:
+                query = query.where(column.task_id > after)
+            query = query.order_by(column.task_id)
+        with unavailable_as("reading a batch's members"), self._engine.connect() as connection:
+            rows = [
+                MemberRow(r.task_id, r.task_name, r.outcome, r.ended_at)
+                for r in connection.execute(query.limit(limit))
+            ]
+        return rows[::-1] if before is not None else rows
+
+    def last_endings(self, batch_ids: Iterable[str]) -> dict[str, datetime]:
+        """``batch id -> when its latest member ended`` for those of ``batch_ids``
+        with a member ended: how long a sealed batch has been quiet."""
+        wanted = sorted(set(batch_ids))
+        if not wanted:
+            return {}
+        column = batch_members.c
+        query = (
+            select(column.batch_id, func.max(column.ended_at).label("last"))
+            .where(column.batch_id.in_(wanted), column.ended_at.is_not(None))
+            .group_by(column.batch_id)
+        )
+        with unavailable_as("reading batches' endings"), self._engine.connect() as connection:
+            return {row.batch_id: row.last for row in connection.execute(query)}
+
+    def callback_uses(self, task_name: str) -> list[CallbackUse]:
+        """How ``task_name`` stands as ``on_complete`` and as ``on_success`` of the
+        batches kept (one entry for each it is, none when it is neither). The
+        signatures are JSON text: the rows that mention the name are read, and the
+        task each callback names is compared in Python (a canvas names its own)."""
+        column = batches.c
+        quoted = "%" + _escape_like(json.dumps(task_name)) + "%"
+        query = (
+            select(
+                column.id,
+                column.state,
+                column.on_complete,
+                column.on_success,
+                *(column[outcome] for outcome in BAD),
+            )
+            .where(
+                or_(
+                    column.on_complete.like(quoted, escape="\\"),
+                    column.on_success.like(quoted, escape="\\"),
+                )
+            )
+            .order_by(column.created_at.desc(), column.id.desc())
+        )
+        uses: dict[str, dict[str, Any]] = {}
+        with unavailable_as("reading batches' callbacks"), self._engine.connect() as connection:
+            for row in connection.execute(query):
+                for which in CALLBACKS:
+                    if callback_task(getattr(row, which)) != task_name:
+                        continue
+                    use = uses.setdefault(which, {"which": which, "last": row.id})
+                    use["batches"] = use.get("batches", 0) + 1
+                    bad = any(getattr(row, outcome) for outcome in BAD)
+                    if row.state == COMPLETED:
+                        kind = "skipped" if which == "on_success" and bad else "fired"
+                    elif row.state == ABANDONED:
+                        kind = "abandoned"
+                    else:
+                        kind = "waiting"
+                    use[kind] = use.get(kind, 0) + 1
+            lasts = {
+                row.id: _batch(row)
+                for row in connection.execute(
+                    select(batches).where(column.id.in_({u["last"] for u in uses.values()}))
+                )
+            }
+        return [
+            CallbackUse(**{**uses[which], "last": lasts.get(uses[which]["last"])})
+            for which in CALLBACKS
+            if which in uses
+        ]
 
     def prune(self, ttl_seconds: float, now: datetime | None = None) -> int:
         """Delete batches (and their members) completed or abandoned longer ago than

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from celery_reliable.config import settings_for
 from celery_reliable.errors import StoreUnavailable
-from celery_reliable.web import dead_letters, gates, overview, pauses, receipts, workers
+from celery_reliable.web import batches, dead_letters, gates, overview, pauses, receipts, workers
 from celery_reliable.web.common import HERE, render
 from celery_reliable.web.security import Credentials, Guard
 
@@ -37,6 +37,8 @@ def create_app(celery_app: Celery, *, credentials: Credentials | None = None) ->
         Route("/dead-letters", dead_letters.listing, name="dead_letters"),
         Route("/dead-letters/act", dead_letters.act, methods=["POST"]),
         Route("/dead-letters/{dead_letter_id:int}", dead_letters.detail),
+        Route("/batches", batches.listing, name="batches"),
+        Route("/batches/{batch_id}", batches.detail),
         Route("/receipts", receipts.receipts, name="receipts"),
         Route("/receipts/release", receipts.release_claim, methods=["POST"]),
         Route("/locks", receipts.locks, name="locks"),

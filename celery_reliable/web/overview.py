@@ -2,7 +2,8 @@
 history the workers write), a per-minute chart, the error rate and the dead letters
 waiting; the depth of each queue, from the broker; what is paused, with a Pause or
 Resume button per queue and task (``web/pauses.py``); each periodic entry of the app's
-``beat_schedule`` with its last and next run (``beat/status.py``); the outbox's depth,
+``beat_schedule`` with its last and next run (``beat/status.py``); the newest batches
+with their progress (``web/batches.py``, shown once the store has one); the outbox's depth,
 the age of its oldest message and the relays listening (``OutboxRows.status``, the read
 behind the worker's outbox gauges)."""
 
@@ -29,10 +30,11 @@ from celery_reliable.beat.status import (
 from celery_reliable.delivery.queue_depth import read_depths
 from celery_reliable.metrics import LIMITED
 from celery_reliable.outcomes import Outcome
+from celery_reliable.store.batches import SEALED
 from celery_reliable.store.outbox import OutboxStatus
 from celery_reliable.store.pauses import QUEUE, TASK, Pause
 from celery_reliable.store.timeutil import utcnow
-from celery_reliable.web import chart
+from celery_reliable.web import batches, chart
 from celery_reliable.web.common import celery_app, render, store
 
 logger = logging.getLogger("celery_reliable.web")
@@ -41,6 +43,8 @@ logger = logging.getLogger("celery_reliable.web")
 REFRESH_SECONDS = 5
 #: Longest wait for the broker's queue depths before the page is shown without them.
 DEPTH_TIMEOUT = 3.0
+#: Batches the overview shows (the newest).
+BATCHES_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ async def overview(request: Request) -> Response:
     pauses = await anyio.to_thread.run_sync(_pauses, request)
     periodic = await anyio.to_thread.run_sync(_periodic, request)
     outbox = await anyio.to_thread.run_sync(_outbox, request)
+    recent_batches = await anyio.to_thread.run_sync(_batches, request)
     return render(
         request,
         "overview.html",
@@ -80,8 +85,23 @@ async def overview(request: Request) -> Response:
         periodic=periodic,
         periodic_recorded=scheduler_is_ours(celery_app(request)),
         outbox=outbox,
+        batches=recent_batches,
         format_seconds=format_seconds,
     )
+
+
+def _batches(request: Request) -> list[batches.Listed]:
+    """The newest few batches, each with its progress and whether it looks stuck."""
+    rows = store(request).batches
+    found = rows.page(limit=BATCHES_SHOWN)
+    endings = rows.last_endings([b.id for b in found if b.state == SEALED])
+    now = utcnow()
+    return [
+        batches.Listed(
+            b, batches.percent(b), batches.bar(b), batches.stuck(b, endings.get(b.id), now)
+        )
+        for b in found
+    ]
 
 
 def _outbox(request: Request) -> OutboxStatus:

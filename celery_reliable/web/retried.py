@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import anyio
-from celery import Celery, states
+from celery import states
 from celery.backends.base import DisabledBackend
 from starlette.requests import Request
 
@@ -66,11 +66,14 @@ async def fates(request: Request, letters: Iterable[DeadLetter]) -> dict[str, Fa
     }
     rest = [task_id for task_id in task_ids if task_id not in found]
     if rest:
-        found.update(await _from_backend(request, celery_app(request), rest))
+        found.update(await backend_fates(request, rest))
     return found
 
 
-async def _from_backend(request: Request, app: Celery, task_ids: list[str]) -> dict[str, Fate]:
+async def backend_fates(request: Request, task_ids: list[str]) -> dict[str, Fate]:
+    """``task id -> Fate`` read from the result backend, one read at a time and within
+    :data:`BACKEND_TIMEOUT` (else each is "not known", with why)."""
+    app = celery_app(request)
     if isinstance(app.backend, DisabledBackend):
         unknown = Fate("not known", "", source="no result backend is configured")
         return dict.fromkeys(task_ids, unknown)

@@ -17,6 +17,7 @@ in ``test_batches_processes.py``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -34,6 +35,7 @@ from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outbox import publish_in
 from celery_reliable.store import Store, migrate, store_for
 from celery_reliable.store.batches import ENDINGS
+from tests.docs_blocks import DOCS, marked_block
 from tests.support.celery_apps import new_app
 from tests.support.cli import run_reliable
 from tests.support.outcomes import OutcomeRecorder
@@ -91,6 +93,11 @@ class Importer:
         def collect(self: ReliableTask, summary: dict[str, Any], label: str) -> None:
             effects.rpush(f"got:{label}", json.dumps(summary))
 
+        # Only the report's test uses it: what its report counts is that test's.
+        @app.task(base=ReliableTask, name="bt.tally", bind=True, timeout=30, shared=False)
+        def tally(self: ReliableTask, summary: dict[str, Any], label: str) -> None:
+            effects.rpush(f"got:{label}", json.dumps(summary))
+
         @app.task(base=ReliableTask, name="bt.shaky", bind=True, timeout=30, shared=False)
         @retry_on(Flaky, wait=fixed(0.05), attempts=3)
         def shaky(self: ReliableTask, summary: dict[str, Any], label: str) -> None:
@@ -114,6 +121,7 @@ class Importer:
             plain,
             total,
         )
+        self.tally = tally
         store = store_for(app)
         assert store is not None
         migrate.upgrade(store.engine)
@@ -456,3 +464,76 @@ def test_batch_list_and_show_on_the_command_line(
     missing = run_reliable(CLI_APP, env, "batch", "show", "no-such-batch")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == "Error: no batch 'no-such-batch'"
+
+
+def test_the_report_of_a_callback_task_says_how_its_batches_stand(
+    importer: Importer, worker: Any
+) -> None:
+    """``celery reliable report`` of a task that is a batch callback: per role, how many
+    batches name it, how many fired it, are still waiting, or skipped ``on_success``
+    (a member ended badly); the newest one; the same in ``--json``."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from celery_reliable.cli import reliable
+
+    def report(*args: str) -> str:
+        done = CliRunner().invoke(
+            reliable, ["report", "bt.tally", *args], obj=SimpleNamespace(app=importer.app)
+        )
+        assert done.exit_code == 0, done.output
+        return str(done.output)
+
+    assert "Batch callback" not in report()
+    label = key("report")
+    both = {"on_complete": importer.tally.s(label), "on_success": importer.tally.s(label)}
+    hold = key("hold")
+    with Batch(**both, description="all good"):
+        importer.row.delay(key("ok"))
+    with Batch(**both, description="one bad"):
+        importer.row.delay(key("bad"), "discard")
+    with Batch(on_complete=importer.tally.s(label), description="held") as held:
+        importer.row.delay(hold, "wait")
+    importer.wait_got(label, 3)  # both of the good one's, on_complete of the bad one's
+    lines = [x for x in report().splitlines() if x.startswith("- Batch callback")]
+    data = json.loads(report("--json"))["batch_callback"]
+    importer.effects.set(f"release:{hold}", 1)
+    importer.wait_got(label, 4)
+    created = data[0]["last"]["created_at"]
+    assert lines == [
+        "- Batch callback: `on_complete` of 3 batches kept: 2 fired, 1 waiting for their last "
+        f"member; the newest `{held.id}` ('held'), sealed 0/1, created {created} (its task id "
+        f"`{held.id}-on_complete`)",
+        "- Batch callback: `on_success` of 2 batches kept: 1 fired, 1 not fired (a member "
+        "ended discarded, exhausted or failed); the newest "
+        f"`{data[1]['last']['batch']}` ('one bad'), completed 1/1, created "
+        f"{data[1]['last']['created_at']}, completed {data[1]['last']['completed_at']} (its "
+        f"task id `{data[1]['last']['batch']}-on_success`)",
+    ]
+    assert [(u["which"], u["batches"], u["fired"], u["skipped"], u["waiting"]) for u in data] == [
+        ("on_complete", 3, 2, 0, 1),
+        ("on_success", 2, 1, 1, 0),
+    ]
+    assert data[0]["last"] == {
+        "batch": held.id,
+        "description": "held",
+        "state": "sealed",
+        "done": 0,
+        "total": 1,
+        "created_at": created,
+        "completed_at": None,
+    }
+    # docs/cli.md's example line has the shape of the report's.
+    shown = marked_block(DOCS / "cli.md", "report-batch-callback-line", "text").strip()
+    uuid_ = r"`[0-9a-f-]+(\.\.\.)?"
+    assert re.fullmatch(
+        rf"- Batch callback: `on_complete` of \d+ batches kept: \d+ fired, \d+ waiting for "
+        rf"their last member; the newest {uuid_}` \('[^']*'\), sealed \d+/\d+, created "
+        rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ \(its task id {uuid_}-on_complete`\)",
+        shown,
+    ), shown
+    # Once the held member ended, its batch completed and fired it.
+    [complete, _] = json.loads(report("--json"))["batch_callback"]
+    assert (complete["fired"], complete["waiting"]) == (3, 0)
+    assert complete["last"]["state"] == "completed"

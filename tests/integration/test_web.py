@@ -25,7 +25,16 @@ from tests.support.servers import free_port
 from tests.support.web import ROOT, Client, form_token, web_env, web_server
 
 APP = "tests.support.apps.web"
-PAGES = ["/", "/dead-letters", "/receipts", "/locks", "/gates", "/workers", "/static/style.css"]
+PAGES = [
+    "/",
+    "/dead-letters",
+    "/batches",
+    "/receipts",
+    "/locks",
+    "/gates",
+    "/workers",
+    "/static/style.css",
+]
 
 
 def load_app(env: dict[str, str]) -> ModuleType:

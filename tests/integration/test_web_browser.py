@@ -519,3 +519,61 @@ def click_filter(browser: Any) -> None:
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
     left(browser, page)
     loaded(browser)
+
+
+def test_a_batch_is_followed_from_its_progress_bar_to_a_members_dead_letter(
+    shop: Any, site: str, browser: Any, broker: redis.Redis
+) -> None:
+    """A real batch of three charges, one declined, run by the worker: the listing draws
+    its bar two thirds green and one third red, its page says the callback fired and
+    links the declined member's dead letter, which opens."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from celery_reliable import Batch
+
+    broker.sadd(shop.REFUSED, "charge:903")
+    with Batch(on_complete=shop.summarize.s(), description="orders <901-903>") as batch:
+        for order in (901, 902, 903):
+            shop.charge.delay(order)
+    [summary] = wait_until(
+        lambda: [
+            s
+            for s in map(json.loads, broker.lrange(shop.SUMMARIES, 0, -1))
+            if s["batch"] == batch.id
+        ],
+        "the batch's on_complete",
+    )
+    assert summary["outcomes"]["succeeded"] == 2 and summary["outcomes"]["discarded"] == 1
+    [letter] = [d for d in letters_of(shop, "web.charge") if d.task_id in summary["failed"]]
+
+    browser.get(f"{site}/batches")
+    row = browser.find_element(By.ID, f"batch-{batch.id}")
+    assert "completed" in row.text and "3/3 · 100%" in row.text
+    assert "orders <901-903>" in row.text  # the description as text
+    # The bar as drawn: green over two thirds of its width, red over the last third.
+    bar = row.find_element(By.CSS_SELECTOR, "svg.progress")
+    ok = row.find_element(By.CSS_SELECTOR, "svg.progress rect.ok")
+    bad = row.find_element(By.CSS_SELECTOR, "svg.progress rect.error")
+    width = bar.rect["width"]
+    assert abs(ok.rect["width"] - width * 2 / 3) <= 1.5, (ok.rect, width)
+    assert abs(bad.rect["width"] - width / 3) <= 1.5 and bad.rect["x"] > ok.rect["x"]
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 1366
+    screenshot(browser, "batches")
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    row.find_element(By.LINK_TEXT, batch.id).click()
+    left(browser, page)
+    loaded(browser)
+    callback = text_of(browser, "callback-on_complete")
+    assert f"{batch.id}-on_complete" in callback and "fired: succeeded" in callback
+    member = browser.find_element(By.ID, f"member-{letter.task_id}")
+    assert "discarded" in member.text
+    screenshot(browser, "batch")
+    page = browser.find_element(By.TAG_NAME, "html")
+    member.find_element(By.CSS_SELECTOR, "a.dead-letter").click()
+    left(browser, page)
+    loaded(browser)
+    assert browser.find_element(By.TAG_NAME, "h1").text == f"Dead letter {letter.id}"
+    assert "card declined for order 903" in text_of(browser, "exception")

@@ -4,6 +4,7 @@ web`` and run in an embedded worker: charges and shipments a Redis flag makes fa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 
@@ -134,3 +135,19 @@ def export(self: ReliableTask, order_id: int) -> str:
         self.heartbeat(progress=None, order=order_id)
         time.sleep(0.1)  # the work between two beats
     return "exported"
+
+
+#: The summaries ``web.summarize`` got, as JSON (the batches' browser test).
+SUMMARIES = "web:summaries"
+
+
+@app.task(
+    base=ReliableTask,
+    shared=False,
+    name="web.summarize",
+    timeout=10,
+    waive={"idempotency": "a test"},
+)
+def summarize(summary: dict[str, object]) -> None:
+    """A batch's on_complete: keeps the summary it got."""
+    _redis().rpush(SUMMARIES, json.dumps(summary))
