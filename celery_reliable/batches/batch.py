@@ -3,7 +3,7 @@ published inside the block are the batch's members.
 
 How a publish becomes a member: while the block runs, in this thread (or asyncio
 task: a context variable), the app's ``send_task_message`` (Celery's closure, wrapped
-once per app as the outbox wraps it, ``outbox/message.py``) stamps the batch's id in
+once per app, as the outbox's capture wraps it: ``delivery/send_hook.py``) stamps the batch's id in
 the message's headers (``headers.BATCH_HEADER``) and, once the broker took the
 message, adds its task id to the batch. Whatever publishes goes through it:
 ``delay``, ``apply_async``, signatures, groups and chords (their header tasks), the
@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import uuid
 from contextvars import ContextVar, Token
-from threading import Lock
 from types import TracebackType
 from typing import Any
 
 from celery import Celery, current_app
 from celery.canvas import Signature
 
+from celery_reliable.delivery.send_hook import SendTaskMessage, wrap_send_task_message
 from celery_reliable.errors import BatchError
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.task import ReliableTask
@@ -52,7 +52,6 @@ _current: ContextVar[Batch | None] = ContextVar("reliable_batch", default=None)
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` stamps batches' members.
 _INSTALLED = "_reliable_batch_sender"
-_install_lock = Lock()
 
 
 def current_batch() -> Batch | None:
@@ -212,15 +211,10 @@ def _check_callback(app: Celery, name: str, sig: Signature | None) -> None:
 
 def _install(app: Celery) -> None:
     """Once per app, in a process that opens a batch: its ``send_task_message`` wrapped
-    to stamp and count the members of the batch open in the caller's context."""
-    amqp: Any = app.amqp
-    if amqp.__dict__.get(_INSTALLED):
-        return
-    with _install_lock:
-        if amqp.__dict__.get(_INSTALLED):
-            return
-        send = amqp.send_task_message
+    to stamp and count the members of the batch open in the caller's context
+    (``delivery/send_hook.py``)."""
 
+    def wrap(send: SendTaskMessage) -> SendTaskMessage:
         def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
             batch = _current.get()
             if batch is None or batch.app is not app:
@@ -231,5 +225,6 @@ def _install(app: Celery) -> None:
                 batch._members.append((task_id, name))
             return sent
 
-        amqp.send_task_message = send_task_message
-        amqp.__dict__[_INSTALLED] = True
+        return send_task_message
+
+    wrap_send_task_message(app, _INSTALLED, wrap)
