@@ -12,7 +12,10 @@ member. A publish outside any block costs one context-variable read.
 
 At the block's exit the batch is sealed: its members are known, and the one that ends
 last (or the seal itself, when every member ended before it, or there is none)
-completes it (``store/batches.py``). A block that raised seals the batch
+completes it (``store/batches.py``). A ``publish_in`` member is one if its transaction
+commits (``publish_in`` tells the batch which transaction, ``context.py``): the seal
+counts the members' rows, and is written in that transaction when the block exits
+while it is still open (``ending.seal``). A block that raised seals the batch
 "abandoned": its members run and are counted, its callbacks never fire.
 
 Decided (``docs/batches.md``):
@@ -35,28 +38,28 @@ Decided (``docs/batches.md``):
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar, Token
+from contextvars import Token
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, current_app
 from celery.canvas import Signature
 
+from celery_reliable.batches.context import current as _current
+from celery_reliable.batches.context import current_batch
 from celery_reliable.delivery.send_hook import SendTaskMessage, wrap_send_task_message
 from celery_reliable.errors import BatchError
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.task import ReliableTask
 
-#: The batch whose block runs in this context, if any.
-_current: ContextVar[Batch | None] = ContextVar("reliable_batch", default=None)
+if TYPE_CHECKING:
+    from celery_reliable.batches.context import Transaction
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` stamps batches' members.
 _INSTALLED = "_reliable_batch_sender"
 
 
-def current_batch() -> Batch | None:
-    """The batch whose block runs in this context (None outside any)."""
-    return _current.get()
+__all__ = ["Batch", "current_batch"]
 
 
 class Batch:
@@ -99,6 +102,8 @@ class Batch:
         #: takes).
         self.id = str(uuid.uuid4())
         self._members: list[tuple[str, str]] = []
+        #: The members ``publish_in`` wrote, by the transaction it wrote them in.
+        self._written: list[tuple[Transaction, list[str]]] = []
         self._state = "new"
         self._token: Token[Batch | None] | None = None
 
@@ -161,7 +166,12 @@ class Batch:
 
         abandon = exc_type is not None
         self._state = "abandoned" if abandon else "sealed"
-        seal(self.app, self.id, list(self._members), abandon=abandon)
+        seal(self.app, self.id, list(self._members), self._written, abandon=abandon)
+
+    def _written_in(self, transaction: Transaction, task_ids: list[str]) -> None:
+        """``publish_in`` wrote these members in the caller's ``transaction``: they are
+        members if, and once, it commits."""
+        self._written.append((transaction, task_ids))
 
     def _stamp(self, name: str, headers: dict[str, Any]) -> str | None:
         """The member's task id once its headers carry the batch; None: not a member."""

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 
-from celery_reliable.errors import StoreUnavailable
+from celery_reliable.errors import BatchError, StoreUnavailable
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outcomes import Outcome
 from celery_reliable.signals import OutcomeEvent, task_outcome
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from celery import Celery
     from sqlalchemy.engine import Connection
 
+    from celery_reliable.batches.context import Transaction
     from celery_reliable.store.batches import BatchRow, OnCompleted
 
 logger = logging.getLogger("celery_reliable.batches")
@@ -118,16 +119,83 @@ def fire_in(app: Celery) -> OnCompleted:
     return fire
 
 
-def seal(app: Celery, batch_id: str, members: list[tuple[str, str]], *, abandon: bool) -> None:
-    """The block exited: the batch's membership is final (``Batch.__exit__``)."""
+def seal(
+    app: Celery,
+    batch_id: str,
+    members: list[tuple[str, str]],
+    written: list[tuple[Transaction, list[str]]],
+    *,
+    abandon: bool,
+) -> None:
+    """The block exited: the batch's membership is final (``Batch.__exit__``).
+
+    ``members``: every publish of the block (task id, task name); ``written``: those
+    ``publish_in`` wrote, by transaction. Their rows are the transaction's: once it
+    ended, they are in the store if it committed, and not if it rolled back, so the
+    seal counts the rows (``store/batches.py``). A transaction still open (the block
+    ran inside it): the seal is written in it too, and commits with its members; if it
+    rolls back, the batch is sealed again without them, once it did.
+    """
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
 
     store = require_store(app, "Batch")
+    through_outbox = {task_id for _, task_ids in written for task_id in task_ids}
     # One task id is one member, however many times it was published (a message sent
     # twice by hand, like a redelivery, ends once).
-    distinct = list(dict(members).items())
-    store.batches.seal(batch_id, distinct, utcnow(), fire_in(app), abandon=abandon)
+    direct = [
+        (task_id, name) for task_id, name in dict(members).items() if task_id not in through_outbox
+    ]
+    still_open = {id(t.key): t for t, _ in written if t.in_transaction()}
+    if not still_open:
+        store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
+        return
+    if len(still_open) > 1:
+        raise BatchError(
+            f"batch {batch_id}: its block exits while publish_in members of it are in "
+            f"{len(still_open)} transactions still open, and it can be sealed in one "
+            "only: commit (or roll back) all but one before the block exits"
+        )
+    [transaction] = still_open.values()
+    transaction.seal(batch_id, direct, utcnow(), fire_in(app), abandon)
+
+    def rolled_back() -> None:
+        _seal_after_rollback(app, batch_id, direct, abandon=abandon)
+
+    if not transaction.on_rollback(rolled_back):
+        logger.debug(
+            "batch %s: sealed in the open transaction of its publish_in members; if it "
+            "rolls back, the batch stays open",
+            batch_id,
+        )
+
+
+def _seal_after_rollback(
+    app: Celery, batch_id: str, direct: list[tuple[str, str]], *, abandon: bool
+) -> None:
+    """The transaction that held the seal rolled back, with its publish_in members:
+    the batch is sealed again, with the members that were sent."""
+    from celery_reliable.store import require_store
+    from celery_reliable.store.timeutil import utcnow
+
+    try:
+        store = require_store(app, "Batch")
+        store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
+    except LookupError:
+        return  # sealed already: a later transaction of the session rolled back
+    except Exception:
+        logger.exception(
+            "batch %s: the transaction of its publish_in members rolled back, and the "
+            "batch could not be sealed without them; it stays open",
+            batch_id,
+        )
+        return
+    logger.info(
+        "batch %s: the transaction of its publish_in members rolled back; sealed with "
+        "the %d members sent",
+        batch_id,
+        len(direct),
+    )
 
 
 def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:

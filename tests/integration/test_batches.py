@@ -30,6 +30,7 @@ import redis
 import sqlalchemy as sa
 from celery import Celery, chord, group
 from celery.signals import task_retry
+from sqlalchemy.orm import Session
 
 from celery_reliable import Batch, Cancel, Discard, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
@@ -512,3 +513,72 @@ def test_a_member_that_ends_while_the_store_cannot_count_it_is_counted_once_it_c
     stored = importer.store.batches.get(batch.id)
     assert stored is not None and (stored.state, stored.done, stored.total) == ("completed", 2, 2)
     assert [e.outcome.value for e in outcomes.for_id(last.id)] == ["succeeded"]
+
+
+def test_a_publish_in_member_whose_transaction_rolled_back_before_the_seal_is_not_one(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    """Transactions inside the block: the one that rolled back took its member with it;
+    the batch completes with the members that were sent."""
+    label, gone = key("rolled"), key("gone")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with Batch(**callbacks(importer, label)) as batch:
+            sent = importer.row.delay(key("sent"))
+            with Session(engine) as session:
+                session.begin()
+                rolled = publish_in(session, importer.row.s(gone))
+                session.rollback()
+            with engine.connect() as connection:
+                transaction = connection.begin()
+                publish_in(connection, importer.row.s(gone))
+                transaction.rollback()
+            with engine.begin() as connection:
+                committed = publish_in(connection, importer.row.s(key("committed")))
+    finally:
+        engine.dispose()
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)
+    settle(importer.app)
+    assert importer.runs(gone) == 0
+    assert {t for t, _, _ in importer.store.batches.members(batch.id)} == {sent.id, committed.id}
+    assert rolled.id in batch.members  # published in the block, whatever became of it
+
+
+@pytest.mark.parametrize("given", ["session", "connection"])
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_a_block_inside_the_transaction_of_its_publish_in_members_is_sealed_with_it(
+    importer: Importer, worker: Any, module_store_url: str, given: str, end: str
+) -> None:
+    """The block exits before the transaction ends: the seal is written in it. Committed,
+    the batch counts its members; rolled back, it is sealed again without them, and
+    completes with the members that were sent."""
+    label, in_transaction = key(f"inside-{end}"), key("in-transaction")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with Session(engine) as session, engine.connect() as connection:
+            transaction = session.begin() if given == "session" else connection.begin()
+            caller = session if given == "session" else connection
+            with Batch(**callbacks(importer, label)) as batch:
+                importer.row.delay(key("sent"))
+                publish_in(caller, importer.row.s(in_transaction))
+                publish_in(caller, importer.row.s(in_transaction + "-2"))
+            if end == "commit":
+                transaction.commit()
+            else:
+                transaction.rollback()
+    finally:
+        engine.dispose()
+    total = 3 if end == "commit" else 1
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == total and summary["outcomes"] == counts(succeeded=total)
+    settle(importer.app)
+    assert importer.runs(in_transaction) == (1 if end == "commit" else 0)
+    stored = importer.store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == (
+        "completed",
+        total,
+        total,
+    )
