@@ -169,3 +169,60 @@ def test_a_batch_member_whose_atomic_block_rolled_back_is_not_one(
         engine.dispose()
     assert tuple(row) == ("completed", 2, 2)
     assert members == {sent, committed}
+
+
+INSIDE_SCRIPT = """
+import django
+django.setup()
+from django.db import transaction
+from celery_reliable import Batch
+from tests.support.apps.django_crash.tasks import note
+
+class Rollback(Exception):
+    pass
+
+with transaction.atomic():
+    with Batch(on_complete=note.s()) as committed:
+        note.delay(30)
+        note.delay(31)
+try:
+    with transaction.atomic():
+        with Batch(on_complete=note.s()) as rolled_back:
+            rolled = note.delay(32)
+        raise Rollback()
+except Rollback:
+    pass
+print(committed.id, rolled_back.id, rolled.id)
+"""
+
+
+# SQLite: Django's "transaction_mode": "IMMEDIATE" holds the write lock from the
+# block's start, which opening a batch inside it would wait for (docs/batches.md).
+@pytest.mark.only_store("postgresql")
+def test_a_batch_block_inside_atomic_is_sealed_with_its_transaction(
+    shop_env: dict[str, str], worker: WorkerProcess, migrated: str
+) -> None:
+    """Committed: the seal and the members commit together, and the batch completes.
+    Rolled back: Django says nothing of it, so the batch stays open (documented), and
+    its member was never sent."""
+    committed, rolled_back, rolled = python(shop_env, "-c", INSIDE_SCRIPT).split()
+    broker = shop_env["REDIS_URL"]
+    client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
+    try:
+        summary = client.AsyncResult(f"{committed}-on_complete").get(timeout=60)
+        assert "'total': 2" in summary and "'succeeded': 2" in summary, worker.output
+        assert client.AsyncResult(rolled).state == "PENDING"
+    finally:
+        client.close()
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            states = dict(
+                connection.execute(
+                    sa.text("SELECT id, state FROM reliable_batches WHERE id IN (:a, :b)"),
+                    {"a": committed, "b": rolled_back},
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert states == {committed: "completed", rolled_back: "open"}
