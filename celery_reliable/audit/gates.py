@@ -235,8 +235,8 @@ def _tasks_of(app: Celery) -> tuple[dict[str, Any], list[str]]:
     for name, instance in app.tasks.items():
         if isinstance(instance, ReliableTask) or getattr(instance.run, RULES_ATTR, None):
             audited[name] = instance
-        elif not name.startswith("celery."):
-            plain.append(name)
+        elif not name.startswith(("celery.", "celery_reliable.")):
+            plain.append(name)  # not Celery's own, nor ours (a batch's ending)
     return audited, plain
 
 

@@ -3,7 +3,7 @@ published inside the block are the batch's members.
 
 How a publish becomes a member: while the block runs, in this thread (or asyncio
 task: a context variable), the app's ``send_task_message`` (Celery's closure, wrapped
-once per app as the outbox wraps it, ``outbox/message.py``) stamps the batch's id in
+once per app, as the outbox's capture wraps it: ``delivery/send_hook.py``) stamps the batch's id in
 the message's headers (``headers.BATCH_HEADER``) and, once the broker took the
 message, adds its task id to the batch. Whatever publishes goes through it:
 ``delay``, ``apply_async``, signatures, groups and chords (their header tasks), the
@@ -12,7 +12,10 @@ member. A publish outside any block costs one context-variable read.
 
 At the block's exit the batch is sealed: its members are known, and the one that ends
 last (or the seal itself, when every member ended before it, or there is none)
-completes it (``store/batches.py``). A block that raised seals the batch
+completes it (``store/batches.py``). A ``publish_in`` member is one if its transaction
+commits (``publish_in`` tells the batch which transaction, ``context.py``): the seal
+counts the members' rows, and is written in that transaction when the block exits
+while it is still open (``ending.seal``). A block that raised seals the batch
 "abandoned": its members run and are counted, its callbacks never fire.
 
 Decided (``docs/batches.md``):
@@ -35,29 +38,28 @@ Decided (``docs/batches.md``):
 from __future__ import annotations
 
 import uuid
-from contextvars import ContextVar, Token
-from threading import Lock
+from contextvars import Token
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, current_app
 from celery.canvas import Signature
 
+from celery_reliable.batches.context import current as _current
+from celery_reliable.batches.context import current_batch
+from celery_reliable.delivery.send_hook import SendTaskMessage, wrap_send_task_message
 from celery_reliable.errors import BatchError
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.task import ReliableTask
 
-#: The batch whose block runs in this context, if any.
-_current: ContextVar[Batch | None] = ContextVar("reliable_batch", default=None)
+if TYPE_CHECKING:
+    from celery_reliable.batches.context import Transaction
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` stamps batches' members.
 _INSTALLED = "_reliable_batch_sender"
-_install_lock = Lock()
 
 
-def current_batch() -> Batch | None:
-    """The batch whose block runs in this context (None outside any)."""
-    return _current.get()
+__all__ = ["Batch", "current_batch"]
 
 
 class Batch:
@@ -100,6 +102,8 @@ class Batch:
         #: takes).
         self.id = str(uuid.uuid4())
         self._members: list[tuple[str, str]] = []
+        #: The members ``publish_in`` wrote, by the transaction it wrote them in.
+        self._written: list[tuple[Transaction, list[str]]] = []
         self._state = "new"
         self._token: Token[Batch | None] | None = None
 
@@ -162,7 +166,12 @@ class Batch:
 
         abandon = exc_type is not None
         self._state = "abandoned" if abandon else "sealed"
-        seal(self.app, self.id, list(self._members), abandon=abandon)
+        seal(self.app, self.id, list(self._members), self._written, abandon=abandon)
+
+    def _written_in(self, transaction: Transaction, task_ids: list[str]) -> None:
+        """``publish_in`` wrote these members in the caller's ``transaction``: they are
+        members if, and once, it commits."""
+        self._written.append((transaction, task_ids))
 
     def _stamp(self, name: str, headers: dict[str, Any]) -> str | None:
         """The member's task id once its headers carry the batch; None: not a member."""
@@ -212,15 +221,10 @@ def _check_callback(app: Celery, name: str, sig: Signature | None) -> None:
 
 def _install(app: Celery) -> None:
     """Once per app, in a process that opens a batch: its ``send_task_message`` wrapped
-    to stamp and count the members of the batch open in the caller's context."""
-    amqp: Any = app.amqp
-    if amqp.__dict__.get(_INSTALLED):
-        return
-    with _install_lock:
-        if amqp.__dict__.get(_INSTALLED):
-            return
-        send = amqp.send_task_message
+    to stamp and count the members of the batch open in the caller's context
+    (``delivery/send_hook.py``)."""
 
+    def wrap(send: SendTaskMessage) -> SendTaskMessage:
         def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
             batch = _current.get()
             if batch is None or batch.app is not app:
@@ -231,5 +235,6 @@ def _install(app: Celery) -> None:
                 batch._members.append((task_id, name))
             return sent
 
-        amqp.send_task_message = send_task_message
-        amqp.__dict__[_INSTALLED] = True
+        return send_task_message
+
+    wrap_send_task_message(app, _INSTALLED, wrap)

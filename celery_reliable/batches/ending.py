@@ -15,6 +15,15 @@ id). Callbacks are ordinary tasks: their own rules, retries and dead letters.
 The ending is counted when the outcome is sent: after a retry's re-publish, before
 the message is acked. A worker killed after the count and before the ack runs the
 message again; that second ending is not counted (the first one stands).
+
+A store that cannot be reached then: the ending waits in the broker, as a message of
+the task ``celery_reliable.batch_ending`` (registered on every app, like Celery's own
+``celery.*`` tasks) sent to the member's queue before the member's message is acked.
+Whichever worker takes it counts the ending once the store answers, retrying with a
+backoff until then; it is acked late (a worker killed while it holds it leaves it to
+the next), and counting is once per task id, so the ending message and a redelivered
+member that ends again cannot count twice. Nothing of it is held in a process's
+memory, and the member's body never runs again for it.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from celery import Task, shared_task
+
+from celery_reliable.errors import BatchError, StoreUnavailable
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outcomes import Outcome
 from celery_reliable.signals import OutcomeEvent, task_outcome
@@ -30,12 +42,19 @@ if TYPE_CHECKING:
     from celery import Celery
     from sqlalchemy.engine import Connection
 
+    from celery_reliable.batches.context import Transaction
     from celery_reliable.store.batches import BatchRow, OnCompleted
 
 logger = logging.getLogger("celery_reliable.batches")
 
 #: Not an end: the job runs again under the same task id.
 _NOT_AN_END = frozenset({Outcome.RETRIED, Outcome.SNOOZED})
+
+#: The task that counts an ending the store could not take when the member ended.
+ENDING_TASK = "celery_reliable.batch_ending"
+#: Seconds between two tries of it while the store does not answer: doubling, capped.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
 
 
 def serialized(sig: Any) -> str | None:
@@ -100,16 +119,83 @@ def fire_in(app: Celery) -> OnCompleted:
     return fire
 
 
-def seal(app: Celery, batch_id: str, members: list[tuple[str, str]], *, abandon: bool) -> None:
-    """The block exited: the batch's membership is final (``Batch.__exit__``)."""
+def seal(
+    app: Celery,
+    batch_id: str,
+    members: list[tuple[str, str]],
+    written: list[tuple[Transaction, list[str]]],
+    *,
+    abandon: bool,
+) -> None:
+    """The block exited: the batch's membership is final (``Batch.__exit__``).
+
+    ``members``: every publish of the block (task id, task name); ``written``: those
+    ``publish_in`` wrote, by transaction. Their rows are the transaction's: once it
+    ended, they are in the store if it committed, and not if it rolled back, so the
+    seal counts the rows (``store/batches.py``). A transaction still open (the block
+    ran inside it): the seal is written in it too, and commits with its members; if it
+    rolls back, the batch is sealed again without them, once it did.
+    """
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
 
     store = require_store(app, "Batch")
+    through_outbox = {task_id for _, task_ids in written for task_id in task_ids}
     # One task id is one member, however many times it was published (a message sent
     # twice by hand, like a redelivery, ends once).
-    distinct = list(dict(members).items())
-    store.batches.seal(batch_id, distinct, utcnow(), fire_in(app), abandon=abandon)
+    direct = [
+        (task_id, name) for task_id, name in dict(members).items() if task_id not in through_outbox
+    ]
+    still_open = {id(t.key): t for t, _ in written if t.in_transaction()}
+    if not still_open:
+        store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
+        return
+    if len(still_open) > 1:
+        raise BatchError(
+            f"batch {batch_id}: its block exits while publish_in members of it are in "
+            f"{len(still_open)} transactions still open, and it can be sealed in one "
+            "only: commit (or roll back) all but one before the block exits"
+        )
+    [transaction] = still_open.values()
+    transaction.seal(batch_id, direct, utcnow(), fire_in(app), abandon)
+
+    def rolled_back() -> None:
+        _seal_after_rollback(app, batch_id, direct, abandon=abandon)
+
+    if not transaction.on_rollback(rolled_back):
+        logger.debug(
+            "batch %s: sealed in the open transaction of its publish_in members; if it "
+            "rolls back, the batch stays open",
+            batch_id,
+        )
+
+
+def _seal_after_rollback(
+    app: Celery, batch_id: str, direct: list[tuple[str, str]], *, abandon: bool
+) -> None:
+    """The transaction that held the seal rolled back, with its publish_in members:
+    the batch is sealed again, with the members that were sent."""
+    from celery_reliable.store import require_store
+    from celery_reliable.store.timeutil import utcnow
+
+    try:
+        store = require_store(app, "Batch")
+        store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
+    except LookupError:
+        return  # sealed already: a later transaction of the session rolled back
+    except Exception:
+        logger.exception(
+            "batch %s: the transaction of its publish_in members rolled back, and the "
+            "batch could not be sealed without them; it stays open",
+            batch_id,
+        )
+        return
+    logger.info(
+        "batch %s: the transaction of its publish_in members rolled back; sealed with "
+        "the %d members sent",
+        batch_id,
+        len(direct),
+    )
 
 
 def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any) -> None:
@@ -119,8 +205,13 @@ def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any)
     batch_id = headers.get(BATCH_HEADER) if isinstance(headers, dict) else None
     if batch_id is None or event.outcome in _NOT_AN_END:
         return
+    app, task_id = event.task.app, str(event.task_id)
     try:
-        member_ended(event.task.app, str(batch_id), event)
+        count_ending(app, str(batch_id), task_id, event.task_name, event.outcome.value)
+    except StoreUnavailable as exc:
+        count_later(
+            app, str(batch_id), task_id, event.task_name, event.outcome.value, event.queue, exc
+        )
     except Exception:
         logger.exception(
             "batch %s: could not count the end (%s) of member %s[%s]",
@@ -131,18 +222,92 @@ def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any)
         )
 
 
-def member_ended(app: Celery, batch_id: str, event: OutcomeEvent) -> None:
+def count_ending(
+    app: Celery, batch_id: str, task_id: str, task_name: str, outcome: str
+) -> BatchRow | None:
+    """Count one member's ending (once per task id); the batch when it completed it."""
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
 
     store = require_store(app, "a batch member")
-    store.batches.member_ended(
+    return store.batches.member_ended(batch_id, task_id, task_name, outcome, utcnow(), fire_in(app))
+
+
+def count_later(  # noqa: PLR0917 - one member's ending, and where it came from
+    app: Celery,
+    batch_id: str,
+    task_id: str,
+    task_name: str,
+    outcome: str,
+    queue: str | None,
+    error: StoreUnavailable,
+) -> None:
+    """The store did not answer: the ending goes to the broker, as a message of
+    :data:`ENDING_TASK` on the member's own queue (a worker of this app consumes it),
+    sent before the member's message is acked."""
+    from celery_reliable.store import store_for
+
+    store = store_for(app)
+    if store is not None:
+        store.outage.failed(error)
+    try:
+        app.send_task(ENDING_TASK, args=(batch_id, task_id, task_name, outcome), queue=queue)
+    except Exception:
+        logger.exception(
+            "batch %s: the end (%s) of member %s[%s] is not counted: the store does not "
+            "answer (%s) and the broker did not take it for later; `celery reliable "
+            "batch show %s` names the member",
+            batch_id,
+            outcome,
+            task_name,
+            task_id,
+            error,
+            batch_id,
+        )
+        return
+    logger.warning(
+        "batch %s: the store does not answer (%s); the end (%s) of member %s[%s] waits "
+        "in the broker (%s on queue %s) and is counted once it answers",
         batch_id,
-        str(event.task_id),
-        event.task_name,
-        event.outcome.value,
-        utcnow(),
-        fire_in(app),
+        error,
+        outcome,
+        task_name,
+        task_id,
+        ENDING_TASK,
+        queue or "(default)",
+    )
+
+
+@shared_task(
+    name=ENDING_TASK,
+    bind=True,
+    base=Task,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    max_retries=None,
+)
+def batch_ending(
+    self: Task[Any, None], batch_id: str, task_id: str, task_name: str, outcome: str
+) -> None:
+    """Count an ending the store could not take when its member ended
+    (:func:`count_later`); retried until the store answers."""
+    from celery_reliable.store import require_store
+
+    store = require_store(self.app, "a batch member's ending")
+    try:
+        count_ending(self.app, batch_id, task_id, task_name, outcome)
+    except StoreUnavailable as exc:
+        store.outage.failed(exc)
+        tries = int(self.request.retries or 0)
+        raise self.retry(countdown=min(RETRY_MAX, RETRY_FIRST * 2**tries)) from None
+    store.outage.answered()
+    logger.info(
+        "batch %s: the end (%s) of member %s[%s] counted, the store answering again",
+        batch_id,
+        outcome,
+        task_name,
+        task_id,
     )
 
 

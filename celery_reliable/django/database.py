@@ -1,7 +1,8 @@
 """Django's database as the store: its SQLAlchemy URL, its migrations, and ``atomic()``
 as Django's ``transaction.atomic()`` with the receipt marked (or, inside a step, held)
 and a step's cursor written inside it, with Django's cursor; and the outbox's rows
-written with it (``publish_in``)."""
+written with it (``publish_in``), with a batch's members among them and, when the
+batch's block exits inside the transaction, its seal."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import ImproperlyConfigured
 from sqlalchemy.engine import URL
 
+from celery_reliable.store.batches import ABANDONED, SEALED, seal_sql
 from celery_reliable.store.outbox import CHANNEL as OUTBOX_CHANNEL
 from celery_reliable.store.receipts import IN_PROGRESS, SUCCEEDED, lease_lost
-from celery_reliable.store.schema import VERSION_TABLE, outbox, receipts, steps
+from celery_reliable.store.schema import VERSION_TABLE, batch_members, outbox, receipts, steps
 from celery_reliable.store.timeutil import utcnow
 
 if TYPE_CHECKING:
@@ -261,6 +263,40 @@ def write_outbox(connection: Any, rows: list[dict[str, Any]]) -> None:
         cursor.executemany(_WRITE_OUTBOX, values)
         if vendor == "postgresql":
             cursor.execute(_NOTIFY_OUTBOX)
+
+
+#: A batch's members, pending (``store/batches.py``), and its seal, for Django's cursor.
+_PENDING_MEMBERS = (
+    f"INSERT INTO {batch_members.name} (batch_id, task_id, task_name) VALUES (%s, %s, %s) "
+    "ON CONFLICT (batch_id, task_id) DO NOTHING"
+)
+#: Its parameters: the batch's id (the count), the time, the batch's id (the row).
+_SEAL_BATCH = {state: seal_sql(state, param="%s", now="%s") for state in (SEALED, ABANDONED)}
+
+
+def write_batch_members(connection: Any, members: list[tuple[str, str, str]]) -> None:
+    """Batch members (batch id, task id, task name) written pending with Django's
+    cursor, in its open transaction: members once it commits (``publish_in``)."""
+    with connection.cursor() as cursor:
+        cursor.executemany(_PENDING_MEMBERS, [list(member) for member in members])
+
+
+def seal_batch_in(
+    connection: Any, batch_id: str, members: list[tuple[str, str]], *, abandon: bool
+) -> None:
+    """A batch sealed with Django's cursor, in the open transaction that holds members
+    ``publish_in`` wrote (``store/batches.py``'s seal): it commits with them. It cannot
+    complete the batch: those members have not run."""
+    vendor = connection.vendor
+    with connection.cursor() as cursor:
+        if members:
+            cursor.executemany(
+                _PENDING_MEMBERS, [[batch_id, task_id, name] for task_id, name in members]
+            )
+        now = _as_column(vendor, utcnow())
+        cursor.execute(_SEAL_BATCH[ABANDONED if abandon else SEALED], [batch_id, now, batch_id])
+        if cursor.rowcount != 1:
+            raise LookupError(f"batch {batch_id} is not open")
 
 
 def schema_version(connection: Any) -> str | None:

@@ -238,8 +238,8 @@ def routed_queues(app: Any) -> set[str]:
     found = set(app.amqp.queues.keys())
     router = app.amqp.router
     for name in list(app.tasks):
-        if name.startswith("celery."):
-            continue
+        if name.startswith(("celery.", "celery_reliable.")):
+            continue  # Celery's own and ours (a batch's ending), routed where sent
         try:
             # A router function may look at the arguments: none are given here.
             queue = router.route({}, name, (), {}).get("queue")

@@ -20,12 +20,12 @@ from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from threading import Lock
 from typing import Any
 
 from kombu import Producer, Queue
 from kombu.utils.json import dumps, loads
 
+from celery_reliable.delivery.send_hook import SendTaskMessage, wrap_send_task_message
 from celery_reliable.headers import OUTBOX_HEADER
 from celery_reliable.store.outbox import OutboxRow
 
@@ -197,7 +197,6 @@ _active: ContextVar[Capture | None] = ContextVar("reliable_outbox_capture", defa
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` looks for a capture.
 _INSTALLED = "_reliable_outbox_sender"
-_install_lock = Lock()
 
 
 def capturing() -> bool:
@@ -221,20 +220,15 @@ def capturing_for(app: Any) -> Iterator[Capture]:
 
 def _install(app: Any) -> None:
     """Once per app, in a process that uses ``publish_in``: its ``send_task_message``
-    (Celery's closure, a cached attribute of ``app.amqp``) wrapped to hand a capture
-    over when one is active. Other apps, and processes that never call publish_in, are
-    untouched; a publish with no capture active costs one ContextVar read."""
-    amqp = app.amqp
-    if amqp.__dict__.get(_INSTALLED):
-        return
-    with _install_lock:
-        if amqp.__dict__.get(_INSTALLED):
-            return
-        send = amqp.send_task_message
+    wrapped to hand a capture over when one is active (``delivery/send_hook.py``).
+    Other apps, and processes that never call publish_in, are untouched; a publish
+    with no capture active costs one ContextVar read."""
 
+    def wrap(send: SendTaskMessage) -> SendTaskMessage:
         def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
             capture = _active.get()
             return send(producer if capture is None else capture, name, message, **options)
 
-        amqp.send_task_message = send_task_message
-        amqp.__dict__[_INSTALLED] = True
+        return send_task_message
+
+    wrap_send_task_message(app, _INSTALLED, wrap)

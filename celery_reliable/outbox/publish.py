@@ -5,25 +5,40 @@ The row goes through the caller's connection (a SQLAlchemy ``Session`` or
 ``Connection``, or Django's), never one of the store's: it commits or rolls back with
 the caller's writes. So the store must be that very database; another one is refused
 before anything is written or published.
+
+Inside a ``Batch`` block, the messages it captured are members of the batch: each is
+written pending (``reliable_batch_members``) in the same transaction, and the batch is
+told on which transaction: a member whose transaction rolls back never was one, and
+a block that exits while that transaction is still open is sealed in it
+(``batches/ending.py``).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import weakref
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from celery_reliable.batches.context import current_batch
 from celery_reliable.errors import OutboxError
+from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outbox.message import capturing_for
 from celery_reliable.store import Store, migrate, require_store
+from celery_reliable.store.batches import seal_in, write_members_in
 from celery_reliable.store.outbox import write_in
 from celery_reliable.store.schema import VERSION_TABLE
 from celery_reliable.store.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from celery_reliable.store.batches import BatchRow, OnCompleted
 
 #: Stores whose schema a writer found at head in this process (checked once each).
 _ready: weakref.WeakSet[Store] = weakref.WeakSet()
@@ -58,18 +73,69 @@ def publish_in(session_or_connection: Any, signature: Any, **options: Any) -> An
         )
     now = utcnow()
     target.write([message.columns(now) for message in capture.messages])
+    members = [
+        (str(message.headers[BATCH_HEADER]), message.task_id, message.task_name)
+        for message in capture.messages
+        if BATCH_HEADER in message.headers
+    ]
+    if members:
+        target.write_members(members)
+        batch = current_batch()
+        if batch is not None:
+            batch._written_in(target, [task_id for _, task_id, _ in members])
     return result
 
 
 class _SqlAlchemy:
     """The caller's SQLAlchemy connection (a session's is the one of its transaction)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, session: Session | None = None) -> None:
         self.connection = connection
+        self.session = session
         self.url = connection.engine.url
+        self.key: object = connection
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         write_in(self.connection, rows)
+
+    def write_members(self, members: list[tuple[str, str, str]]) -> None:
+        write_members_in(self.connection, members)
+
+    def in_transaction(self) -> bool:
+        # A session's connection is closed once its transaction ended.
+        return not self.connection.closed and self.connection.in_transaction()
+
+    def seal(
+        self,
+        batch_id: str,
+        members: Sequence[tuple[str, str]],
+        now: datetime,
+        on_completed: OnCompleted,
+        abandon: bool,
+    ) -> BatchRow | None:
+        return seal_in(self.connection, batch_id, members, now, on_completed, abandon=abandon)
+
+    def on_rollback(self, callback: Callable[[], None]) -> bool:
+        if self.session is not None:
+            # After the DBAPI rollback (its locks are gone); one pair of listeners per
+            # session, whatever number of batches are sealed in its transactions.
+            pending = self.session.info.get(_SEALS)
+            if pending is None:
+                pending = self.session.info[_SEALS] = []
+                event.listen(self.session, "after_commit", _forget_seals)
+                event.listen(self.session, "after_rollback", _seal_again)
+            pending.append(callback)
+            return True
+
+        def rolling_back(_connection: Connection) -> None:
+            # Called before the DBAPI rollback, whose locks (the batch's row, SQLite's
+            # write lock) the callback's own transaction then waits for: not here.
+            threading.Thread(
+                target=callback, name="celery_reliable-batch-seal", daemon=True
+            ).start()
+
+        event.listen(self.connection, "rollback", rolling_back, once=True)
+        return True
 
     def holds_sqlite_write_lock(self) -> bool:
         raw = self.connection.connection.dbapi_connection
@@ -92,6 +158,21 @@ class _SqlAlchemy:
         return True
 
 
+#: ``Session.info`` key: what to call if the session's transaction rolls back.
+_SEALS = "celery_reliable.batch_seals"
+
+
+def _forget_seals(session: Session) -> None:
+    session.info.get(_SEALS, []).clear()
+
+
+def _seal_again(session: Session) -> None:
+    pending = session.info.get(_SEALS, [])
+    callbacks, pending[:] = list(pending), []
+    for callback in callbacks:
+        callback()
+
+
 class _Django:
     """Django's connection to one of its ``DATABASES``."""
 
@@ -100,11 +181,36 @@ class _Django:
 
         self.connection = connection
         self.url = make_url(engine_url(connection.alias))
+        self.key: object = connection
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         from celery_reliable.django.database import write_outbox
 
         write_outbox(self.connection, rows)
+
+    def write_members(self, members: list[tuple[str, str, str]]) -> None:
+        from celery_reliable.django.database import write_batch_members
+
+        write_batch_members(self.connection, members)
+
+    def in_transaction(self) -> bool:
+        return bool(self.connection.in_atomic_block)
+
+    def seal(
+        self,
+        batch_id: str,
+        members: Sequence[tuple[str, str]],
+        now: datetime,
+        on_completed: OnCompleted,
+        abandon: bool,
+    ) -> BatchRow | None:
+        from celery_reliable.django.database import seal_batch_in
+
+        seal_batch_in(self.connection, batch_id, list(members), abandon=abandon)
+        return None  # its members in this transaction have not run: it cannot complete
+
+    def on_rollback(self, callback: Callable[[], None]) -> bool:
+        return False  # Django says when a transaction commits (on_commit), never a rollback
 
     def holds_sqlite_write_lock(self) -> bool:
         from celery_reliable.django.database import holds_sqlite_write_lock
@@ -122,7 +228,7 @@ class _Django:
 
 def _target_of(given: Any, store: Store) -> _SqlAlchemy | _Django:
     if isinstance(given, Session):
-        target: _SqlAlchemy | _Django = _SqlAlchemy(given.connection())
+        target: _SqlAlchemy | _Django = _SqlAlchemy(given.connection(), given)
     elif isinstance(given, Connection):
         target = _SqlAlchemy(given)
     elif getattr(given, "__name__", None) == "django.db.transaction":

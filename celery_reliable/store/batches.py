@@ -2,6 +2,12 @@
 block, sealed at its exit, counted by one statement per member ending, completed by
 exactly one writer.
 
+The seal's ``total`` is the count of the batch's member rows as its transaction sees
+them: the block's direct publishes (written by the seal), those that ended before it,
+and those ``publish_in`` wrote in the caller's transactions, which exist only if these
+committed (or, when the block exits inside one still open, the seal is written in it:
+:func:`seal_in`). So a rolled-back ``publish_in`` member is never waited for.
+
 Why exactly one: every change of a batch's counts or state is an UPDATE of its one row,
 which PostgreSQL (the row's lock) and SQLite (the write lock of the transaction)
 apply one after the other, each seeing the one before. So of the seal and the member
@@ -67,11 +73,19 @@ _COMPLETE = (
 )
 
 
-def _seal_sql(state: str) -> Any:
-    return text(
-        f"UPDATE {batches.name} SET state = '{state}', total = :p_total, sealed_at = :p_now "
-        f"WHERE id = :p_id AND state = '{OPEN}' RETURNING done, total, state"
+def seal_sql(state: str, param: str = ":p_id", now: str = ":p_now") -> str:
+    """The seal: ``total`` is the batch's member rows as the sealing transaction sees
+    them (those the seal writes, those that ended before it, those ``publish_in``
+    wrote in transactions that committed, or in the sealing one itself)."""
+    return (
+        f"UPDATE {batches.name} SET state = '{state}', total = (SELECT count(*) FROM "
+        f"{batch_members.name} WHERE batch_id = {param}), sealed_at = {now} "
+        f"WHERE id = {param} AND state = '{OPEN}'"
     )
+
+
+def _seal_sql(state: str) -> Any:
+    return text(seal_sql(state) + " RETURNING done, total, state")
 
 
 _SEAL = {SEALED: _seal_sql(SEALED), ABANDONED: _seal_sql(ABANDONED)}
@@ -108,6 +122,45 @@ _PENDING_SQL = (
     "VALUES (:p_id, :p_task_id, :p_task_name) ON CONFLICT (batch_id, task_id) DO NOTHING"
 )
 _PENDING = text(_PENDING_SQL)
+
+
+def write_members_in(connection: Connection, members: Sequence[tuple[str, str, str]]) -> None:
+    """Members (batch id, task id, task name) written pending on the caller's
+    connection, in the caller's transaction (``publish_in``): they are members once it
+    commits, and never were if it rolls back."""
+    connection.execute(
+        _PENDING,
+        [{"p_id": b, "p_task_id": t, "p_task_name": n} for b, t, n in members],
+    )
+
+
+def seal_in(
+    connection: Connection,
+    batch_id: str,
+    members: Sequence[tuple[str, str]],
+    now: datetime,
+    on_completed: OnCompleted,
+    *,
+    abandon: bool = False,
+) -> BatchRow | None:
+    """:meth:`BatchRows.seal` on the given connection, in its transaction (the store's
+    own, or the caller's, when ``publish_in`` wrote members in it that it has not
+    committed yet: the seal then commits, or rolls back, with them)."""
+    if members:
+        connection.execute(
+            _PENDING,
+            [
+                {"p_id": batch_id, "p_task_id": task_id, "p_task_name": name}
+                for task_id, name in members
+            ],
+        )
+    state = ABANDONED if abandon else SEALED
+    found = connection.execute(_SEAL[state], {"p_id": batch_id, "p_now": now}).first()
+    if found is None:
+        raise LookupError(f"batch {batch_id} is not open")
+    if abandon or found.done != found.total:
+        return None
+    return complete_in(connection, batch_id, now, on_completed)
 
 
 @dataclass(frozen=True)
@@ -229,6 +282,18 @@ def callback_task(raw: str | None) -> str | None:
 OnCompleted = Callable[[Connection, BatchRow, list[str]], None]
 
 
+def complete_in(
+    connection: Connection, batch_id: str, now: datetime, on_completed: OnCompleted
+) -> BatchRow | None:
+    won = connection.execute(_COMPLETE, {"p_id": batch_id, "p_now": now}).rowcount == 1
+    if not won:
+        return None
+    batch = _batch(connection.execute(_BY_ID, {"p_id": batch_id}).one())
+    failed = [row.task_id for row in connection.execute(_FAILED, {"p_id": batch_id})]
+    on_completed(connection, batch, failed)
+    return batch
+
+
 class BatchRows:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -264,28 +329,14 @@ class BatchRows:
         *,
         abandon: bool = False,
     ) -> BatchRow | None:
-        """Close the batch's membership: ``members`` (task id, task name) are all of
-        them. Returns the batch when the seal completed it (every member had ended,
-        or there is none); ``on_completed`` was called then. ``abandon``: the block
-        raised, so the batch never completes (its members still run and are counted)."""
+        """Close the batch's membership: ``members`` (task id, task name) are those
+        published directly; with those ``publish_in`` wrote (their rows committed),
+        they are all of them. Returns the batch when the seal completed it (every
+        member had ended, or there is none); ``on_completed`` was called then.
+        ``abandon``: the block raised, so the batch never completes (its members still
+        run and are counted)."""
         with unavailable_as("sealing a batch"), self._engine.begin() as connection:
-            if members:
-                connection.execute(
-                    _PENDING,
-                    [
-                        {"p_id": batch_id, "p_task_id": task_id, "p_task_name": name}
-                        for task_id, name in members
-                    ],
-                )
-            state = ABANDONED if abandon else SEALED
-            found = connection.execute(
-                _SEAL[state], {"p_id": batch_id, "p_total": len(members), "p_now": now}
-            ).first()
-            if found is None:
-                raise LookupError(f"batch {batch_id} is not open")
-            if abandon or found.done != found.total:
-                return None
-            return self._complete_in(connection, batch_id, now, on_completed)
+            return seal_in(connection, batch_id, members, now, on_completed, abandon=abandon)
 
     def member_ended(  # noqa: PLR0917 - one member's ending, and what then
         self,
@@ -317,18 +368,7 @@ class BatchRows:
                 )
             if counted is None or counted.state != SEALED or counted.done != counted.total:
                 return None
-            return self._complete_in(connection, batch_id, now, on_completed)
-
-    def _complete_in(
-        self, connection: Connection, batch_id: str, now: datetime, on_completed: OnCompleted
-    ) -> BatchRow | None:
-        won = connection.execute(_COMPLETE, {"p_id": batch_id, "p_now": now}).rowcount == 1
-        if not won:
-            return None
-        batch = _batch(connection.execute(_BY_ID, {"p_id": batch_id}).one())
-        failed = [row.task_id for row in connection.execute(_FAILED, {"p_id": batch_id})]
-        on_completed(connection, batch, failed)
-        return batch
+            return complete_in(connection, batch_id, now, on_completed)
 
     def get(self, batch_id: str) -> BatchRow | None:
         with unavailable_as("reading a batch"), self._engine.connect() as connection:

@@ -23,7 +23,8 @@ class Outage:
         self._lock = threading.Lock()
 
     def failed(self, error: BaseException) -> None:
-        """A claim met ``StoreUnavailable``: the first one of an outage warns."""
+        """A claim (or a batch member's ending) met ``StoreUnavailable``: the first one
+        of an outage warns."""
         with self._lock:
             first = self._since is None
             if first:
@@ -32,7 +33,8 @@ class Outage:
         if first:
             logger.warning(
                 "celery_reliable: the store is unavailable (%s); keyed tasks are retried "
-                "until it answers (StoreUnavailable), dead letters are logged whole",
+                "until it answers (StoreUnavailable), dead letters are logged whole, "
+                "batch members' endings wait in the broker",
                 error,
             )
 

@@ -316,10 +316,11 @@ batches = Table(
     Index("ix_reliable_batches_completed_at", "completed_at"),
 )
 
-#: One row per member of a batch: written pending (``outcome`` NULL) at the seal, or
-#: ended by the member itself when it ends before the seal. A member's ending sets
-#: ``outcome`` only while it is NULL, so a second execution of the same task id (a
-#: redelivery, a DUPLICATE) never counts twice.
+#: One row per member of a batch: written pending (``outcome`` NULL) at the seal, or by
+#: ``publish_in`` in the caller's transaction (a member only if it commits), or ended by
+#: the member itself when it ends before the seal. The seal's ``total`` is their count.
+#: A member's ending sets ``outcome`` only while it is NULL, so a second execution of
+#: the same task id (a redelivery, a DUPLICATE) never counts twice.
 batch_members = Table(
     "reliable_batch_members",
     metadata,

@@ -7,7 +7,8 @@ members that retry count once, at their end; a member that ends before the seal 
 complete the batch; an empty batch completes at once; a task id published twice (as a
 redelivery would run it twice) counts once; a block that raised never fires; a
 callback that fails is retried like any task; misuse (nesting, re-entering, a plain
-task, an eager app) is refused before anything is published. Absence is proven after
+task, an eager app) is refused before anything is published; a member that ends while
+the store cannot count it is counted once it can, once. Absence is proven after
 :func:`settle`: the worker has run everything the test published.
 
 Two workers ending the last two members at once, and a worker SIGKILLed mid-batch, are
@@ -17,9 +18,11 @@ in ``test_batches_processes.py``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +30,12 @@ import pytest
 import redis
 import sqlalchemy as sa
 from celery import Celery, chord, group
+from celery.signals import task_retry
+from sqlalchemy.orm import Session
 
 from celery_reliable import Batch, Cancel, Discard, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
+from celery_reliable.batches.ending import ENDING_TASK
 from celery_reliable.errors import BatchError
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outbox import publish_in
@@ -39,6 +45,7 @@ from tests.docs_blocks import DOCS, marked_block
 from tests.support.celery_apps import new_app
 from tests.support.cli import run_reliable
 from tests.support.outcomes import OutcomeRecorder
+from tests.support.store_faults import batch_tables_away
 from tests.support.waiting import wait_until
 from tests.support.workers import embedded_worker, settle
 
@@ -537,3 +544,122 @@ def test_the_report_of_a_callback_task_says_how_its_batches_stand(
     [complete, _] = json.loads(report("--json"))["batch_callback"]
     assert (complete["fired"], complete["waiting"]) == (3, 0)
     assert complete["last"]["state"] == "completed"
+
+
+@contextmanager
+def ending_retries() -> Iterator[list[str]]:
+    """The member task ids whose ending the worker tried to count again, and could not
+    (each retry of the ending's message in the broker)."""
+    seen: list[str] = []
+
+    def retried(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == ENDING_TASK:
+            seen.append(request.args[1])
+
+    task_retry.connect(retried, weak=False)
+    try:
+        yield seen
+    finally:
+        task_retry.disconnect(retried)
+
+
+def test_a_member_that_ends_while_the_store_cannot_count_it_is_counted_once_it_can(
+    importer: Importer, worker: Any, outcomes: OutcomeRecorder, caplog: Any
+) -> None:
+    """The last member ends while its end cannot be written: the ending waits in the
+    broker and is tried again; once the store answers it is counted, the batch
+    completes once, and the member's body ran once."""
+    label, held = key("outage"), key("held")
+    with Batch(**callbacks(importer, label)) as batch:
+        first = importer.row.delay(key("first"))
+        last = importer.row.delay(held, "wait")
+    outcomes.wait_for(first.id)
+    wait_until(
+        lambda: (b := importer.store.batches.get(batch.id)) and b.done == 1,
+        "the first member counted",
+    )
+    caplog.set_level(logging.WARNING, logger="celery_reliable.batches")
+    with ending_retries() as retried, batch_tables_away(importer.store):
+        importer.effects.set(f"release:{held}", 1)
+        outcomes.wait_for(last.id)
+        wait_until(lambda: retried.count(last.id) >= 2, "the ending tried again, twice")
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)
+    [said] = [r.getMessage() for r in caplog.records if "waits in the broker" in r.getMessage()]
+    assert f"member bt.row[{last.id}]" in said and ENDING_TASK in said
+    settle(importer.app)
+    assert len(importer.got(f"{label}:complete")) == len(importer.got(f"{label}:success")) == 1
+    assert importer.runs(held) == 1, "the body ran once: the ending was counted, not re-run"
+    stored = importer.store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == ("completed", 2, 2)
+    assert [e.outcome.value for e in outcomes.for_id(last.id)] == ["succeeded"]
+
+
+def test_a_publish_in_member_whose_transaction_rolled_back_before_the_seal_is_not_one(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    """Transactions inside the block: the one that rolled back took its member with it;
+    the batch completes with the members that were sent."""
+    label, gone = key("rolled"), key("gone")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with Batch(**callbacks(importer, label)) as batch:
+            sent = importer.row.delay(key("sent"))
+            with Session(engine) as session:
+                session.begin()
+                rolled = publish_in(session, importer.row.s(gone))
+                session.rollback()
+            with engine.connect() as connection:
+                transaction = connection.begin()
+                publish_in(connection, importer.row.s(gone))
+                transaction.rollback()
+            with engine.begin() as connection:
+                committed = publish_in(connection, importer.row.s(key("committed")))
+    finally:
+        engine.dispose()
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)
+    settle(importer.app)
+    assert importer.runs(gone) == 0
+    assert {t for t, _, _ in importer.store.batches.members(batch.id)} == {sent.id, committed.id}
+    assert rolled.id in batch.members  # published in the block, whatever became of it
+
+
+@pytest.mark.parametrize("given", ["session", "connection"])
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+def test_a_block_inside_the_transaction_of_its_publish_in_members_is_sealed_with_it(
+    importer: Importer, worker: Any, module_store_url: str, given: str, end: str
+) -> None:
+    """The block exits before the transaction ends: the seal is written in it. Committed,
+    the batch counts its members; rolled back, it is sealed again without them, and
+    completes with the members that were sent."""
+    label, in_transaction = key(f"inside-{end}"), key("in-transaction")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with Session(engine) as session, engine.connect() as connection:
+            transaction = session.begin() if given == "session" else connection.begin()
+            caller = session if given == "session" else connection
+            with Batch(**callbacks(importer, label)) as batch:
+                importer.row.delay(key("sent"))
+                publish_in(caller, importer.row.s(in_transaction))
+                publish_in(caller, importer.row.s(in_transaction + "-2"))
+            if end == "commit":
+                transaction.commit()
+            else:
+                transaction.rollback()
+    finally:
+        engine.dispose()
+    total = 3 if end == "commit" else 1
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == total and summary["outcomes"] == counts(succeeded=total)
+    settle(importer.app)
+    assert importer.runs(in_transaction) == (1 if end == "commit" else 0)
+    stored = importer.store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == (
+        "completed",
+        total,
+        total,
+    )

@@ -8,6 +8,9 @@ PostgreSQL store.
 * A worker SIGKILLed mid-batch, with a member inside its body, or with a member whose
   end was counted but whose message was not yet acked: the survivor rescues the
   message and runs it again; the member is counted once, the callbacks fire once.
+* A member that ends while the store cannot count it: its ending waits in the broker;
+  every worker is SIGKILLed while it does (nothing of it is in a process's memory); the
+  store comes back, a new worker counts it once, and the member's body ran once.
 
 Absence (no second callback) is proven by a later event: a last batch published after
 everything else, whose callback the same workers run after any earlier message (the
@@ -32,6 +35,7 @@ from celery_reliable.store.batches import ENDINGS
 from celery_reliable.testing import reset
 from tests.support.celery_apps import new_redis_db
 from tests.support.outcomes import recorded
+from tests.support.store_faults import batch_tables_away
 from tests.support.waiting import wait_until
 from tests.support.workers import WorkerProcess, celery_worker
 
@@ -215,3 +219,38 @@ def test_a_member_ended_by_its_hard_time_limit_is_counted(
     assert len(got(effects, label)) == 1
     stored = store.batches.get(batch.id)
     assert stored is not None and (stored.done, stored.total) == (2, 2)
+
+
+def test_an_ending_the_store_could_not_count_outlives_every_worker_sigkilled(  # noqa: PLR0917 - fixtures
+    helper: Any,
+    store: Store,
+    effects: redis.Redis,
+    broker: str,
+    env: dict[str, str],
+    workers: list[WorkerProcess],
+) -> None:
+    label, gate = key("outage"), key("gate")
+    with Batch(on_complete=helper.collect.s(label)) as batch:
+        helper.step.delay(key("s"))
+        member = helper.gate.delay(gate)
+    wait_until(lambda: effects.llen(f"started:{gate}") == 1, "the gated member running")
+    wait_until(
+        lambda: (b := store.batches.get(batch.id)) and b.done == 1, "the first member counted"
+    )
+    with batch_tables_away(store):
+        effects.rpush(f"gate:{gate}", 1)
+        recorded(broker, member.id, 1)
+        # Its ending is in the broker, tried again by a worker: then every worker dies.
+        wait_until(lambda: effects.llen(f"ending-retried:{member.id}") >= 1, "the ending retried")
+        for worker in workers:
+            worker.kill_group()
+    with celery_worker(APP, env, concurrency=1, new_session=True):
+        (summary,) = wait_got(effects, label, timeout=60)
+        assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)
+        last_batch(helper, effects)
+    assert len(got(effects, label)) == 1
+    stored = store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == ("completed", 2, 2)
+    # The member's body ran once: its ending was counted, not its message run again.
+    assert effects.llen(f"started:{gate}") == 1
+    assert len(recorded(broker, member.id, 1)) == 1

@@ -108,3 +108,121 @@ def test_delay_inside_atomic_goes_through_the_outbox(
     # one, never sent) did not.
     assert {committed, explicit} <= claimed
     assert not {direct, rolled_back} & claimed
+
+
+BATCH_SCRIPT = """
+import django
+django.setup()
+from django.db import transaction
+from celery_reliable import Batch
+from celery_reliable.outbox import publish_in
+from tests.support.apps.django_crash.tasks import note
+
+class Rollback(Exception):
+    pass
+
+with Batch(on_complete=note.s()) as batch:
+    sent = note.delay(20)
+    with transaction.atomic():
+        committed = note.delay(21)
+    try:
+        with transaction.atomic():
+            rolled_back = publish_in(transaction, note.s(22))
+            raise Rollback()
+    except Rollback:
+        pass
+print(batch.id, sent.id, committed.id, rolled_back.id)
+"""
+
+
+def test_a_batch_member_whose_atomic_block_rolled_back_is_not_one(
+    shop_env: dict[str, str], worker: WorkerProcess, migrated: str
+) -> None:
+    """Members through the outbox (``.delay()`` inside ``atomic()``, ``publish_in``): the
+    one whose block rolled back was never sent, and the batch completes without it."""
+    batch_id, sent, committed, rolled_back = python(shop_env, "-c", BATCH_SCRIPT).split()
+    broker = shop_env["REDIS_URL"]
+    client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
+    try:
+        summary = client.AsyncResult(f"{batch_id}-on_complete").get(timeout=60)
+        assert "'total': 2" in summary and "'succeeded': 2" in summary, worker.output
+        for task_id in (sent, committed):
+            assert [e["outcome"] for e in recorded(broker, task_id, 1)] == ["succeeded"]
+        # Its batch's callback came after it would have: it was never sent.
+        assert client.AsyncResult(rolled_back).state == "PENDING"
+    finally:
+        client.close()
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                sa.text("SELECT state, total, done FROM reliable_batches WHERE id = :id"),
+                {"id": batch_id},
+            ).one()
+            members = set(
+                connection.execute(
+                    sa.text("SELECT task_id FROM reliable_batch_members WHERE batch_id = :id"),
+                    {"id": batch_id},
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    assert tuple(row) == ("completed", 2, 2)
+    assert members == {sent, committed}
+
+
+INSIDE_SCRIPT = """
+import django
+django.setup()
+from django.db import transaction
+from celery_reliable import Batch
+from tests.support.apps.django_crash.tasks import note
+
+class Rollback(Exception):
+    pass
+
+with transaction.atomic():
+    with Batch(on_complete=note.s()) as committed:
+        note.delay(30)
+        note.delay(31)
+try:
+    with transaction.atomic():
+        with Batch(on_complete=note.s()) as rolled_back:
+            rolled = note.delay(32)
+        raise Rollback()
+except Rollback:
+    pass
+print(committed.id, rolled_back.id, rolled.id)
+"""
+
+
+# SQLite: Django's "transaction_mode": "IMMEDIATE" holds the write lock from the
+# block's start, which opening a batch inside it would wait for (docs/batches.md).
+@pytest.mark.only_store("postgresql")
+def test_a_batch_block_inside_atomic_is_sealed_with_its_transaction(
+    shop_env: dict[str, str], worker: WorkerProcess, migrated: str
+) -> None:
+    """Committed: the seal and the members commit together, and the batch completes.
+    Rolled back: Django says nothing of it, so the batch stays open (documented), and
+    its member was never sent."""
+    committed, rolled_back, rolled = python(shop_env, "-c", INSIDE_SCRIPT).split()
+    broker = shop_env["REDIS_URL"]
+    client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
+    try:
+        summary = client.AsyncResult(f"{committed}-on_complete").get(timeout=60)
+        assert "'total': 2" in summary and "'succeeded': 2" in summary, worker.output
+        assert client.AsyncResult(rolled).state == "PENDING"
+    finally:
+        client.close()
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            states = dict(
+                connection.execute(
+                    sa.text("SELECT id, state FROM reliable_batches WHERE id IN (:a, :b)"),
+                    {"a": committed, "b": rolled_back},
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    assert states == {committed: "completed", rolled_back: "open"}

@@ -1,5 +1,6 @@
 """The store down or missing: a claim that cannot be taken is retried and the body never
-runs without it; a dead letter that cannot be stored is logged whole. (Apart from
+runs without it; a dead letter that cannot be stored is logged whole; a batch member
+that ends while PostgreSQL is stopped is counted once it is started again. (Apart from
 test_idempotency.py: each test here runs its own worker, and two embedded workers
 must not run at once in one process.)"""
 
@@ -12,14 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
-from celery_reliable import Discard, Outcome, ReliableTask, retry_on
+from celery_reliable import Batch, Discard, Outcome, ReliableTask, retry_on
 from celery_reliable.backoff import fixed
+from celery_reliable.batches.ending import ENDING_TASK
 from celery_reliable.errors import StoreUnavailable
 from celery_reliable.results import wait_for_outcome
+from celery_reliable.store import migrate, store_for
 from celery_reliable.store.logged_dead_letters import LOGGED_MARKER
 from tests.support.cli import cli_app as cli
-from tests.support.workers import embedded_worker
+from tests.support.servers import PostgresServer
+from tests.support.waiting import wait_until
+from tests.support.workers import embedded_worker, settle
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +155,60 @@ def test_dead_letters_logged_while_the_store_was_down_are_imported(
     bad = cli(broker, url, "dead", "import", str(broken))
     assert bad.returncode == 1
     assert f"not imported: {broken}:1: not JSON" in bad.stderr
+
+
+def test_a_batch_member_that_ends_while_postgresql_is_stopped_is_counted_once_it_is_back(
+    make_app: Any, outcomes: Any, caplog: Any
+) -> None:
+    """A PostgreSQL server of its own, stopped while the batch's last member runs, and
+    started again: the ending waited in the broker, and the batch completes once."""
+    server = PostgresServer()
+    server.start()
+    try:
+        app = make_app("store-down-batch", reliable_database_url=server.url)
+        effects = redis.Redis.from_url(app.conf.broker_url)
+
+        @app.task(base=ReliableTask, shared=False, name="down.row", timeout=30)
+        def row(key: str) -> str:
+            effects.incr(f"runs:{key}")
+            wait_until(lambda: effects.exists(f"release:{key}"), "the release", timeout=25)
+            return key
+
+        @app.task(base=ReliableTask, shared=False, name="down.summary", timeout=30)
+        def summary(got: dict[str, Any]) -> None:
+            effects.rpush("summaries", json.dumps(got))
+
+        store = store_for(app)
+        assert store is not None
+        migrate.upgrade(store.engine)
+        caplog.set_level(logging.WARNING, logger="celery_reliable.batches")
+        with embedded_worker(app):
+            with Batch(on_complete=summary.s()) as batch:
+                held = row.delay("held")
+            wait_until(lambda: effects.get("runs:held"), "the member running")
+            server.stop()
+            effects.set("release:held", 1)
+            outcomes.wait_for(held.id)
+            wait_until(
+                lambda: any("waits in the broker" in r.getMessage() for r in caplog.records),
+                "the ending sent to the broker",
+            )
+            server.start()
+            [got] = wait_until(
+                lambda: effects.lrange("summaries", 0, -1), "the batch's callback", timeout=60
+            )
+            settle(app, longest_wait=1.0)
+        assert json.loads(got)["batch"] == batch.id
+        assert json.loads(got)["total"] == 1 and json.loads(got)["outcomes"]["succeeded"] == 1
+        assert effects.llen("summaries") == 1 and int(effects.get("runs:held") or 0) == 1
+        said = [r.getMessage() for r in caplog.records if ENDING_TASK in r.getMessage()]
+        assert len(said) == 1 and f"member down.row[{held.id}]" in said[0]
+        stored = store.batches.get(batch.id)
+        assert stored is not None and (stored.state, stored.done, stored.total) == (
+            "completed",
+            1,
+            1,
+        )
+        store.engine.dispose()
+    finally:
+        server.remove()

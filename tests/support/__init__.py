@@ -11,6 +11,7 @@ fixtures):
   more is coming;
 * ``outcomes``: the ``outcomes`` fixture's recorder (built on
   ``celery_reliable.testing.capture_outcomes``) and its twin for worker processes;
+* ``store_faults``: a store's batches' tables out of reach for part of a test;
 * ``waiting``: :func:`~tests.support.waiting.wait_until`, the one wait of the suite;
 * ``apps``: the helper apps worker processes run, configured from the environment by
   one builder (``apps/config.py``).
