@@ -2,7 +2,9 @@
 one member task, no-op but for the members made to end DISCARDED or FAILED, and the
 batch's callback, which keeps the summary and the moment it ran in Redis.
 
-``BENCH_BROKER``, ``BENCH_STORE`` (the store's URL), ``BENCH_STATSD_PORT``."""
+``BENCH_BROKER``, ``BENCH_STORE`` (the store's URL), ``BENCH_STATSD_PORT``, and
+``BENCH_WORK_MS``: each member's own work, a sleep of that many ms (default 0: a
+no-op, where the batch's cost weighs most)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from celery_reliable import ReliableTask, discard_on
 #: (both deterministic, so the summary's counts are known in advance).
 DISCARD_EVERY = 200
 FAIL_EVERY = 500
+WORK_S = float(os.environ.get("BENCH_WORK_MS") or 0) / 1000
 
 app = Celery("bench-batches", broker=os.environ["BENCH_BROKER"], set_as_current=False)
 app.conf.update(
@@ -62,6 +65,8 @@ def expected_outcome(n: int) -> str:
 @app.task(base=ReliableTask, name="bench.member", timeout=30, shared=False)
 @discard_on(BadRow)
 def member(n: int) -> None:
+    if WORK_S:
+        time.sleep(WORK_S)
     outcome = expected_outcome(n)
     if outcome == "discarded":
         raise BadRow(f"row {n}")
