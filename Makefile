@@ -227,7 +227,9 @@ metrics: system-deps $(STAMP) $(STATSD_DAEMON)
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
 # once; with atomic() (exactly once), without (at least once), with atomic() under
 # concurrency(3), what runs at once counted outside the product, and the jobs written
-# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox).
+# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox),
+# and the jobs published in batches by publishers SIGKILLed inside their blocks
+# (batches: every sealed batch completes once, its callback once, its counts exact).
 # Prints its figures.
 chaos: system-deps $(STAMP)
 	$(PY) -m tests.chaos.run --jobs 2000 --mode all
