@@ -10,8 +10,10 @@ new batch (their second copies end DUPLICATE, or the first ones do).
 
 The checks that read a batch's members, endings and summary are proven first, on
 batches made wrong by hand: a chaos run that passes must be one they could have
-failed. (Being four tests, the file is also scheduled by xdist's ``--dist loadfile``
-among the files of a few tests, not with the one-test files at the end of the run.)"""
+failed. (Being four tests, the file is also ordered by xdist's ``--dist loadfile``
+reorder, by number of tests, among the files of a few tests rather than with the
+one-test files at the end of `make test`; only the run is marked ``chaos``, the
+marker ``tests/conftest.py`` weighs files by.)"""
 
 from __future__ import annotations
 
@@ -23,8 +25,6 @@ import pytest
 
 from tests.chaos.batches import ENDINGS, _check_batch, run_batches
 from tests.chaos.run import Plan
-
-pytestmark = [pytest.mark.chaos]
 
 # A batch of three members: job 5 is made to be discarded (kind_of), jobs 1 and 2 to
 # write their effect; task "t2"'s job effect was written by another task id.
@@ -68,6 +68,7 @@ def test_the_check_finds_a_summary_that_is_not_the_endings() -> None:
 
 @pytest.mark.integration
 @pytest.mark.prefork
+@pytest.mark.chaos
 @pytest.mark.timeout(90)
 def test_every_sealed_batch_completes_once_with_its_members_real_endings_under_kills() -> None:
     figures = run_batches(
