@@ -205,13 +205,16 @@ web: $(STAMP)
 # PostgreSQL servers. benchmarks.throughput: a real prefork worker, ReliableTask
 # variants against plain Celery; benchmarks.limits: a slot's take and give back in µs;
 # benchmarks.outbox: publish_in + commit against apply_async, and the relay's latency
-# from commit to publish, on SQLite and PostgreSQL (docs/performance.md).
+# from commit to publish, on SQLite and PostgreSQL (docs/performance.md);
+# benchmarks.batches: a 10,000-member batch against the same tasks without one
+# (publish time, the members' throughput, the callback's counts and delay).
 bench: system-deps $(STAMP)
 	$(PY) -m benchmarks.receipts
 	$(PY) -m benchmarks.history
 	$(PY) -m benchmarks.heartbeat
 	$(PY) -m benchmarks.limits
 	$(PY) -m benchmarks.outbox
+	$(PY) -m benchmarks.batches
 	$(PY) -m benchmarks.throughput
 
 # The web view's pages over HTTP with a large store (100,000 dead letters, 1,000,000
@@ -231,7 +234,9 @@ metrics: system-deps $(STAMP) $(STATSD_DAEMON)
 # are SIGKILLed and restarted every few seconds, Redis restarted and PostgreSQL crashed
 # once; with atomic() (exactly once), without (at least once), with atomic() under
 # concurrency(3), what runs at once counted outside the product, and the jobs written
-# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox).
+# with publish_in by publisher processes, publishers and relays SIGKILLed too (outbox),
+# and the jobs published in batches by publishers SIGKILLed inside their blocks
+# (batches: every sealed batch completes once, its callback once, its counts exact).
 # Prints its figures.
 chaos: system-deps $(STAMP)
 	$(PY) -m tests.chaos.run --jobs 2000 --mode all

@@ -6,7 +6,12 @@ the tally in a Redis of its own (``CHAOS_TALLY``, ``tests/chaos/at_once.py``).
 ``CHAOS_MODE=outbox`` is ``atomic`` without an ``idempotency_key``: its jobs are
 written with ``publish_in`` (``tests/chaos/publisher.py``), and a message from the
 outbox claims its task id, so a double publish runs once; every process that relays
-is watched by ``tests/chaos/relay_witness.py`` (``CHAOS_WITNESS``)."""
+is watched by ``tests/chaos/relay_witness.py`` (``CHAOS_WITNESS``).
+``CHAOS_MODE=batches`` is ``atomic`` (soft and hard time limits of 1 s and 2 s, so a
+killed body's receipt frees within 7 s) with some jobs made to end DISCARDED or FAILED
+by their id (``tests/chaos/batch_publisher.py:kind_of``); its jobs are members of
+batches whose ``on_complete`` is ``chaos.batch_done``, which writes the summary it got
+through ``self.atomic()`` (``tests/chaos/batches.py``)."""
 
 from __future__ import annotations
 
@@ -18,13 +23,13 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.exc import OperationalError
 
-from celery_reliable import ReliableTask, retry_on
+from celery_reliable import ReliableTask, discard_on, retry_on
 from celery_reliable.backoff import exponential
 from celery_reliable.limits import concurrency
 from celery_reliable.signals import OutcomeEvent, task_outcome
 from tests.chaos import relay_witness
 from tests.chaos.at_once import Tally
-from tests.chaos.effects import effects
+from tests.chaos.effects import callbacks, effects
 
 MODE = os.environ["CHAOS_MODE"]
 STORE = os.environ["CHAOS_STORE"]
@@ -134,6 +139,50 @@ elif MODE == "outbox":
                 outcomes.count(event.outcome.value)
 
         task_outcome.connect(_count_outcome, weak=False)
+
+elif MODE == "batches":
+    from tests.chaos.batch_publisher import BadJob, BrokenJob, kind_of
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="chaos.job",
+        soft_time_limit=1,
+        time_limit=2,
+        idempotency_key="job:{job_id}",
+    )
+    @discard_on(BadJob)
+    @retry_on(OperationalError, **RETRY)
+    def job(self: ReliableTask, job_id: int, published_at: float) -> None:
+        kind = kind_of(job_id)
+        if kind == "discard":
+            raise BadJob(job_id)
+        if kind == "fail":
+            raise BrokenJob(job_id)  # no rule: FAILED
+        time.sleep(random.uniform(0, 2 * JOB_SECONDS))  # the job's own work time
+        with self.atomic() as session:
+            session.execute(effects.insert().values(_effect(job_id, self.request.id, published_at)))
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="chaos.batch_done",
+        timeout=5,
+        waive={"idempotency": "a batch's callback comes from the outbox: it claims its task id"},
+    )
+    @retry_on(OperationalError, **RETRY)
+    def batch_done(self: ReliableTask, summary: dict[str, object]) -> None:
+        import json
+
+        with self.atomic() as session:
+            session.execute(
+                callbacks.insert().values(
+                    batch_id=summary["batch"],
+                    task_id=self.request.id,
+                    summary=json.dumps(summary),
+                    done_at=time.time(),
+                )
+            )
 
 else:
 

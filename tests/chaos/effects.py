@@ -1,5 +1,5 @@
-"""The chaos suite's tables: one row per execution that wrote its effect, and the
-``outbox`` mode's committed jobs."""
+"""The chaos suite's tables: one row per execution that wrote its effect, the
+``outbox`` mode's committed jobs, and the ``batches`` mode's callbacks."""
 
 from __future__ import annotations
 
@@ -25,4 +25,16 @@ jobs = sa.Table(
     sa.Column("publisher", sa.Integer, nullable=False, index=True),
     sa.Column("task_id", sa.String(64), nullable=False),
     sa.Column("committed_at", sa.Float, nullable=False),
+)
+#: The ``batches`` mode's callbacks: one row per ``on_complete`` body that ran to its
+#: end (written through ``self.atomic()``, so a second run of one callback's message
+#: cannot add a second row; two rows for one batch are two callbacks fired).
+callbacks = sa.Table(
+    "chaos_batch_callbacks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(64), nullable=False, index=True),
+    sa.Column("task_id", sa.String(128), nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("done_at", sa.Float, nullable=False),
 )

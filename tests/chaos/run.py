@@ -3,7 +3,8 @@ SIGKILLed (whole process group) and restarted while Redis restarts and PostgreSQ
 crashes.
 
     python -m tests.chaos.run [--jobs 2000] [--workers 2] [--kill-every 3]
-                              [--mode atomic|plain|limits|outbox|both|all] [--limit 3]
+                              [--mode atomic|plain|limits|outbox|batches|both|all]
+                              [--limit 3]
 
 Both servers run as production ones would: Redis with an fsync'd append-only file
 (its queues survive a restart), PostgreSQL with fsync and synchronous commit on, and
@@ -21,7 +22,11 @@ ran to their end twice; exit status 1 when more than n ran at once, or n never d
 publisher processes, some transactions rolled back, and SIGKILLs publishers and relays
 besides the workers; exit status 1 when a committed job was lost, an effect
 duplicated, a job ran that never committed, or outbox rows were left.
-``both`` is ``atomic`` and ``plain``; ``all`` adds ``limits`` and ``outbox``.
+``batches`` (``tests/chaos/batches.py``) has the jobs published in batches by
+publisher processes, SIGKILLed besides the workers; exit status 1 when a job was lost,
+an effect duplicated, a sealed batch did not complete, its callback did not run exactly
+once, or a member's counted ending or the summary differs from what really happened.
+``both`` is ``atomic`` and ``plain``; ``all`` adds ``limits``, ``outbox`` and ``batches``.
 """
 
 from __future__ import annotations
@@ -442,13 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument(
-        "--mode", choices=["atomic", "plain", "limits", "outbox", "both", "all"], default="both"
+        "--mode",
+        choices=["atomic", "plain", "limits", "outbox", "batches", "both", "all"],
+        default="both",
     )
     parser.add_argument("--limit", type=int, default=3, help="limits mode: concurrency(n)")
     args = parser.parse_args(argv)
-    modes = {"both": ["atomic", "plain"], "all": ["atomic", "plain", "limits", "outbox"]}.get(
-        args.mode, [args.mode]
-    )
+    modes = {
+        "both": ["atomic", "plain"],
+        "all": ["atomic", "plain", "limits", "outbox", "batches"],
+    }.get(args.mode, [args.mode])
     failed = False
     for mode in modes:
         plan = Plan(
@@ -465,6 +473,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(outbox.lines()), flush=True)
             print(f"  figures: {asdict(outbox)}", file=sys.stderr)
             for broken in outbox.broken():
+                print(f"  BROKEN: {broken}", flush=True)
+                failed = True
+            continue
+        if mode == "batches":
+            from tests.chaos.batches import run_batches
+
+            batches = run_batches(plan)
+            print("\n".join(batches.lines()), flush=True)
+            print(f"  figures: {asdict(batches)}", file=sys.stderr)
+            for broken in batches.broken():
                 print(f"  BROKEN: {broken}", flush=True)
                 failed = True
             continue
