@@ -173,6 +173,14 @@ class Batch:
         members if, and once, it commits."""
         self._written.append((transaction, task_ids))
 
+    def _stamped_option(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """The ``headers`` option of a member's publish, with the batch's id in its
+        nested ``headers`` too when it has one."""
+        nested = extra.get("headers")
+        if not isinstance(nested, dict):
+            return extra
+        return {**extra, "headers": {**nested, BATCH_HEADER: self.id}}
+
     def _stamp(self, name: str, headers: dict[str, Any]) -> str | None:
         """The member's task id once its headers carry the batch; None: not a member."""
         if name.startswith("celery."):
@@ -230,6 +238,12 @@ def _install(app: Celery) -> None:
             if batch is None or batch.app is not app:
                 return send(producer, name, message, **options)
             task_id = batch._stamp(name, message.headers)
+            extra = options.get("headers")
+            if task_id is not None and isinstance(extra, dict):
+                # Celery merges the publish's headers option into the message's after
+                # this, and tracing tools (sentry-sdk) put their nested "headers" there:
+                # it would replace the nested one stamped above (celery#4875).
+                options["headers"] = batch._stamped_option(extra)
             sent = send(producer, name, message, **options)
             if task_id is not None:
                 batch._members.append((task_id, name))

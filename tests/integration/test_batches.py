@@ -423,6 +423,47 @@ def test_members_carry_the_batch_across_retries_and_others_carry_none(
     assert importer.batch_of(alone) == ["None"]
 
 
+def test_members_are_counted_under_sentry_s_celery_integration(
+    importer: Importer, worker: Any, tmp_path: Any
+) -> None:
+    """sentry-sdk's CeleryIntegration nests the custom headers in a "headers" header
+    (the worker's request.headers), passed as the publish's headers option, which
+    Celery merges into the message after the batch's stamp: the stamp goes there too.
+    (Before: every member ran, none was counted, the batch stayed sealed.)"""
+    import sentry_sdk
+    from celery.signals import before_task_publish
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    from tests.support.sentry import running_sentry_server
+
+    nested: list[Any] = []
+
+    def seen(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        nested.append((headers or {}).get("headers"))
+
+    before_task_publish.connect(seen, weak=False)
+    try:
+        with running_sentry_server() as server:
+            sentry_sdk.init(
+                dsn=server.dsn, integrations=[CeleryIntegration()], auto_enabling_integrations=False
+            )
+            label = key("sentry")
+            with Batch(**callbacks(importer, label)) as batch:
+                keys = [key("s") for _ in range(3)]
+                for each in keys:
+                    importer.row.delay(each)
+                members = list(nested)
+            # Sentry did nest its headers (the case under test), the batch's id with them.
+            assert len(members) == 3 and all("sentry-trace" in n for n in members), members
+            assert all(n[BATCH_HEADER] == batch.id for n in members), members
+            (summary,) = importer.wait_got(f"{label}:complete")
+            assert summary["total"] == 3 and summary["outcomes"] == counts(succeeded=3)
+            assert all(importer.batch_of(each) == [batch.id] for each in keys)
+    finally:
+        before_task_publish.disconnect(seen)
+        sentry_sdk.init()  # the integration's patches stay in the process, inactive
+
+
 def test_completed_abandoned_and_unsealed_batches_are_pruned_after_the_ttl(
     importer: Importer,
 ) -> None:
