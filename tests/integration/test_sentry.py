@@ -23,7 +23,7 @@ from tests.helpers import new_key
 from tests.support.apps.sentry_tasks import define
 from tests.support.celery_apps import new_redis_db
 from tests.support.outcomes import recorded
-from tests.support.sentry import FLUSHED, SentryServer, running_sentry_server
+from tests.support.sentry import FLUSHED, SentryServer, running_sentry_server, sentry_off
 from tests.support.statsd import NUMBER, StatsdServer, running_statsd_server
 from tests.support.waiting import wait_until
 from tests.support.workers import celery_worker, embedded_worker
@@ -155,7 +155,7 @@ def test_event_tags_fingerprint_and_retry_breadcrumbs(
         sentry_sdk.flush(timeout=10)
     finally:
         sentry_sdk.get_client().close()
-        sentry_sdk.init()
+        sentry_off()
     events = sentry_server.all_events()
     assert len(events) == 2
     retried, exhausted = sorted(events, key=lambda e: e["level"] != "warning")
@@ -210,5 +210,5 @@ def test_unreachable_dsn_changes_no_outcome(make_app: Any, outcomes: Any) -> Non
                 }
         finally:
             sentry_sdk.get_client().close(timeout=0)
-            sentry_sdk.init()
+            sentry_off()
     assert seen == {**EXPECTED_OUTCOMES, "charges": ["succeeded"]}

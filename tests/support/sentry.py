@@ -83,3 +83,15 @@ def running_sentry_server() -> Iterator[SentryServer]:
         yield server
     finally:
         server.close()
+
+
+def sentry_off() -> None:
+    """The process's Sentry client gone (a no-op one), as before any ``init``.
+
+    Not ``sentry_sdk.init()``: that turns on the default integrations, CeleryIntegration
+    among them, whose patches (kept for the process's life) then add their headers to
+    every later publish of every test in the process.
+    """
+    import sentry_sdk
+
+    sentry_sdk.get_global_scope().set_client(None)
