@@ -30,10 +30,9 @@ import pytest
 import redis
 
 from celery_reliable import Batch
-from celery_reliable.store import Store, migrate, store_for
+from celery_reliable.store import Store, store_for
 from celery_reliable.store.batches import ENDINGS
-from celery_reliable.testing import reset
-from tests.support.celery_apps import new_redis_db
+from tests.support.celery_apps import helper_app_module, new_redis_db
 from tests.support.outcomes import recorded
 from tests.support.store_faults import batch_tables_away
 from tests.support.waiting import wait_until
@@ -56,15 +55,7 @@ def env(broker: str, module_store_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def helper(env: dict[str, str], module_store_url: str) -> Any:
-    os.environ.update(env)
-    from tests.support.apps import batches
-
-    batches.app.conf.reliable_database_url = module_store_url
-    reset(batches.app)  # the module-scoped store of the other parameter was used before
-    store = store_for(batches.app)
-    assert store is not None
-    migrate.upgrade(store.engine)  # PostgreSQL must be at head before a worker uses it
-    return batches
+    return helper_app_module(APP, env, module_store_url)
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from celery_reliable.outbox import publish_in
-from celery_reliable.store import Store, migrate, store_for
-from celery_reliable.testing import reset
-from tests.support.celery_apps import new_redis_db
+from celery_reliable.store import Store, store_for
+from tests.support.celery_apps import helper_app_module, new_redis_db
 from tests.support.cli import run_reliable
 from tests.support.outcomes import recorded
 from tests.support.waiting import wait_until
@@ -52,15 +51,7 @@ def env(broker: str, module_store_url: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def helper(env: dict[str, str], module_store_url: str) -> Any:
-    os.environ.update(env)
-    from tests.support.apps import outbox
-
-    outbox.app.conf.reliable_database_url = module_store_url
-    reset(outbox.app)  # the module-scoped store of the other parameter was used before
-    store = store_for(outbox.app)
-    assert store is not None
-    migrate.upgrade(store.engine)  # PostgreSQL must be at head before a worker uses it
-    return outbox
+    return helper_app_module(APP, env, module_store_url)
 
 
 @pytest.fixture(scope="module")

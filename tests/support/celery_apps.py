@@ -4,9 +4,12 @@ database (or RabbitMQ queue) no other test uses, with a store of its own."""
 from __future__ import annotations
 
 import atexit
+import importlib
 import itertools
+import os
 import shutil
 import tempfile
+from types import ModuleType
 from typing import Any
 
 from celery import Celery
@@ -68,3 +71,21 @@ def new_amqp_app(rabbitmq_url: str, redis_url: str, name: str, **conf: Any) -> C
     app.conf.broker_transport_options = {}
     app.conf.task_default_queue = f"{name}-{db}"
     return app
+
+
+def helper_app_module(module: str, env: dict[str, str], store_url: str) -> ModuleType:
+    """The helper app ``module`` (``tests.support.apps.*``) imported in the test process
+    to publish, on the broker and store of ``env`` that its worker processes get: the
+    store made afresh (a module of the other store parameter may have used another) and
+    migrated to its head before any worker uses it (PostgreSQL)."""
+    from celery_reliable.store import migrate, store_for
+    from celery_reliable.testing import reset
+
+    os.environ.update(env)
+    helper = importlib.import_module(module)
+    helper.app.conf.reliable_database_url = store_url
+    reset(helper.app)
+    store = store_for(helper.app)
+    assert store is not None
+    migrate.upgrade(store.engine)
+    return helper
