@@ -355,7 +355,9 @@ class Scheduler(CeleryScheduler):
     def _missed(self, due: datetime) -> bool:
         """Due before the previous look, or at all since a look that met an outage (the
         slot fell due while this beat waited to try again)."""
-        return self._previous_look is None or self._previous_look_failed or due < self._previous_look
+        return (
+            self._previous_look is None or self._previous_look_failed or due < self._previous_look
+        )
 
     def _skip(
         self, name: str, entry: Any, timeline: Timeline, first: datetime, end: datetime
