@@ -615,12 +615,15 @@ def batch_callback_line(use: dict[str, Any]) -> str:
     if use["abandoned"]:
         parts.append(f"{use['abandoned']} abandoned (their block raised)")
     last = use["last"]
+    noun = "batch" if use["batches"] == 1 else "batches"
+    head = f"- Batch callback: `{which}` of {use['batches']} {noun} kept: {', '.join(parts)}"
+    if last is None:  # pruned between the two reads of the store
+        return head
     total = "?" if last["total"] is None else last["total"]
     described = f" ({last['description']!r})" if last["description"] else ""
     ended = f", completed {last['completed_at']}" if last["completed_at"] else ""
-    noun = "batch" if use["batches"] == 1 else "batches"
     return (
-        f"- Batch callback: `{which}` of {use['batches']} {noun} kept: {', '.join(parts)}; "
+        f"{head}; "
         f"the newest `{last['batch']}`{described}, {last['state']} {last['done']}/{total}, "
         f"created {last['created_at']}{ended} (its task id `{last['batch']}-{which}`)"
     )

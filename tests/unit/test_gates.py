@@ -779,3 +779,11 @@ def test_the_report_shows_the_periodic_entries_publishing_the_task() -> None:
     app.conf.beat_scheduler = "celery.beat:PersistentScheduler"
     other = build_report(app, "t.good", with_store=False).markdown()
     assert "runs not recorded (beat_scheduler is not celery_reliable.beat:Scheduler)" in other
+
+
+def test_a_callback_line_whose_newest_batch_was_pruned_meanwhile_ends_after_its_counts() -> None:
+    from celery_reliable.audit.reports import batch_callback_line
+
+    use = {"which": "on_complete", "batches": 2, "fired": 2, "skipped": 0}
+    use |= {"waiting": 0, "abandoned": 0, "last": None}
+    assert batch_callback_line(use) == "- Batch callback: `on_complete` of 2 batches kept: 2 fired"
