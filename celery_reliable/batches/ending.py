@@ -134,7 +134,11 @@ def seal(
     ended, they are in the store if it committed, and not if it rolled back, so the
     seal counts the rows (``store/batches.py``). A transaction still open (the block
     ran inside it): the seal is written in it too, and commits with its members; if it
-    rolls back, the batch is sealed again without them, once it did.
+    rolls back, the batch is sealed again without them, once it did (its root
+    transaction's end: never a savepoint's, never while it is open). A block that
+    raised (``abandon``) is not sealed in the caller's transaction, which its error may
+    have aborted (PostgreSQL), but on the store's own connection (SQLite: in it, as
+    the caller's transaction holds the write lock).
     """
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
@@ -147,6 +151,12 @@ def seal(
         (task_id, name) for task_id, name in dict(members).items() if task_id not in through_outbox
     ]
     still_open = {id(t.key): t for t, _ in written if t.in_transaction()}
+    if abandon and all(t.dialect != "sqlite" for t in still_open.values()):
+        # The block raised: the batch never completes, whatever becomes of the
+        # transaction, which may be aborted (PostgreSQL) by the very error: sealed
+        # abandoned on the store's own connection, not in it (the caller's
+        # transaction holds no lock of the batch's row: only a seal takes that).
+        still_open = {}
     if not still_open:
         store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
         return
