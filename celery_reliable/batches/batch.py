@@ -37,6 +37,7 @@ Decided (``docs/batches.md``):
 
 from __future__ import annotations
 
+import logging
 import uuid
 from contextvars import Token
 from types import TracebackType
@@ -54,6 +55,8 @@ from celery_reliable.task import ReliableTask
 
 if TYPE_CHECKING:
     from celery_reliable.batches.context import Transaction
+
+logger = logging.getLogger("celery_reliable.batches")
 
 #: Set on an app's ``AMQP`` once its ``send_task_message`` stamps batches' members.
 _INSTALLED = "_reliable_batch_sender"
@@ -166,12 +169,32 @@ class Batch:
 
         abandon = exc_type is not None
         self._state = "abandoned" if abandon else "sealed"
-        seal(self.app, self.id, list(self._members), self._written, abandon=abandon)
+        try:
+            seal(self.app, self.id, list(self._members), self._written, abandon=abandon)
+        except Exception:
+            if not abandon:
+                raise
+            # The block's own exception is the one that matters: an abandoned batch
+            # fires no callback, whether or not its row says so.
+            logger.exception(
+                "batch %s: its block raised, and the batch could not be marked "
+                "abandoned (it stays open; no callback fires either way)",
+                self.id,
+            )
 
     def _written_in(self, transaction: Transaction, task_ids: list[str]) -> None:
         """``publish_in`` wrote these members in the caller's ``transaction``: they are
         members if, and once, it commits."""
         self._written.append((transaction, task_ids))
+
+    def _unpublished(self, task_ids: list[str]) -> None:
+        """``publish_in`` captured these members, then raised before writing them:
+        they were never sent, so they are not members."""
+        for task_id in task_ids:
+            for index in range(len(self._members) - 1, -1, -1):
+                if self._members[index][0] == task_id:
+                    del self._members[index]
+                    break
 
     def _stamped_option(self, extra: dict[str, Any]) -> dict[str, Any]:
         """The ``headers`` option of a member's publish, with the batch's id in its

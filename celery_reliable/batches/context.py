@@ -22,6 +22,8 @@ class Transaction(Protocol):
 
     #: The same for every ``publish_in`` on one connection.
     key: object
+    #: Its database's kind: "sqlite" or "postgresql".
+    dialect: str
 
     def in_transaction(self) -> bool:
         """Still open: neither committed nor rolled back."""
@@ -38,7 +40,8 @@ class Transaction(Protocol):
 
     def on_rollback(self, callback: Callable[[], None]) -> bool:
         """Have ``callback`` called once this transaction rolled back (and released
-        its locks); False when it cannot be known."""
+        its locks), never while it is still open (a savepoint's rollback is not its
+        end); False when it cannot be known."""
 
 
 #: The batch whose block runs in this context, if any.

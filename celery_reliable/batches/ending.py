@@ -134,7 +134,11 @@ def seal(
     ended, they are in the store if it committed, and not if it rolled back, so the
     seal counts the rows (``store/batches.py``). A transaction still open (the block
     ran inside it): the seal is written in it too, and commits with its members; if it
-    rolls back, the batch is sealed again without them, once it did.
+    rolls back, the batch is sealed again without them, once it did (its root
+    transaction's end: never a savepoint's, never while it is open). A block that
+    raised (``abandon``) is not sealed in the caller's transaction, which its error may
+    have aborted (PostgreSQL), but on the store's own connection (SQLite: in it, as
+    the caller's transaction holds the write lock).
     """
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
@@ -147,6 +151,12 @@ def seal(
         (task_id, name) for task_id, name in dict(members).items() if task_id not in through_outbox
     ]
     still_open = {id(t.key): t for t, _ in written if t.in_transaction()}
+    if abandon and all(t.dialect != "sqlite" for t in still_open.values()):
+        # The block raised: the batch never completes, whatever becomes of the
+        # transaction, which may be aborted (PostgreSQL) by the very error: sealed
+        # abandoned on the store's own connection, not in it (the caller's
+        # transaction holds no lock of the batch's row: only a seal takes that).
+        still_open = {}
     if not still_open:
         store.batches.seal(batch_id, direct, utcnow(), fire_in(app), abandon=abandon)
         return
@@ -209,8 +219,15 @@ def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any)
     try:
         count_ending(app, str(batch_id), task_id, event.task_name, event.outcome.value)
     except StoreUnavailable as exc:
+        delivery = getattr(event.request, "delivery_info", None)
         count_later(
-            app, str(batch_id), task_id, event.task_name, event.outcome.value, event.queue, exc
+            app,
+            str(batch_id),
+            task_id,
+            event.task_name,
+            event.outcome.value,
+            delivery if isinstance(delivery, dict) else None,
+            exc,
         )
     except Exception:
         logger.exception(
@@ -239,19 +256,23 @@ def count_later(  # noqa: PLR0917 - one member's ending, and where it came from
     task_id: str,
     task_name: str,
     outcome: str,
-    queue: str | None,
+    delivery: dict[str, Any] | None,
     error: StoreUnavailable,
 ) -> None:
     """The store did not answer: the ending goes to the broker, as a message of
-    :data:`ENDING_TASK` on the member's own queue (a worker of this app consumes it),
-    sent before the member's message is acked."""
+    :data:`ENDING_TASK` to the member's own queue (a worker of this app consumes it),
+    sent before the member's message is acked. ``delivery``: the member's
+    ``delivery_info``; the ending goes the way it came, by its exchange and routing
+    key (a routing key is a queue's name only on the default exchange: on RabbitMQ a
+    queue bound otherwise would never see it)."""
     from celery_reliable.store import store_for
 
     store = store_for(app)
     if store is not None:
         store.outage.failed(error)
+    route = _route_of(delivery)
     try:
-        app.send_task(ENDING_TASK, args=(batch_id, task_id, task_name, outcome), queue=queue)
+        app.send_task(ENDING_TASK, args=(batch_id, task_id, task_name, outcome), **route)
     except Exception:
         logger.exception(
             "batch %s: the end (%s) of member %s[%s] is not counted: the store does not "
@@ -267,15 +288,28 @@ def count_later(  # noqa: PLR0917 - one member's ending, and where it came from
         return
     logger.warning(
         "batch %s: the store does not answer (%s); the end (%s) of member %s[%s] waits "
-        "in the broker (%s on queue %s) and is counted once it answers",
+        "in the broker (%s to %s) and is counted once it answers",
         batch_id,
         error,
         outcome,
         task_name,
         task_id,
         ENDING_TASK,
-        queue or "(default)",
+        ", ".join(f"{k} {v}" for k, v in route.items() if k != "declare") or "the default queue",
     )
+
+
+def _route_of(delivery: dict[str, Any] | None) -> dict[str, Any]:
+    """``send_task``'s options that send a message where the member's came from: its
+    exchange and routing key (nothing declared: the member's queue exists, bound), or,
+    from the default exchange, the queue its routing key names."""
+    exchange = (delivery or {}).get("exchange")
+    routing_key = (delivery or {}).get("routing_key")
+    if exchange and routing_key:
+        return {"exchange": str(exchange), "routing_key": str(routing_key), "declare": []}
+    if routing_key:
+        return {"queue": str(routing_key)}
+    return {}
 
 
 @shared_task(

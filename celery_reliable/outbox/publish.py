@@ -71,18 +71,25 @@ def publish_in(session_or_connection: Any, signature: Any, **options: Any) -> An
             f"publish_in: {signature!r} produced no task message to write (task_protocol "
             "1 has no headers to mark it with): use Celery's default task_protocol = 2"
         )
-    now = utcnow()
-    target.write([message.columns(now) for message in capture.messages])
     members = [
         (str(message.headers[BATCH_HEADER]), message.task_id, message.task_name)
         for message in capture.messages
         if BATCH_HEADER in message.headers
     ]
-    if members:
-        target.write_members(members)
-        batch = current_batch()
+    batch = current_batch() if members else None
+    try:
+        now = utcnow()
+        target.write([message.columns(now) for message in capture.messages])
+        if members:
+            target.write_members(members)
+    except BaseException:
         if batch is not None:
-            batch._written_in(target, [task_id for _, task_id, _ in members])
+            # The capture made them members of the block: nothing was written, so
+            # nothing will be sent (the caller's transaction holds whatever was).
+            batch._unpublished([task_id for _, task_id, _ in members])
+        raise
+    if batch is not None:
+        batch._written_in(target, [task_id for _, task_id, _ in members])
     return result
 
 
@@ -93,6 +100,7 @@ class _SqlAlchemy:
         self.connection = connection
         self.session = session
         self.url = connection.engine.url
+        self.dialect = self.url.get_backend_name()
         self.key: object = connection
 
     def write(self, rows: list[dict[str, Any]]) -> None:
@@ -116,25 +124,18 @@ class _SqlAlchemy:
         return seal_in(self.connection, batch_id, members, now, on_completed, abandon=abandon)
 
     def on_rollback(self, callback: Callable[[], None]) -> bool:
-        if self.session is not None:
-            # After the DBAPI rollback (its locks are gone); one pair of listeners per
-            # session, whatever number of batches are sealed in its transactions.
-            pending = self.session.info.get(_SEALS)
-            if pending is None:
-                pending = self.session.info[_SEALS] = []
-                event.listen(self.session, "after_commit", _forget_seals)
-                event.listen(self.session, "after_rollback", _seal_again)
-            pending.append(callback)
-            return True
-
-        def rolling_back(_connection: Connection) -> None:
-            # Called before the DBAPI rollback, whose locks (the batch's row, SQLite's
-            # write lock) the callback's own transaction then waits for: not here.
-            threading.Thread(
-                target=callback, name="celery_reliable-batch-seal", daemon=True
-            ).start()
-
-        event.listen(self.connection, "rollback", rolling_back, once=True)
+        # The Connection's own events (a session's: the one of its root transaction)
+        # are sent when the root transaction ends, never for a savepoint
+        # (begin_nested()): "commit", or "rollback", which Connection.close() and
+        # Session.close() send too for a transaction they end. One pair of listeners
+        # per connection, however many batches are sealed in its transactions.
+        connection = self.connection
+        pending = _seals.get(connection)
+        if pending is None:
+            pending = _seals[connection] = []
+            event.listen(connection, "commit", _forget_seals)
+            event.listen(connection, "rollback", _seal_again)
+        pending.append(callback)
         return True
 
     def holds_sqlite_write_lock(self) -> bool:
@@ -158,19 +159,31 @@ class _SqlAlchemy:
         return True
 
 
-#: ``Session.info`` key: what to call if the session's transaction rolls back.
-_SEALS = "celery_reliable.batch_seals"
+#: What to call if a connection's transaction rolls back (``_SqlAlchemy.on_rollback``).
+_seals: weakref.WeakKeyDictionary[Connection, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _forget_seals(session: Session) -> None:
-    session.info.get(_SEALS, []).clear()
+def _forget_seals(connection: Connection) -> None:
+    pending = _seals.get(connection)
+    if pending:
+        pending.clear()
 
 
-def _seal_again(session: Session) -> None:
-    pending = session.info.get(_SEALS, [])
+def _seal_again(connection: Connection) -> None:
+    pending = _seals.get(connection)
+    if not pending:
+        return
     callbacks, pending[:] = list(pending), []
-    for callback in callbacks:
-        callback()
+
+    def seal_again() -> None:
+        for callback in callbacks:
+            callback()
+
+    # Sent before the DBAPI rollback, whose locks (the batch's row, SQLite's write
+    # lock) the callbacks' own transactions wait for: not in this thread.
+    threading.Thread(target=seal_again, name="celery_reliable-batch-seal", daemon=True).start()
 
 
 class _Django:
@@ -181,6 +194,7 @@ class _Django:
 
         self.connection = connection
         self.url = make_url(engine_url(connection.alias))
+        self.dialect = str(connection.vendor)
         self.key: object = connection
 
     def write(self, rows: list[dict[str, Any]]) -> None:

@@ -709,3 +709,206 @@ def test_a_block_inside_the_transaction_of_its_publish_in_members_is_sealed_with
         total,
         total,
     )
+
+
+class Oops(Exception):
+    pass
+
+
+def _savepoint_rolled_back(session: Session) -> None:
+    try:
+        with session.begin_nested():
+            session.execute(sa.text("SELECT 1"))
+            raise Oops()
+    except Oops:
+        pass
+
+
+def without_hang(engine: sa.Engine, target: Any, timeout: float = 20.0) -> None:
+    """``target()`` in a thread: a hang on a lock (PostgreSQL) is cancelled and fails
+    the test, instead of hanging the suite."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="without-hang", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    hung = thread.is_alive()
+    if hung and engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(
+                sa.text(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE "
+                    "wait_event_type = 'Lock' AND datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            )
+        thread.join(timeout)
+    if hung:
+        pytest.fail(f"hung for {timeout} s waiting on a lock (cancelled)")
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.only_store("postgresql")
+def test_a_savepoint_that_rolls_back_after_the_block_neither_hangs_nor_reseals(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    """A savepoint rolled back in the transaction the batch was sealed in is not the
+    transaction's end: nothing is sealed again while it is open (before: the re-seal,
+    on another connection, waited forever for the caller's own locks)."""
+    label = key("savepoint-hang")
+    engine = sa.create_engine(module_store_url)
+    batches: list[Batch] = []
+
+    def scenario() -> None:
+        with Session(engine) as session, session.begin():
+            with Batch(**callbacks(importer, label)) as batch:
+                importer.row.delay(key("sent"))
+                publish_in(session, importer.row.s(key("in-transaction")))
+            _savepoint_rolled_back(session)
+            batches.append(batch)
+
+    try:
+        without_hang(engine, scenario)
+    finally:
+        engine.dispose()
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)
+    settle(importer.app)
+    stored = importer.store.batches.get(batches[0].id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == ("completed", 2, 2)
+
+
+@pytest.mark.parametrize("end", ["savepoint-then-rollback", "close", "savepoint-rolled-back"])
+def test_the_root_transaction_s_end_is_what_reseals_a_session_s_batch(
+    importer: Importer, worker: Any, module_store_url: str, end: str
+) -> None:
+    """A savepoint's commit is not the transaction's (a later rollback still seals the
+    batch again), nor a savepoint's rollback; a session closed without a commit rolls
+    back, and seals it again too."""
+    label, gone = key(f"root-{end}"), key("gone")
+    engine = sa.create_engine(module_store_url)
+    batches: list[Batch] = []
+
+    def scenario() -> None:
+        with Session(engine) as session:
+            session.begin()
+            with Batch(**callbacks(importer, label)) as batch:
+                importer.row.delay(key("sent"))
+                publish_in(session, importer.row.s(gone))
+            batches.append(batch)
+            if end == "savepoint-then-rollback":
+                with session.begin_nested():
+                    session.execute(sa.text("SELECT 1"))
+                session.rollback()
+            elif end == "savepoint-rolled-back":
+                _savepoint_rolled_back(session)
+                session.rollback()
+            # "close": the session closes with its transaction open
+
+    try:
+        without_hang(engine, scenario)
+    finally:
+        engine.dispose()
+    [batch] = batches
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 1 and summary["outcomes"] == counts(succeeded=1)
+    settle(importer.app)
+    assert importer.runs(gone) == 0
+    stored = importer.store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.done, stored.total) == ("completed", 1, 1)
+
+
+def test_a_long_lived_connection_keeps_no_listener_per_batch(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    """Batches sealed in the committed transactions of one connection: what it would
+    call on a rollback is dropped at each commit, not kept once per batch."""
+    labels = [key("long-lived") for _ in range(3)]
+    engine = sa.create_engine(module_store_url)
+    try:
+        with engine.connect() as connection:
+            for label in labels:
+                transaction = connection.begin()
+                with Batch(on_complete=importer.collect.s(label)):
+                    publish_in(connection, importer.row.s(key("r")))
+                transaction.commit()
+            assert len(connection.dispatch.rollback) <= 1
+            assert len(connection.dispatch.commit) <= 1
+    finally:
+        engine.dispose()
+    for label in labels:
+        (summary,) = importer.wait_got(label)
+        assert summary["total"] == 1
+
+
+@pytest.mark.only_store("postgresql")
+def test_a_block_that_aborted_its_transaction_raises_its_own_error(
+    importer: Importer, worker: Any, module_store_url: str
+) -> None:
+    """The block's statement failed (PostgreSQL aborts the transaction): its error is
+    the one raised, and the batch is abandoned on the store's own connection (before:
+    the abandoned seal, in the aborted transaction, raised instead)."""
+    label, gone = key("aborted"), key("gone")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with (
+            pytest.raises(sa.exc.DataError),
+            Session(engine) as session,
+            session.begin(),
+            Batch(**callbacks(importer, label)) as batch,
+        ):
+            sent = importer.row.delay(key("sent"))
+            publish_in(session, importer.row.s(gone))
+            session.execute(sa.text("SELECT 1/0"))
+    finally:
+        engine.dispose()
+    wait_until(
+        lambda: (b := importer.store.batches.get(batch.id)) and b.done == 1,
+        "the member sent counted",
+    )
+    settle(importer.app)
+    stored = importer.store.batches.get(batch.id)
+    assert stored is not None and (stored.state, stored.total) == ("abandoned", 1)
+    assert {t for t, _, _ in importer.store.batches.members(batch.id)} == {sent.id}
+    assert importer.runs(gone) == 0
+    assert importer.got(f"{label}:complete") == importer.got(f"{label}:success") == []
+
+
+def test_a_publish_in_that_raised_after_its_capture_is_not_a_member(
+    importer: Importer, worker: Any, module_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """publish_in captured the message (the batch counted it), then failed to write it:
+    it was never sent, so it is not a member and the batch completes without it."""
+    from celery_reliable.outbox import publish as publishing
+
+    def refused(*_: Any) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("the members' rows refused"))
+
+    label, gone = key("raised"), key("gone")
+    engine = sa.create_engine(module_store_url)
+    try:
+        with Batch(**callbacks(importer, label)) as batch:
+            sent = importer.row.delay(key("sent"))
+            monkeypatch.setattr(publishing, "write_members_in", refused)
+            with pytest.raises(sa.exc.OperationalError), engine.begin() as connection:
+                publish_in(connection, importer.row.s(gone))
+            monkeypatch.undo()
+    finally:
+        engine.dispose()
+    assert batch.members == [sent.id]
+    for which in ("complete", "success"):
+        (summary,) = importer.wait_got(f"{label}:{which}")
+        assert summary["total"] == 1 and summary["outcomes"] == counts(succeeded=1)
+    settle(importer.app)
+    assert importer.runs(gone) == 0

@@ -226,3 +226,44 @@ def test_a_batch_block_inside_atomic_is_sealed_with_its_transaction(
     finally:
         engine.dispose()
     assert states == {committed: "completed", rolled_back: "open"}
+
+
+ABORTED_SCRIPT = """
+import django
+django.setup()
+from django.db import connection, transaction
+from celery_reliable import Batch
+from celery_reliable.outbox import publish_in
+from tests.support.apps.django_crash.tasks import note
+
+try:
+    with transaction.atomic():
+        with Batch(on_complete=note.s()) as batch:
+            note.delay(40)
+            publish_in(transaction, note.s(41))
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+except Exception as exc:
+    print(batch.id, type(exc).__name__)
+"""
+
+
+# PostgreSQL: an error aborts the transaction (SQLite's does not).
+@pytest.mark.only_store("postgresql")
+def test_a_batch_block_whose_error_aborted_its_atomic_block_raises_that_error(
+    shop_env: dict[str, str], migrated: str
+) -> None:
+    """The block's statement failed inside ``atomic()``: its error is the one raised
+    (before: the abandoned seal, written in the aborted transaction, raised instead),
+    and the batch is abandoned."""
+    batch_id, raised = python(shop_env, "-c", ABORTED_SCRIPT).split()
+    assert raised == "DataError"
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            state = connection.execute(
+                sa.text("SELECT state FROM reliable_batches WHERE id = :id"), {"id": batch_id}
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert state == "abandoned"
