@@ -188,8 +188,9 @@ def _terminate_on_loop(worker: object) -> Callable[[str, int, str], None]:
 
         for request in tuple(state.active_requests):
             if request.id == task_id and request.worker_pid == pid:
+                # Celery's time_start is the wall clock's (billiard's time of acceptance).
                 started = getattr(request, "time_start", None)
-                ran = time.monotonic() - started if started else None
+                ran = time.time() - started if started else None
                 killed[task_id] = (reason, ran)
                 try:
                     request.terminate(getattr(worker, "pool", None), signal.SIGKILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -93,6 +94,9 @@ def test_a_body_stuck_in_c_code_is_killed_after_the_grace(
     assert [e["outcome"] for e in events] == ["failed"], worker.output
     assert "its pool process was killed" in events[0]["reason"], events
     assert "heartbeat_timeout=1s" in events[0]["reason"]
+    # How long it ran, from Celery's wall-clock start (it read -1796599803 s once).
+    [ran] = re.findall(rf"id={result.id} attempt=1 outcome=failed duration=(\S+)s", worker.output)
+    assert 2.0 < float(ran) < 40.0, ran
     # The worker replaced the process and goes on.
     assert app.beating.apply_async((0.1,)).get(timeout=30) == "done"
 
