@@ -47,10 +47,11 @@ import redis
 import sqlalchemy as sa
 
 from tests.chaos.batch_publisher import kind_of, members_of
-from tests.chaos.outbox import Child, OutboxWorkers
+from tests.chaos.outbox import Child
 from tests.chaos.run import (
     Faults,
     Plan,
+    Workers,
     dead_letters,
     in_progress_receipts,
     longest_wait,
@@ -309,7 +310,7 @@ def run_batches(plan: Plan) -> BatchFigures:
         }
         publishers = Publishers(plan, env, batches)
         stack.callback(publishers.stop)
-        workers = OutboxWorkers(env, plan, stack)
+        workers = Workers(env, plan, stack)
         starting = [threading.Thread(target=workers.start_one) for _ in range(plan.workers)]
         for thread in starting:  # side by side
             thread.start()
@@ -389,7 +390,7 @@ def _figures(  # noqa: PLR0917 - the run's parts, read once
     url: str,
     state: State,
     publishers: Publishers,
-    workers: OutboxWorkers,
+    workers: Workers,
     wall: float,
     events: list[str],
 ) -> BatchFigures:

@@ -268,32 +268,6 @@ class Publishers:
             publisher.stop()
 
 
-class OutboxWorkers(Workers):
-    """The workers, each killed one replaced in the background: the run goes on killing
-    publishers and relays while it starts (a worker takes seconds to be ready)."""
-
-    def __init__(self, env: dict[str, str], plan: Plan, stack: ExitStack) -> None:
-        super().__init__(env, plan, stack)
-        self.starting: list[threading.Thread] = []
-
-    def all_up(self) -> bool:
-        return len(self.running) >= self.plan.workers
-
-    def kill_one(self, rng: random.Random, holding: int | None = None) -> None:
-        aimed = [w for w in self.running if w.proc.pid == holding]
-        victim = rng.choice(aimed or self.running)
-        self.running.remove(victim)
-        victim.kill_group()
-        self.kills += 1
-        replacement = threading.Thread(target=self.start_one)
-        replacement.start()
-        self.starting.append(replacement)
-
-    def settle(self) -> None:
-        for thread in self.starting:
-            thread.join()
-
-
 class Relays:
     """``plan.relays`` ``celery reliable relay`` processes."""
 
@@ -359,7 +333,7 @@ def state_of(url: str) -> State | None:
 class RelayKills:
     """Relays SIGKILLed: aimed between a publish and its delete, or at random."""
 
-    def __init__(self, witness: str, relays: Relays, workers: OutboxWorkers) -> None:
+    def __init__(self, witness: str, relays: Relays, workers: Workers) -> None:
         self.witness, self.relays, self.workers = witness, relays, workers
         self.between = 0
         self.in_workers = 0
@@ -409,7 +383,7 @@ def run_outbox(plan: Plan) -> OutboxFigures:
         stack.callback(relays.stop)
         publishers = Publishers(plan, env)
         stack.callback(publishers.stop)
-        workers = OutboxWorkers(env, plan, stack)
+        workers = Workers(env, plan, stack)
         starting = [threading.Thread(target=workers.start_one) for _ in range(plan.workers)]
         for thread in starting:  # side by side
             thread.start()

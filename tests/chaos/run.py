@@ -198,12 +198,16 @@ def effect_counts(url: str) -> dict[int, int] | None:
 
 
 class Workers:
-    """``plan.workers`` prefork workers, each in its own process group."""
+    """``plan.workers`` prefork workers, each in its own process group. A killed one is
+    replaced in the background: a worker takes seconds to be ready on a loaded machine,
+    and the run goes on with its schedule of kills meanwhile (waiting for each
+    replacement once left a 13 s window with a single kill)."""
 
     def __init__(self, env: dict[str, str], plan: Plan, stack: ExitStack) -> None:
         self.env, self.plan, self.stack = env, plan, stack
-        self.running: list[WorkerProcess] = []
+        self.running: list[WorkerProcess] = []  # ready ones only: a kill's victims
         self.all: list[WorkerProcess] = []
+        self.starting: list[threading.Thread] = []
         self.kills = 0
 
     def start_one(self) -> None:
@@ -213,16 +217,30 @@ class Workers:
         self.running.append(worker)
         self.all.append(worker)
 
-    def kill_one(self, rng: random.Random, holding: int | None = None) -> None:
-        """SIGKILL a running worker: the one whose process group is ``holding`` when
-        given (the limits mode: a worker with a body holding its slot, so that the run
-        always proves a dead holder's slot frees), else any."""
+    def all_up(self) -> bool:
+        return len(self.running) >= self.plan.workers
+
+    def kill_one(self, rng: random.Random, holding: int | None = None) -> bool:
+        """SIGKILL a running worker (the one whose process group is ``holding`` when
+        given: the limits mode aims at a worker with a body holding its slot, so that
+        the run always proves a dead holder's slot frees, else any ready one) and
+        start its replacement in the background. False when no worker is ready."""
+        if not self.running:
+            return False
         aimed = [w for w in self.running if w.proc.pid == holding]
         victim = rng.choice(aimed or self.running)
         self.running.remove(victim)
         victim.kill_group()
         self.kills += 1
-        self.start_one()
+        replacement = threading.Thread(target=self.start_one)
+        replacement.start()
+        self.starting.append(replacement)
+        return True
+
+    def settle(self) -> None:
+        """Wait for the replacements still starting."""
+        for thread in self.starting:
+            thread.join()
 
 
 @contextmanager
@@ -284,9 +302,9 @@ def run(plan: Plan) -> Figures:
             chaos = now - chaos_began < plan.chaos_for
             if chaos and now >= next_kill and not faults.busy.is_set():
                 holder = at_once.a_body_just_started(tally, within=2.0) if tally else None
-                workers.kill_one(rng, holder)
-                # From the kill, not from when it was due: an aimed kill may have waited.
-                next_kill = time.monotonic() + plan.kill_every
+                if workers.kill_one(rng, holder):
+                    # From the kill, not from when it was due: an aimed kill may have waited.
+                    next_kill = time.monotonic() + plan.kill_every
             found = effect_counts(postgres.url)
             if found is not None:
                 counts = found
@@ -304,6 +322,7 @@ def run(plan: Plan) -> Figures:
         time.sleep(plan.visibility_timeout + 2)
         counts = effect_counts(postgres.url) or counts
         faults.join()
+        workers.settle()
         for worker in list(workers.running):
             worker.stop()
         logs = os.environ.get("CHAOS_LOG_DIR")
