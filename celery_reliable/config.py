@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "reliable_outbox_relay": True,
     "reliable_outbox_poll_interval": 0.2,
     "reliable_beat_catch_up": 3600.0,
+    "reliable_batch_group_endings": True,
 }
 
 UNCLASSIFIED_MODES = ("fail", "retry")
@@ -111,6 +112,10 @@ class ReliableSettings:
     #: ``celery_reliable.beat:Scheduler``: a slot missed while every beat was down is
     #: published late if it is at most this many seconds old, else skipped (0: never).
     beat_catch_up: float = 3600.0
+    #: Redis brokers: a batch member's ending is pushed to the broker's Redis and
+    #: counted in the store in groups by a thread of every worker (``batches/tally.py``);
+    #: False, or another broker: each ending is one store transaction before the ack.
+    batch_group_endings: bool = True
 
     @classmethod
     def from_mapping(
@@ -165,6 +170,7 @@ class ReliableSettings:
             outbox_relay=_bool("reliable_outbox_relay", merged),
             outbox_poll_interval=_seconds("reliable_outbox_poll_interval", merged),
             beat_catch_up=_beat_catch_up(merged),
+            batch_group_endings=_bool("reliable_batch_group_endings", merged),
         ).with_unclassified_rule()
 
     def redacts(self, task_name: str) -> bool:

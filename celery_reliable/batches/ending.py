@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task, shared_task
 
+from celery_reliable.batches.tally import EndingsList, encode, endings_list_for
 from celery_reliable.errors import BatchError, StoreUnavailable
 from celery_reliable.headers import BATCH_HEADER
 from celery_reliable.outcomes import Outcome
@@ -216,6 +217,9 @@ def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any)
     if batch_id is None or event.outcome in _NOT_AN_END:
         return
     app, task_id = event.task.app, str(event.task_id)
+    endings = endings_list_for(app)
+    if endings is not None and _pushed(endings, str(batch_id), task_id, event):
+        return
     try:
         count_ending(app, str(batch_id), task_id, event.task_name, event.outcome.value)
     except StoreUnavailable as exc:
@@ -237,6 +241,28 @@ def _on_outcome(sender: Any = None, event: OutcomeEvent | None = None, **_: Any)
             event.task_name,
             event.task_id,
         )
+
+
+def _pushed(endings: EndingsList, batch_id: str, task_id: str, event: OutcomeEvent) -> bool:
+    """The ending pushed to the broker's Redis, to be counted in a group (``tally.py``);
+    False when Redis did not take it (then it is counted in the store directly)."""
+    from celery_reliable.store.timeutil import utcnow
+
+    ending = encode(batch_id, task_id, event.task_name, event.outcome.value, utcnow())
+    try:
+        endings.push(ending)
+    except Exception as exc:
+        logger.warning(
+            "batch %s: Redis did not take the end (%s) of member %s[%s] (%s); counted in "
+            "the store directly",
+            batch_id,
+            event.outcome.value,
+            event.task_name,
+            task_id,
+            exc,
+        )
+        return False
+    return True
 
 
 def count_ending(

@@ -187,6 +187,45 @@ class BatchRow:
         return not any(self.outcomes[outcome] for outcome in BAD)
 
 
+@dataclass(frozen=True)
+class Ending:
+    """A member's ending as it waits to be counted with others (``batches/tally.py``)."""
+
+    batch_id: str
+    task_id: str
+    task_name: str
+    #: One of :data:`ENDINGS`.
+    outcome: str
+    #: When the member ended (the ending's own clock, naive UTC).
+    at: datetime
+
+
+def _add_counts_sql() -> Any:
+    added = ", ".join(f"{o} = {o} + :n_{o}" for o in ENDINGS)
+    return text(
+        f"UPDATE {batches.name} SET done = done + :n_done, {added} "
+        "WHERE id = :p_id RETURNING done, total, state"
+    )
+
+
+#: A group's endings of one batch, added to its counts at once.
+_ADD_COUNTS = _add_counts_sql()
+
+
+def _upsert_endings(dialect: str) -> Any:
+    """Members' endings written where they have none yet; the rows that took one are
+    returned (a member that ended before, by a redelivery, is not)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    # Any: the two dialects' Insert are distinct types with the same methods.
+    upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(batch_members)
+    return upsert.on_conflict_do_update(
+        index_elements=[batch_members.c.batch_id, batch_members.c.task_id],
+        set_={"outcome": upsert.excluded.outcome, "ended_at": upsert.excluded.ended_at},
+        where=batch_members.c.outcome.is_(None),
+    ).returning(batch_members.c.batch_id, batch_members.c.outcome)
+
+
 def _batch(row: Any) -> BatchRow:
     return BatchRow(
         id=row.id,
@@ -298,6 +337,7 @@ class BatchRows:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._postgresql = engine.dialect.name == "postgresql"
+        self._upsert = _upsert_endings(engine.dialect.name)
 
     def open(
         self,
@@ -369,6 +409,52 @@ class BatchRows:
             if counted is None or counted.state != SEALED or counted.done != counted.total:
                 return None
             return complete_in(connection, batch_id, now, on_completed)
+
+    def members_ended(
+        self, endings: Iterable[Ending], now: datetime, on_completed: OnCompleted
+    ) -> list[BatchRow]:
+        """Count a group of members' endings in one transaction: one upsert of their
+        rows, then one UPDATE per batch they belong to, adding what took (once per task
+        id, as :meth:`member_ended`). Returns the batches the group completed
+        (``on_completed`` was called for each, in the same transaction).
+
+        Rows and batches are written in key order, so that two groups counted at once
+        by two workers wait for each other instead of deadlocking (PostgreSQL)."""
+        first: dict[tuple[str, str], Ending] = {}
+        for ending in endings:
+            if ending.outcome not in ENDINGS:
+                raise ValueError(f"{ending.outcome!r} does not end a batch member")
+            first.setdefault((ending.batch_id, ending.task_id), ending)
+        if not first:
+            return []
+        rows = [
+            {
+                "batch_id": e.batch_id,
+                "task_id": e.task_id,
+                "task_name": e.task_name,
+                "outcome": e.outcome,
+                "ended_at": e.at,
+            }
+            for _, e in sorted(first.items())
+        ]
+        completed: list[BatchRow] = []
+        with unavailable_as("counting batch members' ends"), self._engine.begin() as connection:
+            took = connection.execute(self._upsert, rows).all()
+            counts: dict[str, dict[str, int]] = {}
+            for batch_id, outcome in took:
+                per = counts.setdefault(batch_id, dict.fromkeys(ENDINGS, 0))
+                per[outcome] += 1
+            for batch_id in sorted(counts):
+                per = counts[batch_id]
+                params: dict[str, Any] = {f"n_{o}": n for o, n in per.items()}
+                params.update(p_id=batch_id, n_done=sum(per.values()))
+                found = connection.execute(_ADD_COUNTS, params).first()
+                if found is None or found.state != SEALED or found.done != found.total:
+                    continue
+                batch = complete_in(connection, batch_id, now, on_completed)
+                if batch is not None:
+                    completed.append(batch)
+        return completed
 
     def get(self, batch_id: str) -> BatchRow | None:
         with unavailable_as("reading a batch"), self._engine.connect() as connection:

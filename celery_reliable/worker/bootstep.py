@@ -55,6 +55,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         self._cancels: CancelWatch | None = None
         self._pauses: PauseWatch | None = None
         self._relay: Any = None
+        self._endings: Any = None
         # First: a misspelt prefix may be why a setting below seems to be ignored.
         warn_of_misspelt_keys(worker.app)
         try:
@@ -117,6 +118,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             )
             if self.settings.outbox_relay:
                 self._relay = start_relay(worker.app, self.store, self.settings)
+            self._endings = start_endings_counter(worker.app, self.store)
 
     def stop(self, worker: Any) -> None:
         # A warm shutdown stops this step before the pool, whose threads may still be
@@ -145,6 +147,11 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             # again (and runs once).
             self._relay.stop()
             self._relay = None
+        if self._endings is not None:
+            # Before the pool has finished: endings of members still running are
+            # counted by the other workers' counters (or this one's after a restart).
+            self._endings.stop()
+            self._endings = None
 
     def terminate(self, worker: Any) -> None:
         # A cold shutdown (and an embedded test worker's exit) terminates the steps
@@ -209,6 +216,21 @@ def warn_of_misspelt_keys(app: Any) -> None:
             meant,
             docs_url("configuration"),
         )
+
+
+def start_endings_counter(app: Any, store: Any) -> Any:
+    """The counter of batch members' endings in a thread of this worker, when they
+    wait in the broker's Redis (``batches/counter.py``); None otherwise."""
+    from celery_reliable.batches.tally import endings_list_for
+
+    endings = endings_list_for(app)
+    if endings is None:
+        return None
+    from celery_reliable.batches.counter import EndingsCounter
+
+    counter = EndingsCounter(app, store, endings)
+    counter.start()
+    return counter
 
 
 def start_relay(app: Any, store: Any, settings: Any) -> Any:

@@ -8,9 +8,10 @@ PostgreSQL store.
 * A worker SIGKILLed mid-batch, with a member inside its body, or with a member whose
   end was counted but whose message was not yet acked: the survivor rescues the
   message and runs it again; the member is counted once, the callbacks fire once.
-* A member that ends while the store cannot count it: its ending waits in the broker;
-  every worker is SIGKILLed while it does (nothing of it is in a process's memory); the
-  store comes back, a new worker counts it once, and the member's body ran once.
+* A member that ends while the store cannot count it: its ending waits in the broker's
+  Redis, held by a worker's counter; every worker is SIGKILLed while it does (nothing
+  of it is in a process's memory); the store comes back, a new worker moves it back
+  (its holder's process is gone) and counts it once, and the member's body ran once.
 
 Absence (no second callback) is proven by a later event: a last batch published after
 everything else, whose callback the same workers run after any earlier message (the
@@ -32,6 +33,7 @@ import redis
 from celery_reliable import Batch
 from celery_reliable.store import Store, store_for
 from celery_reliable.store.batches import ENDINGS
+from tests.support.batch_endings import held_endings
 from tests.support.celery_apps import helper_app_module, new_redis_db
 from tests.support.outcomes import recorded
 from tests.support.store_faults import batch_tables_away
@@ -174,8 +176,14 @@ def test_a_worker_sigkilled_mid_batch_counts_each_member_once_and_fires_once(  #
     )
     [dying] = [w for w in workers if w.proc.pid == group_id]
     if point == "ended":
-        # Its end is counted (the batch's receiver ran first), its message not acked.
-        assert store.batches.members(batch.id).count((doomed.id, "bp.victim", "succeeded")) == 1
+        # Its end is counted (the batch's receiver pushed it before this one ran, and a
+        # counter counted it), its message not acked.
+        wait_until(
+            lambda: (
+                store.batches.members(batch.id).count((doomed.id, "bp.victim", "succeeded")) == 1
+            ),
+            "the victim's end counted",
+        )
     os.killpg(group_id, signal.SIGKILL)
     dying.proc.wait(10)
     # The survivor rescues the message and runs it again.
@@ -231,10 +239,24 @@ def test_an_ending_the_store_could_not_count_outlives_every_worker_sigkilled(  #
     with batch_tables_away(store):
         effects.rpush(f"gate:{gate}", 1)
         recorded(broker, member.id, 1)
-        # Its ending is in the broker, tried again by a worker: then every worker dies.
-        wait_until(lambda: effects.llen(f"ending-retried:{member.id}") >= 1, "the ending retried")
+        # Its ending waits in the broker's Redis, held by a worker's counter that could
+        # not count it: then every worker dies, and a new one (on this host: it finds
+        # the holder's process gone) moves it back and counts it.
+        wait_until(
+            lambda: member.id in held_endings(helper.app),
+            "the ending held",
+            seen=lambda: (
+                member.id,
+                {
+                    k: effects.lrange(k, 0, -1)
+                    for k in effects.scan_iter("celery_reliable.batch*")
+                    if effects.type(k) == b"list"
+                },
+            ),
+        )
         for worker in workers:
             worker.kill_group()
+        assert member.id in held_endings(helper.app)
     with celery_worker(APP, env, concurrency=1, new_session=True):
         (summary,) = wait_got(effects, label, timeout=60)
         assert summary["total"] == 2 and summary["outcomes"] == counts(succeeded=2)

@@ -10,8 +10,6 @@ short ``visibility_timeout`` and rescue, ``acks_late``, one message at a time.
   before the message is acked). Later runs end at once.
 * ``bp.stuck(key)``: its first run outlasts its hard time limit.
 * ``bp.collect(summary, label)``: keeps each summary it gets in Redis.
-* Each retry of a batch's ending the store could not count (``ENDING_TASK``) is said
-  in Redis (``ending-retried:{member task id}``: the retrying worker's process group).
 """
 
 from __future__ import annotations
@@ -22,10 +20,8 @@ import time
 from typing import Any
 
 import redis
-from celery.signals import task_retry
 
 from celery_reliable import ReliableTask
-from celery_reliable.batches.ending import ENDING_TASK
 from celery_reliable.signals import OutcomeEvent, task_outcome
 from tests.support.apps.config import helper_app
 from tests.support.outcomes import record_outcomes_to
@@ -79,14 +75,6 @@ def _after_the_count(sender: Any = None, event: OutcomeEvent | None = None, **_:
 
 
 task_outcome.connect(_after_the_count, weak=False)
-
-
-def _ending_retried(sender: Any = None, request: Any = None, **_: Any) -> None:
-    if getattr(sender, "name", None) == ENDING_TASK:
-        effects.rpush(f"ending-retried:{request.args[1]}", os.getpgrp())
-
-
-task_retry.connect(_ending_retried, weak=False)
 
 
 @app.task(base=ReliableTask, bind=True, name="bp.stuck", time_limit=1.5)
