@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from celery_reliable.batches.tally import STALE_AFTER
+from celery_reliable.batches.tally import LINGER, STALE_AFTER
 from celery_reliable.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class EndingsCounter(threading.Thread):
                 if time.monotonic() - rescued_at > RESCUE_EVERY:
                     rescued_at = time.monotonic()
                     self._rescue()
-                raw = self.endings.take(self.owner)
+                raw = self.endings.take(self.owner, linger=LINGER)
                 if raw:
                     self._count(raw, on_completed)
                     self.endings.counted(self.owner)
