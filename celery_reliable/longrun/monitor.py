@@ -7,12 +7,11 @@ Every quarter second it reads the board's modification times (no store, no broke
   (``interrupt.py``), again every second while the silence lasts (a body that
   swallowed it and still does not beat gets it again);
 * silent past the timeout and its grace (``options.heartbeat_grace``): the body did
-  not return to Python. A prefork pool process is killed the way Celery's
-  ``revoke(terminate=True)`` kills one (``Request.terminate`` on the worker's event
-  loop: the message is acked, the pool replaces the process), and the worker decides
-  the outcome from ``HeartbeatTimeout`` by the task's rules
-  (``worker/external_failures.py``): ``retry_on(HeartbeatTimeout)`` retries it. A
-  thread cannot be killed, and an error says so once.
+  not return to Python. A prefork pool process is killed by the ``kill`` the worker
+  gives (``worker/stuck.py``: the pool replaces the process, and the worker decides
+  the outcome from ``HeartbeatTimeout`` by the task's rules before it settles the
+  message: ``retry_on(HeartbeatTimeout)`` retries it). A thread cannot be killed, and
+  an error says so once.
 
 The silence is measured on the monotonic clock from when the monitor saw the file
 change, so a wall clock that jumps does not end a body that beats.
@@ -38,10 +37,6 @@ logger = logging.getLogger("celery_reliable.heartbeat")
 INTERVAL = 0.25
 #: Seconds between two interrupts of one silent execution.
 REPEAT = 1.0
-
-#: Executions this process is killing, by task id: why, and how long they ran (read by
-#: ``worker/external_failures.py`` when Celery announces the termination).
-killed: dict[str, tuple[str, float | None]] = {}
 
 
 @dataclass
@@ -175,54 +170,22 @@ def _kill_process(task_id: str, pid: int, reason: str) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _terminate_on_loop(worker: object) -> Callable[[str, int, str], None]:
-    """Kill through Celery: ``Request.terminate`` (what ``revoke(terminate=True)``
-    runs) acks the message, tells billiard the process was ended on purpose (so the
-    pool replaces it at once, without waiting for ``worker_lost_wait``) and sends
-    ``task_revoked(terminated=True)``, where the outcome is decided. It runs on the
-    worker's event loop, where Celery acks messages (a channel is not shared across
-    threads)."""
-
-    def terminate(task_id: str, pid: int, reason: str) -> None:
-        from celery.worker import state
-
-        for request in tuple(state.active_requests):
-            if request.id == task_id and request.worker_pid == pid:
-                # Celery's time_start is the wall clock's (billiard's time of acceptance).
-                started = getattr(request, "time_start", None)
-                ran = time.time() - started if started else None
-                killed[task_id] = (reason, ran)
-                try:
-                    request.terminate(getattr(worker, "pool", None), signal.SIGKILL)
-                finally:
-                    killed.pop(task_id, None)
-                return
-        # Not running any more: it ended between the last look and now.
-
-    def on_loop(task_id: str, pid: int, reason: str) -> None:
-        hub = getattr(worker, "hub", None)
-        if hub is None:  # no event loop (a worker without one): from this thread
-            terminate(task_id, pid, reason)
-        else:
-            hub.call_soon(terminate, task_id, pid, reason)
-
-    return on_loop
-
-
 #: The worker's attribute holding its monitor, for ``stop_monitor``.
 _WORKER_ATTR = "_reliable_heartbeats"
 
 
-def start_monitor(worker: object, path: str) -> HeartbeatMonitor:
+def start_monitor(
+    worker: object, path: str, kill: Callable[[str, int, str], None]
+) -> HeartbeatMonitor:
     """A worker's monitor of the board at ``path``; it may kill its prefork pool's
-    processes only."""
+    processes only, by ``kill``."""
 
     def pool_processes() -> set[int]:
         pool = getattr(worker, "pool", None)
         info = getattr(pool, "info", None) or {}
         return {int(pid) for pid in info.get("processes") or ()}
 
-    monitor = HeartbeatMonitor(path, pool_processes, _terminate_on_loop(worker))
+    monitor = HeartbeatMonitor(path, pool_processes, kill)
     setattr(worker, _WORKER_ATTR, monitor)
     monitor.start()
     return monitor

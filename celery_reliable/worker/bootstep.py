@@ -31,6 +31,7 @@ from celery_reliable.worker.cancels import CancelWatch
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
 from celery_reliable.worker.pauses import PauseWatch
 from celery_reliable.worker.sampler import queue_depth_sampler
+from celery_reliable.worker.stuck import kill_on_loop
 
 logger = logging.getLogger("celery_reliable.worker")
 
@@ -91,7 +92,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         activate_history(worker.app)
         # Watched until the pool has finished (worker_shutdown), not only until this
         # step stops: a warm shutdown waits for running bodies, which may be stuck.
-        start_monitor(worker, self.beat_board)
+        start_monitor(worker, self.beat_board, kill_on_loop(worker))
         install_handler()  # a solo pool runs bodies in this process's main thread
         self._redelivery = redelivery_for(worker, self.settings)
         if self._redelivery is not None:

@@ -1,13 +1,10 @@
-"""Executions the worker's main process ends: the hard time limit, a lost pool child,
-a body stuck without heartbeats that the heartbeat monitor killed.
+"""Executions Celery's worker ends: the hard time limit, a lost pool child.
 
-The body never got to decide these, so no outcome was sent for them yet. For the hard
-time limit and a lost child, Celery's ``task_failure`` signal tells the main process,
-and ``worker/receivers.py`` hands it here to send the one ``FAILED`` outcome (which
-observers turn into a dead letter, a metric and an error report). A stuck body the
-monitor killed (``longrun/monitor.py``) comes through ``task_revoked``: its outcome is
-what the task's rules say of ``HeartbeatTimeout``, decided and acted on here as the
-body would have (a retry re-published, a dead letter written, Celery's FAILURE stored).
+The body never got to decide these, so no outcome was sent for them yet. Celery's
+``task_failure`` signal tells the main process, and ``worker/receivers.py`` hands it
+here to send the one ``FAILED`` outcome (which observers turn into a dead letter, a
+metric and an error report). A body stuck without heartbeats, which the heartbeat
+monitor kills, is decided by its rules in ``worker/stuck.py``.
 """
 
 from __future__ import annotations
@@ -15,16 +12,11 @@ from __future__ import annotations
 import sys
 import threading
 from time import monotonic
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from celery.app.task import Context
-from celery.exceptions import Ignore, Reject, Retry
 
-from celery_reliable.compat.celery_internals import actual_ignore_result
-from celery_reliable.decisions import Decision, describe_exc
-from celery_reliable.errors import HeartbeatTimeout
-from celery_reliable.execution import Execution
-from celery_reliable.longrun.monitor import killed
+from celery_reliable.decisions import describe_exc
 from celery_reliable.outcomes import Outcome
 from celery_reliable.signals import OutcomeEvent
 
@@ -116,51 +108,3 @@ def _headers_of_timed_out(task_id: str | None) -> dict[str, Any] | None:
             return None
         frame = frame.f_back
     return None
-
-
-class _KilledExecution(Execution):
-    """An execution whose pool process the monitor killed, decided in the main process.
-
-    Celery's termination acked the message already, so a re-publish that fails cannot
-    give it back (it ends FAILED, said so); and no tracer stores RETRY after us."""
-
-    __slots__ = ()
-
-    def message_still_ours(self) -> bool:
-        return False
-
-    def _store_retry_first(self, decision: Decision) -> bool:
-        task, request = self.task, self.request
-        if actual_ignore_result(task, request) and not task.store_errors_even_if_ignored:
-            return False
-        task.backend.mark_as_retry(
-            cast(str, request.id), cast(Exception, decision.exc), request=request
-        )
-        return False
-
-
-def decide_killed_execution(task: ReliableTask, request: Context) -> None:
-    """``task_revoked(terminated=True)`` of an execution the heartbeat monitor killed:
-    its outcome is the task's rules' answer to ``HeartbeatTimeout`` (a stuck body that
-    is retried, discarded or dead-lettered like one that raised it)."""
-    task_id = request.id
-    why, ran = killed.pop(task_id, (None, None)) if task_id is not None else (None, None)
-    if why is None:
-        return  # a revoke of someone else's (a user's, a cancel): not ours to decide
-    execution = _KilledExecution(
-        task, request, tuple(request.args or ()), dict(request.kwargs or {})
-    )
-    execution.started = monotonic() - (ran or 0.0)
-    exc = HeartbeatTimeout(why)
-    decision = execution.decide_exception(exc)
-    try:
-        execution.act(decision)
-    except (Retry, Ignore, Reject):
-        return  # re-published, or its own state stored: done
-    except Exception as raised:  # EXHAUSTED / FAILED: what Celery's tracer would store
-        task.backend.mark_as_failure(
-            cast(str, task_id),
-            raised,
-            request=request,
-            store_result=not actual_ignore_result(task, request),
-        )

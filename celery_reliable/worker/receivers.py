@@ -21,10 +21,7 @@ from celery_reliable.longrun.interrupt import install_handler
 from celery_reliable.longrun.monitor import stop_monitor
 from celery_reliable.policy import RULES_ATTR
 from celery_reliable.task import ReliableTask
-from celery_reliable.worker.external_failures import (
-    decide_killed_execution,
-    report_external_failure,
-)
+from celery_reliable.worker.external_failures import report_external_failure
 from celery_reliable.worker.misconfigured import WorkerMisconfigured
 
 
@@ -87,15 +84,6 @@ def report_ended_outside_the_body(
     report_external_failure(sender, task_id, exception, args, kwargs)
 
 
-def decide_killed_by_the_monitor(
-    sender: Any = None, request: Any = None, terminated: bool = False, **_: Any
-) -> None:
-    """``task_revoked``: the heartbeat monitor terminated a stuck body's pool process
-    (longrun/monitor.py); its rules decide what that execution's outcome is."""
-    if terminated and isinstance(sender, ReliableTask) and request is not None:
-        decide_killed_execution(sender, request)
-
-
 def at_pool_child_start(**_: Any) -> None:
     """``worker_process_init``: a prefork child records the history of what it runs,
     and a silent body in it can be ended (``longrun/interrupt.py``)."""
@@ -130,7 +118,6 @@ def at_worker_shutdown(sender: Any = None, **_: Any) -> None:
 
 celery_signals.worker_init.connect(refuse_ignored_declarations, weak=False)
 celery_signals.task_failure.connect(report_ended_outside_the_body, weak=False)
-celery_signals.task_revoked.connect(decide_killed_by_the_monitor, weak=False)
 celery_signals.worker_process_init.connect(at_pool_child_start, weak=False)
 celery_signals.worker_process_shutdown.connect(settle_limits_of_pool_child, weak=False)
 celery_signals.worker_process_shutdown.connect(write_history_of_pool_child, weak=False)

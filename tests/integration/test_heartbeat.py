@@ -23,6 +23,7 @@ from celery import Celery
 from celery_reliable.results import wait_for_outcome
 from celery_reliable.store import migrate, store_for
 from celery_reliable.testing import reset
+from tests.support.backend_states import stored_states
 from tests.support.celery_apps import new_redis_db
 from tests.support.cli import run_reliable
 from tests.support.outcomes import recorded
@@ -88,8 +89,15 @@ def test_a_body_that_beats_runs_past_its_heartbeat_timeout(app: Any, broker: str
 def test_a_body_stuck_in_c_code_is_killed_after_the_grace(
     app: Any, broker: str, worker: WorkerProcess
 ) -> None:
-    result = app.stuck_in_c.apply_async()
-    assert wait_for_outcome(result, timeout=40) == "FAILURE", worker.output
+    """Killed, it goes from running to its outcome: the result backend never stored
+    REVOKED for it (Celery's ``Request.terminate`` stored it first, ~30 ms before the
+    outcome replaced it, and a poll could see it). Every state the backend stored is
+    heard, in order: REVOKED would have come before FAILURE."""
+    task_id = str(uuid.uuid4())
+    with stored_states(broker, task_id) as stored:
+        result = app.stuck_in_c.apply_async(task_id=task_id)
+        assert stored("FAILURE", "REVOKED", timeout=40) == ["FAILURE"], worker.output
+    assert wait_for_outcome(result, timeout=5) == "FAILURE", worker.output
     events = recorded(broker, result.id, 1)
     assert [e["outcome"] for e in events] == ["failed"], worker.output
     assert "its pool process was killed" in events[0]["reason"], events
@@ -106,9 +114,11 @@ def test_a_body_stuck_in_c_code_is_decided_by_its_rules_once_killed(
 ) -> None:
     """retry_on(HeartbeatTimeout, attempts=2): the killed execution is retried (its
     message acked, not requeued by reject_on_worker_lost), the retry killed again and
-    exhausted; two runs in all."""
-    result = app.stuck_in_c_retried.apply_async()
-    assert wait_for_outcome(result, timeout=60) == "FAILURE", worker.output
+    exhausted; two runs in all. The backend stored RETRY then FAILURE, never REVOKED."""
+    task_id = str(uuid.uuid4())
+    with stored_states(broker, task_id) as stored:
+        result = app.stuck_in_c_retried.apply_async(task_id=task_id)
+        assert stored("FAILURE", timeout=60) == ["RETRY", "FAILURE"], worker.output
     events = recorded(broker, result.id, 2)
     assert [e["outcome"] for e in events] == ["retried", "exhausted"], worker.output
     assert {e["exc_type"] for e in events} == {"HeartbeatTimeout"}

@@ -1,5 +1,6 @@
-"""Heartbeats without a worker process: the option, the lease, the board and the
-monitor ending a silent body on a real thread (the threads pool's case).
+"""Heartbeats without a worker process: the option, the lease, the board, the
+monitor ending a silent body on a real thread (the threads pool's case), and the
+prefork kill's outcome and message settled on a stand-in for Celery's request.
 
 The prefork and solo pools, SIGKILL and leases under a real store:
 tests/integration/test_heartbeat.py.
@@ -258,3 +259,148 @@ def test_an_execution_whose_board_is_gone_still_runs(
     finally:
         board._current.clear()
     assert "not on the heartbeat board" in caplog.text
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.terminated: list[tuple[int, int]] = []
+
+    def terminate_job(self, pid: int, sig: int) -> None:
+        self.terminated.append((pid, sig))
+
+
+class _Worker:
+    hub = None  # no event loop: the kill runs in the calling thread
+
+    def __init__(self) -> None:
+        self.pool = _Pool()
+
+
+class _Request:
+    """What the kill reads of Celery's worker ``Request`` (a job running in pid 4242)."""
+
+    _already_revoked = False
+    _apply_result = None
+    worker_pid = 4242
+
+    def __init__(self, task: Any, acks_late: bool) -> None:
+        from celery.app.task import Context
+
+        self.task = task
+        self.id = f"id-{time.monotonic_ns()}"
+        self.name = task.name
+        self.time_start = time.time() - 3.0
+        self._context = Context(id=self.id, task=task.name, args=(), kwargs={}, retries=0)
+        self.acknowledged = not acks_late  # without acks_late, acked on acceptance
+        self.settled: list[str] = []
+        self.events: list[str] = []
+
+    def acknowledge(self) -> None:
+        if not self.acknowledged:
+            self.settled.append("ack")
+            self.acknowledged = True
+
+    def reject(self, requeue: bool = False) -> None:
+        if not self.acknowledged:
+            self.settled.append(f"reject(requeue={requeue})")
+            self.acknowledged = True
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        self.events.append(type)
+
+
+def retried_once_stuck() -> Any:
+    @retry_on(HeartbeatTimeout, attempts=2, wait=fixed(0.1))
+    def stuck() -> None:
+        return None
+
+    return stuck
+
+
+def kill(task: Any, acks_late: bool = True) -> tuple[_Worker, _Request, list[Any]]:
+    """The heartbeat monitor's kill of ``task``'s running job; the outcomes it sent."""
+    from celery.worker import state
+
+    from celery_reliable.worker.stuck import kill_on_loop
+
+    worker, request = _Worker(), _Request(task, acks_late)
+    states: list[str] = []
+    backend = task.backend
+    original = backend.store_result
+
+    def store_result(task_id: str, result: Any, state: str, *args: Any, **kw: Any) -> Any:
+        states.append(state)
+        return original(task_id, result, state, *args, **kw)
+
+    backend.store_result = store_result
+    state.active_requests.add(request)
+    try:
+        with capture_outcomes() as seen:
+            kill_on_loop(worker)(request.id, 4242, "no heartbeat for 3s: killed")
+    finally:
+        state.active_requests.discard(request)
+        del backend.store_result
+    request.events[:0] = [f"stored {s}" for s in states]
+    return worker, request, seen
+
+
+def test_a_killed_job_is_decided_then_acked_and_never_stored_revoked(app: Celery) -> None:
+    """The prefork kill (worker/stuck.py): the process is terminated with SIGKILL, the
+    job goes straight to the outcome its rules give (here unclassified: FAILURE) and
+    only then is its message acked; Celery is told it was revoked (so the pool's report
+    of the terminated job announces nothing), REVOKED is never stored."""
+    import signal
+
+    from celery.worker import state
+
+    task = build(app, noop, name="hb.killed", acks_late=True)
+    worker, request, seen = kill(task)
+    assert worker.pool.terminated == [(4242, signal.SIGKILL)]
+    assert request._already_revoked and request not in state.active_requests
+    assert [e.outcome for e in seen] == [Outcome.FAILED]
+    assert "killed" in seen[0].reason and 2.5 < (seen[0].duration or 0) < 10
+    assert request.events == ["stored FAILURE", "task-failed"]
+    assert request.settled == ["ack"]
+    assert app.AsyncResult(request.id).state == "FAILURE"
+
+
+def test_a_killed_job_its_rules_retry_is_re_published_then_acked(app: Celery) -> None:
+    task = build(app, retried_once_stuck(), name="hb.killed_retried", acks_late=True)
+    _, request, seen = kill(task)
+    assert [e.outcome for e in seen] == [Outcome.RETRIED]
+    assert request.events == ["stored RETRY", "task-retried"]
+    assert request.settled == ["ack"]
+
+
+def test_a_killed_job_whose_retry_the_broker_refuses_is_given_back(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With acks_late the message is still the worker's when the outcome is decided: a
+    retry that cannot be re-published gives it back to the broker, as for a body that
+    raised (before, Celery's terminate had acked it, and the job ended FAILED)."""
+    task = build(app, retried_once_stuck(), name="hb.killed_refused", acks_late=True)
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(task, "apply_async", refused)
+    _, request, seen = kill(task)
+    assert [e.outcome for e in seen] == [Outcome.RETRIED]
+    assert "the broker redelivers the message" in seen[0].reason
+    assert request.settled == ["reject(requeue=True)"]
+
+
+def test_a_killed_job_acked_on_acceptance_ends_failed_when_its_retry_is_refused(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = build(app, retried_once_stuck(), name="hb.killed_early_ack")
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(task, "apply_async", refused)
+    _, request, seen = kill(task, acks_late=False)
+    assert [e.outcome for e in seen] == [Outcome.FAILED]
+    assert "could not be re-published" in seen[0].reason
+    assert request.events[-2:] == ["stored FAILURE", "task-failed"]
+    assert request.settled == []  # acked when it started
