@@ -227,6 +227,24 @@ def test_piped_listings_keep_every_value_whole_on_one_line(broker: str, tmp_path
     assert receipts.stdout.splitlines()[0].startswith("task\tkey\tstate")
 
 
+def test_a_command_run_in_process_says_what_its_own_process_says(
+    broker: str, tmp_path: Path
+) -> None:
+    """The other tests run most commands in this process (tests/support/cli.py): the
+    same exit code, stdout and stderr as ``python -m celery`` gives, for an answer, an
+    error of ours and a usage error of click's."""
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    assert run(broker, url, "db", "upgrade").returncode == 0
+    for args in (("db", "current"), ("dead", "show", "4242"), ("dead", "purge", "--yes")):
+        inside = run(broker, url, *args)
+        alone = run(broker, url, *args, process=True)
+        assert (inside.returncode, inside.stdout, inside.stderr) == (
+            alone.returncode,
+            alone.stdout,
+            alone.stderr,
+        ), args
+
+
 def test_store_commands_through_clicks_runner(tmp_path: Path) -> None:
     """The same commands in-process, as a project's own test would call them."""
     from types import SimpleNamespace
