@@ -42,8 +42,10 @@ def store_kind(item: pytest.Item) -> str | None:
 
 
 #: A rough cost per test, by marker, in seconds: a chaos run, a test with real
-#: ``celery worker`` processes, one with other real servers, any other.
-COSTS = (("chaos", 40.0), ("prefork", 6.0), ("integration", 0.6))
+#: ``celery worker`` processes, one in a real browser, one with other real servers,
+#: any other. (The browser tests, priced as unit tests, ran last: 38 s on one worker
+#: while the others had finished.) A test marked ``cost(seconds)`` is priced so.
+COSTS = (("chaos", 40.0), ("prefork", 6.0), ("browser", 4.0), ("integration", 0.6))
 OTHER_COST = 0.02
 
 
@@ -59,7 +61,12 @@ def slowest_files_first(items: list[pytest.Item]) -> None:
         path = item.nodeid.split("::")[0]
         first.setdefault(path, index)
         names = {marker.name for marker in item.iter_markers()}
-        each = next((c for name, c in COSTS if name in names), OTHER_COST)
+        priced = item.get_closest_marker("cost")
+        each = (
+            float(priced.args[0])
+            if priced is not None
+            else next((c for name, c in COSTS if name in names), OTHER_COST)
+        )
         cost[path] = cost.get(path, 0.0) + each
     items.sort(key=lambda item: (-cost[p := item.nodeid.split("::")[0]], first[p]))
 

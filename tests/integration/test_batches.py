@@ -499,7 +499,7 @@ def test_batch_list_and_show_on_the_command_line(
         "RELIABLE_TEST_BROKER": importer.app.conf.broker_url,
         "RELIABLE_TEST_STORE": module_store_url,
     }
-    listed = run_reliable(CLI_APP, env, "batch", "list", "--state", "completed")
+    listed = run_reliable(CLI_APP, env, "batch", "list", "--state", "completed", process=True)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0] == "id\tstate\tdone\toutcomes\tdescription\tcreated\tcompleted"

@@ -76,9 +76,13 @@ def effects(broker: str) -> redis.Redis:
     return redis.Redis.from_url(broker)
 
 
-def cli(broker: str, store: str, *args: str, app: str = APP) -> subprocess.CompletedProcess[str]:
+def cli(
+    broker: str, store: str, *args: str, app: str = APP, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """In this process, or in one of its own (``process``: the entry point, once;
+    tests/support/cli.py)."""
     env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
-    return run_reliable(app, env, *args)
+    return run_reliable(app, env, *args, process=process)
 
 
 def scheduled_on_a_worker(app: Any, task_id: str) -> bool:
@@ -98,7 +102,7 @@ def test_a_running_job_with_a_heartbeat_ends_cancelled_at_its_next_beat(
 
     result = app.beating.apply_async()
     wait_until(lambda: progress_of(app.app, result.id), "a beat in the store")
-    done = cli(broker, store, "cancel", result.id, "--reason", "wrong file")
+    done = cli(broker, store, "cancel", result.id, "--reason", "wrong file", process=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("\n") == 1, done.stdout
     assert done.stdout.startswith(f"cancelled {result.id}: it runs with a heartbeat"), done.stdout

@@ -1,5 +1,8 @@
 """``celery -A proj reliable ...``: the real command line, as a user runs it, against
-a real Redis broker and real SQLite and PostgreSQL stores."""
+a real Redis broker and real SQLite and PostgreSQL stores. Each command family runs
+once in a process of its own (``process=True``, the entry point from a shell); the
+other commands run in this process through Celery's own ``celery`` group
+(``tests/support/cli.py``)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ HEAD = migrate.head()
 
 
 def test_db_upgrade_and_current(broker: str, store_url: str) -> None:
-    before = run(broker, store_url, "db", "current")
+    before = run(broker, store_url, "db", "current", process=True)  # the entry point
     assert before.returncode == 0, before.stderr
     if store_url.startswith("postgresql"):
         assert f"at (empty), code needs {HEAD}: run `celery reliable db upgrade`" in before.stdout
@@ -69,7 +72,7 @@ def test_dead_letters_list_show_retry_purge(broker: str, store_url: str) -> None
     first = _dead_letter(store, reason="first failure")
     _dead_letter(store, task_name="cli.other", reason="second failure")
 
-    listed = run(broker, store_url, "dead", "list")
+    listed = run(broker, store_url, "dead", "list", process=True)  # the entry point
     assert listed.returncode == 0, listed.stderr
     assert "first failure" in listed.stdout and "second failure" in listed.stdout
     as_json = json.loads(
@@ -156,7 +159,7 @@ def test_receipts_list_show_prune(broker: str, store_url: str) -> None:
     store = store_app(store_url)
     claim = store.receipts.claim("cli.echo", "echo:a", "0" * 64, "task-a", 30)
     store.receipts.complete(claim, '"a"')
-    listed = run(broker, store_url, "receipts", "list")
+    listed = run(broker, store_url, "receipts", "list", process=True)  # the entry point
     assert "echo:a" in listed.stdout and "succeeded" in listed.stdout
     shown = run(broker, store_url, "receipts", "show", "cli.echo", "echo:a")
     assert '"a"' in shown.stdout and "task-a" in shown.stdout
@@ -222,6 +225,24 @@ def test_piped_listings_keep_every_value_whole_on_one_line(broker: str, tmp_path
     receipts = run(broker, url, "receipts", "list")
     assert receipts.returncode == 0, receipts.stderr
     assert receipts.stdout.splitlines()[0].startswith("task\tkey\tstate")
+
+
+def test_a_command_run_in_process_says_what_its_own_process_says(
+    broker: str, tmp_path: Path
+) -> None:
+    """The other tests run most commands in this process (tests/support/cli.py): the
+    same exit code, stdout and stderr as ``python -m celery`` gives, for an answer, an
+    error of ours and a usage error of click's."""
+    url = f"sqlite:///{tmp_path}/store.sqlite3"
+    assert run(broker, url, "db", "upgrade").returncode == 0
+    for args in (("db", "current"), ("dead", "show", "4242"), ("dead", "purge", "--yes")):
+        inside = run(broker, url, *args)
+        alone = run(broker, url, *args, process=True)
+        assert (inside.returncode, inside.stdout, inside.stderr) == (
+            alone.returncode,
+            alone.stdout,
+            alone.stderr,
+        ), args
 
 
 def test_store_commands_through_clicks_runner(tmp_path: Path) -> None:

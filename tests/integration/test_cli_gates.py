@@ -30,8 +30,10 @@ APP = "tests.support.apps.gates"
 SLOPPY = "gates.sloppy_task_with_a_name_long_enough_to_be_folded_by_rich"
 
 
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run_reliable(APP, env, *args)
+def run(env: dict[str, str], *args: str, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """In this process, or in one of its own (``process``: the entry point, once;
+    tests/support/cli.py)."""
+    return run_reliable(APP, env, *args, process=process)
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 
 
 def test_check_prints_one_whole_line_per_task_and_gate_and_exits_1(env: dict[str, str]) -> None:
-    done = run(env, "check")
+    done = run(env, "check", process=True)
     assert done.returncode == 1, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "task\tgate\tstatus\treason"

@@ -162,9 +162,13 @@ def test_solo_pool_ends_a_silent_body_in_its_own_process(redis_url: str, store: 
         assert events[0]["exc_type"] == "HeartbeatTimeout"
 
 
-def cli(broker: str, store: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    broker: str, store: str, *args: str, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """In this process, or in one of its own (``process``: the entry point, once for
+    ``progress`` and once for ``report``; tests/support/cli.py)."""
     env = {"RELIABLE_TEST_BROKER": broker, "RELIABLE_TEST_STORE": store}
-    return run_reliable("tests.support.apps.heartbeat", env, *args)
+    return run_reliable("tests.support.apps.heartbeat", env, *args, process=process)
 
 
 def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
@@ -180,7 +184,7 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     )
     assert seen.task_name == "hb.import_rows" and seen.details["row"] >= 1
     assert seen.hostname and seen.hostname.startswith("test-")
-    piped = cli(broker, store, "progress", result.id)
+    piped = cli(broker, store, "progress", result.id, process=True)
     assert piped.returncode == 0, piped.stderr
     fields = piped.stdout.rstrip("\n").split("\t")
     assert len(piped.stdout.splitlines()) == 1
@@ -192,7 +196,7 @@ def test_progress_is_read_while_the_job_runs_and_gone_when_it_ends(
     assert data["task_id"] == result.id and 0 < data["progress"] < 1
     listed = cli(broker, store, "progress")
     assert result.id in listed.stdout
-    report = cli(broker, store, "report", "hb.import_rows")
+    report = cli(broker, store, "report", "hb.import_rows", process=True)
     assert report.returncode == 0, report.stderr
     for expected in (
         "- Heartbeat: heartbeat_timeout=5s: a silent body gets HeartbeatTimeout after 5s, "

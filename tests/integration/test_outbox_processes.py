@@ -228,7 +228,7 @@ def _shown(url: str) -> str:
 
 
 def test_the_relay_refuses_to_run_without_a_store(env: dict[str, str]) -> None:
-    done = run_reliable(APP, {**env, "RELIABLE_TEST_STORE": ""}, "relay")
+    done = run_reliable(APP, {**env, "RELIABLE_TEST_STORE": ""}, "relay", process=True)
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == "Error: reliable_database_url is None: there is no store\n"

@@ -75,8 +75,12 @@ def worker(env: dict[str, str], app: Any) -> Iterator[WorkerProcess]:
         yield w
 
 
-def cli(env: dict[str, str], *args: str, app: str = APP) -> subprocess.CompletedProcess[str]:
-    return run_reliable(app, env, *args)
+def cli(
+    env: dict[str, str], *args: str, app: str = APP, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """In this process, or in one of its own (``process``: the entry point, once for
+    ``pause`` and once for ``resume``; tests/support/cli.py)."""
+    return run_reliable(app, env, *args, process=process)
 
 
 def key(name: str) -> str:
@@ -139,7 +143,7 @@ def test_a_paused_queue_and_task_run_nothing_across_a_warm_restart_and_once_afte
 
     reason = "mail server down"
     with celery_worker(APP, env, concurrency=2, queues=app.QUEUES) as first:
-        done = cli(env, "pause", app.PAUSED_QUEUE, "--reason", reason)
+        done = cli(env, "pause", app.PAUSED_QUEUE, "--reason", reason, process=True)
         assert done.returncode == 0, done.stderr
         assert done.stdout == (
             f"paused queue {app.PAUSED_QUEUE}: no worker takes its messages from now on "
@@ -191,7 +195,7 @@ def test_a_paused_queue_and_task_run_nothing_across_a_warm_restart_and_once_afte
         assert consumed(client) == {app.OPEN_QUEUE}
         wait_until(lambda: held_on(client) == ids, "the held messages held again")
 
-        resumed = cli(env, "resume", app.PAUSED_QUEUE)
+        resumed = cli(env, "resume", app.PAUSED_QUEUE, process=True)
         assert resumed.returncode == 0, resumed.stderr
         assert resumed.stdout.startswith(
             f"resumed queue {app.PAUSED_QUEUE} (paused by {requester()} since "

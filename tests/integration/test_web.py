@@ -24,6 +24,8 @@ from tests.helpers import ready_store
 from tests.support.servers import free_port
 from tests.support.web import ROOT, Client, form_token, web_env, web_server
 
+pytestmark = pytest.mark.integration
+
 APP = "tests.support.apps.web"
 PAGES = [
     "/",

@@ -19,6 +19,8 @@ from tests.support.waiting import wait_until
 from tests.support.web import chromium, screenshot, web_env, web_server
 from tests.support.workers import embedded_worker
 
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
 APP = "tests.support.apps.web"
 
 

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule, solar
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +30,10 @@ from celery_reliable.beat.timeline import (
     task_id_for,
     timeline_for,
 )
+
+# Hypothesis's examples take 12-15 s in all on a loaded machine: priced as such, the
+# file runs before the quick ones, not last on one xdist worker (tests/conftest.py).
+pytestmark = pytest.mark.cost(2.0)
 
 UTC = timezone.utc
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata"]
