@@ -212,6 +212,17 @@ def _add_counts_sql() -> Any:
 _ADD_COUNTS = _add_counts_sql()
 
 
+_PG_GROUP = (
+    f"WITH took AS (INSERT INTO {_MEMBERS} (batch_id, task_id, task_name, outcome, ended_at) "
+    "SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], "
+    "%s::timestamp[]) "
+    "ON CONFLICT (batch_id, task_id) DO UPDATE SET outcome = excluded.outcome, "
+    f"ended_at = excluded.ended_at WHERE {_MEMBERS}.outcome IS NULL "
+    "RETURNING batch_id, outcome) "
+    "SELECT batch_id, outcome, count(*) FROM took GROUP BY batch_id, outcome"
+)
+
+
 def _upsert_endings(dialect: str) -> Any:
     """Members' endings written where they have none yet; the rows that took one are
     returned (a member that ended before, by a redelivery, is not)."""
@@ -439,11 +450,10 @@ class BatchRows:
         ]
         completed: list[BatchRow] = []
         with unavailable_as("counting batch members' ends"), self._engine.begin() as connection:
-            took = connection.execute(self._upsert, rows).all()
             counts: dict[str, dict[str, int]] = {}
-            for batch_id, outcome in took:
+            for batch_id, outcome, n in self._took(connection, rows):
                 per = counts.setdefault(batch_id, dict.fromkeys(ENDINGS, 0))
-                per[outcome] += 1
+                per[outcome] += int(n)
             for batch_id in sorted(counts):
                 per = counts[batch_id]
                 params: dict[str, Any] = {f"n_{o}": n for o, n in per.items()}
@@ -455,6 +465,18 @@ class BatchRows:
                 if batch is not None:
                     completed.append(batch)
         return completed
+
+    def _took(self, connection: Connection, rows: list[dict[str, Any]]) -> Iterable[Any]:
+        """Write the endings' rows; (batch id, outcome, how many) of those that took.
+        PostgreSQL: one statement whose rows are arrays (``unnest``), counted by the
+        server: an executemany with RETURNING cost about 70 µs of the worker's main
+        process per ending, against a few here. SQLite: the executemany (local)."""
+        if not self._postgresql:
+            took = connection.execute(self._upsert, rows).all()
+            return [(batch_id, outcome, 1) for batch_id, outcome in took]
+        columns = ("batch_id", "task_id", "task_name", "outcome", "ended_at")
+        arrays = tuple([row[c] for row in rows] for c in columns)
+        return connection.exec_driver_sql(_PG_GROUP, arrays).all()
 
     def get(self, batch_id: str) -> BatchRow | None:
         with unavailable_as("reading a batch"), self._engine.connect() as connection:
