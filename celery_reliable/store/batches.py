@@ -223,18 +223,21 @@ _PG_GROUP = (
 )
 
 
-def _upsert_endings(dialect: str) -> Any:
-    """Members' endings written where they have none yet; the rows that took one are
-    returned (a member that ended before, by a redelivery, is not)."""
-    from sqlalchemy.dialects import postgresql, sqlite
+_SQLITE_GROUP = (
+    f"INSERT INTO {_MEMBERS} (batch_id, task_id, task_name, outcome, ended_at) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+    "json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]') "
+    "FROM json_each(?) WHERE true "  # WHERE: SQLite's upsert after a SELECT needs one
+    "ON CONFLICT (batch_id, task_id) DO UPDATE SET outcome = excluded.outcome, "
+    f"ended_at = excluded.ended_at WHERE {_MEMBERS}.outcome IS NULL "
+    "RETURNING batch_id, outcome"
+)
 
-    # Any: the two dialects' Insert are distinct types with the same methods.
-    upsert: Any = (postgresql if dialect == "postgresql" else sqlite).insert(batch_members)
-    return upsert.on_conflict_do_update(
-        index_elements=[batch_members.c.batch_id, batch_members.c.task_id],
-        set_={"outcome": upsert.excluded.outcome, "ended_at": upsert.excluded.ended_at},
-        where=batch_members.c.outcome.is_(None),
-    ).returning(batch_members.c.batch_id, batch_members.c.outcome)
+
+def _sqlite_time(row: dict[str, Any]) -> str:
+    """A time as SQLAlchemy's ``DateTime`` keeps it in SQLite (so that it reads back)."""
+    moment: datetime = row["ended_at"]
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _batch(row: Any) -> BatchRow:
@@ -348,7 +351,6 @@ class BatchRows:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._postgresql = engine.dialect.name == "postgresql"
-        self._upsert = _upsert_endings(engine.dialect.name)
 
     def open(
         self,
@@ -468,11 +470,18 @@ class BatchRows:
 
     def _took(self, connection: Connection, rows: list[dict[str, Any]]) -> Iterable[Any]:
         """Write the endings' rows; (batch id, outcome, how many) of those that took.
-        PostgreSQL: one statement whose rows are arrays (``unnest``), counted by the
-        server: an executemany with RETURNING cost about 70 µs of the worker's main
-        process per ending, against a few here. SQLite: the executemany (local)."""
+        One statement, its rows given as one value (PostgreSQL: arrays, ``unnest``,
+        counted by the server; SQLite: a JSON array, ``json_each``): SQLAlchemy's
+        executemany with RETURNING cost about 70 µs of the worker's main process per
+        ending, against about 30 here."""
         if not self._postgresql:
-            took = connection.execute(self._upsert, rows).all()
+            given = json.dumps(
+                [
+                    [r["batch_id"], r["task_id"], r["task_name"], r["outcome"], _sqlite_time(r)]
+                    for r in rows
+                ]
+            )
+            took = connection.exec_driver_sql(_SQLITE_GROUP, (given,)).all()
             return [(batch_id, outcome, 1) for batch_id, outcome in took]
         columns = ("batch_id", "task_id", "task_name", "outcome", "ended_at")
         arrays = tuple([row[c] for row in rows] for c in columns)
