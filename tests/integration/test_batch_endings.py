@@ -17,12 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from celery import Celery
 
 from celery_reliable.batches import tally
 from celery_reliable.batches.tally import EndingsList, decode, encode
-from celery_reliable.store import Store, migrate, store_for
+from celery_reliable.store import Store
 from celery_reliable.store.batches import ENDINGS, Ending
+from tests.support.celery_apps import migrated_store
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,15 +32,8 @@ NOW = datetime(2026, 12, 7, 9, 0)
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
-    app = Celery("batch_endings", set_as_current=False)
-    app.conf.update(reliable_database_url=store_url)
-    found = store_for(app)
-    assert found is not None
-    migrate.upgrade(found.engine)
-    try:
+    with migrated_store(store_url, "batch_endings") as found:
         yield found
-    finally:
-        found.dispose()
 
 
 def counts(**given: int) -> dict[str, int]:

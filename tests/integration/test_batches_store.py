@@ -15,8 +15,9 @@ import pytest
 from celery import Celery, chain
 
 from celery_reliable.batches.ending import serialized
-from celery_reliable.store import Store, migrate, store_for
+from celery_reliable.store import Store
 from celery_reliable.store.batches import PENDING, BatchRows
+from tests.support.celery_apps import migrated_store
 
 pytestmark = pytest.mark.integration
 
@@ -25,15 +26,8 @@ T0 = datetime(2026, 12, 7, 9, 0)
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[Store]:
-    app = Celery("batches_store", set_as_current=False)
-    app.conf.update(reliable_database_url=store_url)
-    found = store_for(app)
-    assert found is not None
-    migrate.upgrade(found.engine)
-    try:
+    with migrated_store(store_url, "batches_store") as found:
         yield found
-    finally:
-        found.dispose()
 
 
 def nothing(*_: Any) -> None:

@@ -4,18 +4,23 @@ database (or RabbitMQ queue) no other test uses, with a store of its own."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from tests.support import servers
 from tests.support.apps.config import OwnTasksCelery
+
+if TYPE_CHECKING:
+    from celery_reliable.store import Store
 
 _databases = itertools.count(1)
 _pg_databases = itertools.count(1)
@@ -89,3 +94,20 @@ def helper_app_module(module: str, env: dict[str, str], store_url: str) -> Modul
     assert store is not None
     migrate.upgrade(store.engine)
     return helper
+
+
+@contextlib.contextmanager
+def migrated_store(store_url: str, name: str) -> Iterator[Store]:
+    """The store at ``store_url`` of an app of its own, migrated to its head; disposed
+    of after (tests of the store's own reads and writes, without a worker)."""
+    from celery_reliable.store import migrate, store_for
+
+    app = Celery(name, set_as_current=False)
+    app.conf.update(reliable_database_url=store_url)
+    found = store_for(app)
+    assert found is not None
+    migrate.upgrade(found.engine)
+    try:
+        yield found
+    finally:
+        found.dispose()
