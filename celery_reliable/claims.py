@@ -4,6 +4,8 @@ What a claim attempt can decide, before the body runs:
 
 * the key is new (or its holder's lease expired): the execution owns it and runs;
 * the key already succeeded: ``DUPLICATE``, with the stored result as the result;
+  but while ``atomic()`` committed it and its execution, lease live, has not stored the
+  result yet: ``SNOOZED``, as for a key in progress;
 * the key is in progress elsewhere with a live lease: ``SNOOZED`` until about then;
 * the same key with another payload: ``DISCARDED`` with ``IdempotencyConflict``;
 * the key cannot be computed from the arguments: ``DISCARDED``;
@@ -157,6 +159,10 @@ class ReceiptHolder:
                     f"(by task {got.task_id}); refusing to run a different payload under it"
                 )
             )
+        if got.result_pending and got.lease_live(utcnow()):
+            # atomic() committed; its execution has not stored what the body returns
+            # yet, and may still: look again, as for a key in progress.
+            return Busy(got, _seconds_until(got.lease_expires_at))
         if got.state == SUCCEEDED:
             return Duplicate(_load_result(got), got)
         return Busy(got, _seconds_until(got.lease_expires_at))
@@ -185,8 +191,8 @@ class ReceiptHolder:
         result = encode_result(task.name, value)
         try:
             if claim.completed:
-                if result is not None:
-                    store.receipts.store_result(claim, result)
+                # In place of the pending mark, even a None: a duplicate waits for it.
+                store.receipts.store_result(claim, result)
                 return
             if not store.receipts.complete(claim, result):
                 logger.error(
@@ -198,6 +204,16 @@ class ReceiptHolder:
                     claim.key,
                 )
         except StoreUnavailable as exc:
+            if claim.completed:
+                logger.error(
+                    "task %s[%s]: could not store the result of idempotency key %r (%s); "
+                    "a duplicate returns None once this execution's lease expires",
+                    task.name,
+                    claim.task_id,
+                    claim.key,
+                    exc,
+                )
+                return
             # The work is done; only the record of it is missing. The claim stays "in
             # progress" until its lease expires, after which a redelivery would run the
             # body again: at-least-once, as documented.
@@ -211,11 +227,15 @@ class ReceiptHolder:
             )
 
     def release(self) -> None:
-        """The execution did not succeed: give the key back (a succeeded receipt stays)."""
+        """The execution did not succeed: give the key back (a succeeded receipt stays;
+        one ``atomic()`` marked keeps no result, so that a duplicate waits no more)."""
         claim = self.claim
-        if claim.completed:
+        if claim.completed and not claim.result_pending:
             return
         try:
+            if claim.completed:
+                _store(self.task).receipts.store_result(claim, None)
+                return
             _store(self.task).receipts.release(claim)
         except StoreUnavailable as exc:
             logger.error(
@@ -250,7 +270,8 @@ def _seconds_until(when: datetime | None) -> float:
 
 
 def _load_result(receipt: Receipt) -> Any:
-    if receipt.result is None:
+    if receipt.result is None or receipt.result_pending:
+        # No result, or its execution died before storing it (its lease expired).
         return None
     try:
         return kombu_loads(receipt.result)

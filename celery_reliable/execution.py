@@ -360,8 +360,9 @@ class Execution:
             return got.value
         if isinstance(got, claims.Busy):
             receipt = got.receipt
+            state = "returning" if receipt.result_pending else "in progress"
             reason = (
-                f"idempotency key {receipt.key!r} is in progress in task {receipt.task_id}"
+                f"idempotency key {receipt.key!r} is {state} in task {receipt.task_id}"
                 if keyed
                 else "this outbox message is running elsewhere (a relay published it twice)"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import ImproperlyConfigured
@@ -16,7 +17,7 @@ from sqlalchemy.engine import URL
 
 from celery_reliable.store.batches import ABANDONED, SEALED, seal_sql
 from celery_reliable.store.outbox import CHANNEL as OUTBOX_CHANNEL
-from celery_reliable.store.receipts import IN_PROGRESS, SUCCEEDED, lease_lost
+from celery_reliable.store.receipts import IN_PROGRESS, RESULT_PENDING, SUCCEEDED, lease_lost
 from celery_reliable.store.schema import VERSION_TABLE, batch_members, outbox, receipts, steps
 from celery_reliable.store.timeutil import utcnow
 
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 #: The receipt update of ``Receipts.complete_in``, written for Django's cursor (its
 #: ``%s`` placeholders are the same on SQLite and PostgreSQL).
 _COMPLETE = (
-    f"UPDATE {receipts.name} SET state = %s, result = NULL, completed_at = %s, "
-    "updated_at = %s, lease_expires_at = NULL "
+    f"UPDATE {receipts.name} SET state = %s, result = %s, completed_at = %s, "
+    "updated_at = %s "
     'WHERE task_name = %s AND "key" = %s AND claim_token = %s AND state = %s'
 )
 
@@ -162,7 +163,16 @@ def _as_column(vendor: str, when: Any) -> Any:
 
 def _complete_params(vendor: str, claim: Claim) -> list[Any]:
     now = _as_column(vendor, utcnow())
-    return [SUCCEEDED, now, now, claim.task_name, claim.key, claim.token, IN_PROGRESS]
+    return [
+        SUCCEEDED,
+        RESULT_PENDING,
+        now,
+        now,
+        claim.task_name,
+        claim.key,
+        claim.token,
+        IN_PROGRESS,
+    ]
 
 
 @contextmanager
@@ -195,8 +205,11 @@ def atomic(
             # Completed once it commits: inside an outer atomic() block this is only a
             # savepoint, and an outer rollback takes the receipt update with it (the
             # claim is then released, not left in progress until its lease ends).
-            done = claim
-            transaction.on_commit(lambda: setattr(done, "completed", True), using=alias)
+            transaction.on_commit(partial(_committed, claim), using=alias)
+
+
+def _committed(claim: Claim) -> None:
+    claim.completed = claim.result_pending = True
 
 
 def _hold(connection: Any, claim: Claim, lease_seconds: float | None) -> None:

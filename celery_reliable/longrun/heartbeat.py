@@ -154,7 +154,9 @@ class Heartbeat:
 
     def _write(self, store: Store) -> None:
         receipt = self.receipt
-        claim = receipt.claim if receipt is not None and not receipt.claim.completed else None
+        claim = receipt.claim if receipt is not None else None
+        if claim is not None and claim.completed and not claim.result_pending:
+            claim = None  # nothing left to hold: the receipt is final
         try:
             beat = store.progress.beat(
                 self.task_id,

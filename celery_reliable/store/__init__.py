@@ -236,7 +236,7 @@ class Store:
                     self.receipts.hold_in(session, claim, lease_seconds)
         if marking and complete:
             assert claim is not None
-            claim.completed = True
+            claim.completed = claim.result_pending = True
 
     def in_django_transaction(self) -> bool:
         """The store is Django's database and Django's connection is inside a

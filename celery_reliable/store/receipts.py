@@ -38,6 +38,11 @@ from celery_reliable.store.timeutil import utcnow
 IN_PROGRESS = "in_progress"
 SUCCEEDED = "succeeded"
 
+#: The result column of a receipt ``atomic()`` marked succeeded while its body has not
+#: returned yet: the value is stored (or the column cleared) when it returns. Not JSON,
+#: so never a stored result (those are kombu's JSON text, or NULL for none).
+RESULT_PENDING = "<pending>"
+
 
 @dataclass
 class Claim:
@@ -51,6 +56,9 @@ class Claim:
     lease_expires_at: datetime
     #: Set once the receipt is marked succeeded (by ``atomic()`` or after the body).
     completed: bool = False
+    #: ``atomic()`` marked it succeeded and the body's result is not stored yet: until
+    #: it is, the lease stays (renewed by heartbeats) and a duplicate snoozes.
+    result_pending: bool = False
 
     @property
     def took_over(self) -> bool:
@@ -75,6 +83,11 @@ class Receipt:
 
     def lease_live(self, now: datetime) -> bool:
         return self.lease_expires_at is not None and self.lease_expires_at > now
+
+    @property
+    def result_pending(self) -> bool:
+        """Succeeded in ``atomic()``, its execution's result not stored yet."""
+        return self.state == SUCCEEDED and self.result == RESULT_PENDING
 
 
 def _receipt(row: Any) -> Receipt:
@@ -151,15 +164,32 @@ _COMPLETE = (
         lease_expires_at=None,
     )
 )
+#: ``atomic()``'s mark: succeeded, the result to come (the lease stays until then).
+_COMPLETE_PENDING = (
+    update(receipts)
+    .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+    .values(
+        state=SUCCEEDED,
+        result=RESULT_PENDING,
+        completed_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
+)
 _STORE_RESULT = (
     update(receipts)
     .where(_THIS_CLAIM, receipts.c.state == SUCCEEDED)
-    .values(result=bindparam("p_result"))
+    .values(result=bindparam("p_result"), lease_expires_at=None)
 )
 _RELEASE = delete(receipts).where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
 _RENEW = (
     update(receipts)
-    .where(_THIS_CLAIM, receipts.c.state == IN_PROGRESS)
+    .where(
+        _THIS_CLAIM,
+        or_(
+            receipts.c.state == IN_PROGRESS,
+            and_(receipts.c.state == SUCCEEDED, receipts.c.result == RESULT_PENDING),
+        ),
+    )
     .values(lease_expires_at=bindparam("p_lease"), updated_at=bindparam("p_now"))
 )
 _HOLD = (
@@ -180,7 +210,7 @@ def lease_lost(claim: Claim) -> LeaseLost:
 def renew_in(connection: Connection, claim: Claim, lease_seconds: float, now: datetime) -> bool:
     """Push the claim's lease to ``lease_seconds`` from ``now`` (a heartbeat), in the
     caller's transaction; False if the claim is no longer this execution's (taken over,
-    or completed)."""
+    or completed with its result stored)."""
     lease = now + timedelta(seconds=lease_seconds)
     params = _claim_params(claim, p_lease=lease, p_now=now)
     renewed = connection.execute(_RENEW, params).rowcount == 1
@@ -264,12 +294,15 @@ class Receipts:
         return done
 
     def complete_in(self, session: Session, claim: Claim) -> None:
-        """Mark the receipt succeeded inside the caller's transaction (``atomic()``).
+        """Mark the receipt succeeded inside the caller's transaction (``atomic()``),
+        its result pending (:data:`RESULT_PENDING`) until :meth:`store_result`: the
+        lease stays, so a duplicate snoozes while this execution may still return.
 
         Raises :class:`LeaseLost` if another execution took the key over, so that the
         caller's writes roll back with it.
         """
-        if not self._complete(session.connection(), claim, None):
+        params = _claim_params(claim, p_now=utcnow())
+        if session.connection().execute(_COMPLETE_PENDING, params).rowcount != 1:
             raise lease_lost(claim)
 
     def hold_in(self, session: Session, claim: Claim, lease_seconds: float | None) -> None:
@@ -289,19 +322,17 @@ class Receipts:
         if not held:
             raise lease_lost(claim)
 
-    @staticmethod
-    def _complete(connection: Connection, claim: Claim, result: str | None) -> bool:
-        params = _claim_params(claim, p_result=result, p_now=utcnow())
-        return connection.execute(_COMPLETE, params).rowcount == 1
-
-    def store_result(self, claim: Claim, result: str) -> None:
-        """After ``atomic()`` marked the receipt, record the value the body returned."""
+    def store_result(self, claim: Claim, result: str | None) -> None:
+        """After ``atomic()`` marked the receipt, record the value the body returned
+        (``None``: none, or the body did not return) in place of :data:`RESULT_PENDING`,
+        and end the lease."""
         params = _claim_params(claim, p_result=result)
         what = "storing receipt result"
         if self._hot is not None:
             self._hot.run(what, self._hot_store_result, params, hot_rowcount)
-            return
-        run_statement(self._single, what, _STORE_RESULT, params, rowcount)
+        else:
+            run_statement(self._single, what, _STORE_RESULT, params, rowcount)
+        claim.result_pending = False
 
     def release(self, claim: Claim) -> None:
         """Give the key back (the execution did not succeed). A succeeded receipt stays.

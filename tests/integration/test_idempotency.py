@@ -33,6 +33,11 @@ class CardDeclined(Exception):
 
 calls = Calls()
 
+#: Per order: set by the body once its atomic() committed; set by the test to let the
+#: body return (the embedded worker runs in this process).
+committed: dict[str, threading.Event] = {}
+may_return: dict[str, threading.Event] = {}
+
 
 def define(app: Any) -> SimpleNamespace:
     @app.task(
@@ -50,6 +55,24 @@ def define(app: Any) -> SimpleNamespace:
             session.execute(
                 effects.insert().values(order_id=order_id, amount=amount, task_id=self.request.id)
             )
+        return {"charged": amount}
+
+    @app.task(
+        base=ReliableTask,
+        shared=False,
+        bind=True,
+        name="i.charge_then_wait",
+        timeout=20,
+        idempotency_key="ctw:{order_id}",
+    )
+    def charge_then_wait(self: ReliableTask, order_id: str, amount: int) -> dict:
+        calls.bump(order_id)
+        with self.atomic() as session:
+            session.execute(
+                effects.insert().values(order_id=order_id, amount=amount, task_id=self.request.id)
+            )
+        committed[order_id].set()
+        may_return[order_id].wait(timeout=15)
         return {"charged": amount}
 
     @app.task(
@@ -202,6 +225,34 @@ def test_eight_racing_executions_of_one_key_make_one_effect(env: Any, outcomes: 
     assert finals.count(Outcome.DUPLICATE) == 7, finals
     assert len(effect_rows(env, order)) == 1
     assert calls(order) == 1, "the body ran once: the others never got the claim"
+
+
+def test_a_duplicate_waits_for_the_result_of_a_live_execution(env: Any, outcomes: Any) -> None:
+    """atomic() committed the receipt; the body has not returned (nor its result been
+    stored): a second execution snoozes instead of ending DUPLICATE with None, and once
+    the first returns, ends DUPLICATE with its value."""
+    order = new_key()
+    committed[order], may_return[order] = threading.Event(), threading.Event()
+    first = env.charge_then_wait.apply_async((order, 7))
+    try:
+        assert committed[order].wait(10), "the first execution never reached its commit"
+        second = env.charge_then_wait.apply_async((order, 7))
+        waiting = outcomes.wait_for(second.id)[0]
+        assert waiting.outcome is Outcome.SNOOZED, waiting
+        assert not first.ready()
+    finally:
+        may_return[order].set()
+    assert first.get(timeout=20) == {"charged": 7}
+    assert second.get(timeout=20) == {"charged": 7}
+    finals = [
+        outcomes.wait_for(
+            r.id, until=lambda es: es and es[-1].outcome in (Outcome.SUCCEEDED, Outcome.DUPLICATE)
+        )[-1].outcome
+        for r in (first, second)
+    ]
+    assert finals == [Outcome.SUCCEEDED, Outcome.DUPLICATE]
+    assert len(effect_rows(env, order)) == 1
+    assert calls(order) == 1
 
 
 def test_conflicting_payload_is_discarded(env: Any, outcomes: Any) -> None:

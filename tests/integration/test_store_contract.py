@@ -39,6 +39,7 @@ from celery_reliable.errors import DeadLetterError, LeaseLost, StoreUnavailable
 from celery_reliable.store import Claim, Receipt, Store, migrate, store_for
 from celery_reliable.store.dead_letters import MAX_TRACEBACK
 from celery_reliable.store.engine import create_store_engine
+from celery_reliable.store.receipts import RESULT_PENDING, renew_in
 from celery_reliable.store.schema import (
     VERSION_TABLE,
     dead_letters,
@@ -506,14 +507,41 @@ def test_complete_in_commits_with_the_callers_writes(store: Store) -> None:
     stored = store.receipts.get(TASK, k)
     assert stored is not None
     assert stored.state == "succeeded"
-    assert stored.result is None
+    # The body has not returned: its result is pending, and the lease stays.
+    assert stored.result == RESULT_PENDING
+    assert stored.result_pending
+    assert stored.lease_expires_at == mine.lease_expires_at
     assert stored.completed_at is not None
     with store.engine.connect() as connection:
         assert connection.execute(sa.select(effects.c.note)).scalars().all() == [k]
 
-    # The value the body returned is recorded afterwards.
+    # The value the body returned is recorded afterwards, and the lease ends.
     store.receipts.store_result(mine, '{"ok": true}')
-    assert refused(claim(store, k)).result == '{"ok": true}'
+    after = refused(claim(store, k))
+    assert (after.result, after.lease_expires_at) == ('{"ok": true}', None)
+    assert not after.result_pending
+
+
+def test_a_pending_result_keeps_its_lease_renewed_until_stored(store: Store) -> None:
+    """Between atomic() and the body's return a heartbeat still renews the lease; a
+    body that returned None stores no result in place of the pending mark."""
+    k = key()
+    mine = own(claim(store, k))
+    with store.session() as session:
+        store.receipts.complete_in(session, mine)
+    with store.engine.begin() as connection:
+        assert renew_in(connection, mine, 600, utcnow())
+    stored = store.receipts.get(TASK, k)
+    assert stored is not None
+    assert stored.result_pending
+    assert stored.lease_expires_at == mine.lease_expires_at
+    assert stored.lease_live(utcnow() + timedelta(seconds=500))
+    store.receipts.store_result(mine, None)
+    done = store.receipts.get(TASK, k)
+    assert done is not None
+    assert (done.state, done.result, done.lease_expires_at) == ("succeeded", None, None)
+    with store.engine.begin() as connection:
+        assert not renew_in(connection, mine, 600, utcnow()), "a final receipt is not renewed"
 
 
 def test_complete_in_after_takeover_raises_lease_lost_and_rolls_back(store: Store) -> None:

@@ -6,8 +6,9 @@ from datetime import datetime
 
 import pytest
 
-from celery_reliable.claims import Busy
+from celery_reliable.claims import Busy, _load_result, encode_result
 from celery_reliable.store import Receipt
+from celery_reliable.store.receipts import RESULT_PENDING
 
 
 def _busy(remaining: float) -> Busy:
@@ -54,3 +55,21 @@ def test_a_long_lease_is_spread_over_the_snoozes_left() -> None:
 def test_a_large_max_snoozes_does_not_overflow() -> None:
     assert _busy(100).retry_in(0, 2000) == 1.0
     assert _busy(100).retry_in(1500, 2000) == pytest.approx(101.0)
+
+
+def _receipt(state: str, result: str | None) -> Receipt:
+    now = datetime(2026, 1, 1)
+    return Receipt("t", "k", "h", state, "id", 1, now, result, now, now, now)
+
+
+def test_the_pending_mark_is_never_a_stored_result() -> None:
+    """atomic()'s mark cannot be an encoded result (JSON), and reads back as None."""
+    assert RESULT_PENDING not in {encode_result("t", v) for v in ("<pending>", "", 0, [], {})}
+    pending = _receipt("succeeded", RESULT_PENDING)
+    assert pending.result_pending
+    assert _load_result(pending) is None
+    stored = _receipt("succeeded", encode_result("t", {"charged": 7}))
+    assert not stored.result_pending
+    assert _load_result(stored) == {"charged": 7}
+    assert not _receipt("succeeded", None).result_pending
+    assert not _receipt("in_progress", RESULT_PENDING).result_pending
