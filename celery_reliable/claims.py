@@ -5,7 +5,8 @@ What a claim attempt can decide, before the body runs:
 * the key is new (or its holder's lease expired): the execution owns it and runs;
 * the key already succeeded: ``DUPLICATE``, with the stored result as the result;
   but while ``atomic()`` committed it and its execution, lease live, has not stored the
-  result yet: ``SNOOZED``, as for a key in progress;
+  result yet: ``SNOOZED``, as for a key in progress (unless this is that execution's
+  own message again: its holder is over, and the duplicate returns ``None``);
 * the key is in progress elsewhere with a live lease: ``SNOOZED`` until about then;
 * the same key with another payload: ``DISCARDED`` with ``IdempotencyConflict``;
 * the key cannot be computed from the arguments: ``DISCARDED``;
@@ -159,9 +160,11 @@ class ReceiptHolder:
                     f"(by task {got.task_id}); refusing to run a different payload under it"
                 )
             )
-        if got.result_pending and got.lease_live(utcnow()):
+        if got.result_pending and got.task_id != task_id and got.lease_live(utcnow()):
             # atomic() committed; its execution has not stored what the body returns
-            # yet, and may still: look again, as for a key in progress.
+            # yet, and may still: look again, as for a key in progress. Not when this
+            # is the holder's own message come back (a redelivery after its worker
+            # died, or its own retry): the execution that would store it is over.
             return Busy(got, _seconds_until(got.lease_expires_at))
         if got.state == SUCCEEDED:
             return Duplicate(_load_result(got), got)

@@ -525,6 +525,18 @@ def _timeout(
     task: Any, settings: ReliableSettings, broker: BrokerFacts, plan: RetryPlan
 ) -> GateResult:
     soft, hard = time_limits(task, task.app)
+    if soft and hard and float(soft) > float(hard):
+        # Celery refuses to publish such a task (apply_async raises ValueError), so its
+        # retries and snoozes fail at the worker; typically an app-wide
+        # task_soft_time_limit above one task's own time_limit.
+        return GateResult(
+            "timeout",
+            Status.MISS,
+            f"soft time limit {format_seconds(float(soft))} is above the hard "
+            f"{format_seconds(float(hard))}: the soft limit never fires and Celery refuses "
+            "to publish the task again (a retry or snooze raises ValueError); set "
+            "timeout=N, or a soft_time_limit at most the time_limit",
+        )
     if soft or hard:
         parts = []
         if soft:

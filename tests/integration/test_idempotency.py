@@ -255,6 +255,30 @@ def test_a_duplicate_waits_for_the_result_of_a_live_execution(env: Any, outcomes
     assert calls(order) == 1
 
 
+def test_the_holders_own_message_again_does_not_wait_for_its_result(
+    env: Any, outcomes: Any
+) -> None:
+    """The message of the execution whose atomic() committed comes back (as after its
+    worker was killed: tests/integration/test_crash.py kills one for real): nothing
+    will store that execution's result, so it ends DUPLICATE with None at once
+    instead of snoozing until the lease ends."""
+    order = new_key()
+    committed[order], may_return[order] = threading.Event(), threading.Event()
+    first = env.charge_then_wait.apply_async((order, 7))
+    try:
+        assert committed[order].wait(10), "the first execution never reached its commit"
+        again = env.charge_then_wait.apply_async((order, 7), task_id=first.id)
+        events = outcomes.wait_for(
+            again.id, until=lambda es: any(e.outcome is Outcome.DUPLICATE for e in es)
+        )
+        # Its only outcome so far: the first execution is still in its body.
+        assert [e.outcome for e in events] == [Outcome.DUPLICATE], events
+    finally:
+        may_return[order].set()
+    assert len(effect_rows(env, order)) == 1
+    assert calls(order) == 1
+
+
 def test_conflicting_payload_is_discarded(env: Any, outcomes: Any) -> None:
     order = new_key()
     assert env.charge.apply_async((order, 100)).get(timeout=10) == {"charged": 100}

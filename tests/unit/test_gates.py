@@ -235,6 +235,21 @@ def test_timeout_misses_without_limits_and_app_limits_count() -> None:
     assert result.status is Status.PASS and "hard 2m" in result.reason
 
 
+def test_timeout_misses_a_soft_limit_above_the_hard_one() -> None:
+    """An app-wide soft limit above one task's own hard limit: Celery refuses to publish
+    the task again (its retries and snoozes), so the gate says so."""
+    app = make_app(task_soft_time_limit=100)
+    good_task(app, "t.short", timeout=None, time_limit=8)
+    result = gate(app, "t.short", "timeout")
+    assert result.status is Status.MISS, result
+    assert "soft time limit 1m 40s is above the hard 8s" in result.reason, result.reason
+    assert "set timeout=N" in result.reason
+
+    equal = make_app(task_soft_time_limit=100)
+    good_task(equal, "t.short", timeout=None, soft_time_limit=8, time_limit=8)
+    assert gate(equal, "t.short", "timeout").status is Status.PASS
+
+
 def test_delivery_needs_late_acks_for_idempotent_tasks() -> None:
     app = make_app()
     good_task(app, "t.early", acks_late=False)
