@@ -31,6 +31,13 @@ RETRY_FIRST = 0.5
 RETRY_MAX = 4.0
 #: Seconds between two looks for the groups of dead counters.
 RESCUE_EVERY = 5.0
+#: Seconds a counter stopping once its worker's pool has finished keeps counting what
+#: waits (the endings of the members that ran during the warm shutdown) before it
+#: stops; what is left then waits for another worker's counter, or this worker's next.
+DRAIN_AT_SHUTDOWN = 5.0
+#: The worker's attribute that holds its counter from its step's stop to
+#: ``worker_shutdown``.
+_WORKER_ATTR = "_reliable_endings_counter"
 
 
 class EndingsCounter(threading.Thread):
@@ -40,12 +47,15 @@ class EndingsCounter(threading.Thread):
         self.owner = endings.new_owner()
         self._stopping = threading.Event()
         self._failing: str | None = None
+        self._drain = 0.0
 
-    def stop(self) -> None:
-        """Stop after the group in hand; what it holds goes back to the list for
-        another worker (counting it twice would count nothing twice)."""
+    def stop(self, drain: float = 0.0) -> None:
+        """Stop after the group in hand, and after counting what waits for up to
+        ``drain`` more seconds; what it holds then goes back to the list for another
+        worker (counting it twice would count nothing twice)."""
+        self._drain = drain
         self._stopping.set()
-        self.join(10)
+        self.join(10 + drain)
         try:
             self.endings.rescue(release=self.owner)
         except Exception as exc:  # Redis gone: the group is moved back once stale
@@ -71,6 +81,22 @@ class EndingsCounter(threading.Thread):
                 self._failed(exc)
                 self._stopping.wait(min(RETRY_MAX, RETRY_FIRST * 2**tries))
                 tries += 1
+        if self._drain > 0 and tries == 0:
+            self._count_what_waits(on_completed, time.monotonic() + self._drain)
+
+    def _count_what_waits(self, on_completed: Any, deadline: float) -> None:
+        """At a warm shutdown, once the pool has finished: the endings of its last
+        members are in the list; count them now rather than leave them to the next
+        worker (a failure leaves them there, as it would any group)."""
+        try:
+            while time.monotonic() < deadline:
+                raw = self.endings.take(self.owner, block=0)
+                if not raw:
+                    return
+                self._count(raw, on_completed)
+                self.endings.counted(self.owner)
+        except Exception as exc:
+            self._failed(exc)
 
     def _count(self, raw: list[bytes], on_completed: Any) -> None:
         from celery_reliable.batches.tally import decode
@@ -122,3 +148,19 @@ class EndingsCounter(threading.Thread):
             self._failing = None
             self.store.outage.answered()
             logger.info("celery_reliable: batch endings counted again")
+
+
+def keep_counting_until_shutdown(worker: Any, counter: EndingsCounter) -> None:
+    """The worker's step stops (a warm shutdown) while its pool may still run members:
+    the counter goes on until ``worker_shutdown``, sent once the pool has finished."""
+    setattr(worker, _WORKER_ATTR, counter)
+    logger.info("celery_reliable: counting batch endings until the pool has finished its tasks")
+
+
+def stop_endings_counter(worker: Any, drain: float = 0.0) -> None:
+    """At ``worker_shutdown`` (``drain``: its pool's last endings are in the list) or a
+    cold shutdown: stop the counter the worker's step left running."""
+    counter: EndingsCounter | None = getattr(worker, _WORKER_ATTR, None)
+    if counter is not None:
+        setattr(worker, _WORKER_ATTR, None)
+        counter.stop(drain=drain)

@@ -17,6 +17,7 @@ from typing import Any
 from celery import bootsteps
 from celery.exceptions import ImproperlyConfigured
 
+from celery_reliable.batches.counter import keep_counting_until_shutdown, stop_endings_counter
 from celery_reliable.config import as_written, misspelt_keys, settings_for
 from celery_reliable.delivery.broker import uses_redis
 from celery_reliable.delivery.redelivery import redelivery_for, stop_redelivery
@@ -149,9 +150,10 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
             self._relay.stop()
             self._relay = None
         if self._endings is not None:
-            # Before the pool has finished: endings of members still running are
-            # counted by the other workers' counters (or this one's after a restart).
-            self._endings.stop()
+            # The pool may still be running members: their endings are counted until
+            # it has finished (worker_shutdown), the last of them too, rather than left
+            # to another worker's counter (or this one's after a restart).
+            keep_counting_until_shutdown(worker, self._endings)
             self._endings = None
 
     def terminate(self, worker: Any) -> None:
@@ -159,6 +161,7 @@ class ReliableWorkerStep(bootsteps.StartStopStep):
         # instead of stopping them, and sends no worker_shutdown: the same clean-up,
         # and the history's last write.
         self.stop(worker)
+        stop_endings_counter(worker)
         stop_redelivery(worker)
         stop_monitor(worker)
         flush_history(worker.app)

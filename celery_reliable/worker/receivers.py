@@ -15,6 +15,7 @@ from celery import signals as celery_signals
 from celery.exceptions import ImproperlyConfigured, TimeLimitExceeded, WorkerLostError
 
 from celery_reliable import wiring
+from celery_reliable.batches.counter import DRAIN_AT_SHUTDOWN, stop_endings_counter
 from celery_reliable.delivery.redelivery import stop_redelivery
 from celery_reliable.limits import exiting
 from celery_reliable.longrun.interrupt import install_handler
@@ -106,12 +107,14 @@ def write_history_of_pool_child(**_: Any) -> None:
 def at_worker_shutdown(sender: Any = None, **_: Any) -> None:
     """``worker_shutdown`` (a warm shutdown, sent once the pool has finished; sender: the
     worker): the executions of a thread pool that ended during the shutdown are written
-    too, and this worker's messages are no longer kept alive."""
+    too, the batch endings of the last members counted, and this worker's messages are
+    no longer kept alive."""
     if sender is None:
         return
     app = getattr(sender, "app", None)
     if app is not None:
         wiring.flush_history(app)
+    stop_endings_counter(sender, drain=DRAIN_AT_SHUTDOWN)
     stop_redelivery(sender)
     stop_monitor(sender)
 

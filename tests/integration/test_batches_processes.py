@@ -267,3 +267,28 @@ def test_an_ending_the_store_could_not_count_outlives_every_worker_sigkilled(  #
     # The member's body ran once: its ending was counted, not its message run again.
     assert effects.llen(f"started:{gate}") == 1
     assert len(recorded(broker, member.id, 1)) == 1
+
+
+def test_a_member_that_ends_during_a_warm_shutdown_is_counted_by_its_own_worker(
+    helper: Any, store: Store, effects: redis.Redis, env: dict[str, str]
+) -> None:
+    """SIGTERM while a member runs: the worker finishes it (a warm shutdown), and its
+    counter, kept running until the pool has finished, counts the member's ending
+    before the process exits: the batch completes with no other worker to count it."""
+    label, gate = key("warm"), key("gate")
+    with celery_worker(APP, env, concurrency=1, new_session=True) as worker:
+        with Batch(on_complete=helper.collect.s(label)) as batch:
+            helper.gate.delay(gate)
+        wait_until(lambda: effects.llen(f"started:{gate}") == 1, "the member running")
+        worker.proc.send_signal(signal.SIGTERM)
+        # The worker's step has stopped (the consumer too): only then may the member end.
+        wait_until(
+            lambda: "counting batch endings until the pool has finished" in worker.output,
+            "the warm shutdown past the worker's step",
+            seen=lambda: worker.output[-2000:],
+        )
+        effects.rpush(f"gate:{gate}", 1)
+        assert worker.proc.wait(30) == 0, worker.output
+    stored = store.batches.get(batch.id)
+    assert stored is not None
+    assert (stored.state, stored.done, stored.total) == ("completed", 1, 1), worker.output
