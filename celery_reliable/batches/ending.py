@@ -207,7 +207,8 @@ def _seal_after_rollback(
         return
     logger.info(
         "batch %s: its seal rolled back with the transaction of its publish_in "
-        "members; sealed again with the %d members sent directly and those committed",
+        "members (or a savepoint of it); sealed again with the %d members sent "
+        "directly and those committed",
         batch_id,
         len(direct),
     )

@@ -29,10 +29,18 @@ that end, and its place says which:
   process waits for it at exit.
 
 Calling the callback for a transaction that committed is harmless (the batch is
-sealed already: ``_seal_after_rollback`` finds it so and does nothing), and it can
-happen only when a commit hook registered before the marker raised (Django runs no
-further hook). Never while the transaction holds the seal's locks in this thread:
-then it is the thread, which waits for them.
+sealed already: ``_seal_after_rollback`` finds it so and does nothing). It happens
+when a commit hook registered before the marker raised (Django runs no further
+hook), and with autocommit off, whose commit hooks wait for ``set_autocommit(True)``:
+a ``rollback()`` of a later transaction drops them (on SQLite, Django's ``atomic()``
+there commits as it exits: its savepoint began the transaction). Never while the
+transaction holds the seal's locks in this thread: then it is the thread, which
+waits for them.
+
+Mistaken for a savepoint's rollback: ``close()`` inside an outer ``atomic()`` block
+after the nested one where the marker was registered released its savepoint. The
+marker is registered again; Django drops it at the connection's next ``close()`` or
+``connect()``, and the callback is called then (docs/batches.md, "Not yet").
 
 CPython only: its reference counting frees the marker the moment Django drops it,
 inside Django's call. Another interpreter frees it at some later collection, when
