@@ -41,7 +41,9 @@ class Transaction(Protocol):
     def on_rollback(self, callback: Callable[[], None]) -> bool:
         """Have ``callback`` called once this transaction rolled back (and released
         its locks), never while it is still open (a savepoint's rollback is not its
-        end); False when it cannot be known."""
+        end); False when it cannot be known. Django's: also once it committed after
+        a savepoint's rollback took the seal with it (``django/rollback.py``): the
+        callback seals the batch again, whose seal is gone either way."""
 
 
 #: The batch whose block runs in this context, if any.

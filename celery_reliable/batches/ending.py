@@ -136,7 +136,9 @@ def seal(
     seal counts the rows (``store/batches.py``). A transaction still open (the block
     ran inside it): the seal is written in it too, and commits with its members; if it
     rolls back, the batch is sealed again without them, once it did (its root
-    transaction's end: never a savepoint's, never while it is open). A block that
+    transaction's end: never a savepoint's, never while it is open; in Django, a
+    savepoint's rollback that took the seal has it sealed again at the transaction's
+    end, committed or not). A block that
     raised (``abandon``) is not sealed in the caller's transaction, which its error may
     have aborted (PostgreSQL), but on the store's own connection (SQLite: in it, as
     the caller's transaction holds the write lock).
@@ -184,8 +186,10 @@ def seal(
 def _seal_after_rollback(
     app: Celery, batch_id: str, direct: list[tuple[str, str]], *, abandon: bool
 ) -> None:
-    """The transaction that held the seal rolled back, with its publish_in members:
-    the batch is sealed again, with the members that were sent."""
+    """The transaction that held the seal rolled back, with its publish_in members
+    (or, in Django, a savepoint of it did): the batch is sealed again, with the
+    members that were sent (``direct``, and the rows of publish_in members that
+    committed)."""
     from celery_reliable.store import require_store
     from celery_reliable.store.timeutil import utcnow
 
@@ -202,8 +206,9 @@ def _seal_after_rollback(
         )
         return
     logger.info(
-        "batch %s: the transaction of its publish_in members rolled back; sealed with "
-        "the %d members sent",
+        "batch %s: its seal rolled back with the transaction of its publish_in "
+        "members (or a savepoint of it); sealed again with the %d members sent "
+        "directly and those committed",
         batch_id,
         len(direct),
     )

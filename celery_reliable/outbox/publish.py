@@ -224,7 +224,11 @@ class _Django:
         return None  # its members in this transaction have not run: it cannot complete
 
     def on_rollback(self, callback: Callable[[], None]) -> bool:
-        return False  # Django says when a transaction commits (on_commit), never a rollback
+        # Django says when a transaction commits (on_commit), never a rollback: told by
+        # a marker Django drops uncalled (django/rollback.py).
+        from celery_reliable.django.rollback import on_rollback
+
+        return on_rollback(self.connection, callback)
 
     def holds_sqlite_write_lock(self) -> bool:
         from celery_reliable.django.database import holds_sqlite_write_lock

@@ -203,14 +203,16 @@ def test_a_batch_block_inside_atomic_is_sealed_with_its_transaction(
     shop_env: dict[str, str], worker: WorkerProcess, migrated: str
 ) -> None:
     """Committed: the seal and the members commit together, and the batch completes.
-    Rolled back: Django says nothing of it, so the batch stays open (documented), and
-    its member was never sent."""
+    Rolled back: its member was never sent, and the batch is sealed again without it
+    (``django/rollback.py``): no member, completed at once."""
     committed, rolled_back, rolled = python(shop_env, "-c", INSIDE_SCRIPT).split()
     broker = shop_env["REDIS_URL"]
     client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
     try:
         summary = client.AsyncResult(f"{committed}-on_complete").get(timeout=60)
         assert "'total': 2" in summary and "'succeeded': 2" in summary, worker.output
+        summary = client.AsyncResult(f"{rolled_back}-on_complete").get(timeout=60)
+        assert "'total': 0" in summary, worker.output
         assert client.AsyncResult(rolled).state == "PENDING"
     finally:
         client.close()
@@ -225,7 +227,129 @@ def test_a_batch_block_inside_atomic_is_sealed_with_its_transaction(
             )
     finally:
         engine.dispose()
-    assert states == {committed: "completed", rolled_back: "open"}
+    assert states == {committed: "completed", rolled_back: "completed"}
+
+
+ROLLBACK_SCRIPT = """
+import django
+from django.conf import settings
+
+# Django's default DEFERRED transactions on SQLite: the shop's IMMEDIATE takes the write
+# lock at BEGIN, which opening a batch inside atomic() would wait for (docs/batches.md).
+settings.DATABASES["default"].get("OPTIONS", {}).pop("transaction_mode", None)
+django.setup()
+from django.db import connection, transaction
+from celery_reliable import Batch
+from celery_reliable.outbox import publish_in
+from tests.support.apps.django_crash.tasks import note
+
+class Rollback(Exception):
+    pass
+
+# The block exits inside atomic(), which then rolls back.
+try:
+    with transaction.atomic():
+        with Batch(on_complete=note.s()) as rolled_back:
+            lost = [publish_in(transaction, note.s(60))]
+            sent = [note.delay(61)]
+        raise Rollback()
+except Rollback:
+    pass
+# Inside a savepoint that rolls back, in a transaction that commits, then in one that
+# rolls back.
+for outer_rolls_back in (False, True):
+    try:
+        with transaction.atomic():
+            try:
+                with transaction.atomic():
+                    with Batch(on_complete=note.s()) as batch:
+                        lost.append(publish_in(transaction, note.s(62)))
+                        sent.append(note.delay(63))
+                    raise Rollback()
+            except Rollback:
+                pass
+            if outer_rolls_back:
+                raise Rollback()
+    except Rollback:
+        pass
+    if outer_rolls_back:
+        savepoint_rolled_back = batch
+    else:
+        savepoint_committed = batch
+# The connection closed inside atomic() (the database rolls back as it closes).
+with transaction.atomic():
+    with Batch(on_complete=note.s()) as closed:
+        lost.append(publish_in(transaction, note.s(64)))
+        sent.append(note.delay(65))
+    connection.close()
+# Autocommit off: transaction.rollback() after the atomic() block. (On SQLite, Django's
+# atomic() commits there: its savepoint began the transaction, and its release ends it.
+# So the rollback finds the batch sealed, with both members, and leaves it so.)
+transaction.set_autocommit(False)
+with transaction.atomic():
+    with Batch(on_complete=note.s()) as manual:
+        (sent if connection.vendor == "sqlite" else lost).append(
+            publish_in(transaction, note.s(66))
+        )
+        sent.append(note.delay(67))
+transaction.rollback()
+transaction.set_autocommit(True)
+# Committed: sealed in the transaction, with all its members.
+with transaction.atomic():
+    with Batch(on_complete=note.s()) as committed:
+        sent.append(publish_in(transaction, note.s(68)))
+        sent.append(note.delay(69))
+batches = [rolled_back, savepoint_committed, savepoint_rolled_back, closed, manual, committed]
+print(*(",".join(x.id for x in xs) for xs in (batches, sent, lost)))
+"""
+
+
+def test_a_batch_block_inside_atomic_that_rolls_back_is_sealed_with_the_members_sent(
+    shop_env: dict[str, str], worker: WorkerProcess, migrated: str
+) -> None:
+    """The block exits inside ``atomic()`` with a member through the outbox and one
+    sent directly (``.delay()`` without ``CELERY_RELIABLE_OUTBOX``); then the
+    transaction rolls back, taking the seal with it. The batch is sealed again with
+    the member sent: its callback fires once, with a total of 1. The same when the
+    block exits inside a savepoint that rolls back, whether its transaction then
+    commits or rolls back; when the connection closes inside ``atomic()``; and when
+    ``transaction.rollback()`` ends it (autocommit off). A transaction that commits
+    seals with both members."""
+    env = {**shop_env, "DJANGO_SETTINGS_MODULE": "tests.support.apps.django_crash.settings"}
+    ids, sent, lost = python(env, "-c", ROLLBACK_SCRIPT).split()
+    # The last one committed; the one before it on SQLite too (see the script).
+    expected = [1, 1, 1, 1, 2 if "sqlite" in migrated else 1, 2]
+    totals = dict(zip(ids.split(","), expected, strict=True))
+    broker = shop_env["REDIS_URL"]
+    client = Celery("outbox-client", broker=broker, backend=broker, set_as_current=False)
+    try:
+        for batch_id, total in totals.items():
+            summary = client.AsyncResult(f"{batch_id}-on_complete").get(timeout=60)
+            assert f"'total': {total}" in summary, (summary, worker.output)
+            assert f"'succeeded': {total}" in summary, (summary, worker.output)
+        for task_id in sent.split(","):
+            assert [e["outcome"] for e in recorded(broker, task_id, 1)] == ["succeeded"]
+        # Each callback ran once (read once all of them ran).
+        for batch_id in totals:
+            outcomes = recorded(broker, f"{batch_id}-on_complete", 1)
+            assert [e["outcome"] for e in outcomes] == ["succeeded"]
+        # Their batches' callbacks came after they would have run: never sent.
+        for task_id in lost.split(","):
+            assert client.AsyncResult(task_id).state == "PENDING"
+    finally:
+        client.close()
+    engine = sa.create_engine(migrated)
+    try:
+        with engine.connect() as connection:
+            rows = {
+                row.id: (row.state, row.total, row.done)
+                for row in connection.execute(
+                    sa.text("SELECT id, state, total, done FROM reliable_batches")
+                )
+            }
+    finally:
+        engine.dispose()
+    assert {b: rows[b] for b in totals} == {b: ("completed", n, n) for b, n in totals.items()}
 
 
 ABORTED_SCRIPT = """
