@@ -5,11 +5,15 @@ when ``/srv`` is not writable; ``SCREENSHOTS_ROOT`` overrides): a copy of the sh
 a Python environment whose paths lie under it (the interpreter, and this checkout's
 packages through symbolic links). So the tracebacks the dead letters keep name
 ``/srv/shop/...`` files, never this machine's checkout or home, and the per-minute
-chart shows the run that just ended. Then, with a worker of the shop running, one
-declined charge is retried from the dead letter's page: it is declined again, so the
-listing shows a retry followed to the dead letter it ended in. Each page is opened in
-headless Chromium at 1366 px and written to ``docs/images/web-*.png``; a page whose
-HTML names this checkout or the home directory stops the run.
+chart shows the run that just ended. Then, with a worker of the shop running, the shop
+renews its tea club's subscriptions in one batch (the demo makes none): its members
+succeed, retry and succeed, repeat a charge (a duplicate), are declined, have no
+address to mail and are cancelled, and the worker runs them until the batch completes;
+and one declined charge of the demo is retried from the dead letter's page: it is
+declined again, so the listing shows a retry followed to the dead letter it ended in.
+Each page is opened in headless Chromium at 1366 px and written to
+``docs/images/web-*.png``; a page whose HTML names this checkout or the home directory
+stops the run.
 
 The workers page is not taken here (the demo's worker has stopped): its picture comes
 from ``tests/integration/test_web_browser.py``.
@@ -17,6 +21,7 @@ from ``tests/integration/test_web_browser.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +41,30 @@ SHOP = ROOT / "examples" / "django_app"
 IMAGES = ROOT / "docs" / "images"
 #: Left in the directory it builds: only a directory that has it is ever deleted.
 MARKER = ".celery-reliable-screenshots"
+#: The batch the batches pages show, published through the shop's own code by its
+#: interpreter: 9 renewals (a charge and a confirmation each, one charge sent twice).
+#: A timeout retried, a declined card and an address no mail reaches end as the
+#: demo's customers do; the subscriber who left is deleted before any job runs.
+RENEWALS = """
+import django
+
+django.setup()
+from celery_reliable import Batch
+from orders.models import Order
+from orders.services import place_order
+from orders.tasks import charge_payment
+from shop.celery import app
+
+subscribers = [f"club{n}@example.com" for n in range(5)] + [
+    "slow-club@example.com", "declined-club@example.com", "not an address",
+    "left-the-club@example.com",
+]
+with Batch(description="tea club renewals", app=app) as batch:
+    orders = [place_order(email=e, sku="tea", amount_cents=1200) for e in subscribers]
+    charge_payment.delay(orders[0].pk)  # the gateway's webhook, retried
+Order.objects.filter(email="left-the-club@example.com").delete()
+print(batch.id)
+"""
 #: What no page may show: where this checkout and this user's home are.
 PRIVATE = tuple({str(ROOT), str(Path.home()), str(Path(sys.base_prefix).resolve())})
 
@@ -106,7 +136,9 @@ def main() -> int:
             return 1
         driver = chromium()
         try:
-            retry_one_declined_charge(driver, server.url, python, root, env)
+            with shop_worker(python, root, env):
+                batch = renew_the_tea_club(server.url, python, root, env)
+                retry_one_declined_charge(driver, server.url)
             # The detail of an exhausted one shows the retries that led to it.
             html = page(server.url + "/dead-letters?outcome=exhausted")
             exhausted = re.findall(r'<tr id="dead-(\d+)">', html)
@@ -114,6 +146,8 @@ def main() -> int:
                 ("/?refresh=0", "web-overview"),
                 ("/dead-letters", "web-dead-letters"),
                 (f"/dead-letters/{exhausted[0]}", "web-dead-letter"),
+                ("/batches", "web-batches"),
+                (f"/batches/{batch}", "web-batch"),
                 ("/receipts", "web-receipts"),
                 ("/locks", "web-locks"),
                 ("/gates", "web-gates"),
@@ -129,13 +163,9 @@ def main() -> int:
     return 0
 
 
-def retry_one_declined_charge(
-    driver: Any, site: str, python: Path, root: Path, env: dict[str, str]
-) -> None:
-    """Retry a declined charge from its page while a worker of the shop runs: declined
-    again, it comes back as a dead letter that says whose retry it was."""
-    html = page(site + "/dead-letters?task=orders.tasks.charge_payment&outcome=discarded")
-    declined = re.findall(r'<tr id="dead-(\d+)">', html)[-1]
+@contextlib.contextmanager
+def shop_worker(python: Path, root: Path, env: dict[str, str]) -> Iterator[None]:
+    """A worker of the shop (solo pool) while the block runs."""
     worker = subprocess.Popen(
         [str(python), "-m", "celery", "-A", "shop", "worker", "-P", "solo",
          "--without-gossip", "--without-mingle", "-n", "demo@%h", "--loglevel=WARNING"],
@@ -143,19 +173,45 @@ def retry_one_declined_charge(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        driver.get(f"{site}/dead-letters/{declined}")
-        click(driver, "retry-one", lambda d: h1(d) == "Retry 1 dead letter?")
-        click(driver, "confirm", lambda d: h1(d) == f"Dead letter {declined}")
-        back = f'retry of <a href="/dead-letters/{declined}">'
-        wait_until(
-            lambda: back in page(site + "/dead-letters"),
-            f"the retry of dead letter {declined} to leave a dead letter",
-            timeout=60,
-            interval=0.5,
-        )
+        yield
     finally:
         worker.send_signal(signal.SIGTERM)  # warm shutdown: its outcome history is written
         worker.wait(30)
+
+
+def renew_the_tea_club(site: str, python: Path, root: Path, env: dict[str, str]) -> str:
+    """Publish :data:`RENEWALS`' batch and wait until the worker has completed it;
+    returns its id."""
+    done = subprocess.run(
+        [str(python), "-c", RENEWALS], cwd=root / "app", env=env,
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    batch = done.stdout.split()[-1]
+    completed = '<dd id="state"><span class="count succeeded">completed</span>'
+    wait_until(
+        lambda: completed in page(f"{site}/batches/{batch}"),
+        f"batch {batch} to complete",
+        timeout=90,
+        interval=0.5,
+    )
+    return batch
+
+
+def retry_one_declined_charge(driver: Any, site: str) -> None:
+    """Retry a declined charge of the demo from its page while a worker of the shop
+    runs: declined again, it comes back as a dead letter that says whose retry it was."""
+    html = page(site + "/dead-letters?task=orders.tasks.charge_payment&outcome=discarded")
+    declined = re.findall(r'<tr id="dead-(\d+)">', html)[-1]
+    driver.get(f"{site}/dead-letters/{declined}")
+    click(driver, "retry-one", lambda d: h1(d) == "Retry 1 dead letter?")
+    click(driver, "confirm", lambda d: h1(d) == f"Dead letter {declined}")
+    back = f'retry of <a href="/dead-letters/{declined}">'
+    wait_until(
+        lambda: back in page(site + "/dead-letters"),
+        f"the retry of dead letter {declined} to leave a dead letter",
+        timeout=60,
+        interval=0.5,
+    )
 
 
 def page(url: str) -> str:
