@@ -198,7 +198,12 @@ def test_a_worker_sigkilled_mid_batch_counts_each_member_once_and_fires_once(  #
     stored = store.batches.get(batch.id)
     assert stored is not None and (stored.done, stored.total) == (5, 5)
     assert {r.id for r in steps} | {doomed.id} == set(batch.members)
-    assert len(recorded(broker, f"{batch.id}-on_complete", 1)) == 1
+    # The callback's body ran once (above). Its message may have been published twice:
+    # the SIGKILLed worker's relay can die between its publish and its delete, and the
+    # survivor's publishes the row again, whose copy ends DUPLICATE, never runs.
+    outcomes = [e["outcome"] for e in recorded(broker, f"{batch.id}-on_complete", 1)]
+    assert outcomes.count("succeeded") == 1, outcomes
+    assert set(outcomes) <= {"succeeded", "duplicate"}, outcomes
 
 
 def test_a_member_ended_by_its_hard_time_limit_is_counted(
